@@ -1,0 +1,83 @@
+//! The convolution algorithms: one module each, with `accepts(&Geometry)`, chosen by name.
+
+use crate::error::{Error, Result};
+use crate::geometry::Geometry;
+
+pub mod im2col;
+
+/// A convolution algorithm.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Algo {
+    /// im2col packed straight into the GEMM's B panels; any geometry.
+    Im2col,
+    /// 1x1 kernels without padding as plain GEMM (no copy at stride 1).
+    Gemm1x1,
+    /// The f64 oracle (never chosen by `auto`).
+    Reference,
+}
+
+/// Every algorithm, in the order `auto` prefers them (best first); `reference` last.
+pub const ALL_ALGOS: [Algo; 3] = [Algo::Gemm1x1, Algo::Im2col, Algo::Reference];
+
+/// Names SPEC reserves for algorithms not built yet: they are refused with a clear message.
+const PLANNED: [&str; 5] = [
+    "direct",
+    "depthwise",
+    "winograd_f2x3",
+    "winograd_f4x3",
+    "winograd_f6x3",
+];
+
+impl Algo {
+    /// The stable name (SPEC section 3).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Im2col => "im2col",
+            Algo::Gemm1x1 => "gemm1x1",
+            Algo::Reference => "reference",
+        }
+    }
+
+    /// Parses a stable name.
+    pub fn parse(name: &str) -> Result<Algo> {
+        match name {
+            "im2col" => Ok(Algo::Im2col),
+            "gemm1x1" => Ok(Algo::Gemm1x1),
+            "reference" => Ok(Algo::Reference),
+            n if PLANNED.contains(&n) => Err(Error::AlgorithmRejects {
+                algo: n.to_string(),
+                why: "not implemented in this version of convkit".into(),
+            }),
+            n => Err(Error::UnknownAlgorithm(n.to_string())),
+        }
+    }
+
+    /// `Ok` when the algorithm can run the layer, else why not.
+    pub fn check(self, g: &Geometry) -> std::result::Result<(), String> {
+        match self {
+            Algo::Im2col | Algo::Reference => Ok(()),
+            Algo::Gemm1x1 => {
+                if g.kernel != [1, 1] {
+                    Err(format!(
+                        "needs a 1x1 kernel, the layer has {}x{}",
+                        g.kernel[0], g.kernel[1]
+                    ))
+                } else if g.pad_before != [0, 0] || g.pad_after != [0, 0] {
+                    Err("needs no padding".into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Whether the algorithm accepts the layer.
+    pub fn accepts(self, g: &Geometry) -> bool {
+        self.check(g).is_ok()
+    }
+}
+
+/// The algorithms that accept `g`, best first (the list `convkit algos` prints).
+pub fn accepting(g: &Geometry) -> Vec<Algo> {
+    ALL_ALGOS.iter().copied().filter(|a| a.accepts(g)).collect()
+}

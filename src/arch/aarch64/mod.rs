@@ -1,0 +1,2 @@
+//! aarch64 tier: NEON.
+pub mod neon;

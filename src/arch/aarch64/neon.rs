@@ -1,0 +1,72 @@
+//! NEON kernels. 32 q registers: the 8x12 GEMM tile keeps 24 accumulators (8 rows x 3
+//! vectors of 4), three B vectors and the A values in registers.
+
+use crate::arch::{store_tile_scalar, Isa};
+use crate::kernels::{GemmTile, GemmUkernel, KernelTable};
+use core::arch::aarch64::*;
+
+/// The NEON kernel table.
+pub static TABLE: KernelTable = KernelTable {
+    isa: Isa::Neon,
+    gemm: &[F32_GEMM_8X12, F32_GEMM_4X16],
+};
+
+macro_rules! gemm_kernel {
+    ($const:ident, $fn:ident, $name:literal, $mr:literal, $nv:literal) => {
+        /// GEMM microkernel descriptor.
+        pub const $const: GemmUkernel = GemmUkernel {
+            name: $name,
+            isa: Isa::Neon,
+            mr: $mr,
+            nr: $nv * 4,
+            run: $fn,
+        };
+        unsafe fn $fn(t: &GemmTile) {
+            // SAFETY: reached only through TABLE after NEON was detected; the caller upholds
+            // the tile contract.
+            unsafe { gemm_tile::<$mr, $nv>(t) }
+        }
+    };
+}
+
+gemm_kernel!(F32_GEMM_8X12, f32_gemm_8x12, "f32_gemm_8x12__neon", 8, 3);
+gemm_kernel!(F32_GEMM_4X16, f32_gemm_4x16, "f32_gemm_4x16__neon", 4, 4);
+
+/// `C[MR x 4 NV] (+)= A~ B~`; the epilogue goes through the shared scalar store (NEON tiles
+/// are small, and the store is outside the K loop).
+///
+/// # Safety
+/// NEON is available and `t` satisfies the contract of `GemmUkernel::run`.
+#[target_feature(enable = "neon")]
+unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
+    let mut acc = [[vdupq_n_f32(0.0); NV]; MR];
+    let (mut a, mut b) = (t.a, t.b);
+    for _ in 0..t.k {
+        let mut bv = [vdupq_n_f32(0.0); NV];
+        for (v, slot) in bv.iter_mut().enumerate() {
+            // SAFETY: B~ holds k * NR floats; this step reads NR of them.
+            *slot = unsafe { vld1q_f32(b.add(4 * v)) };
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: A~ holds k * MR floats; this step reads MR of them.
+            let ai = unsafe { *a.add(i) };
+            for v in 0..NV {
+                row[v] = vfmaq_n_f32(row[v], bv[v], ai);
+            }
+        }
+        // SAFETY: stays within (or one past) the panels.
+        unsafe {
+            a = a.add(MR);
+            b = b.add(4 * NV);
+        }
+    }
+    let mut tile = [0f32; 128];
+    for (i, row) in acc.iter().enumerate() {
+        for (v, &r) in row.iter().enumerate() {
+            // SAFETY: MR * 4 NV <= 128 for the kernels above.
+            unsafe { vst1q_f32(tile.as_mut_ptr().add(i * 4 * NV + 4 * v), r) };
+        }
+    }
+    // SAFETY: the caller's tile contract; tile holds MR rows of 4 NV floats.
+    unsafe { store_tile_scalar(&tile, 4 * NV, t) };
+}

@@ -1,0 +1,345 @@
+//! The only place with `core::arch` and `#[target_feature]`: CPU detection, the ISA tiers,
+//! and each tier's kernel table. Detection runs once; `CONVKIT_ISA` (or an explicit ISA in
+//! the plan options) pins a tier, and asking for one the CPU lacks is an error, never a
+//! silent fallback.
+
+use crate::error::{Error, Result};
+use crate::kernels::KernelTable;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+pub mod portable;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+/// An instruction-set tier.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// The `wide` crate at the build's baseline (SSE2 on x86_64, NEON on aarch64).
+    Portable,
+    /// AVX2 + FMA intrinsics.
+    Avx2,
+    /// AVX-512F intrinsics.
+    Avx512,
+    /// NEON intrinsics (aarch64).
+    Neon,
+}
+
+/// Every tier, in a fixed order.
+pub const ALL_ISAS: [Isa; 4] = [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Portable];
+
+impl Isa {
+    /// The SPEC name: `avx512`, `avx2`, `neon`, `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Parses a SPEC name (not `auto`).
+    pub fn parse(s: &str) -> Result<Isa> {
+        match s {
+            "portable" => Ok(Isa::Portable),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" => Ok(Isa::Avx512),
+            "neon" => Ok(Isa::Neon),
+            other => Err(Error::Isa(format!(
+                "unknown ISA `{other}` (expected avx512, avx2, neon, portable or auto)"
+            ))),
+        }
+    }
+
+    /// Whether this CPU can run the tier (detected at run time, cached by std).
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The tier's kernel table. Errors when the CPU lacks the tier.
+    pub fn kernels(self) -> Result<&'static KernelTable> {
+        if !self.is_available() {
+            return Err(Error::Isa(format!(
+                "ISA `{}` is not available on this CPU (available: {})",
+                self.name(),
+                available_isas()
+                    .iter()
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => &x86_64::avx512::TABLE,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => &x86_64::avx2::TABLE,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => &aarch64::neon::TABLE,
+            _ => &portable::TABLE,
+        })
+    }
+}
+
+/// The tiers this CPU can run, best first.
+pub fn available_isas() -> Vec<Isa> {
+    ALL_ISAS
+        .iter()
+        .copied()
+        .filter(|i| i.is_available())
+        .collect()
+}
+
+/// The best tier this CPU runs.
+pub fn best_isa() -> Isa {
+    available_isas()[0]
+}
+
+/// The tier used when none is named: `CONVKIT_ISA` if set (an error if it names an unknown
+/// or unavailable tier), else the best detected. Resolved once per process.
+pub fn default_isa() -> Result<Isa> {
+    static CHOSEN: OnceLock<std::result::Result<Isa, String>> = OnceLock::new();
+    CHOSEN
+        .get_or_init(|| match std::env::var("CONVKIT_ISA") {
+            Ok(s) if !s.is_empty() && s != "auto" => {
+                let isa = Isa::parse(&s).map_err(|e| format!("CONVKIT_ISA: {e}"))?;
+                isa.kernels().map_err(|e| format!("CONVKIT_ISA: {e}"))?;
+                Ok(isa)
+            }
+            _ => Ok(best_isa()),
+        })
+        .clone()
+        .map_err(Error::Isa)
+}
+
+/// Resolves a user's ISA request: `None` or `auto` is [`default_isa`], a name must be
+/// available.
+pub fn resolve_isa(name: Option<&str>) -> Result<Isa> {
+    match name {
+        None | Some("auto") => default_isa(),
+        Some(n) => {
+            let isa = Isa::parse(n)?;
+            isa.kernels()?;
+            Ok(isa)
+        }
+    }
+}
+
+/// CPU feature flags worth reporting (`convkit info`).
+pub fn cpu_features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! probe {
+            ($($name:tt),*) => { $( if is_x86_feature_detected!($name) { f.push($name); } )* };
+        }
+        probe!(
+            "sse2",
+            "sse4.1",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512dq",
+            "avx512bf16",
+            "avx512vnni"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! probe {
+            ($($name:tt),*) => { $( if std::arch::is_aarch64_feature_detected!($name) { f.push($name); } )* };
+        }
+        probe!("neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2");
+    }
+    f
+}
+
+/// Stores a finished tile held as `acc` (row-major, `nr` floats a row) into C with the tile's
+/// epilogue, for the rows and columns the tile asks for. The edge path of every kernel and
+/// the whole store of the portable kernel.
+///
+/// # Safety
+/// `t` satisfies the contract of [`crate::kernels::GemmUkernel::run`], and `acc` holds at
+/// least `t.m` rows of `nr >= t.n` floats.
+#[inline]
+pub(crate) unsafe fn store_tile_scalar(acc: &[f32], nr: usize, t: &crate::kernels::GemmTile) {
+    use crate::kernels::TileBias;
+    for i in 0..t.m {
+        for j in 0..t.n {
+            // SAFETY: i < m and j < n, inside the C tile the caller vouches for.
+            let dst = unsafe { t.c.add(i * t.rsc + j) };
+            let mut v = acc[i * nr + j];
+            if t.load_c {
+                // SAFETY: as above.
+                v += unsafe { *dst };
+            }
+            if t.finish {
+                v += match t.bias {
+                    TileBias::None => 0.0,
+                    // SAFETY: a Row bias holds m floats, a Col bias n.
+                    TileBias::Row(p) => unsafe { *p.add(i) },
+                    // SAFETY: as above.
+                    TileBias::Col(p) => unsafe { *p.add(j) },
+                };
+                v = clamp_nan(v, t.lo, t.hi);
+            }
+            // SAFETY: as above.
+            unsafe { *dst = v };
+        }
+    }
+}
+
+/// The epilogue's clamp with NaN passing through (SPEC: NaN propagates as in the reference).
+#[inline(always)]
+pub(crate) fn clamp_nan(v: f32, lo: f32, hi: f32) -> f32 {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// A mutable matrix that parallel tasks write in disjoint tiles (the C of a GEMM split by
+/// columns is not a set of disjoint slices). Every write is bounds-checked against the
+/// whole buffer; the drivers guarantee that no two tasks write the same tile.
+pub struct SharedMut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: SharedMut is a &mut [f32] whose tiles are handed to tasks that write disjoint
+// regions (the invariant of every driver that builds one); f32 is Send.
+unsafe impl Send for SharedMut<'_> {}
+// SAFETY: as above: concurrent tasks never touch the same element.
+unsafe impl Sync for SharedMut<'_> {}
+
+impl<'a> SharedMut<'a> {
+    /// Wraps an exclusive borrow.
+    pub fn new(buf: &'a mut [f32]) -> Self {
+        SharedMut {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+    /// Elements in the buffer.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Runs one GEMM microkernel call on checked slices: the safe door to the kernels.
+///
+/// `a` and `b` are the packed micro-panels (at least `k * mr` and `k * nr` floats), the C
+/// tile starts at `c_offset` in `c` with row stride `rsc`; `bias` is per row (`m` floats) or
+/// per column (`n` floats) and applied with the clamp when `finish`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn run_gemm_tile(
+    uk: &crate::kernels::GemmUkernel,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &SharedMut,
+    c_offset: usize,
+    rsc: usize,
+    m: usize,
+    n: usize,
+    load_c: bool,
+    finish: bool,
+    bias: GemmBias,
+    clamp: (f32, f32),
+) {
+    use crate::kernels::{GemmTile, TileBias};
+    assert!(
+        uk.isa.is_available(),
+        "kernel {} needs a tier this CPU lacks",
+        uk.name
+    );
+    assert!(
+        m >= 1 && m <= uk.mr && n >= 1 && n <= uk.nr,
+        "tile {m}x{n} outside 1..={}x1..={}",
+        uk.mr,
+        uk.nr
+    );
+    assert!(
+        a.len() >= k * uk.mr && b.len() >= k * uk.nr,
+        "packed panels shorter than k = {k}"
+    );
+    assert!(
+        n <= rsc || m == 1,
+        "row stride {rsc} narrower than the tile"
+    );
+    let last = c_offset + (m - 1) * rsc + n;
+    assert!(
+        last <= c.len,
+        "C tile ends at {last}, past the buffer's {}",
+        c.len
+    );
+    let bias = match bias {
+        GemmBias::None => TileBias::None,
+        GemmBias::Row(s) => {
+            assert!(s.len() >= m, "row bias shorter than the tile");
+            TileBias::Row(s.as_ptr())
+        }
+        GemmBias::Col(s) => {
+            assert!(s.len() >= n, "column bias shorter than the tile");
+            TileBias::Col(s.as_ptr())
+        }
+    };
+    let tile = GemmTile {
+        k,
+        a: a.as_ptr(),
+        b: b.as_ptr(),
+        c: c.ptr.wrapping_add(c_offset),
+        rsc,
+        m,
+        n,
+        load_c,
+        finish,
+        bias,
+        lo: clamp.0,
+        hi: clamp.1,
+    };
+    // SAFETY: the tier is available (checked), the panels are long enough, the C tile lies
+    // inside the buffer (checked), and the bias covers the tile (checked).
+    unsafe { (uk.run)(&tile) }
+}
+
+/// The bias of a GEMM tile, as slices starting at the tile's first row or column.
+#[derive(Copy, Clone, Debug)]
+pub enum GemmBias<'a> {
+    /// None.
+    None,
+    /// Per row of C.
+    Row(&'a [f32]),
+    /// Per column of C.
+    Col(&'a [f32]),
+}

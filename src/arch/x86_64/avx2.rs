@@ -1,0 +1,151 @@
+//! AVX2+FMA kernels. 16 ymm registers: the 6x16 GEMM tile keeps 12 accumulators, two B
+//! vectors and one broadcast A value in registers (the BLIS Haswell shape).
+
+use crate::arch::{store_tile_scalar, Isa};
+use crate::kernels::{GemmTile, GemmUkernel, KernelTable, TileBias};
+use core::arch::x86_64::*;
+
+/// The AVX2 kernel table.
+pub static TABLE: KernelTable = KernelTable {
+    isa: Isa::Avx2,
+    gemm: &[F32_GEMM_6X16, F32_GEMM_4X24],
+};
+
+macro_rules! gemm_kernel {
+    ($const:ident, $fn:ident, $name:literal, $mr:literal, $nv:literal) => {
+        /// GEMM microkernel descriptor.
+        pub const $const: GemmUkernel = GemmUkernel {
+            name: $name,
+            isa: Isa::Avx2,
+            mr: $mr,
+            nr: $nv * 8,
+            run: $fn,
+        };
+        unsafe fn $fn(t: &GemmTile) {
+            // SAFETY: the descriptor is reached only through TABLE after the CPU was found to
+            // support AVX2+FMA (Isa::kernels), and the caller upholds the tile contract.
+            unsafe { gemm_tile::<$mr, $nv>(t) }
+        }
+    };
+}
+
+gemm_kernel!(F32_GEMM_6X16, f32_gemm_6x16, "f32_gemm_6x16__avx2", 6, 2);
+gemm_kernel!(F32_GEMM_4X24, f32_gemm_4x24, "f32_gemm_4x24__avx2", 4, 3);
+
+/// `C[MR x 8 NV] (+)= A~ B~`, then bias and clamp. Accumulators live in registers: the
+/// loops over `MR` and `NV` have constant trip counts and unroll completely.
+///
+/// # Safety
+/// AVX2+FMA is available and `t` satisfies the contract of `GemmUkernel::run` with
+/// `mr = MR`, `nr = 8 NV`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
+    let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+    // The K loop, unrolled by 4 so the pointer updates and the branch are amortized.
+    let step = |acc: &mut [[__m256; NV]; MR], a: *const f32, b: *const f32| {
+        let mut bv = [_mm256_set1_ps(0.0); NV];
+        for (v, slot) in bv.iter_mut().enumerate() {
+            // SAFETY: B~ holds k * NR floats; each step reads NR of them.
+            *slot = unsafe { _mm256_loadu_ps(b.add(8 * v)) };
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: A~ holds k * MR floats; each step reads MR of them.
+            let ai = _mm256_set1_ps(unsafe { *a.add(i) });
+            for v in 0..NV {
+                row[v] = _mm256_fmadd_ps(ai, bv[v], row[v]);
+            }
+        }
+    };
+    let (mut a, mut b) = (t.a, t.b);
+    for _ in 0..t.k / 4 {
+        // SAFETY (pointer steps below): they stay within the panels, 4 steps of MR and NR.
+        step(&mut acc, a, b);
+        step(&mut acc, a.wrapping_add(MR), b.wrapping_add(8 * NV));
+        step(&mut acc, a.wrapping_add(2 * MR), b.wrapping_add(2 * 8 * NV));
+        step(&mut acc, a.wrapping_add(3 * MR), b.wrapping_add(3 * 8 * NV));
+        a = a.wrapping_add(4 * MR);
+        b = b.wrapping_add(4 * 8 * NV);
+    }
+    for _ in 0..t.k % 4 {
+        step(&mut acc, a, b);
+        a = a.wrapping_add(MR);
+        b = b.wrapping_add(8 * NV);
+    }
+    if t.m == MR && t.n == 8 * NV {
+        let lo = _mm256_set1_ps(t.lo);
+        let hi = _mm256_set1_ps(t.hi);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, &r) in row.iter().enumerate() {
+                // SAFETY: full tile: row i < m, columns 8v..8v+8 <= n, inside C.
+                let dst = unsafe { t.c.add(i * t.rsc + 8 * v) };
+                let mut x = r;
+                if t.load_c {
+                    // SAFETY: as above.
+                    x = _mm256_add_ps(x, unsafe { _mm256_loadu_ps(dst) });
+                }
+                if t.finish {
+                    x = match t.bias {
+                        TileBias::None => x,
+                        // SAFETY: a Row bias holds m = MR floats.
+                        TileBias::Row(p) => _mm256_add_ps(x, _mm256_set1_ps(unsafe { *p.add(i) })),
+                        // SAFETY: a Col bias holds n = NR floats.
+                        TileBias::Col(p) => {
+                            _mm256_add_ps(x, unsafe { _mm256_loadu_ps(p.add(8 * v)) })
+                        }
+                    };
+                    // max(lo, x) then min(hi, .): with x NaN, maxps returns its second
+                    // operand (x) and minps likewise, so NaN propagates.
+                    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+                }
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(dst, x) };
+            }
+        }
+    } else {
+        // Edge tile: spill the accumulators and store the m x n corner in scalar code.
+        let mut tile = [0f32; TILE_MAX];
+        debug_assert!(MR * 8 * NV <= TILE_MAX);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, &r) in row.iter().enumerate() {
+                // SAFETY: MR * 8 NV <= TILE_MAX for every instantiation above.
+                unsafe { _mm256_storeu_ps(tile.as_mut_ptr().add(i * 8 * NV + 8 * v), r) };
+            }
+        }
+        // SAFETY: the caller's contract for t; tile holds MR rows of 8 NV floats.
+        unsafe { store_tile_scalar(&tile, 8 * NV, t) };
+    }
+}
+
+/// Largest MR x NR of the kernels above.
+const TILE_MAX: usize = 256;
+
+/// FMA peak probe: `iters` rounds of 12 independent FMA chains on ymm registers
+/// (enough to cover 4-cycle latency on 2 pipes with room), returns a value that depends on
+/// every chain so the work cannot be elided. FLOPs done: iters * 12 * 8 * 2.
+pub fn fma_peak_probe(iters: u64) -> Option<f32> {
+    if !Isa::Avx2.is_available() {
+        return None;
+    }
+    // SAFETY: AVX2+FMA was detected just above.
+    Some(unsafe { fma_probe(iters) })
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_probe(iters: u64) -> f32 {
+    let mut acc = [_mm256_set1_ps(0.0); 12];
+    let m = _mm256_set1_ps(0.999_999);
+    let c = _mm256_set1_ps(1e-7);
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, m, c);
+        }
+    }
+    let mut s = _mm256_setzero_ps();
+    for a in acc {
+        s = _mm256_add_ps(s, a);
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: lanes holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+    lanes.iter().sum()
+}

@@ -1,0 +1,305 @@
+//! Packed SGEMM in the BLIS style: `C (+)= A B` with a fused epilogue (bias per row or
+//! column, clamp), A packed once (weights are prepacked at plan time), B packed per block by
+//! a [`PackB`] source (a plain matrix, or im2col straight from an image).
+//!
+//! ```text
+//! LOOP 5  jc over N in steps of NC   (one task each; tasks run in parallel)
+//!  LOOP 4  pc over K in steps of KC   pack B[pc.., jc..] into NR-wide panels (L2)
+//!   LOOP 3  ic over M in steps of MC  (A is prepacked: MR-tall panels per K block)
+//!    LOOP 2  ir over the MR panels    the A micro-panel (MR x KC) stays in L1
+//!     LOOP 1  jr over the NR panels   microkernel: MR x NR tile of C in registers
+//! ```
+//!
+//! Every element of C sums its K blocks in the same order whatever the number of threads,
+//! so results are bitwise identical across thread counts.
+
+use crate::arch::{run_gemm_tile, GemmBias, SharedMut};
+use crate::kernels::GemmUkernel;
+use crate::sysinfo::Caches;
+use crate::tensor::{aligned_zeros, AlignedBuf};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+pub mod pack;
+pub use pack::{PackB, StridedB};
+
+/// Cache blocking: BLIS's MC, KC, NC.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Blocking {
+    /// Rows of A per block (a multiple of MR).
+    pub mc: usize,
+    /// Depth of a K block.
+    pub kc: usize,
+    /// Columns of B per block (a multiple of NR); also the unit of parallel work.
+    pub nc: usize,
+}
+
+impl Blocking {
+    /// Blocking for `uk` derived from the cache sizes (BLIS's analytical rules):
+    /// - KC: the B micro-panel (KC x NR floats) takes half of L1 and is reused by every A
+    ///   micro-panel of the block: KC = L1 / 2 / (4 NR), clamped to 128..=512.
+    ///   (32 KiB L1: NR = 16 gives 256, NR = 32 gives 128.)
+    /// - MC: the A block (MC x KC) takes half of L2 and streams MR floats per step:
+    ///   MC = L2 / 2 / (4 KC), in MR units.
+    /// - NC: the packed B block (KC x NC), a task's unit of work, in a quarter of L3 shared
+    ///   by the cores, capped at 1024 columns so that layers split into enough tasks.
+    pub fn derive(uk: &GemmUkernel, caches: Caches) -> Self {
+        let kc = (caches.l1d / 2 / (4 * uk.nr)).clamp(128, 512) / 16 * 16;
+        let mc = ((caches.l2 / 2 / (4 * kc)) / uk.mr).max(1) * uk.mr;
+        let nc = ((caches.l3.max(caches.l2) / 4 / (4 * kc)).min(1024) / uk.nr).max(1) * uk.nr;
+        Blocking { mc, kc, nc }
+    }
+
+    /// The K blocks for depth `k`: as even as possible, none longer than `self.kc`, each a
+    /// multiple of 4 except the last. Depends on `k` and the kernel only, never on threads.
+    pub fn k_blocks(&self, k: usize) -> Vec<(usize, usize)> {
+        if k == 0 {
+            return vec![(0, 0)];
+        }
+        let n = k.div_ceil(self.kc);
+        let step = k.div_ceil(n).div_ceil(4) * 4;
+        (0..k).step_by(step).map(|p| (p, step.min(k - p))).collect()
+    }
+}
+
+/// A (M x K) packed into MR-tall micro-panels per K block:
+///
+/// ```text
+/// for each K block (p0, kc):                 offset p0 * Mp   (Mp = M rounded up to MR)
+///   for each panel i (rows i*MR .. i*MR+MR):  + i * kc * MR
+///     for p in 0..kc: a[i*MR + 0][p0+p] .. a[i*MR + MR-1][p0+p]   (zero past row M)
+/// ```
+#[derive(Clone, Debug)]
+pub struct PackedA {
+    buf: AlignedBuf,
+    /// Rows.
+    pub m: usize,
+    /// Depth.
+    pub k: usize,
+    /// Panel height.
+    pub mr: usize,
+    blocks: Vec<(usize, usize)>,
+}
+
+impl PackedA {
+    /// Packs A given by `at(i, p)` (row i, depth p).
+    pub fn pack(
+        m: usize,
+        k: usize,
+        mr: usize,
+        blocking: &Blocking,
+        at: impl Fn(usize, usize) -> f32,
+    ) -> Self {
+        let panels = m.div_ceil(mr);
+        let mp = panels * mr;
+        let blocks = blocking.k_blocks(k);
+        let mut buf = aligned_zeros(mp * k.max(1));
+        for &(p0, kc) in &blocks {
+            for panel in 0..panels {
+                let base = p0 * mp + panel * kc * mr;
+                for p in 0..kc {
+                    for r in 0..mr {
+                        let i = panel * mr + r;
+                        if i < m {
+                            buf[base + p * mr + r] = at(i, p0 + p);
+                        }
+                    }
+                }
+            }
+        }
+        PackedA {
+            buf,
+            m,
+            k,
+            mr,
+            blocks,
+        }
+    }
+
+    /// Packs a row-major M x K matrix with row stride `rsa`.
+    pub fn from_row_major(
+        a: &[f32],
+        m: usize,
+        k: usize,
+        rsa: usize,
+        mr: usize,
+        blocking: &Blocking,
+    ) -> Self {
+        Self::pack(m, k, mr, blocking, |i, p| a[i * rsa + p])
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.buf.len() * 4
+    }
+
+    fn panel(&self, block: usize, panel: usize) -> &[f32] {
+        let (p0, kc) = self.blocks[block];
+        let mp = self.m.div_ceil(self.mr) * self.mr;
+        let base = p0 * mp + panel * kc * self.mr;
+        &self.buf[base..base + kc * self.mr]
+    }
+}
+
+/// The fused epilogue of a GEMM.
+#[derive(Copy, Clone, Debug)]
+pub struct GemmEpilogue<'a> {
+    /// Bias per row of C (`m` floats) or per column (`n` floats), or none.
+    pub bias: GemmBias<'a>,
+    /// Clamp applied last (`(-inf, inf)` for none).
+    pub clamp: (f32, f32),
+    /// Add the product to what C holds (a preloaded residual, or accumulation).
+    pub accumulate: bool,
+}
+
+impl Default for GemmEpilogue<'_> {
+    fn default() -> Self {
+        GemmEpilogue {
+            bias: GemmBias::None,
+            clamp: (f32::NEG_INFINITY, f32::INFINITY),
+            accumulate: false,
+        }
+    }
+}
+
+thread_local! {
+    static PACK_B: RefCell<AlignedBuf> = RefCell::new(aligned_zeros(0));
+}
+
+/// `C[m x n] (+)= A B` with A prepacked and B packed per block from `b`; C row-major with row
+/// stride `rsc`, starting at `c_offset` of `c`. Runs in parallel on the current rayon pool
+/// when `parallel` (tasks over column blocks, and over row blocks when columns are few).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(
+    uk: &GemmUkernel,
+    blocking: &Blocking,
+    a: &PackedA,
+    b: &(impl PackB + ?Sized),
+    n: usize,
+    c: &SharedMut,
+    c_offset: usize,
+    rsc: usize,
+    epi: GemmEpilogue,
+    parallel: bool,
+) {
+    let m = a.m;
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert_eq!(
+        a.mr, uk.mr,
+        "A packed for MR = {} but the kernel has MR = {}",
+        a.mr, uk.mr
+    );
+    let panels_m = m.div_ceil(uk.mr);
+    // Column tasks of NC (rounded to NR); when there are fewer than 8 of them and M allows,
+    // also split M so both cores get balanced work (B is then packed once per row task).
+    let nc = blocking.nc.max(uk.nr);
+    let col_tasks = n.div_ceil(nc);
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let row_tasks = if threads > 1 && col_tasks < 4 * threads {
+        (4 * threads).div_ceil(col_tasks).min(panels_m).max(1)
+    } else {
+        1
+    };
+    let panels_per_row_task = panels_m.div_ceil(row_tasks);
+    let row_tasks = panels_m.div_ceil(panels_per_row_task);
+    let task = |t: usize| {
+        let (ct, rt) = (t % col_tasks, t / col_tasks);
+        let j0 = ct * nc;
+        let ncur = nc.min(n - j0);
+        let pan0 = rt * panels_per_row_task;
+        let pan1 = (pan0 + panels_per_row_task).min(panels_m);
+        let panels_n = ncur.div_ceil(uk.nr);
+        PACK_B.with(|cell| {
+            let mut bp = cell.borrow_mut();
+            let blocks = &a.blocks;
+            for (bi, &(p0, kc)) in blocks.iter().enumerate() {
+                let need = panels_n * uk.nr * kc.max(1);
+                if bp.len() < need {
+                    *bp = aligned_zeros(need);
+                }
+                if kc > 0 {
+                    b.pack(p0, kc, j0, ncur, uk.nr, &mut bp[..need]);
+                }
+                let first = bi == 0;
+                let last = bi + 1 == blocks.len();
+                // LOOP 3 over MC blocks of A (in L2), LOOP 2 over the B micro-panels (one
+                // stays in L1 while LOOP 1 walks the MR panels of the block).
+                let mc_panels = (blocking.mc / uk.mr).max(1);
+                let mut ic = pan0;
+                while ic < pan1 {
+                    let ic_end = (ic + mc_panels).min(pan1);
+                    for jp in 0..panels_n {
+                        let jj = j0 + jp * uk.nr;
+                        let ncur_t = uk.nr.min(n - jj);
+                        let bpanel = &bp[jp * uk.nr * kc..];
+                        for panel in ic..ic_end {
+                            let i0 = panel * uk.mr;
+                            let bias = match epi.bias {
+                                GemmBias::None => GemmBias::None,
+                                GemmBias::Row(s) => GemmBias::Row(&s[i0..]),
+                                GemmBias::Col(s) => GemmBias::Col(&s[jj..]),
+                            };
+                            run_gemm_tile(
+                                uk,
+                                kc,
+                                a.panel(bi, panel),
+                                bpanel,
+                                c,
+                                c_offset + i0 * rsc + jj,
+                                rsc,
+                                uk.mr.min(m - i0),
+                                ncur_t,
+                                epi.accumulate || !first,
+                                last,
+                                bias,
+                                epi.clamp,
+                            );
+                        }
+                    }
+                    ic = ic_end;
+                }
+            }
+        });
+    };
+    let tasks = col_tasks * row_tasks;
+    if parallel && tasks > 1 && threads > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// Plain SGEMM for tests and benchmarks: `C = A B (+ epilogue)`, A row-major `m x k`, B
+/// row-major `k x n`, C row-major `m x n` (row stride `n`).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    uk: &GemmUkernel,
+    blocking: &Blocking,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    epi: GemmEpilogue,
+    parallel: bool,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "sgemm: operands shorter than their shapes"
+    );
+    let pa = PackedA::from_row_major(a, m, k, k, uk.mr, blocking);
+    let src = StridedB {
+        data: b,
+        rs: n,
+        cs: 1,
+    };
+    let shared = SharedMut::new(c);
+    gemm_packed(uk, blocking, &pa, &src, n, &shared, 0, n, epi, parallel);
+}

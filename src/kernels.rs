@@ -1,0 +1,94 @@
+//! The contract between the drivers (`gemm/`, `algo/`) and the ISA kernels (`arch/`):
+//! kernels are data, a descriptor per kernel in a per-ISA static table.
+
+use crate::arch::Isa;
+
+/// How the bias enters a GEMM tile.
+#[derive(Copy, Clone, Debug)]
+pub enum TileBias {
+    /// No bias.
+    None,
+    /// One value per row of C (per output channel in NCHW convolution); points at the tile's
+    /// first row.
+    Row(*const f32),
+    /// One value per column of C (per output channel in NHWC convolution); points at the
+    /// tile's first column.
+    Col(*const f32),
+}
+
+/// One call of a GEMM microkernel: `C[m x n] (+)= A~ B~`, then on the last K block
+/// `C = clamp(C + bias, lo, hi)`.
+///
+/// Packed layouts (zero-padded to full panels by the packers):
+///
+/// ```text
+///   A~ (MR x k):  for p in 0..k { a[0][p], a[1][p], .., a[MR-1][p] }   -> k * MR floats
+///   B~ (k x NR):  for p in 0..k { b[p][0], b[p][1], .., b[p][NR-1] }   -> k * NR floats
+/// ```
+#[derive(Copy, Clone, Debug)]
+pub struct GemmTile {
+    /// Depth of this K block (may be 0: then only the C update/epilogue happens).
+    pub k: usize,
+    /// Packed A micro-panel, `k * MR` floats.
+    pub a: *const f32,
+    /// Packed B micro-panel, `k * NR` floats.
+    pub b: *const f32,
+    /// Top-left of the C tile.
+    pub c: *mut f32,
+    /// Row stride of C in elements (columns are contiguous).
+    pub rsc: usize,
+    /// Rows of C to write, 1..=MR.
+    pub m: usize,
+    /// Columns of C to write, 1..=NR.
+    pub n: usize,
+    /// Add the product to the existing C (later K blocks, or a preloaded residual).
+    pub load_c: bool,
+    /// Apply bias and clamp after the product (the last K block).
+    pub finish: bool,
+    /// The bias, applied when `finish`.
+    pub bias: TileBias,
+    /// Clamp lower bound, applied when `finish` (-inf for none).
+    pub lo: f32,
+    /// Clamp upper bound, applied when `finish` (+inf for none).
+    pub hi: f32,
+}
+
+/// A GEMM microkernel descriptor.
+#[derive(Copy, Clone, Debug)]
+pub struct GemmUkernel {
+    /// Canonical name, `f32_gemm_{MR}x{NR}__{isa}`.
+    pub name: &'static str,
+    /// The tier it needs.
+    pub isa: Isa,
+    /// Rows of the C tile.
+    pub mr: usize,
+    /// Columns of the C tile (the vector dimension).
+    pub nr: usize,
+    /// The kernel.
+    ///
+    /// # Safety
+    /// The CPU supports `isa`; `a` holds `k * mr` and `b` `k * nr` readable floats; `c` is
+    /// valid for `m` rows of `n` floats at stride `rsc`, with `1 <= m <= mr`, `1 <= n <= nr`;
+    /// a `Row` bias holds `m` floats, a `Col` bias `n`.
+    pub run: unsafe fn(&GemmTile),
+}
+
+/// All kernels of one ISA tier.
+#[derive(Debug)]
+pub struct KernelTable {
+    /// The tier.
+    pub isa: Isa,
+    /// GEMM microkernels, the default (fastest) first.
+    pub gemm: &'static [GemmUkernel],
+}
+
+impl KernelTable {
+    /// The default GEMM microkernel.
+    pub fn gemm_default(&self) -> &'static GemmUkernel {
+        &self.gemm[0]
+    }
+    /// A GEMM microkernel by canonical name.
+    pub fn gemm_by_name(&self, name: &str) -> Option<&'static GemmUkernel> {
+        self.gemm.iter().find(|k| k.name == name)
+    }
+}

@@ -1,0 +1,381 @@
+//! A plan: a layer with its chosen algorithm, ISA tier and prepacked weights, ready to run
+//! many times, from many threads at once (`Plan` is `Send + Sync`).
+
+use crate::algo::im2col::Im2colB;
+use crate::algo::{accepting, Algo};
+use crate::arch::{resolve_isa, GemmBias, Isa, SharedMut};
+use crate::epilogue::{Activation, Pool};
+use crate::error::{Error, Result};
+use crate::gemm::{gemm_packed, Blocking, GemmEpilogue, PackedA, StridedB};
+use crate::geometry::Geometry;
+use crate::kernels::GemmUkernel;
+use crate::reference::{self, check_len, Operands};
+use crate::spec::ConvSpec;
+use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw, Layout};
+
+/// How to build a plan.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// An algorithm name, or `None` / `"auto"` to let convkit choose.
+    pub algo: Option<String>,
+    /// An ISA name, or `None` / `"auto"` for `CONVKIT_ISA` or the best detected.
+    pub isa: Option<String>,
+    /// Threads to run on: `None` uses the caller's rayon pool (all cores by default); `Some(n)`
+    /// gives the plan a private pool of n threads (1 runs on the calling thread).
+    pub threads: Option<usize>,
+    /// Layout of input, residual and output.
+    pub layout: Layout,
+}
+
+enum Prepared {
+    Reference {
+        weight: Vec<f32>,
+    },
+    Gemm {
+        uk: &'static GemmUkernel,
+        blocking: Blocking,
+        packed: Vec<PackedA>,
+    },
+}
+
+/// A planned layer: validated geometry, chosen algorithm and kernels, packed weights.
+pub struct Plan {
+    geom: Geometry,
+    algo: Algo,
+    isa: Isa,
+    layout: Layout,
+    bias: Option<Vec<f32>>,
+    prepared: Prepared,
+    pool: Option<rayon::ThreadPool>,
+    threads: Option<usize>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("algo", &self.algo.name())
+            .field("isa", &self.isa.name())
+            .field("layout", &self.layout)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+/// Picks an algorithm when the caller does not: the first that accepts the layer, in the
+/// preference order of [`crate::algo::ALL_ALGOS`].
+pub fn choose_algo(g: &Geometry) -> Algo {
+    accepting(g)
+        .into_iter()
+        .find(|a| *a != Algo::Reference)
+        .unwrap_or(Algo::Reference)
+}
+
+impl Plan {
+    /// Validates the spec, resolves algorithm and ISA, and packs the weights.
+    /// `weight` is OIHW (OIL in 1-D); `bias` is `[Cout]`, present exactly when the spec has one.
+    pub fn new(
+        spec: &ConvSpec,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        opts: &PlanOptions,
+    ) -> Result<Plan> {
+        let geom = Geometry::new(spec)?;
+        check_len("weight", weight.len(), geom.weight_len())?;
+        match (geom.epilogue.bias, bias) {
+            (true, None) => {
+                return Err(Error::tensor(
+                    "bias",
+                    "the spec has a bias but none was given",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Error::tensor(
+                    "bias",
+                    "given, but the spec has \"bias\": false",
+                ))
+            }
+            (true, Some(b)) => check_len("bias", b.len(), geom.out_channels)?,
+            _ => {}
+        }
+        let isa = resolve_isa(opts.isa.as_deref())?;
+        let algo = match opts.algo.as_deref() {
+            None | Some("auto") => choose_algo(&geom),
+            Some(name) => {
+                let a = Algo::parse(name)?;
+                a.check(&geom).map_err(|why| Error::AlgorithmRejects {
+                    algo: a.name().into(),
+                    why,
+                })?;
+                a
+            }
+        };
+        let pool = match opts.threads {
+            Some(0) => return Err(Error::InvalidArgument("threads must be >= 1".into())),
+            Some(n) if n > 1 => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("cannot start {n} threads: {e}"))
+                    })?,
+            ),
+            _ => None,
+        };
+        let prepared = match algo {
+            Algo::Reference => Prepared::Reference {
+                weight: weight.to_vec(),
+            },
+            Algo::Im2col | Algo::Gemm1x1 => {
+                let uk = isa.kernels()?.gemm_default();
+                let blocking = Blocking::derive(uk, crate::sysinfo::caches());
+                let k = geom.cin_per_group * geom.kernel_area();
+                let opg = geom.cout_per_group;
+                let packed = (0..geom.groups)
+                    .map(|grp| {
+                        let wg = &weight[grp * opg * k..(grp + 1) * opg * k];
+                        PackedA::from_row_major(wg, opg, k, k, uk.mr, &blocking)
+                    })
+                    .collect();
+                Prepared::Gemm {
+                    uk,
+                    blocking,
+                    packed,
+                }
+            }
+        };
+        Ok(Plan {
+            geom,
+            algo,
+            isa,
+            layout: opts.layout,
+            bias: bias.map(<[f32]>::to_vec),
+            prepared,
+            pool,
+            threads: opts.threads,
+        })
+    }
+
+    /// The layer's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geom
+    }
+    /// The algorithm in use.
+    pub fn algo(&self) -> Algo {
+        self.algo
+    }
+    /// The ISA tier in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// The GEMM microkernel in use, if the algorithm has one.
+    pub fn kernel_name(&self) -> Option<&'static str> {
+        match &self.prepared {
+            Prepared::Gemm { uk, .. } => Some(uk.name),
+            _ => None,
+        }
+    }
+    /// Bytes of packed weights the plan holds.
+    pub fn packed_bytes(&self) -> usize {
+        match &self.prepared {
+            Prepared::Reference { weight } => weight.len() * 4,
+            Prepared::Gemm { packed, .. } => packed.iter().map(PackedA::bytes).sum(),
+        }
+    }
+
+    /// Runs the layer: `input` of the input shape, `residual` of the conv output shape exactly
+    /// when the spec has one, `output` of the output shape, all in the plan's layout.
+    pub fn run(&self, input: &[f32], residual: Option<&[f32]>, output: &mut [f32]) -> Result<()> {
+        let g = &self.geom;
+        check_len("input", input.len(), g.input_len())?;
+        check_len("output", output.len(), g.output_len())?;
+        match (g.epilogue.residual, residual) {
+            (true, None) => {
+                return Err(Error::tensor(
+                    "residual",
+                    "the spec has a residual but none was given",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Error::tensor(
+                    "residual",
+                    "given, but the spec has \"residual\": false",
+                ))
+            }
+            (true, Some(r)) => check_len("residual", r.len(), g.conv_output_len())?,
+            _ => {}
+        }
+        match &self.pool {
+            Some(p) => p.install(|| self.run_nchw_or_convert(input, residual, output)),
+            None => self.run_nchw_or_convert(input, residual, output),
+        }
+    }
+
+    fn run_nchw_or_convert(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+    ) -> Result<()> {
+        let g = &self.geom;
+        if self.layout == Layout::Nchw {
+            return self.run_nchw(input, residual, output);
+        }
+        let (n, c, co) = (g.batch, g.in_channels, g.out_channels);
+        let mut x = vec![0f32; input.len()];
+        nhwc_to_nchw(input, &mut x, n, c, g.input_area());
+        let r = residual.map(|r| {
+            let mut t = vec![0f32; r.len()];
+            nhwc_to_nchw(r, &mut t, n, co, g.conv_out_area());
+            t
+        });
+        let mut y = vec![0f32; output.len()];
+        self.run_nchw(&x, r.as_deref(), &mut y)?;
+        nchw_to_nhwc(&y, output, n, co, g.output[0] * g.output[1]);
+        Ok(())
+    }
+
+    fn run_nchw(&self, input: &[f32], residual: Option<&[f32]>, output: &mut [f32]) -> Result<()> {
+        let g = &self.geom;
+        match &self.prepared {
+            Prepared::Reference { weight } => {
+                let ops = Operands {
+                    input,
+                    weight,
+                    bias: self.bias.as_deref(),
+                    residual,
+                };
+                let y = reference::forward(g, &ops)?;
+                output.copy_from_slice(&y);
+                Ok(())
+            }
+            Prepared::Gemm {
+                uk,
+                blocking,
+                packed,
+            } => {
+                let act = g.epilogue.activation;
+                let clamp = act.as_clamp();
+                let pooled = g.epilogue.pool.is_some();
+                let mut scratch = if pooled {
+                    vec![0f32; g.conv_output_len()]
+                } else {
+                    Vec::new()
+                };
+                let conv_out: &mut [f32] = if pooled { &mut scratch } else { &mut *output };
+                if let Some(r) = residual {
+                    conv_out.copy_from_slice(r);
+                }
+                let area = g.conv_out_area();
+                let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
+                let epi_clamp = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+                {
+                    let shared = SharedMut::new(conv_out);
+                    for n in 0..g.batch {
+                        for (grp, pa) in packed.iter().enumerate() {
+                            let c0 = grp * cpg;
+                            let x = &input[(n * g.in_channels + c0) * g.input_area()
+                                ..(n * g.in_channels + c0 + cpg) * g.input_area()];
+                            let bias = match &self.bias {
+                                Some(b) => GemmBias::Row(&b[grp * opg..(grp + 1) * opg]),
+                                None => GemmBias::None,
+                            };
+                            let epi = GemmEpilogue {
+                                bias,
+                                clamp: epi_clamp,
+                                accumulate: residual.is_some(),
+                            };
+                            let c_off = (n * g.out_channels + grp * opg) * area;
+                            if self.algo == Algo::Gemm1x1 && g.stride == [1, 1] {
+                                let src = StridedB {
+                                    data: x,
+                                    rs: g.input_area(),
+                                    cs: 1,
+                                };
+                                gemm_packed(
+                                    uk, blocking, pa, &src, area, &shared, c_off, area, epi, true,
+                                );
+                            } else {
+                                let src = Im2colB { x, g };
+                                gemm_packed(
+                                    uk, blocking, pa, &src, area, &shared, c_off, area, epi, true,
+                                );
+                            }
+                        }
+                    }
+                }
+                if clamp.is_none() {
+                    apply_activation(act, conv_out);
+                }
+                if pooled {
+                    pool_f32(g, &scratch, output);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Applies a non-clamp activation in place (the band pass's job; scalar for now).
+fn apply_activation(act: Activation, data: &mut [f32]) {
+    for v in data {
+        *v = act.apply(*v);
+    }
+}
+
+/// Pools an activated conv output (NCHW) into `out`, with the reference's definitions in f32.
+fn pool_f32(g: &Geometry, act: &[f32], out: &mut [f32]) {
+    let [oh, ow] = g.conv_out;
+    match &g.epilogue.pool {
+        None => out.copy_from_slice(act),
+        Some(Pool::GlobalMax) => {
+            for (o, p) in out.iter_mut().zip(act.chunks(oh * ow)) {
+                *o = p
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, crate::epilogue::max_nan);
+            }
+        }
+        Some(Pool::GlobalAvg) => {
+            for (o, p) in out.iter_mut().zip(act.chunks(oh * ow)) {
+                *o = (p.iter().map(|&v| v as f64).sum::<f64>() / (oh * ow) as f64) as f32;
+            }
+        }
+        Some(pool) => {
+            let d = g.pool_dims.expect("windowed pool has dims");
+            let is_max = matches!(pool, Pool::Max(_));
+            let cip = matches!(
+                pool,
+                Pool::Avg {
+                    count_include_pad: true,
+                    ..
+                }
+            );
+            let [ph, pw] = g.output;
+            for (plane, o) in act.chunks(oh * ow).zip(out.chunks_mut(ph * pw)) {
+                for py in 0..ph {
+                    let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
+                    let ys =
+                        y0.max(0) as usize..((y0 + d[0].size as isize).min(oh as isize)) as usize;
+                    for px in 0..pw {
+                        let x0 = (px * d[1].stride) as isize - d[1].pad_before as isize;
+                        let xs = x0.max(0) as usize
+                            ..((x0 + d[1].size as isize).min(ow as isize)) as usize;
+                        let (mut m, mut s) = (f32::NEG_INFINITY, 0f32);
+                        for y in ys.clone() {
+                            for &v in &plane[y * ow + xs.start..y * ow + xs.end] {
+                                m = crate::epilogue::max_nan(m, v);
+                                s += v;
+                            }
+                        }
+                        let count = if cip {
+                            d[0].size * d[1].size
+                        } else {
+                            ys.len() * xs.len()
+                        };
+                        o[py * pw + px] = if is_max { m } else { s / count as f32 };
+                    }
+                }
+            }
+        }
+    }
+}

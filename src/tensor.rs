@@ -1,0 +1,68 @@
+//! Tensors: the activation layouts, owned 64-byte-aligned buffers, and layout conversion.
+//! Caller memory is never required to be aligned; only what convkit owns is.
+
+use aligned_vec::{AVec, ConstAlign};
+
+/// A buffer of f32 aligned to 64 bytes (one cache line, one AVX-512 vector).
+pub type AlignedBuf = AVec<f32, ConstAlign<64>>;
+
+/// A zeroed aligned buffer of `len` floats.
+pub fn aligned_zeros(len: usize) -> AlignedBuf {
+    let mut v = AlignedBuf::with_capacity(64, len);
+    v.resize(len, 0.0);
+    v
+}
+
+/// Memory order of activations. Weights are always OIHW (OIL in 1-D).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// Channels first: NCHW (NCL in 1-D).
+    #[default]
+    Nchw,
+    /// Channels last: NHWC (NLC in 1-D).
+    Nhwc,
+}
+
+impl Layout {
+    /// `nchw` or `nhwc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Nchw => "nchw",
+            Layout::Nhwc => "nhwc",
+        }
+    }
+    /// Parses `nchw` / `nhwc` (also `ncl` / `nlc`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "nchw" | "ncl" => Some(Layout::Nchw),
+            "nhwc" | "nlc" => Some(Layout::Nhwc),
+            _ => None,
+        }
+    }
+}
+
+/// Converts `n` images of `c` channels by `hw` positions from NHWC to NCHW.
+pub fn nhwc_to_nchw(src: &[f32], dst: &mut [f32], n: usize, c: usize, hw: usize) {
+    for b in 0..n {
+        let s = &src[b * c * hw..(b + 1) * c * hw];
+        let d = &mut dst[b * c * hw..(b + 1) * c * hw];
+        for p in 0..hw {
+            for ch in 0..c {
+                d[ch * hw + p] = s[p * c + ch];
+            }
+        }
+    }
+}
+
+/// Converts from NCHW to NHWC.
+pub fn nchw_to_nhwc(src: &[f32], dst: &mut [f32], n: usize, c: usize, hw: usize) {
+    for b in 0..n {
+        let s = &src[b * c * hw..(b + 1) * c * hw];
+        let d = &mut dst[b * c * hw..(b + 1) * c * hw];
+        for ch in 0..c {
+            for p in 0..hw {
+                d[p * c + ch] = s[ch * hw + p];
+            }
+        }
+    }
+}

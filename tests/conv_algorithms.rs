@@ -1,0 +1,408 @@
+//! Every algorithm x every ISA tier this CPU runs x a generated grid of layers, against the
+//! f64 reference with SPEC's tolerance; the worst element is reported on failure. Also
+//! bitwise determinism across 1, 2 and 3 threads, NHWC, and concurrent runs of one plan.
+//! `CONVKIT_SLOW_TESTS=1` widens the sweep.
+
+use convkit::init::Rng;
+use convkit::reference::{self, coords, Operands};
+use convkit::{
+    algo, Activation, Algo, ConvSpec, Geometry, Isa, Layout, Padding, Plan, PlanOptions, Pool,
+    PoolWindow,
+};
+use proptest::prelude::*;
+
+struct Case {
+    spec: ConvSpec,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
+    r: Option<Vec<f32>>,
+}
+
+fn make_case(spec: ConvSpec, seed: u64) -> Case {
+    let g = Geometry::new(&spec).unwrap();
+    let mut rng = Rng::new(seed);
+    let mut fill = |n: usize| {
+        (0..n)
+            .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+            .collect::<Vec<f32>>()
+    };
+    let x = fill(g.input_len());
+    let w = fill(g.weight_len());
+    let b = g.epilogue.bias.then(|| fill(g.out_channels));
+    let r = g.epilogue.residual.then(|| fill(g.conv_output_len()));
+    Case { spec, x, w, b, r }
+}
+
+fn tolerance(algo: Algo) -> f64 {
+    if algo.name().starts_with("winograd") {
+        1e-3
+    } else {
+        1e-4
+    }
+}
+
+/// Runs `algo` on `isa` and checks against the reference; returns the output.
+fn check(
+    case: &Case,
+    algo: Algo,
+    isa: Isa,
+    threads: Option<usize>,
+    layout: Layout,
+) -> Result<Vec<f32>, String> {
+    let g = Geometry::new(&case.spec).unwrap();
+    let ops = Operands {
+        input: &case.x,
+        weight: &case.w,
+        bias: case.b.as_deref(),
+        residual: case.r.as_deref(),
+    };
+    let want = reference::forward_f64(&g, &ops).unwrap();
+    let s = reference::magnitude(&g, &ops).unwrap();
+    let opts = PlanOptions {
+        algo: Some(algo.name().into()),
+        isa: Some(isa.name().into()),
+        threads,
+        layout,
+    };
+    let plan =
+        Plan::new(&case.spec, &case.w, case.b.as_deref(), &opts).map_err(|e| e.to_string())?;
+    let mut y = vec![f32::NAN; g.output_len()];
+    let (x, r) = match layout {
+        Layout::Nchw => (case.x.clone(), case.r.clone()),
+        Layout::Nhwc => {
+            let mut x = vec![0.0; case.x.len()];
+            convkit::tensor::nchw_to_nhwc(&case.x, &mut x, g.batch, g.in_channels, g.input_area());
+            let r = case.r.as_ref().map(|r| {
+                let mut t = vec![0.0; r.len()];
+                convkit::tensor::nchw_to_nhwc(
+                    r,
+                    &mut t,
+                    g.batch,
+                    g.out_channels,
+                    g.conv_out_area(),
+                );
+                t
+            });
+            (x, r)
+        }
+    };
+    plan.run(&x, r.as_deref(), &mut y)
+        .map_err(|e| e.to_string())?;
+    if layout == Layout::Nhwc {
+        let mut t = vec![0.0; y.len()];
+        convkit::tensor::nhwc_to_nchw(
+            &y,
+            &mut t,
+            g.batch,
+            g.out_channels,
+            g.output[0] * g.output[1],
+        );
+        y = t;
+    }
+    let c = reference::compare(&y, &want, s);
+    if c.normalized_err > tolerance(algo) {
+        return Err(format!(
+            "{} on {} ({:?}): worst element {:?} = {} (reference {}), error {:.3e} x S (S = {:.3e}), spec {}",
+            algo.name(),
+            isa.name(),
+            layout,
+            coords(&g.output_shape(), c.worst_index),
+            c.worst_values.0,
+            c.worst_values.1,
+            c.normalized_err,
+            s,
+            case.spec.to_json()
+        ));
+    }
+    Ok(y)
+}
+
+fn activation_strategy() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::None),
+        Just(Activation::Relu),
+        Just(Activation::Relu6),
+        Just(Activation::Sigmoid),
+        Just(Activation::Tanh),
+        Just(Activation::Gelu),
+        Just(Activation::GeluTanh),
+        Just(Activation::Silu),
+        Just(Activation::LeakyRelu { alpha: 0.1 }),
+        Just(Activation::Clamp {
+            min: -0.5,
+            max: 0.75
+        }),
+    ]
+}
+
+fn spec_strategy() -> impl Strategy<Value = ConvSpec> {
+    (
+        (1usize..3, 1usize..4, 1usize..5, any::<bool>()),
+        (1usize..12, 1usize..12, 1usize..6, 1usize..6),
+        (1usize..3, 1usize..3, 0usize..4, 0usize..3),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            activation_strategy(),
+            0usize..5,
+        ),
+    )
+        .prop_map(
+            |(
+                (n, cpg, opg, one_d),
+                (h, w, kh, kw),
+                (s, d, pad_kind, groups_sel),
+                (bias, residual, act, pool_sel),
+            )| {
+                let groups = [1, 1, 2, 3][groups_sel];
+                let (c, co) = (cpg * groups, opg * groups);
+                let (input, kernel, rank) = if one_d {
+                    (vec![n, c, w + kw * d], vec![kw], 1)
+                } else {
+                    (vec![n, c, h + kh, w + kw * d], vec![kh, kw], 2)
+                };
+                let padding = match pad_kind {
+                    0 => Padding::Valid,
+                    1 => Padding::Same,
+                    2 => Padding::Symmetric(vec![1; rank]),
+                    _ => Padding::Explicit(vec![(0, 2); rank]),
+                };
+                let pool = match pool_sel {
+                    1 => Some(Pool::Max(PoolWindow {
+                        size: vec![2; rank],
+                        stride: vec![2; rank],
+                        padding: vec![(0, 0); rank],
+                    })),
+                    2 => Some(Pool::Avg {
+                        window: PoolWindow {
+                            size: vec![3; rank],
+                            stride: vec![2; rank],
+                            padding: vec![(1, 1); rank],
+                        },
+                        count_include_pad: false,
+                    }),
+                    3 => Some(Pool::GlobalAvg),
+                    4 => Some(Pool::GlobalMax),
+                    _ => None,
+                };
+                let mut spec = ConvSpec::new(&input, co, &kernel)
+                    .with_stride(&vec![s; rank])
+                    .with_dilation(&vec![d; rank])
+                    .with_padding(padding)
+                    .with_groups(groups)
+                    .with_bias(bias)
+                    .with_residual(residual)
+                    .with_activation(act);
+                // Keep only pools that fit the conv output.
+                if let Some(p) = pool {
+                    let trial = spec.clone().with_pool(Some(p.clone()));
+                    if Geometry::new(&trial).is_ok() {
+                        spec = trial;
+                    }
+                }
+                spec
+            },
+        )
+        .prop_filter("valid geometry", |s| Geometry::new(s).is_ok())
+}
+
+fn cases() -> u32 {
+    if std::env::var("CONVKIT_SLOW_TESTS").is_ok() {
+        2000
+    } else {
+        96
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #[test]
+    fn every_algorithm_on_every_tier_matches_the_reference(spec in spec_strategy(), seed in 0u64..1000) {
+        let case = make_case(spec, seed);
+        let g = Geometry::new(&case.spec).unwrap();
+        for isa in convkit::arch::available_isas() {
+            for al in algo::accepting(&g) {
+                if let Err(e) = check(&case, al, isa, Some(1), Layout::Nchw) {
+                    prop_assert!(false, "{}", e);
+                }
+            }
+        }
+    }
+}
+
+fn suite_like_cases() -> Vec<ConvSpec> {
+    vec![
+        ConvSpec::new(&[1, 16, 20, 20], 24, &[3, 3])
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_activation(Activation::Relu),
+        ConvSpec::new(&[2, 3, 31, 29], 8, &[7, 7])
+            .with_stride(&[2, 2])
+            .with_padding(Padding::Symmetric(vec![3, 3]))
+            .with_activation(Activation::Relu)
+            .with_pool(Some(Pool::Max(PoolWindow {
+                size: vec![3, 3],
+                stride: vec![2, 2],
+                padding: vec![(1, 1); 2],
+            }))),
+        ConvSpec::new(&[1, 40, 9, 9], 36, &[1, 1])
+            .with_residual(true)
+            .with_activation(Activation::Relu6),
+        ConvSpec::new(&[1, 32, 12, 12], 32, &[3, 3])
+            .with_groups(8)
+            .with_padding(Padding::Same)
+            .with_activation(Activation::Silu),
+        ConvSpec::new(&[1, 17, 13, 13], 19, &[3, 3])
+            .with_dilation(&[2, 2])
+            .with_padding(Padding::Symmetric(vec![2, 2])),
+        ConvSpec::new(&[1, 1, 400], 16, &[10])
+            .with_stride(&[5])
+            .with_activation(Activation::Gelu),
+        ConvSpec::new(&[1, 30, 64], 20, &[3])
+            .with_activation(Activation::Relu)
+            .with_pool(Some(Pool::GlobalMax)),
+        ConvSpec::new(&[1, 12, 10, 10], 12, &[3, 3])
+            .with_groups(12)
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_stride(&[2, 2]),
+    ]
+}
+
+#[test]
+fn suite_like_layers_all_tiers_both_layouts() {
+    for (i, spec) in suite_like_cases().into_iter().enumerate() {
+        let case = make_case(spec, i as u64);
+        let g = Geometry::new(&case.spec).unwrap();
+        for isa in convkit::arch::available_isas() {
+            for al in algo::accepting(&g) {
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    check(&case, al, isa, None, layout).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bitwise_identical_across_thread_counts() {
+    for (i, spec) in suite_like_cases().into_iter().enumerate() {
+        let case = make_case(spec, 100 + i as u64);
+        let g = Geometry::new(&case.spec).unwrap();
+        for isa in convkit::arch::available_isas() {
+            for al in algo::accepting(&g) {
+                let outs: Vec<Vec<f32>> = [1, 2, 3]
+                    .iter()
+                    .map(|&t| check(&case, al, isa, Some(t), Layout::Nchw).unwrap())
+                    .collect();
+                for o in &outs[1..] {
+                    assert!(
+                        o.iter()
+                            .zip(&outs[0])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} on {}: results differ with the thread count",
+                        al.name(),
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn one_plan_runs_concurrently_from_many_threads() {
+    let spec = suite_like_cases().remove(0);
+    let case = make_case(spec, 7);
+    let g = Geometry::new(&case.spec).unwrap();
+    let plan = Plan::new(
+        &case.spec,
+        &case.w,
+        case.b.as_deref(),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let inputs: Vec<Vec<f32>> = (0..8)
+        .map(|i| case.x.iter().map(|v| v * (1.0 + i as f32 * 0.1)).collect())
+        .collect();
+    let sequential: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|x| {
+            let mut y = vec![0.0; g.output_len()];
+            plan.run(x, None, &mut y).unwrap();
+            y
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|x| {
+                let (plan, len) = (&plan, g.output_len());
+                s.spawn(move || {
+                    let mut y = vec![0.0; len];
+                    plan.run(x, None, &mut y).unwrap();
+                    y
+                })
+            })
+            .collect();
+        for (h, want) in handles.into_iter().zip(&sequential) {
+            assert_eq!(&h.join().unwrap(), want);
+        }
+    });
+}
+
+#[test]
+fn plan_errors_are_results_not_panics() {
+    let spec = ConvSpec::new(&[1, 4, 8, 8], 4, &[3, 3]);
+    let w = vec![0.0; 4 * 4 * 9];
+    let b = vec![0.0; 4];
+    assert!(Plan::new(&spec, &w[1..], Some(&b), &PlanOptions::default()).is_err());
+    assert!(Plan::new(&spec, &w, None, &PlanOptions::default()).is_err());
+    let e = Plan::new(
+        &spec,
+        &w,
+        Some(&b),
+        &PlanOptions {
+            algo: Some("gemm1x1".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("gemm1x1"), "{e}");
+    let e = Plan::new(
+        &spec,
+        &w,
+        Some(&b),
+        &PlanOptions {
+            algo: Some("fastest".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unknown algorithm"), "{e}");
+    let e = Plan::new(
+        &spec,
+        &w,
+        Some(&b),
+        &PlanOptions {
+            isa: Some("sse9".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("sse9"), "{e}");
+    assert!(Plan::new(
+        &spec,
+        &w,
+        Some(&b),
+        &PlanOptions {
+            threads: Some(0),
+            ..Default::default()
+        }
+    )
+    .is_err());
+    let plan = Plan::new(&spec, &w, Some(&b), &PlanOptions::default()).unwrap();
+    let mut y = vec![0.0; 4 * 36];
+    assert!(plan.run(&[0.0; 10], None, &mut y).is_err());
+    assert!(plan.run(&vec![0.0; 256], Some(&y.clone()), &mut y).is_err());
+    assert!(plan.run(&vec![0.0; 256], None, &mut y[1..]).is_err());
+}

@@ -1,0 +1,219 @@
+//! Every GEMM microkernel of every tier this CPU runs, over the edge grid, against an f64
+//! reference, with canaries around the C tile; then whole GEMMs over awkward shapes, and
+//! bitwise determinism across thread counts.
+
+use convkit::arch::{available_isas, run_gemm_tile, GemmBias, SharedMut, ALL_ISAS};
+use convkit::gemm::{sgemm, Blocking, GemmEpilogue};
+use convkit::init::Rng;
+
+const CANARY: f32 = -7.77e33;
+
+fn rand_vec(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
+}
+
+#[test]
+fn tiers_not_available_are_reported_not_silently_skipped() {
+    for isa in ALL_ISAS {
+        if !isa.is_available() {
+            eprintln!(
+                "NOTE: tier {} is not available on this CPU; its kernels are not run here",
+                isa.name()
+            );
+            assert!(isa.kernels().is_err());
+        }
+    }
+    assert!(available_isas().contains(&convkit::Isa::Portable));
+}
+
+#[test]
+fn every_microkernel_over_the_edge_grid() {
+    let mut rng = Rng::new(1);
+    let mut checked = 0;
+    for isa in available_isas() {
+        for uk in isa.kernels().unwrap().gemm {
+            for &k in &[0usize, 1, 2, 3, 8, 17, 256] {
+                for m in [1, uk.mr / 2 + 1, uk.mr] {
+                    for n in [1, uk.nr / 2 + 1, uk.nr - 1, uk.nr] {
+                        for (bias_kind, load_c, finish, clamp) in [
+                            (0, false, true, (f32::NEG_INFINITY, f32::INFINITY)),
+                            (1, true, true, (0.0, f32::INFINITY)),
+                            (2, false, true, (-0.5, 0.25)),
+                            (0, true, false, (0.0, 0.0)),
+                        ] {
+                            let a = rand_vec(&mut rng, k * uk.mr);
+                            let b = rand_vec(&mut rng, k * uk.nr);
+                            let bias = rand_vec(&mut rng, uk.mr.max(uk.nr));
+                            let rsc = uk.nr + 5; // strided C
+                            let rows = uk.mr + 2;
+                            let mut c = vec![CANARY; rows * rsc + 3];
+                            let c0: Vec<f32> = rand_vec(&mut rng, c.len());
+                            let off = rsc + 1; // one canary row and column before the tile
+                            for i in 0..m {
+                                for j in 0..n {
+                                    c[off + i * rsc + j] = c0[off + i * rsc + j];
+                                }
+                            }
+                            let gb = match bias_kind {
+                                1 => GemmBias::Row(&bias),
+                                2 => GemmBias::Col(&bias),
+                                _ => GemmBias::None,
+                            };
+                            {
+                                let sc = SharedMut::new(&mut c);
+                                run_gemm_tile(
+                                    uk, k, &a, &b, &sc, off, rsc, m, n, load_c, finish, gb, clamp,
+                                );
+                            }
+                            for idx in 0..c.len() {
+                                let (i, j) = (
+                                    (idx as isize - off as isize).div_euclid(rsc as isize),
+                                    (idx as isize - off as isize).rem_euclid(rsc as isize),
+                                );
+                                let inside = i >= 0 && (i as usize) < m && (j as usize) < n;
+                                if !inside {
+                                    assert_eq!(
+                                        c[idx].to_bits(),
+                                        CANARY.to_bits(),
+                                        "{} wrote outside the tile at {idx} (k={k} m={m} n={n})",
+                                        uk.name
+                                    );
+                                    continue;
+                                }
+                                let (i, j) = (i as usize, j as usize);
+                                let mut want: f64 = (0..k)
+                                    .map(|p| a[p * uk.mr + i] as f64 * b[p * uk.nr + j] as f64)
+                                    .sum();
+                                if load_c {
+                                    want += c0[idx] as f64;
+                                }
+                                if finish {
+                                    want += match bias_kind {
+                                        1 => bias[i] as f64,
+                                        2 => bias[j] as f64,
+                                        _ => 0.0,
+                                    };
+                                    want = want.clamp(clamp.0 as f64, clamp.1 as f64);
+                                }
+                                let tol = 1e-5 * (k as f64 + 2.0);
+                                assert!(
+                                    (c[idx] as f64 - want).abs() <= tol,
+                                    "{}: k={k} m={m} n={n} at ({i},{j}): {} vs {want}",
+                                    uk.name,
+                                    c[idx]
+                                );
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 0);
+}
+
+fn gemm_ref(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p] as f64;
+            for j in 0..n {
+                c[i * n + j] += av * b[p * n + j] as f64;
+            }
+        }
+    }
+    c
+}
+
+#[test]
+fn whole_gemms_over_awkward_shapes_on_every_tier() {
+    let mut rng = Rng::new(2);
+    let shapes = [
+        (1, 1, 1),
+        (0, 5, 3),
+        (5, 0, 3),
+        (7, 13, 0),
+        (13, 1, 29),
+        (1, 97, 31),
+        (61, 67, 71),
+        (300, 7, 5),
+        (3, 300, 600),
+        (40, 130, 257),
+    ];
+    for isa in available_isas() {
+        for uk in isa.kernels().unwrap().gemm {
+            let mut bl = Blocking::derive(uk, convkit::sysinfo::caches());
+            bl.kc = 64; // force several K blocks on small shapes
+            bl.nc = 2 * uk.nr;
+            bl.mc = 2 * uk.mr;
+            for &(m, n, k) in &shapes {
+                let a = rand_vec(&mut rng, m * k);
+                let b = rand_vec(&mut rng, k * n);
+                let bias = rand_vec(&mut rng, m);
+                let mut c = vec![0f32; m * n];
+                let epi = GemmEpilogue {
+                    bias: GemmBias::Row(&bias),
+                    clamp: (-1.0, 1.0),
+                    accumulate: false,
+                };
+                sgemm(uk, &bl, m, n, k, &a, &b, &mut c, epi, true);
+                let want = gemm_ref(m, n, k, &a, &b);
+                for i in 0..m {
+                    for j in 0..n {
+                        let w = (want[i * n + j] + bias[i] as f64).clamp(-1.0, 1.0);
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - w).abs() <= 1e-5 * (k as f64 + 1.0),
+                            "{} {m}x{n}x{k} at ({i},{j}): {got} vs {w}",
+                            uk.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_is_bitwise_identical_across_thread_counts() {
+    let mut rng = Rng::new(3);
+    let (m, n, k) = (70, 530, 600);
+    let a = rand_vec(&mut rng, m * k);
+    let b = rand_vec(&mut rng, k * n);
+    for isa in available_isas() {
+        let uk = isa.kernels().unwrap().gemm_default();
+        let bl = Blocking::derive(uk, convkit::sysinfo::caches());
+        let mut outs = Vec::new();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut c = vec![0f32; m * n];
+            pool.install(|| {
+                sgemm(
+                    uk,
+                    &bl,
+                    m,
+                    n,
+                    k,
+                    &a,
+                    &b,
+                    &mut c,
+                    GemmEpilogue::default(),
+                    true,
+                )
+            });
+            outs.push(c);
+        }
+        assert!(
+            outs.windows(2).all(|w| w[0]
+                .iter()
+                .zip(&w[1])
+                .all(|(x, y)| x.to_bits() == y.to_bits())),
+            "{}",
+            uk.name
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! `convkit bench`: times each layer as a user pays for it (layout conversions inside the
+//! timing, weights packed once before it, packing time reported apart), median of repeated
+//! runs after warm-up.
+
+use crate::args::Args;
+use convkit::init::Rng;
+use convkit::{algo, Algo, ConvSpec, Geometry, Layout, Plan, PlanOptions};
+use serde_json::json;
+use std::time::Instant;
+
+/// One measured row.
+pub struct Row {
+    pub layer: String,
+    pub algo: String,
+    pub auto: bool,
+    pub choice: &'static str,
+    pub threads: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub gflops: f64,
+    pub pack_ms: f64,
+}
+
+/// Input, weight, bias and residual of a layer.
+pub type Operands = (Vec<f32>, Vec<f32>, Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// Random operands for a layer, deterministic per layer.
+pub fn operands(g: &Geometry, seed: u64) -> Operands {
+    let mut rng = Rng::new(seed);
+    let mut fill = |n: usize| {
+        let mut v = vec![0f32; n];
+        rng.fill_uniform(&mut v, -1.0, 1.0);
+        v
+    };
+    let x = fill(g.input_len());
+    let w = fill(g.weight_len());
+    let b = g.epilogue.bias.then(|| fill(g.out_channels));
+    let r = g.epilogue.residual.then(|| fill(g.conv_output_len()));
+    (x, w, b, r)
+}
+
+/// Times one (layer, algorithm): pack time, then median and min of the runs.
+pub fn time_layer(
+    spec: &ConvSpec,
+    g: &Geometry,
+    opts: &PlanOptions,
+    min_reps: usize,
+) -> Result<(Plan, f64, f64, f64), String> {
+    let (x, w, b, r) = operands(g, 0x5eed);
+    let t = Instant::now();
+    let plan = Plan::new(spec, &w, b.as_deref(), opts).map_err(|e| e.to_string())?;
+    let pack_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut y = vec![0f32; g.output_len()];
+    for _ in 0..2 {
+        plan.run(&x, r.as_deref(), &mut y)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < min_reps || (start.elapsed().as_secs_f64() < 0.3 && times.len() < 200) {
+        let t = Instant::now();
+        plan.run(&x, r.as_deref(), &mut y)
+            .map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((plan, pack_ms, times[times.len() / 2], times[0]))
+}
+
+pub fn cmd_bench(a: &Args) -> Result<(), String> {
+    let text = match a.get("suite") {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read suite {p}: {e}"))?,
+        None => crate::BUILTIN_SUITE.to_string(),
+    };
+    let mut specs = convkit::spec::parse_suite(&text).map_err(|e| format!("suite: {e}"))?;
+    if let Some(list) = a.get("layers") {
+        let wanted: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        for w in &wanted {
+            if !specs.iter().any(|s| s.name.as_deref() == Some(*w)) {
+                return Err(format!("--layers: no layer named `{w}` in the suite"));
+            }
+        }
+        specs.retain(|s| wanted.contains(&s.name.as_deref().unwrap_or("")));
+    }
+    let threads = crate::parse_threads(a.get("threads"))?;
+    let layout = match a.get("layout") {
+        None => Layout::Nchw,
+        Some(s) => {
+            Layout::parse(s).ok_or_else(|| format!("--layout: expected nchw or nhwc, got `{s}`"))?
+        }
+    };
+    let format = a.get("format").unwrap_or("table");
+    if !["table", "json", "csv"].contains(&format) {
+        return Err(format!(
+            "--format: expected table, json or csv, got `{format}`"
+        ));
+    }
+    let min_reps = match a.get("reps") {
+        None => 5,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| format!("--reps: expected an integer >= 1, got `{s}`"))?,
+    };
+    let algo_sel = a.get("algo").unwrap_or("auto").to_string();
+    if algo_sel != "all" && algo_sel != "auto" {
+        Algo::parse(&algo_sel).map_err(|e| e.to_string())?;
+    }
+    let isa = convkit::arch::resolve_isa(a.get("isa")).map_err(|e| e.to_string())?;
+    let nthreads = threads.unwrap_or_else(convkit::sysinfo::cores);
+    let peak = convkit::sysinfo::measure_peak_gflops(isa, nthreads).unwrap_or(0.0);
+
+    let mut rows = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let g = Geometry::new(spec)
+            .map_err(|e| format!("layer {}: {e}", spec.name.as_deref().unwrap_or("?")))?;
+        let name = spec.name.clone().unwrap_or_else(|| format!("layer{i}"));
+        let algos: Vec<Option<Algo>> = match algo_sel.as_str() {
+            "auto" => vec![None],
+            "all" => algo::accepting(&g)
+                .into_iter()
+                .filter(|a| *a != Algo::Reference)
+                .map(Some)
+                .collect(),
+            n => {
+                let al = Algo::parse(n).map_err(|e| e.to_string())?;
+                if !al.accepts(&g) {
+                    eprintln!(
+                        "[{}/{}] {name}: {n} does not accept this layer, skipped",
+                        i + 1,
+                        specs.len()
+                    );
+                    continue;
+                }
+                vec![Some(al)]
+            }
+        };
+        for al in algos {
+            eprint!(
+                "[{}/{}] {name} {} ...",
+                i + 1,
+                specs.len(),
+                al.map(|a| a.name()).unwrap_or("auto")
+            );
+            let opts = PlanOptions {
+                algo: al.map(|a| a.name().to_string()),
+                isa: Some(isa.name().to_string()),
+                threads,
+                layout,
+            };
+            let (plan, pack_ms, med, min) = time_layer(spec, &g, &opts, min_reps)?;
+            let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
+            eprintln!(" {med:.3} ms, {gflops:.1} GFLOP/s");
+            rows.push(Row {
+                layer: name.clone(),
+                algo: plan.algo().name().to_string(),
+                auto: al.is_none(),
+                choice: if al.is_none() { "heuristic" } else { "forced" },
+                threads: nthreads,
+                median_ms: med,
+                min_ms: min,
+                gflops,
+                pack_ms,
+            });
+        }
+    }
+    print_rows(&rows, format, isa.name(), nthreads, peak);
+    Ok(())
+}
+
+fn print_rows(rows: &[Row], format: &str, isa: &str, threads: usize, peak: f64) {
+    match format {
+        "json" => {
+            let results: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    json!({"layer": r.layer, "algo": r.algo, "auto": r.auto, "choice": r.choice, "threads": r.threads,
+                           "median_ms": r.median_ms, "min_ms": r.min_ms, "gflops": r.gflops, "pack_ms": r.pack_ms})
+                })
+                .collect();
+            let doc = json!({"machine": {"isa": isa, "threads": threads, "peak_gflops": peak}, "results": results});
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        "csv" => {
+            println!("layer,algo,auto,choice,threads,median_ms,min_ms,gflops,pct_peak,pack_ms");
+            for r in rows {
+                println!(
+                    "{},{},{},{},{},{:.4},{:.4},{:.2},{:.1},{:.3}",
+                    r.layer,
+                    r.algo,
+                    r.auto,
+                    r.choice,
+                    r.threads,
+                    r.median_ms,
+                    r.min_ms,
+                    r.gflops,
+                    pct(r.gflops, peak),
+                    r.pack_ms
+                );
+            }
+        }
+        _ => {
+            println!("isa {isa}, {threads} thread(s), measured FMA peak {peak:.1} GFLOP/s");
+            println!(
+                "{:<26} {:<10} {:<9} {:>10} {:>10} {:>9} {:>7} {:>9}",
+                "layer", "algo", "choice", "median ms", "min ms", "GFLOP/s", "% peak", "pack ms"
+            );
+            for r in rows {
+                println!(
+                    "{:<26} {:<10} {:<9} {:>10.3} {:>10.3} {:>9.1} {:>6.1}% {:>9.3}",
+                    r.layer,
+                    r.algo,
+                    r.choice,
+                    r.median_ms,
+                    r.min_ms,
+                    r.gflops,
+                    pct(r.gflops, peak),
+                    r.pack_ms
+                );
+            }
+            if !rows.is_empty() {
+                let geo = (rows.iter().map(|r| r.gflops.max(1e-9).ln()).sum::<f64>()
+                    / rows.len() as f64)
+                    .exp();
+                println!("geomean GFLOP/s: {geo:.1}");
+            }
+        }
+    }
+}
+
+fn pct(g: f64, peak: f64) -> f64 {
+    if peak > 0.0 {
+        100.0 * g / peak
+    } else {
+        0.0
+    }
+}
