@@ -80,6 +80,8 @@ pub struct KernelTable {
     pub isa: Isa,
     /// GEMM microkernels, the default (fastest) first.
     pub gemm: &'static [GemmUkernel],
+    /// The depthwise plane kernel.
+    pub dwconv: crate::arch::dwconv::DwUkernel,
 }
 
 impl KernelTable {

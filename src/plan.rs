@@ -31,6 +31,10 @@ enum Prepared {
     Reference {
         weight: Vec<f32>,
     },
+    Depthwise {
+        uk: crate::arch::dwconv::DwUkernel,
+        weight: Vec<f32>,
+    },
     Gemm {
         uk: &'static GemmUkernel,
         blocking: Blocking,
@@ -122,6 +126,10 @@ impl Plan {
             _ => None,
         };
         let prepared = match algo {
+            Algo::Depthwise => Prepared::Depthwise {
+                uk: isa.kernels()?.dwconv,
+                weight: weight.to_vec(),
+            },
             Algo::Reference => Prepared::Reference {
                 weight: weight.to_vec(),
             },
@@ -171,13 +179,14 @@ impl Plan {
     pub fn kernel_name(&self) -> Option<&'static str> {
         match &self.prepared {
             Prepared::Gemm { uk, .. } => Some(uk.name),
-            _ => None,
+            Prepared::Depthwise { uk, .. } => Some(uk.name),
+            Prepared::Reference { .. } => None,
         }
     }
     /// Bytes of packed weights the plan holds.
     pub fn packed_bytes(&self) -> usize {
         match &self.prepared {
-            Prepared::Reference { weight } => weight.len() * 4,
+            Prepared::Reference { weight } | Prepared::Depthwise { weight, .. } => weight.len() * 4,
             Prepared::Gemm { packed, .. } => packed.iter().map(PackedA::bytes).sum(),
         }
     }
@@ -236,80 +245,136 @@ impl Plan {
 
     fn run_nchw(&self, input: &[f32], residual: Option<&[f32]>, output: &mut [f32]) -> Result<()> {
         let g = &self.geom;
+        if let Prepared::Reference { weight } = &self.prepared {
+            let ops = Operands {
+                input,
+                weight,
+                bias: self.bias.as_deref(),
+                residual,
+            };
+            let y = reference::forward(g, &ops)?;
+            output.copy_from_slice(&y);
+            return Ok(());
+        }
+        // The conv output goes straight to `output` unless a pool follows.
+        let act = g.epilogue.activation;
+        let clamp = act.as_clamp();
+        let pooled = g.epilogue.pool.is_some();
+        let mut scratch = if pooled {
+            vec![0f32; g.conv_output_len()]
+        } else {
+            Vec::new()
+        };
+        let conv_out: &mut [f32] = if pooled { &mut scratch } else { &mut *output };
+        if let Some(r) = residual {
+            conv_out.copy_from_slice(r);
+        }
+        let epi_clamp = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         match &self.prepared {
-            Prepared::Reference { weight } => {
-                let ops = Operands {
-                    input,
-                    weight,
-                    bias: self.bias.as_deref(),
-                    residual,
-                };
-                let y = reference::forward(g, &ops)?;
-                output.copy_from_slice(&y);
-                Ok(())
+            Prepared::Reference { .. } => unreachable!("handled above"),
+            Prepared::Depthwise { uk, weight } => {
+                self.run_depthwise(uk, weight, input, conv_out, residual.is_some(), epi_clamp)
             }
             Prepared::Gemm {
                 uk,
                 blocking,
                 packed,
-            } => {
-                let act = g.epilogue.activation;
-                let clamp = act.as_clamp();
-                let pooled = g.epilogue.pool.is_some();
-                let mut scratch = if pooled {
-                    vec![0f32; g.conv_output_len()]
-                } else {
-                    Vec::new()
+            } => self.run_gemm(
+                uk,
+                blocking,
+                packed,
+                input,
+                conv_out,
+                residual.is_some(),
+                epi_clamp,
+            ),
+        }
+        if clamp.is_none() {
+            apply_activation(act, conv_out);
+        }
+        if pooled {
+            pool_f32(g, &scratch, output);
+        }
+        Ok(())
+    }
+
+    fn run_depthwise(
+        &self,
+        uk: &crate::arch::dwconv::DwUkernel,
+        weight: &[f32],
+        input: &[f32],
+        conv_out: &mut [f32],
+        accumulate: bool,
+        clamp: (f32, f32),
+    ) {
+        use rayon::prelude::*;
+        let g = &self.geom;
+        let (area, in_area, ka) = (g.conv_out_area(), g.input_area(), g.kernel_area());
+        let mult = g.cout_per_group;
+        conv_out
+            .par_chunks_mut(area)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let (n, co) = (plane / g.out_channels, plane % g.out_channels);
+                let ci = co / mult;
+                let x0 = (n * g.in_channels + ci) * in_area;
+                let mut p = crate::arch::dwconv::DwPlane {
+                    g,
+                    input: &input[x0..x0 + in_area],
+                    weight: &weight[co * ka..(co + 1) * ka],
+                    out,
+                    bias: self.bias.as_ref().map_or(0.0, |b| b[co]),
+                    accumulate,
+                    clamp,
                 };
-                let conv_out: &mut [f32] = if pooled { &mut scratch } else { &mut *output };
-                if let Some(r) = residual {
-                    conv_out.copy_from_slice(r);
+                (uk.run)(&mut p);
+            });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_gemm(
+        &self,
+        uk: &GemmUkernel,
+        blocking: &Blocking,
+        packed: &[PackedA],
+        input: &[f32],
+        conv_out: &mut [f32],
+        accumulate: bool,
+        clamp: (f32, f32),
+    ) {
+        let g = &self.geom;
+        let area = g.conv_out_area();
+        let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
+        let shared = SharedMut::new(conv_out);
+        for n in 0..g.batch {
+            for (grp, pa) in packed.iter().enumerate() {
+                let c0 = n * g.in_channels + grp * cpg;
+                let x = &input[c0 * g.input_area()..(c0 + cpg) * g.input_area()];
+                let bias = match &self.bias {
+                    Some(b) => GemmBias::Row(&b[grp * opg..(grp + 1) * opg]),
+                    None => GemmBias::None,
+                };
+                let epi = GemmEpilogue {
+                    bias,
+                    clamp,
+                    accumulate,
+                };
+                let c_off = (n * g.out_channels + grp * opg) * area;
+                if self.algo == Algo::Gemm1x1 && g.stride == [1, 1] {
+                    let src = StridedB {
+                        data: x,
+                        rs: g.input_area(),
+                        cs: 1,
+                    };
+                    gemm_packed(
+                        uk, blocking, pa, &src, area, &shared, c_off, area, epi, true,
+                    );
+                } else {
+                    let src = Im2colB { x, g };
+                    gemm_packed(
+                        uk, blocking, pa, &src, area, &shared, c_off, area, epi, true,
+                    );
                 }
-                let area = g.conv_out_area();
-                let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
-                let epi_clamp = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-                {
-                    let shared = SharedMut::new(conv_out);
-                    for n in 0..g.batch {
-                        for (grp, pa) in packed.iter().enumerate() {
-                            let c0 = grp * cpg;
-                            let x = &input[(n * g.in_channels + c0) * g.input_area()
-                                ..(n * g.in_channels + c0 + cpg) * g.input_area()];
-                            let bias = match &self.bias {
-                                Some(b) => GemmBias::Row(&b[grp * opg..(grp + 1) * opg]),
-                                None => GemmBias::None,
-                            };
-                            let epi = GemmEpilogue {
-                                bias,
-                                clamp: epi_clamp,
-                                accumulate: residual.is_some(),
-                            };
-                            let c_off = (n * g.out_channels + grp * opg) * area;
-                            if self.algo == Algo::Gemm1x1 && g.stride == [1, 1] {
-                                let src = StridedB {
-                                    data: x,
-                                    rs: g.input_area(),
-                                    cs: 1,
-                                };
-                                gemm_packed(
-                                    uk, blocking, pa, &src, area, &shared, c_off, area, epi, true,
-                                );
-                            } else {
-                                let src = Im2colB { x, g };
-                                gemm_packed(
-                                    uk, blocking, pa, &src, area, &shared, c_off, area, epi, true,
-                                );
-                            }
-                        }
-                    }
-                }
-                if clamp.is_none() {
-                    apply_activation(act, conv_out);
-                }
-                if pooled {
-                    pool_f32(g, &scratch, output);
-                }
-                Ok(())
             }
         }
     }

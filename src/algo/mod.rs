@@ -12,12 +12,20 @@ pub enum Algo {
     Im2col,
     /// 1x1 kernels without padding as plain GEMM (no copy at stride 1).
     Gemm1x1,
+    /// One input channel per group (groups == C), any channel multiplier: a plane kernel
+    /// vectorized along the output row.
+    Depthwise,
     /// The f64 oracle (never chosen by `auto`).
     Reference,
 }
 
 /// Every algorithm, in the order `auto` prefers them (best first); `reference` last.
-pub const ALL_ALGOS: [Algo; 3] = [Algo::Gemm1x1, Algo::Im2col, Algo::Reference];
+pub const ALL_ALGOS: [Algo; 4] = [
+    Algo::Depthwise,
+    Algo::Gemm1x1,
+    Algo::Im2col,
+    Algo::Reference,
+];
 
 /// Names SPEC reserves for algorithms not built yet: they are refused with a clear message.
 const PLANNED: [&str; 5] = [
@@ -34,6 +42,7 @@ impl Algo {
         match self {
             Algo::Im2col => "im2col",
             Algo::Gemm1x1 => "gemm1x1",
+            Algo::Depthwise => "depthwise",
             Algo::Reference => "reference",
         }
     }
@@ -43,6 +52,7 @@ impl Algo {
         match name {
             "im2col" => Ok(Algo::Im2col),
             "gemm1x1" => Ok(Algo::Gemm1x1),
+            "depthwise" => Ok(Algo::Depthwise),
             "reference" => Ok(Algo::Reference),
             n if PLANNED.contains(&n) => Err(Error::AlgorithmRejects {
                 algo: n.to_string(),
@@ -56,6 +66,13 @@ impl Algo {
     pub fn check(self, g: &Geometry) -> std::result::Result<(), String> {
         match self {
             Algo::Im2col | Algo::Reference => Ok(()),
+            Algo::Depthwise => {
+                if g.is_depthwise() {
+                    Ok(())
+                } else {
+                    Err(format!("needs one input channel per group (groups == C); the layer has {} per group", g.cin_per_group))
+                }
+            }
             Algo::Gemm1x1 => {
                 if g.kernel != [1, 1] {
                     Err(format!(

@@ -11,6 +11,7 @@ use wide::f32x8;
 pub static TABLE: KernelTable = KernelTable {
     isa: Isa::Portable,
     gemm: &[F32_GEMM_4X8],
+    dwconv: F32_DWCONV_PLANE,
 };
 
 /// 4x8 GEMM tile on `wide::f32x8` (4 accumulators: 8 xmm on SSE2, 8 q registers on NEON).
@@ -60,3 +61,10 @@ pub fn peak_probe(iters: u64) -> Option<f32> {
     }
     Some(acc.iter().map(|a| a.reduce_add()).sum())
 }
+
+/// Depthwise plane kernel at the build's baseline.
+pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv::DwUkernel {
+    name: "f32_dwconv_plane__portable",
+    isa: Isa::Portable,
+    run: crate::arch::dwconv::dw_plane_generic,
+};
