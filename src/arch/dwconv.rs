@@ -112,7 +112,7 @@ pub(crate) fn dw_plane_generic(p: &mut DwPlane) {
             ox += CHUNK;
         }
         // The interior's tail: one output at a time, its accumulator in a register.
-        for ox in ox..ox_hi {
+        for (ox, dst) in out_row.iter_mut().enumerate().take(ox_hi).skip(ox) {
             let mut acc = 0f32;
             for ky in 0..kh {
                 let y = (oy * sh + ky * dh) as isize - pt as isize;
@@ -125,8 +125,8 @@ pub(crate) fn dw_plane_generic(p: &mut DwPlane) {
                     acc += p.weight[ky * kw + kx] * row[x0 + kx * dw];
                 }
             }
-            let v = acc + p.bias + if p.accumulate { out_row[ox] } else { 0.0 };
-            out_row[ox] = crate::arch::clamp_nan(v, lo, hi);
+            let v = acc + p.bias + if p.accumulate { *dst } else { 0.0 };
+            *dst = crate::arch::clamp_nan(v, lo, hi);
         }
     }
 }
