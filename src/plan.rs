@@ -21,7 +21,7 @@ pub struct PlanOptions {
     /// An ISA name, or `None` / `"auto"` for `CONVKIT_ISA` or the best detected.
     pub isa: Option<String>,
     /// Threads to run on: `None` uses the caller's rayon pool (all cores by default); `Some(n)`
-    /// gives the plan a private pool of n threads (1 runs on the calling thread).
+    /// gives the plan a private pool of n threads.
     pub threads: Option<usize>,
     /// Layout of input, residual and output.
     pub layout: Layout,
@@ -115,7 +115,9 @@ impl Plan {
         };
         let pool = match opts.threads {
             Some(0) => return Err(Error::InvalidArgument("threads must be >= 1".into())),
-            Some(n) if n > 1 => Some(
+            // A private pool for any explicit count, 1 included: without one, work would run
+            // on the caller's (global) pool and `threads: 1` would not mean one thread.
+            Some(n) => Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .build()
