@@ -51,17 +51,21 @@ pub(crate) fn dw_plane_generic(p: &mut DwPlane) {
         0
     };
     let ox_hi = ox_hi.max(ox_lo);
+    let input = p.input;
+    // The input row that kernel row `ky` reads for output row `oy`, or None in the padding.
+    let input_row = |oy: usize, ky: usize| -> Option<&[f32]> {
+        let y = (oy * sh + ky * dh).checked_sub(pt)?;
+        (y < ih).then(|| &input[y * iw..(y + 1) * iw])
+    };
     for oy in 0..oh {
         let out_row = &mut p.out[oy * ow..(oy + 1) * ow];
         // Border columns (scalar, bounds-checked).
         let border = |ox: usize| -> f32 {
             let mut acc = 0f32;
             for ky in 0..kh {
-                let y = (oy * sh + ky * dh) as isize - pt as isize;
-                if y < 0 || y >= ih as isize {
+                let Some(row) = input_row(oy, ky) else {
                     continue;
-                }
-                let row = &p.input[y as usize * iw..(y as usize + 1) * iw];
+                };
                 for kx in 0..kw {
                     let x = (ox * sw + kx * dw) as isize - pl as isize;
                     if x >= 0 && (x as usize) < iw {
@@ -82,11 +86,9 @@ pub(crate) fn dw_plane_generic(p: &mut DwPlane) {
         while ox + CHUNK <= ox_hi {
             let mut acc = [0f32; CHUNK];
             for ky in 0..kh {
-                let y = (oy * sh + ky * dh) as isize - pt as isize;
-                if y < 0 || y >= ih as isize {
+                let Some(row) = input_row(oy, ky) else {
                     continue;
-                }
-                let row = &p.input[y as usize * iw..(y as usize + 1) * iw];
+                };
                 for kx in 0..kw {
                     let w = p.weight[ky * kw + kx];
                     let x0 = ox * sw + kx * dw - pl;
@@ -115,11 +117,9 @@ pub(crate) fn dw_plane_generic(p: &mut DwPlane) {
         for (ox, dst) in out_row.iter_mut().enumerate().take(ox_hi).skip(ox) {
             let mut acc = 0f32;
             for ky in 0..kh {
-                let y = (oy * sh + ky * dh) as isize - pt as isize;
-                if y < 0 || y >= ih as isize {
+                let Some(row) = input_row(oy, ky) else {
                     continue;
-                }
-                let row = &p.input[y as usize * iw..(y as usize + 1) * iw];
+                };
                 let x0 = ox * sw - pl;
                 for kx in 0..kw {
                     acc += p.weight[ky * kw + kx] * row[x0 + kx * dw];

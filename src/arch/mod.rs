@@ -10,6 +10,32 @@ use std::sync::OnceLock;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod dwconv;
+
+/// Declares a tier's depthwise plane kernel: the generic body of [`dwconv`] compiled under
+/// the tier's target features, behind a safe entry that checks the tier is available.
+macro_rules! dw_plane_kernel {
+    ($isa:ident, $name:literal, $features:literal) => {
+        /// Depthwise plane kernel: the generic body vectorized under this tier's features.
+        pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel =
+            crate::arch::dwconv::DwUkernel {
+                name: $name,
+                isa: Isa::$isa,
+                run: dw_plane,
+            };
+
+        fn dw_plane(p: &mut crate::arch::dwconv::DwPlane) {
+            assert!(Isa::$isa.is_available(), "{} on a CPU without it", $name);
+            // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
+            unsafe { dw_plane_tf(p) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn dw_plane_tf(p: &mut crate::arch::dwconv::DwPlane) {
+            crate::arch::dwconv::dw_plane_generic(p)
+        }
+    };
+}
+pub(crate) use dw_plane_kernel;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

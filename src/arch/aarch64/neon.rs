@@ -72,20 +72,4 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
     unsafe { store_tile_scalar(&tile, 4 * NV, t) };
 }
 
-/// Depthwise plane kernel: the generic body vectorized under this tier's features.
-pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv::DwUkernel {
-    name: "f32_dwconv_plane__neon",
-    isa: Isa::Neon,
-    run: dw_plane,
-};
-
-fn dw_plane(p: &mut crate::arch::dwconv::DwPlane) {
-    assert!(Isa::Neon.is_available(), "neon kernel on a CPU without it");
-    // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
-    unsafe { dw_plane_tf(p) }
-}
-
-#[target_feature(enable = "neon")]
-fn dw_plane_tf(p: &mut crate::arch::dwconv::DwPlane) {
-    crate::arch::dwconv::dw_plane_generic(p)
-}
+crate::arch::dw_plane_kernel!(Neon, "f32_dwconv_plane__neon", "neon");

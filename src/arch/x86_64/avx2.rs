@@ -151,20 +151,4 @@ unsafe fn fma_probe(iters: u64) -> f32 {
     lanes.iter().sum()
 }
 
-/// Depthwise plane kernel: the generic body vectorized under this tier's features.
-pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv::DwUkernel {
-    name: "f32_dwconv_plane__avx2",
-    isa: Isa::Avx2,
-    run: dw_plane,
-};
-
-fn dw_plane(p: &mut crate::arch::dwconv::DwPlane) {
-    assert!(Isa::Avx2.is_available(), "avx2 kernel on a CPU without it");
-    // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
-    unsafe { dw_plane_tf(p) }
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn dw_plane_tf(p: &mut crate::arch::dwconv::DwPlane) {
-    crate::arch::dwconv::dw_plane_generic(p)
-}
+crate::arch::dw_plane_kernel!(Avx2, "f32_dwconv_plane__avx2", "avx2,fma");
