@@ -25,14 +25,22 @@ pub enum TileBias {
 ///   A~ (MR x k):  for p in 0..k { a[0][p], a[1][p], .., a[MR-1][p] }   -> k * MR floats
 ///   B~ (k x NR):  for p in 0..k { b[p][0], b[p][1], .., b[p][NR-1] }   -> k * NR floats
 /// ```
+///
+/// With `b_off` set, B is not packed: row `p` is read at `b + b_off[p]` (an image row at the
+/// right channel, kernel tap and phase), which is how the `direct` algorithm runs the same
+/// microkernels without an im2col copy.
 #[derive(Copy, Clone, Debug)]
 pub struct GemmTile {
     /// Depth of this K block (may be 0: then only the C update/epilogue happens).
     pub k: usize,
     /// Packed A micro-panel, `k * MR` floats.
     pub a: *const f32,
-    /// Packed B micro-panel, `k * NR` floats.
+    /// Packed B micro-panel, `k * NR` floats; or, when `b_off` is not null, the base that the
+    /// offsets index from.
     pub b: *const f32,
+    /// Indirect B (direct convolution without packing): when not null, `k` offsets, and row
+    /// `p` of B is the `NR` floats at `b + b_off[p]`.
+    pub b_off: *const usize,
     /// Top-left of the C tile.
     pub c: *mut f32,
     /// Row stride of C in elements (columns are contiguous).
@@ -54,7 +62,10 @@ pub struct GemmTile {
 }
 
 /// A GEMM microkernel descriptor.
+/// Only convkit builds these (`#[non_exhaustive]`): its safe doors trust a descriptor's
+/// function to honour the kernel contract.
 #[derive(Copy, Clone, Debug)]
+#[non_exhaustive]
 pub struct GemmUkernel {
     /// Canonical name, `f32_gemm_{MR}x{NR}__{isa}`.
     pub name: &'static str,
@@ -67,7 +78,8 @@ pub struct GemmUkernel {
     /// The kernel.
     ///
     /// # Safety
-    /// The CPU supports `isa`; `a` holds `k * mr` and `b` `k * nr` readable floats; `c` is
+    /// The CPU supports `isa`; `a` holds `k * mr` readable floats; `b` holds `k * nr`, or
+    /// with `b_off`, `b + b_off[p]` starts `nr` readable floats for each `p < k`; `c` is
     /// valid for `m` rows of `n` floats at stride `rsc`, with `1 <= m <= mr`, `1 <= n <= nr`;
     /// a `Row` bias holds `m` floats, a `Col` bias `n`.
     pub run: unsafe fn(&GemmTile),
@@ -82,6 +94,8 @@ pub struct KernelTable {
     pub gemm: &'static [GemmUkernel],
     /// The depthwise plane kernel.
     pub dwconv: crate::arch::dwconv::DwUkernel,
+    /// The activation kernel of the band pass (sigmoid, tanh, gelu, silu, leaky relu).
+    pub activation: crate::arch::activation::ActUkernel,
 }
 
 impl KernelTable {

@@ -2,9 +2,9 @@
 //! many times, from many threads at once (`Plan` is `Send + Sync`).
 
 use crate::algo::im2col::Im2colB;
-use crate::algo::{accepting, Algo};
+use crate::algo::Algo;
 use crate::arch::{resolve_isa, GemmBias, Isa, SharedMut};
-use crate::epilogue::{Activation, Pool};
+use crate::epilogue::Pool;
 use crate::error::{Error, Result};
 use crate::gemm::{gemm_packed, Blocking, GemmEpilogue, PackedA, StridedB};
 use crate::geometry::Geometry;
@@ -35,6 +35,7 @@ enum Prepared {
         uk: crate::arch::dwconv::DwUkernel,
         weight: Vec<f32>,
     },
+    Direct(crate::algo::direct::DirectPlan),
     Gemm {
         uk: &'static GemmUkernel,
         blocking: Blocking,
@@ -65,12 +66,28 @@ impl std::fmt::Debug for Plan {
     }
 }
 
-/// Picks an algorithm when the caller does not: the first that accepts the layer, in the
-/// preference order of [`crate::algo::ALL_ALGOS`].
+/// Picks an algorithm when the caller does not (the heuristic until the tuner lands).
+///
+/// Measured on the suite, one thread, AVX2 (PERFORMANCE.md, 2026-11-28):
+/// - 1x1, stride 1, no padding: `gemm1x1` reads the image as B directly (res4.1x1 58 vs direct
+///   34 GFLOP/s; pw56 46 vs 17).
+/// - K = (C/g) KH KW <= 600: `direct` wins where im2col's packing dominates (googlenet 5x5,
+///   K = 400: 44 vs 25; resnext grouped, K = 36: 10.5 vs 4.8; alexnet.conv1, K = 363: 24 vs
+///   19; res2.3x3, K = 576: 45 vs 41), depthwise layers included (dw7: 1.6 vs 0.4 for the
+///   depthwise kernel, which is not competitive yet).
+/// - larger K: `im2col` (res5.3x3, K = 4608: 43 vs 21; vgg16.conv4_3: 62 vs 48).
 pub fn choose_algo(g: &Geometry) -> Algo {
-    accepting(g)
+    let k = g.cin_per_group * g.kernel_area();
+    let candidates = if Algo::Gemm1x1.accepts(g) && g.stride == [1, 1] {
+        [Algo::Gemm1x1, Algo::Direct, Algo::Im2col]
+    } else if k <= 600 {
+        [Algo::Direct, Algo::Im2col, Algo::Im2col]
+    } else {
+        [Algo::Im2col, Algo::Im2col, Algo::Im2col]
+    };
+    candidates
         .into_iter()
-        .find(|a| *a != Algo::Reference)
+        .find(|a| a.accepts(g))
         .unwrap_or(Algo::Reference)
 }
 
@@ -128,6 +145,13 @@ impl Plan {
             _ => None,
         };
         let prepared = match algo {
+            Algo::Direct => Prepared::Direct(
+                crate::algo::direct::DirectPlan::new(&geom, isa.kernels()?.gemm_default(), weight)
+                    .map_err(|why| Error::AlgorithmRejects {
+                        algo: "direct".into(),
+                        why,
+                    })?,
+            ),
             Algo::Depthwise => Prepared::Depthwise {
                 uk: isa.kernels()?.dwconv,
                 weight: weight.to_vec(),
@@ -182,6 +206,7 @@ impl Plan {
         match &self.prepared {
             Prepared::Gemm { uk, .. } => Some(uk.name),
             Prepared::Depthwise { uk, .. } => Some(uk.name),
+            Prepared::Direct(d) => Some(d.uk.name),
             Prepared::Reference { .. } => None,
         }
     }
@@ -190,6 +215,7 @@ impl Plan {
         match &self.prepared {
             Prepared::Reference { weight } | Prepared::Depthwise { weight, .. } => weight.len() * 4,
             Prepared::Gemm { packed, .. } => packed.iter().map(PackedA::bytes).sum(),
+            Prepared::Direct(d) => d.packed.iter().map(PackedA::bytes).sum(),
         }
     }
 
@@ -277,6 +303,14 @@ impl Plan {
             Prepared::Depthwise { uk, weight } => {
                 self.run_depthwise(uk, weight, input, conv_out, residual.is_some(), epi_clamp)
             }
+            Prepared::Direct(d) => d.run(
+                g,
+                input,
+                self.bias.as_deref(),
+                conv_out,
+                residual.is_some(),
+                epi_clamp,
+            ),
             Prepared::Gemm {
                 uk,
                 blocking,
@@ -292,7 +326,12 @@ impl Plan {
             ),
         }
         if clamp.is_none() {
-            apply_activation(act, conv_out);
+            let kernel = self.isa.kernels()?.activation;
+            // Rows of planes in parallel: each element's value does not depend on the split.
+            use rayon::prelude::*;
+            conv_out
+                .par_chunks_mut(16 * 1024)
+                .for_each(|c| (kernel.run)(act, c));
         }
         if pooled {
             pool_f32(g, &scratch, output);
@@ -379,13 +418,6 @@ impl Plan {
                 }
             }
         }
-    }
-}
-
-/// Applies a non-clamp activation in place (the band pass's job; scalar for now).
-fn apply_activation(act: Activation, data: &mut [f32]) {
-    for v in data {
-        *v = act.apply(*v);
     }
 }
 

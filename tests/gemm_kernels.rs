@@ -2,7 +2,9 @@
 //! reference, with canaries around the C tile; then whole GEMMs over awkward shapes, and
 //! bitwise determinism across thread counts.
 
-use convkit::arch::{available_isas, run_gemm_tile, GemmBias, SharedMut, ALL_ISAS};
+use convkit::arch::{
+    available_isas, run_gemm_tile, BPanel, GemmBias, OffsetTable, SharedMut, ALL_ISAS,
+};
 use convkit::gemm::{sgemm, Blocking, GemmEpilogue};
 use convkit::init::Rng;
 
@@ -59,12 +61,53 @@ fn every_microkernel_over_the_edge_grid() {
                                 2 => GemmBias::Col(&bias),
                                 _ => GemmBias::None,
                             };
+                            // The same tile through indirect B: rows scattered in reverse order
+                            // with gaps must give bitwise the same result as the packed panel.
+                            let gap = uk.nr + 3;
+                            let mut scattered = vec![f32::NAN; 1 + k * gap + uk.nr];
+                            let mut offs = Vec::with_capacity(k);
+                            for p in 0..k {
+                                let o = (k - 1 - p) * gap;
+                                scattered[1 + o..1 + o + uk.nr]
+                                    .copy_from_slice(&b[p * uk.nr..(p + 1) * uk.nr]);
+                                offs.push(o);
+                            }
+                            let table = OffsetTable::new(offs);
+                            let mut c_ind = c.clone();
                             {
                                 let sc = SharedMut::new(&mut c);
                                 run_gemm_tile(
-                                    uk, k, &a, &b, &sc, off, rsc, m, n, load_c, finish, gb, clamp,
+                                    uk,
+                                    k,
+                                    &a,
+                                    BPanel::Packed(&b),
+                                    &sc,
+                                    off,
+                                    rsc,
+                                    m,
+                                    n,
+                                    load_c,
+                                    finish,
+                                    gb,
+                                    clamp,
+                                );
+                                let sc = SharedMut::new(&mut c_ind);
+                                let ind = BPanel::Indirect {
+                                    x: &scattered,
+                                    base: 1,
+                                    offsets: &table,
+                                };
+                                run_gemm_tile(
+                                    uk, k, &a, ind, &sc, off, rsc, m, n, load_c, finish, gb, clamp,
                                 );
                             }
+                            assert!(
+                                c.iter()
+                                    .zip(&c_ind)
+                                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                                "{}: indirect B differs from packed B (k={k} m={m} n={n})",
+                                uk.name
+                            );
                             for idx in 0..c.len() {
                                 let (i, j) = (
                                     (idx as isize - off as isize).div_euclid(rsc as isize),

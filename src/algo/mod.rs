@@ -3,11 +3,15 @@
 use crate::error::{Error, Result};
 use crate::geometry::Geometry;
 
+pub mod direct;
 pub mod im2col;
 
 /// A convolution algorithm.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Algo {
+    /// The GEMM microkernels reading the (padded, phase-split) image in place: no im2col
+    /// copy; any geometry.
+    Direct,
     /// im2col packed straight into the GEMM's B panels; any geometry.
     Im2col,
     /// 1x1 kernels without padding as plain GEMM (no copy at stride 1).
@@ -20,8 +24,9 @@ pub enum Algo {
 }
 
 /// Every algorithm, in the order `auto` prefers them (best first); `reference` last.
-pub const ALL_ALGOS: [Algo; 4] = [
+pub const ALL_ALGOS: [Algo; 5] = [
     Algo::Depthwise,
+    Algo::Direct,
     Algo::Gemm1x1,
     Algo::Im2col,
     Algo::Reference,
@@ -40,6 +45,7 @@ impl Algo {
     /// The stable name (SPEC section 3).
     pub fn name(self) -> &'static str {
         match self {
+            Algo::Direct => "direct",
             Algo::Im2col => "im2col",
             Algo::Gemm1x1 => "gemm1x1",
             Algo::Depthwise => "depthwise",
@@ -50,6 +56,7 @@ impl Algo {
     /// Parses a stable name.
     pub fn parse(name: &str) -> Result<Algo> {
         match name {
+            "direct" => Ok(Algo::Direct),
             "im2col" => Ok(Algo::Im2col),
             "gemm1x1" => Ok(Algo::Gemm1x1),
             "depthwise" => Ok(Algo::Depthwise),
@@ -66,6 +73,8 @@ impl Algo {
     pub fn check(self, g: &Geometry) -> std::result::Result<(), String> {
         match self {
             Algo::Im2col | Algo::Reference => Ok(()),
+            // The widest tile of any tier bounds the slack; the check is on the image size.
+            Algo::Direct => direct::PhaseLayout::new(g, 64).map(|_| ()),
             Algo::Depthwise => {
                 if g.is_depthwise() {
                     Ok(())

@@ -132,7 +132,10 @@ pub(crate) fn dw_plane_generic(p: &mut DwPlane) {
 }
 
 /// A depthwise plane kernel descriptor.
+/// Only convkit builds these (`#[non_exhaustive]`): its safe doors trust a descriptor's
+/// function to honour the kernel contract.
 #[derive(Copy, Clone, Debug)]
+#[non_exhaustive]
 pub struct DwUkernel {
     /// Canonical name, `f32_dwconv_plane__{isa}`.
     pub name: &'static str,

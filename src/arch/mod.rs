@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod activation;
 pub mod dwconv;
 
 /// Declares a tier's depthwise plane kernel: the generic body of [`dwconv`] compiled under
@@ -36,6 +37,32 @@ macro_rules! dw_plane_kernel {
     };
 }
 pub(crate) use dw_plane_kernel;
+
+/// Declares a tier's activation kernel: the generic body of [`activation`] compiled under the
+/// tier's target features, behind a safe entry that checks the tier is available.
+macro_rules! act_kernel {
+    ($isa:ident, $name:literal, $features:literal) => {
+        /// Activation kernel: the generic body vectorized under this tier's features.
+        pub const F32_ACT: crate::arch::activation::ActUkernel =
+            crate::arch::activation::ActUkernel {
+                name: $name,
+                isa: Isa::$isa,
+                run: act,
+            };
+
+        fn act(a: crate::epilogue::Activation, data: &mut [f32]) {
+            assert!(Isa::$isa.is_available(), "{} on a CPU without it", $name);
+            // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
+            unsafe { act_tf(a, data) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn act_tf(a: crate::epilogue::Activation, data: &mut [f32]) {
+            crate::arch::activation::apply_generic(a, data)
+        }
+    };
+}
+pub(crate) use act_kernel;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
@@ -80,8 +107,23 @@ impl Isa {
         }
     }
 
-    /// Whether this CPU can run the tier (detected at run time, cached by std).
+    /// Whether this CPU can run the tier (detected once per process; one load afterwards,
+    /// since the kernels' safe door asks on every tile).
     pub fn is_available(self) -> bool {
+        static AVAILABLE: OnceLock<[bool; 4]> = OnceLock::new();
+        AVAILABLE.get_or_init(|| ALL_ISAS.map(Isa::detect))[self.index()]
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Isa::Avx512 => 0,
+            Isa::Avx2 => 1,
+            Isa::Neon => 2,
+            Isa::Portable => 3,
+        }
+    }
+
+    fn detect(self) -> bool {
         match self {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
@@ -293,7 +335,7 @@ pub fn run_gemm_tile(
     uk: &crate::kernels::GemmUkernel,
     k: usize,
     a: &[f32],
-    b: &[f32],
+    b: BPanel,
     c: &SharedMut,
     c_offset: usize,
     rsc: usize,
@@ -316,10 +358,26 @@ pub fn run_gemm_tile(
         uk.mr,
         uk.nr
     );
-    assert!(
-        a.len() >= k * uk.mr && b.len() >= k * uk.nr,
-        "packed panels shorter than k = {k}"
-    );
+    assert!(a.len() >= k * uk.mr, "packed A panel shorter than k = {k}");
+    let (b_ptr, b_off) = match b {
+        BPanel::Packed(b) => {
+            assert!(b.len() >= k * uk.nr, "packed B panel shorter than k = {k}");
+            (b.as_ptr(), std::ptr::null())
+        }
+        BPanel::Indirect { x, base, offsets } => {
+            assert!(
+                offsets.offsets.len() >= k,
+                "offset table shorter than k = {k}"
+            );
+            let end = base + offsets.max + uk.nr;
+            assert!(
+                end <= x.len(),
+                "indirect B reads up to {end}, past the image's {}",
+                x.len()
+            );
+            (x.as_ptr().wrapping_add(base), offsets.offsets.as_ptr())
+        }
+    };
     assert!(
         n <= rsc || m == 1,
         "row stride {rsc} narrower than the tile"
@@ -344,7 +402,8 @@ pub fn run_gemm_tile(
     let tile = GemmTile {
         k,
         a: a.as_ptr(),
-        b: b.as_ptr(),
+        b: b_ptr,
+        b_off,
         c: c.ptr.wrapping_add(c_offset),
         rsc,
         m,
@@ -355,9 +414,58 @@ pub fn run_gemm_tile(
         lo: clamp.0,
         hi: clamp.1,
     };
-    // SAFETY: the tier is available (checked), the panels are long enough, the C tile lies
-    // inside the buffer (checked), and the bias covers the tile (checked).
+    // SAFETY: the tier is available (checked), the A panel is long enough, every B row lies
+    // inside its buffer (packed length, or base + largest offset + NR, checked), the C tile
+    // lies inside the buffer (checked), and the bias covers the tile (checked).
     unsafe { (uk.run)(&tile) }
+}
+
+/// Where a GEMM tile reads B.
+#[derive(Copy, Clone, Debug)]
+pub enum BPanel<'a> {
+    /// A packed micro-panel, `k * NR` floats.
+    Packed(&'a [f32]),
+    /// Rows of an image: row `p` is `x[base + offsets[p] ..][..NR]`.
+    Indirect {
+        /// The image (padded and phase-split by the direct algorithm).
+        x: &'a [f32],
+        /// The tile's base offset.
+        base: usize,
+        /// The per-row offsets, with their maximum.
+        offsets: &'a OffsetTable,
+    },
+}
+
+/// Offsets of B rows for indirect tiles, with their maximum computed once, so that each
+/// tile checks its reads in O(1).
+#[derive(Clone, Debug, Default)]
+pub struct OffsetTable {
+    offsets: Vec<usize>,
+    max: usize,
+}
+
+impl OffsetTable {
+    /// A table over `offsets`.
+    pub fn new(offsets: Vec<usize>) -> Self {
+        let max = offsets.iter().copied().max().unwrap_or(0);
+        OffsetTable { offsets, max }
+    }
+    /// The sub-table of rows `p0..p0 + k`.
+    pub fn slice(&self, p0: usize, k: usize) -> OffsetTable {
+        OffsetTable::new(self.offsets[p0..p0 + k].to_vec())
+    }
+    /// The largest offset.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
 }
 
 /// The bias of a GEMM tile, as slices starting at the tile's first row or column.

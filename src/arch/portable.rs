@@ -12,6 +12,7 @@ pub static TABLE: KernelTable = KernelTable {
     isa: Isa::Portable,
     gemm: &[F32_GEMM_4X8],
     dwconv: F32_DWCONV_PLANE,
+    activation: F32_ACT,
 };
 
 /// 4x8 GEMM tile on `wide::f32x8` (4 accumulators: 8 xmm on SSE2, 8 q registers on NEON).
@@ -26,15 +27,18 @@ pub const F32_GEMM_4X8: GemmUkernel = GemmUkernel {
 unsafe fn f32_gemm_4x8(t: &GemmTile) {
     const MR: usize = 4;
     const NR: usize = 8;
-    // SAFETY: the tile contract: A~ holds k * MR floats and B~ k * NR.
-    let (a, b) = unsafe {
-        (
-            std::slice::from_raw_parts(t.a, t.k * MR),
-            std::slice::from_raw_parts(t.b, t.k * NR),
-        )
-    };
+    // SAFETY: the tile contract: A~ holds k * MR floats.
+    let a = unsafe { std::slice::from_raw_parts(t.a, t.k * MR) };
     let mut acc = [f32x8::ZERO; MR];
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+    for (p, ap) in a.chunks_exact(MR).enumerate() {
+        let row = if t.b_off.is_null() {
+            t.b.wrapping_add(p * NR)
+        } else {
+            // SAFETY: b_off holds k offsets (the tile contract).
+            t.b.wrapping_add(unsafe { *t.b_off.add(p) })
+        };
+        // SAFETY: B row p has NR readable floats (the tile contract).
+        let bp = unsafe { std::slice::from_raw_parts(row, NR) };
         let bv = f32x8::from(<[f32; 8]>::try_from(bp).unwrap_or([0.0; 8]));
         for i in 0..MR {
             acc[i] += f32x8::splat(ap[i]) * bv;
@@ -67,4 +71,11 @@ pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv
     name: "f32_dwconv_plane__portable",
     isa: Isa::Portable,
     run: crate::arch::dwconv::dw_plane_generic,
+};
+
+/// Activation kernel at the build's baseline.
+pub const F32_ACT: crate::arch::activation::ActUkernel = crate::arch::activation::ActUkernel {
+    name: "f32_act__portable",
+    isa: Isa::Portable,
+    run: crate::arch::activation::apply_generic,
 };

@@ -13,7 +13,7 @@
 //! Every element of C sums its K blocks in the same order whatever the number of threads,
 //! so results are bitwise identical across thread counts.
 
-use crate::arch::{run_gemm_tile, GemmBias, SharedMut};
+use crate::arch::{run_gemm_tile, BPanel, GemmBias, SharedMut};
 use crate::kernels::GemmUkernel;
 use crate::sysinfo::Caches;
 use crate::tensor::{aligned_zeros, AlignedBuf};
@@ -133,7 +133,13 @@ impl PackedA {
         self.buf.len() * 4
     }
 
-    fn panel(&self, block: usize, panel: usize) -> &[f32] {
+    /// The K blocks (start, depth) the panels were packed in.
+    pub fn blocks(&self) -> &[(usize, usize)] {
+        &self.blocks
+    }
+
+    /// The MR x kc micro-panel `panel` of K block `block`.
+    pub fn panel(&self, block: usize, panel: usize) -> &[f32] {
         let (p0, kc) = self.blocks[block];
         let mp = self.m.div_ceil(self.mr) * self.mr;
         let base = p0 * mp + panel * kc * self.mr;
@@ -249,7 +255,7 @@ pub fn gemm_packed(
                                 uk,
                                 kc,
                                 a.panel(bi, panel),
-                                bpanel,
+                                BPanel::Packed(bpanel),
                                 c,
                                 c_offset + i0 * rsc + jj,
                                 rsc,

@@ -10,6 +10,7 @@ pub static TABLE: KernelTable = KernelTable {
     isa: Isa::Neon,
     gemm: &[F32_GEMM_8X12, F32_GEMM_4X16],
     dwconv: F32_DWCONV_PLANE,
+    activation: F32_ACT,
 };
 
 macro_rules! gemm_kernel {
@@ -41,11 +42,17 @@ gemm_kernel!(F32_GEMM_4X16, f32_gemm_4x16, "f32_gemm_4x16__neon", 4, 4);
 #[target_feature(enable = "neon")]
 unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
     let mut acc = [[vdupq_n_f32(0.0); NV]; MR];
-    let (mut a, mut b) = (t.a, t.b);
-    for _ in 0..t.k {
+    let mut a = t.a;
+    for p in 0..t.k {
+        let b = if t.b_off.is_null() {
+            t.b.wrapping_add(p * 4 * NV)
+        } else {
+            // SAFETY: b_off holds k offsets (the tile contract).
+            t.b.wrapping_add(unsafe { *t.b_off.add(p) })
+        };
         let mut bv = [vdupq_n_f32(0.0); NV];
         for (v, slot) in bv.iter_mut().enumerate() {
-            // SAFETY: B~ holds k * NR floats; this step reads NR of them.
+            // SAFETY: B row p has NR readable floats (the tile contract).
             *slot = unsafe { vld1q_f32(b.add(4 * v)) };
         }
         for (i, row) in acc.iter_mut().enumerate() {
@@ -55,11 +62,7 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
                 row[v] = vfmaq_n_f32(row[v], bv[v], ai);
             }
         }
-        // SAFETY: stays within (or one past) the panels.
-        unsafe {
-            a = a.add(MR);
-            b = b.add(4 * NV);
-        }
+        a = a.wrapping_add(MR);
     }
     let mut tile = [0f32; 128];
     for (i, row) in acc.iter().enumerate() {
@@ -73,3 +76,4 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
 }
 
 crate::arch::dw_plane_kernel!(Neon, "f32_dwconv_plane__neon", "neon");
+crate::arch::act_kernel!(Neon, "f32_act__neon", "neon");

@@ -10,6 +10,7 @@ pub static TABLE: KernelTable = KernelTable {
     isa: Isa::Avx512,
     gemm: &[F32_GEMM_14X32, F32_GEMM_8X48, F32_GEMM_8X32, F32_GEMM_6X64],
     dwconv: F32_DWCONV_PLANE,
+    activation: F32_ACT,
 };
 
 macro_rules! gemm_kernel {
@@ -54,7 +55,7 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
     let step = |acc: &mut [[__m512; NV]; MR], a: *const f32, b: *const f32| {
         let mut bv = [_mm512_set1_ps(0.0); NV];
         for (v, slot) in bv.iter_mut().enumerate() {
-            // SAFETY: B~ holds k * NR floats; each step reads NR of them.
+            // SAFETY: each step reads NR floats of B row p, readable by the tile contract.
             *slot = unsafe { _mm512_loadu_ps(b.add(16 * v)) };
         }
         for (i, row) in acc.iter_mut().enumerate() {
@@ -65,28 +66,47 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
             }
         }
     };
-    let (mut a, mut b) = (t.a, t.b);
-    for _ in 0..t.k / 4 {
-        // SAFETY (pointer steps below): they stay within the panels, 4 steps of MR and NR.
-        step(&mut acc, a, b);
-        step(&mut acc, a.wrapping_add(MR), b.wrapping_add(16 * NV));
-        step(
-            &mut acc,
-            a.wrapping_add(2 * MR),
-            b.wrapping_add(2 * 16 * NV),
-        );
-        step(
-            &mut acc,
-            a.wrapping_add(3 * MR),
-            b.wrapping_add(3 * 16 * NV),
-        );
-        a = a.wrapping_add(4 * MR);
-        b = b.wrapping_add(4 * 16 * NV);
-    }
-    for _ in 0..t.k % 4 {
-        step(&mut acc, a, b);
-        a = a.wrapping_add(MR);
-        b = b.wrapping_add(16 * NV);
+    let mut a = t.a;
+    if t.b_off.is_null() {
+        let mut b = t.b;
+        for _ in 0..t.k / 4 {
+            // Pointer steps stay within the panels: 4 steps of MR and NR.
+            step(&mut acc, a, b);
+            step(&mut acc, a.wrapping_add(MR), b.wrapping_add(16 * NV));
+            step(
+                &mut acc,
+                a.wrapping_add(2 * MR),
+                b.wrapping_add(2 * 16 * NV),
+            );
+            step(
+                &mut acc,
+                a.wrapping_add(3 * MR),
+                b.wrapping_add(3 * 16 * NV),
+            );
+            a = a.wrapping_add(4 * MR);
+            b = b.wrapping_add(4 * 16 * NV);
+        }
+        for _ in 0..t.k % 4 {
+            step(&mut acc, a, b);
+            a = a.wrapping_add(MR);
+            b = b.wrapping_add(16 * NV);
+        }
+    } else {
+        // Indirect B: row p at b + off[p].
+        // SAFETY: b_off holds k offsets (the tile contract).
+        let off = unsafe { std::slice::from_raw_parts(t.b_off, t.k) };
+        let mut quads = off.chunks_exact(4);
+        for q in &mut quads {
+            step(&mut acc, a, t.b.wrapping_add(q[0]));
+            step(&mut acc, a.wrapping_add(MR), t.b.wrapping_add(q[1]));
+            step(&mut acc, a.wrapping_add(2 * MR), t.b.wrapping_add(q[2]));
+            step(&mut acc, a.wrapping_add(3 * MR), t.b.wrapping_add(q[3]));
+            a = a.wrapping_add(4 * MR);
+        }
+        for &o in quads.remainder() {
+            step(&mut acc, a, t.b.wrapping_add(o));
+            a = a.wrapping_add(MR);
+        }
     }
     if t.m == MR && t.n == 16 * NV {
         let lo = _mm512_set1_ps(t.lo);
@@ -165,3 +185,4 @@ unsafe fn fma_probe(iters: u64) -> f32 {
 }
 
 crate::arch::dw_plane_kernel!(Avx512, "f32_dwconv_plane__avx512", "avx512f,avx2,fma");
+crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");

@@ -1,0 +1,253 @@
+//! Direct convolution on the GEMM microkernels, without an im2col copy ("indirect GEMM").
+//!
+//! The image is padded once and, for stride s > 1, split into s x s phase planes, so that for
+//! every kernel tap the NR outputs of a tile read NR *consecutive* floats:
+//!
+//! ```text
+//!   padded[Y][X] = x[Y - PT][X - PL]  (0 outside)
+//!   phase (py, px) plane:  P[r][c] = padded[r * SH + py][c * SW + px],  PH x PW floats
+//!   output (oy, ox) reads, for tap (ci, ky, kx):
+//!       padded[oy*SH + ky*DH][ox*SW + kx*DW]
+//!     = P_(ky*DH % SH, kx*DW % SW) [oy + ky*DH / SH][ox + kx*DW / SW]
+//! ```
+//!
+//! so row p = (ci, ky, kx) of the tile's B is `xp[base(oy, ox0) + off[p]]`, with
+//! `off[p] = ci * chan + phase(p) * PH * PW + (ky*DH / SH) * PW + kx*DW / SW` fixed at plan time
+//! and `base = oy * PW + ox0`. The microkernel reads those rows in place (`BPanel::Indirect`).
+//! Columns of a tile past the output row read the next row or the slack: they are computed
+//! and never stored.
+
+use crate::arch::{run_gemm_tile, BPanel, GemmBias, OffsetTable, SharedMut};
+use crate::gemm::{Blocking, PackedA};
+use crate::geometry::Geometry;
+use crate::kernels::GemmUkernel;
+use rayon::prelude::*;
+
+/// The largest padded, phase-split image (floats) `direct` builds per image: 1 Gi floats.
+pub const MAX_IMAGE_FLOATS: usize = 1 << 28;
+
+/// The padded, phase-split image layout of a layer.
+#[derive(Clone, Debug)]
+pub struct PhaseLayout {
+    /// Phase plane height and width.
+    pub ph: usize,
+    /// Phase plane width.
+    pub pw: usize,
+    /// Floats per channel (SH * SW phase planes).
+    pub chan: usize,
+    /// Floats per image, slack included.
+    pub image: usize,
+}
+
+impl PhaseLayout {
+    /// The layout for `g` with tiles `nr` wide, or why not (too large).
+    pub fn new(g: &Geometry, nr: usize) -> Result<Self, String> {
+        let hpad = g.input[0] + g.pad_before[0] + g.pad_after[0];
+        let wpad = g.input[1] + g.pad_before[1] + g.pad_after[1];
+        let (ph, pw) = (hpad.div_ceil(g.stride[0]), wpad.div_ceil(g.stride[1]));
+        let chan = ph
+            .checked_mul(pw)
+            .and_then(|v| v.checked_mul(g.stride[0] * g.stride[1]))
+            .ok_or("padded image size overflows")?;
+        let image = chan
+            .checked_mul(g.in_channels)
+            .and_then(|v| v.checked_add(nr + pw))
+            .ok_or("padded image size overflows")?;
+        if image > MAX_IMAGE_FLOATS {
+            return Err(format!(
+                "the padded image would hold {image} floats (more than {MAX_IMAGE_FLOATS}); use im2col"
+            ));
+        }
+        Ok(PhaseLayout {
+            ph,
+            pw,
+            chan,
+            image,
+        })
+    }
+
+    /// Fills `xp` (`self.image` floats) from one NCHW image `x`.
+    pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32]) {
+        let [ih, iw] = g.input;
+        let (sh, sw) = (g.stride[0], g.stride[1]);
+        let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
+        let (ph, pw) = (self.ph, self.pw);
+        let chans = &mut xp[..self.chan * g.in_channels];
+        chans
+            .par_chunks_mut(self.chan)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                let src = &x[c * ih * iw..(c + 1) * ih * iw];
+                for (phase, plane) in dst.chunks_mut(ph * pw).enumerate() {
+                    let (py, px) = (phase / sw, phase % sw);
+                    for (r, row) in plane.chunks_mut(pw).enumerate() {
+                        let y = r * sh + py;
+                        if y < pt || y - pt >= ih {
+                            row.fill(0.0);
+                            continue;
+                        }
+                        let srow = &src[(y - pt) * iw..(y - pt + 1) * iw];
+                        for (cc, d) in row.iter_mut().enumerate() {
+                            let xx = cc * sw + px;
+                            *d = if xx >= pl && xx - pl < iw {
+                                srow[xx - pl]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            });
+        xp[self.chan * g.in_channels..].fill(0.0);
+    }
+
+    /// `off[p]` for the K = (C/g) * KH * KW rows of one group, relative to the group's first
+    /// channel.
+    pub fn offsets(&self, g: &Geometry) -> Vec<usize> {
+        let [kh, kw] = g.kernel;
+        let (sh, sw) = (g.stride[0], g.stride[1]);
+        let (dh, dw) = (g.dilation[0], g.dilation[1]);
+        let plane = self.ph * self.pw;
+        let mut off = Vec::with_capacity(g.cin_per_group * kh * kw);
+        for ci in 0..g.cin_per_group {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let (yy, xx) = (ky * dh, kx * dw);
+                    let phase = (yy % sh) * sw + xx % sw;
+                    off.push(ci * self.chan + phase * plane + (yy / sh) * self.pw + xx / sw);
+                }
+            }
+        }
+        off
+    }
+}
+
+/// A planned direct convolution: packed weights per group and offset tables per K block.
+pub struct DirectPlan {
+    /// The microkernel.
+    pub uk: &'static GemmUkernel,
+    /// Cache blocking (KC fixes the K blocks, MC the A block).
+    pub blocking: Blocking,
+    /// Weights per group, packed in the kernel's MR panels and K blocks.
+    pub packed: Vec<PackedA>,
+    /// Offsets per K block.
+    pub tables: Vec<OffsetTable>,
+    /// The image layout.
+    pub layout: PhaseLayout,
+}
+
+impl DirectPlan {
+    /// Packs `weight` (OIHW) for `g`.
+    pub fn new(g: &Geometry, uk: &'static GemmUkernel, weight: &[f32]) -> Result<Self, String> {
+        let layout = PhaseLayout::new(g, uk.nr)?;
+        let blocking = Blocking::derive(uk, crate::sysinfo::caches());
+        let k = g.cin_per_group * g.kernel_area();
+        let opg = g.cout_per_group;
+        let packed: Vec<PackedA> = (0..g.groups)
+            .map(|grp| {
+                let wg = &weight[grp * opg * k..(grp + 1) * opg * k];
+                PackedA::from_row_major(wg, opg, k, k, uk.mr, &blocking)
+            })
+            .collect();
+        let off = layout.offsets(g);
+        let tables = packed[0]
+            .blocks()
+            .iter()
+            .map(|&(p0, kc)| OffsetTable::new(off[p0..p0 + kc].to_vec()))
+            .collect();
+        Ok(DirectPlan {
+            uk,
+            blocking,
+            packed,
+            tables,
+            layout,
+        })
+    }
+
+    /// Runs all images into `conv_out` (NCHW, preloaded with the residual when `accumulate`).
+    pub fn run(
+        &self,
+        g: &Geometry,
+        input: &[f32],
+        bias: Option<&[f32]>,
+        conv_out: &mut [f32],
+        accumulate: bool,
+        clamp: (f32, f32),
+    ) {
+        let uk = self.uk;
+        let [oh, ow] = g.conv_out;
+        let area = oh * ow;
+        let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
+        let tiles_per_row = ow.div_ceil(uk.nr);
+        let tiles = oh * tiles_per_row;
+        // Tasks: (group, chunk of tiles). Enough chunks for the pool, each a few rows' worth.
+        let threads = rayon::current_num_threads();
+        let chunks = (4 * threads).div_ceil(g.groups).clamp(1, tiles);
+        let per_chunk = tiles.div_ceil(chunks);
+        let chunks = tiles.div_ceil(per_chunk);
+        let panels_m = opg.div_ceil(uk.mr);
+        let mc_panels = (self.blocking.mc / uk.mr).max(1);
+        let mut xp = vec![0f32; self.layout.image];
+        let shared = SharedMut::new(conv_out);
+        for n in 0..g.batch {
+            let x = &input
+                [n * g.in_channels * g.input_area()..(n + 1) * g.in_channels * g.input_area()];
+            self.layout.fill(g, x, &mut xp);
+            let xp = &xp;
+            let task = |t: usize| {
+                let (grp, chunk) = (t / chunks, t % chunks);
+                let (t0, t1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(tiles));
+                let pa = &self.packed[grp];
+                let grp_base = grp * cpg * self.layout.chan;
+                let c_grp = (n * g.out_channels + grp * opg) * area;
+                let blocks = pa.blocks();
+                for (bi, table) in self.tables.iter().enumerate() {
+                    let kc = blocks[bi].1;
+                    let (first, last) = (bi == 0, bi + 1 == blocks.len());
+                    let mut ic = 0;
+                    while ic < panels_m {
+                        let ic_end = (ic + mc_panels).min(panels_m);
+                        for tile in t0..t1 {
+                            let (oy, ox0) = (tile / tiles_per_row, (tile % tiles_per_row) * uk.nr);
+                            let ncur = uk.nr.min(ow - ox0);
+                            let base = grp_base + oy * self.layout.pw + ox0;
+                            for panel in ic..ic_end {
+                                let i0 = panel * uk.mr;
+                                let tb = match bias {
+                                    Some(b) => GemmBias::Row(&b[grp * opg + i0..]),
+                                    None => GemmBias::None,
+                                };
+                                run_gemm_tile(
+                                    uk,
+                                    kc,
+                                    pa.panel(bi, panel),
+                                    BPanel::Indirect {
+                                        x: xp,
+                                        base,
+                                        offsets: table,
+                                    },
+                                    &shared,
+                                    c_grp + i0 * area + oy * ow + ox0,
+                                    area,
+                                    uk.mr.min(opg - i0),
+                                    ncur,
+                                    accumulate || !first,
+                                    last,
+                                    tb,
+                                    clamp,
+                                );
+                            }
+                        }
+                        ic = ic_end;
+                    }
+                }
+            };
+            let ntasks = g.groups * chunks;
+            if threads > 1 && ntasks > 1 {
+                (0..ntasks).into_par_iter().for_each(task);
+            } else {
+                (0..ntasks).for_each(task);
+            }
+        }
+    }
+}
