@@ -71,14 +71,17 @@ impl std::fmt::Debug for Plan {
 /// Measured on the suite, one thread, AVX2 (PERFORMANCE.md, 2026-11-28):
 /// - 1x1, stride 1, no padding: `gemm1x1` reads the image as B directly (res4.1x1 58 vs direct
 ///   34 GFLOP/s; pw56 46 vs 17).
+/// - one input channel per group: `depthwise` (dw112: 12 vs 2.2 for direct; dw56s2: 3.0 vs
+///   1.1; dw7: 1.7-2.8 vs 1.0; wav2vec2.conv0, C = 1: 5.4 vs 5.2).
 /// - K = (C/g) KH KW <= 600: `direct` wins where im2col's packing dominates (googlenet 5x5,
 ///   K = 400: 44 vs 25; resnext grouped, K = 36: 10.5 vs 4.8; alexnet.conv1, K = 363: 24 vs
-///   19; res2.3x3, K = 576: 45 vs 41), depthwise layers included (dw7: 1.6 vs 0.4 for the
-///   depthwise kernel, which is not competitive yet).
+///   19; res2.3x3, K = 576: 45 vs 41).
 /// - larger K: `im2col` (res5.3x3, K = 4608: 43 vs 21; vgg16.conv4_3: 62 vs 48).
 pub fn choose_algo(g: &Geometry) -> Algo {
     let k = g.cin_per_group * g.kernel_area();
-    let candidates = if Algo::Gemm1x1.accepts(g) && g.stride == [1, 1] {
+    let candidates = if g.is_depthwise() {
+        [Algo::Depthwise, Algo::Direct, Algo::Im2col]
+    } else if Algo::Gemm1x1.accepts(g) && g.stride == [1, 1] {
         [Algo::Gemm1x1, Algo::Direct, Algo::Im2col]
     } else if k <= 600 {
         [Algo::Direct, Algo::Im2col, Algo::Im2col]
@@ -289,7 +292,7 @@ impl Plan {
         let clamp = act.as_clamp();
         let pooled = g.epilogue.pool.is_some();
         let mut scratch = if pooled {
-            vec![0f32; g.conv_output_len()]
+            crate::tensor::take_scratch(g.conv_output_len())
         } else {
             Vec::new()
         };
@@ -301,7 +304,7 @@ impl Plan {
         match &self.prepared {
             Prepared::Reference { .. } => unreachable!("handled above"),
             Prepared::Depthwise { uk, weight } => {
-                self.run_depthwise(uk, weight, input, conv_out, residual.is_some(), epi_clamp)
+                self.run_depthwise(uk, weight, input, conv_out, residual.is_some(), epi_clamp)?
             }
             Prepared::Direct(d) => d.run(
                 g,
@@ -335,6 +338,7 @@ impl Plan {
         }
         if pooled {
             pool_f32(g, &scratch, output);
+            crate::tensor::give_scratch(scratch);
         }
         Ok(())
     }
@@ -347,29 +351,57 @@ impl Plan {
         conv_out: &mut [f32],
         accumulate: bool,
         clamp: (f32, f32),
-    ) {
+    ) -> Result<()> {
+        use crate::algo::direct::PhaseLayout;
         use rayon::prelude::*;
         let g = &self.geom;
-        let (area, in_area, ka) = (g.conv_out_area(), g.input_area(), g.kernel_area());
-        let mult = g.cout_per_group;
+        // The layout's slack must cover one chunk past a row.
+        let layout = PhaseLayout::new(g, crate::arch::dwconv::CHUNK).map_err(|why| {
+            Error::AlgorithmRejects {
+                algo: "depthwise".into(),
+                why,
+            }
+        })?;
+        // Taps of one channel: the direct layout's offsets for a single input channel.
+        let offsets: Vec<usize> = layout
+            .offsets(g)
+            .into_iter()
+            .take(g.kernel_area())
+            .collect();
+        let (area, ka, mult) = (g.conv_out_area(), g.kernel_area(), g.cout_per_group);
+        let in_area = g.input_area();
+        let chan_len = layout.chan + crate::arch::dwconv::CHUNK + layout.pw;
+        // One task per (image, input channel): pad that channel into a per-thread buffer
+        // that stays in L1/L2, then compute its `mult` output planes from it. (Padding the
+        // whole image first wrote and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
         conv_out
-            .par_chunks_mut(area)
+            .par_chunks_mut(mult * area)
             .enumerate()
-            .for_each(|(plane, out)| {
-                let (n, co) = (plane / g.out_channels, plane % g.out_channels);
-                let ci = co / mult;
-                let x0 = (n * g.in_channels + ci) * in_area;
-                let mut p = crate::arch::dwconv::DwPlane {
-                    g,
-                    input: &input[x0..x0 + in_area],
-                    weight: &weight[co * ka..(co + 1) * ka],
-                    out,
-                    bias: self.bias.as_ref().map_or(0.0, |b| b[co]),
-                    accumulate,
-                    clamp,
-                };
-                (uk.run)(&mut p);
+            .for_each(|(task, planes)| {
+                let (n, ci) = (task / g.in_channels, task % g.in_channels);
+                let x = &input
+                    [(n * g.in_channels + ci) * in_area..(n * g.in_channels + ci + 1) * in_area];
+                let mut xp = crate::tensor::take_scratch(chan_len);
+                layout.fill_channel(g, x, &mut xp[..layout.chan]);
+                xp[layout.chan..].fill(0.0);
+                for (m, out) in planes.chunks_mut(area).enumerate() {
+                    let co = ci * mult + m;
+                    let mut p = crate::arch::dwconv::DwPlane {
+                        input: &xp,
+                        offsets: &offsets,
+                        weight: &weight[co * ka..(co + 1) * ka],
+                        pw: layout.pw,
+                        ow: g.conv_out[1],
+                        out,
+                        bias: self.bias.as_ref().map_or(0.0, |b| b[co]),
+                        accumulate,
+                        clamp,
+                    };
+                    (uk.run)(&mut p);
+                }
+                crate::tensor::give_scratch(xp);
             });
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

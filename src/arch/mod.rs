@@ -32,7 +32,7 @@ macro_rules! dw_plane_kernel {
 
         #[target_feature(enable = $features)]
         fn dw_plane_tf(p: &mut crate::arch::dwconv::DwPlane) {
-            crate::arch::dwconv::dw_plane_generic(p)
+            crate::arch::dwconv::dw_plane_generic(p, f32::mul_add)
         }
     };
 }

@@ -70,8 +70,12 @@ pub fn peak_probe(iters: u64) -> Option<f32> {
 pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv::DwUkernel {
     name: "f32_dwconv_plane__portable",
     isa: Isa::Portable,
-    run: crate::arch::dwconv::dw_plane_generic,
+    run: dw_plane,
 };
+
+fn dw_plane(p: &mut crate::arch::dwconv::DwPlane) {
+    crate::arch::dwconv::dw_plane_generic(p, |a, b, c| a * b + c)
+}
 
 /// Activation kernel at the build's baseline.
 pub const F32_ACT: crate::arch::activation::ActUkernel = crate::arch::activation::ActUkernel {

@@ -47,7 +47,28 @@ impl Blocking {
         let kc = (caches.l1d / 2 / (4 * uk.nr)).clamp(128, 512) / 16 * 16;
         let mc = ((caches.l2 / 2 / (4 * kc)) / uk.mr).max(1) * uk.mr;
         let nc = ((caches.l3.max(caches.l2) / 4 / (4 * kc)).min(1024) / uk.nr).max(1) * uk.nr;
-        Blocking { mc, kc, nc }
+        Blocking { mc, kc, nc }.with_env_overrides(uk)
+    }
+
+    /// `CONVKIT_KC`, `CONVKIT_MC`, `CONVKIT_NC` override the derived sizes (for blocking
+    /// experiments; values are rounded to the kernel's MR and NR).
+    fn with_env_overrides(mut self, uk: &GemmUkernel) -> Self {
+        let get = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&v| v > 0)
+        };
+        if let Some(kc) = get("CONVKIT_KC") {
+            self.kc = kc.max(4);
+        }
+        if let Some(mc) = get("CONVKIT_MC") {
+            self.mc = mc.div_ceil(uk.mr) * uk.mr;
+        }
+        if let Some(nc) = get("CONVKIT_NC") {
+            self.nc = nc.div_ceil(uk.nr) * uk.nr;
+        }
+        self
     }
 
     /// The K blocks for depth `k`: as even as possible, none longer than `self.kc`, each a
