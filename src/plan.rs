@@ -301,11 +301,23 @@ impl Plan {
             conv_out.copy_from_slice(r);
         }
         let epi_clamp = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        // Activations that are not a clamp run on each finished tile or plane while it is in
+        // cache (the band pass), not as a pass over the whole output.
+        let band_act = match clamp {
+            Some(_) => None,
+            None => Some((self.isa.kernels()?.activation, act)),
+        };
         match &self.prepared {
             Prepared::Reference { .. } => unreachable!("handled above"),
-            Prepared::Depthwise { uk, weight } => {
-                self.run_depthwise(uk, weight, input, conv_out, residual.is_some(), epi_clamp)?
-            }
+            Prepared::Depthwise { uk, weight } => self.run_depthwise(
+                uk,
+                weight,
+                input,
+                conv_out,
+                residual.is_some(),
+                epi_clamp,
+                band_act,
+            )?,
             Prepared::Direct(d) => d.run(
                 g,
                 input,
@@ -313,6 +325,7 @@ impl Plan {
                 conv_out,
                 residual.is_some(),
                 epi_clamp,
+                band_act,
             ),
             Prepared::Gemm {
                 uk,
@@ -326,15 +339,8 @@ impl Plan {
                 conv_out,
                 residual.is_some(),
                 epi_clamp,
+                band_act,
             ),
-        }
-        if clamp.is_none() {
-            let kernel = self.isa.kernels()?.activation;
-            // Rows of planes in parallel: each element's value does not depend on the split.
-            use rayon::prelude::*;
-            conv_out
-                .par_chunks_mut(16 * 1024)
-                .for_each(|c| (kernel.run)(act, c));
         }
         if pooled {
             pool_f32(g, &scratch, output);
@@ -351,6 +357,7 @@ impl Plan {
         conv_out: &mut [f32],
         accumulate: bool,
         clamp: (f32, f32),
+        band_act: BandActivation,
     ) -> Result<()> {
         use crate::algo::direct::PhaseLayout;
         use rayon::prelude::*;
@@ -398,6 +405,9 @@ impl Plan {
                         clamp,
                     };
                     (uk.run)(&mut p);
+                    if let Some((kernel, act)) = band_act {
+                        (kernel.run)(act, out);
+                    }
                 }
                 crate::tensor::give_scratch(xp);
             });
@@ -414,6 +424,7 @@ impl Plan {
         conv_out: &mut [f32],
         accumulate: bool,
         clamp: (f32, f32),
+        activation: BandActivation,
     ) {
         let g = &self.geom;
         let area = g.conv_out_area();
@@ -431,6 +442,7 @@ impl Plan {
                     bias,
                     clamp,
                     accumulate,
+                    activation,
                 };
                 let c_off = (n * g.out_channels + grp * opg) * area;
                 if self.algo == Algo::Gemm1x1 && g.stride == [1, 1] {
@@ -452,6 +464,12 @@ impl Plan {
         }
     }
 }
+
+/// A band-pass activation: the tier's kernel and the activation it applies.
+type BandActivation = Option<(
+    crate::arch::activation::ActUkernel,
+    crate::epilogue::Activation,
+)>;
 
 /// Pools an activated conv output (NCHW) into `out`, with the reference's definitions in f32.
 fn pool_f32(g: &Geometry, act: &[f32], out: &mut [f32]) {

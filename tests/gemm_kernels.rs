@@ -199,6 +199,7 @@ fn whole_gemms_over_awkward_shapes_on_every_tier() {
                     bias: GemmBias::Row(&bias),
                     clamp: (-1.0, 1.0),
                     accumulate: false,
+                    activation: None,
                 };
                 sgemm(uk, &bl, m, n, k, &a, &b, &mut c, epi, true);
                 let want = gemm_ref(m, n, k, &a, &b);

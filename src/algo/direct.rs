@@ -17,7 +17,7 @@
 //! Columns of a tile past the output row read the next row or the slack: they are computed
 //! and never stored.
 
-use crate::arch::{run_gemm_tile, BPanel, GemmBias, OffsetTable, SharedMut};
+use crate::arch::{activate_tile, run_gemm_tile, BPanel, GemmBias, OffsetTable, SharedMut};
 use crate::gemm::{Blocking, PackedA};
 use crate::geometry::Geometry;
 use crate::kernels::GemmUkernel;
@@ -207,6 +207,10 @@ impl DirectPlan {
         conv_out: &mut [f32],
         accumulate: bool,
         clamp: (f32, f32),
+        activation: Option<(
+            crate::arch::activation::ActUkernel,
+            crate::epilogue::Activation,
+        )>,
     ) {
         let uk = self.uk;
         let [oh, ow] = g.conv_out;
@@ -270,6 +274,11 @@ impl DirectPlan {
                                     tb,
                                     clamp,
                                 );
+                                if let (true, Some((kernel, act))) = (last, activation) {
+                                    let off = c_grp + i0 * area + oy * ow + ox0;
+                                    let m = uk.mr.min(opg - i0);
+                                    activate_tile(&kernel, act, &shared, off, area, m, ncur);
+                                }
                             }
                         }
                         ic = ic_end;

@@ -420,6 +420,39 @@ pub fn run_gemm_tile(
     unsafe { (uk.run)(&tile) }
 }
 
+/// Applies a band-pass activation to an `m x n` tile of C at `c_offset` (row stride `rsc`)
+/// right after the microkernel finished it, while the tile is in L1: a separate pass over
+/// the whole output was memory-bound (1.3 of wav2vec2.conv0's 5 ms).
+pub fn activate_tile(
+    kernel: &activation::ActUkernel,
+    act: crate::epilogue::Activation,
+    c: &SharedMut,
+    c_offset: usize,
+    rsc: usize,
+    m: usize,
+    n: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = c_offset + (m - 1) * rsc + n;
+    assert!(
+        last <= c.len,
+        "tile ends at {last}, past the buffer's {}",
+        c.len
+    );
+    assert!(
+        n <= rsc || m == 1,
+        "row stride {rsc} narrower than the tile"
+    );
+    for i in 0..m {
+        // SAFETY: the row lies inside the buffer (checked above), and the tile belongs to the
+        // calling task, as for the microkernel that just wrote it (the SharedMut invariant).
+        let row = unsafe { std::slice::from_raw_parts_mut(c.ptr.add(c_offset + i * rsc), n) };
+        (kernel.run)(act, row);
+    }
+}
+
 /// Where a GEMM tile reads B.
 #[derive(Copy, Clone, Debug)]
 pub enum BPanel<'a> {

@@ -13,7 +13,7 @@
 //! Every element of C sums its K blocks in the same order whatever the number of threads,
 //! so results are bitwise identical across thread counts.
 
-use crate::arch::{run_gemm_tile, BPanel, GemmBias, SharedMut};
+use crate::arch::{activate_tile, run_gemm_tile, BPanel, GemmBias, SharedMut};
 use crate::kernels::GemmUkernel;
 use crate::sysinfo::Caches;
 use crate::tensor::{aligned_zeros, AlignedBuf};
@@ -177,6 +177,11 @@ pub struct GemmEpilogue<'a> {
     pub clamp: (f32, f32),
     /// Add the product to what C holds (a preloaded residual, or accumulation).
     pub accumulate: bool,
+    /// A band-pass activation applied to each finished tile while it is in L1.
+    pub activation: Option<(
+        crate::arch::activation::ActUkernel,
+        crate::epilogue::Activation,
+    )>,
 }
 
 impl Default for GemmEpilogue<'_> {
@@ -185,6 +190,7 @@ impl Default for GemmEpilogue<'_> {
             bias: GemmBias::None,
             clamp: (f32::NEG_INFINITY, f32::INFINITY),
             accumulate: false,
+            activation: None,
         }
     }
 }
@@ -287,6 +293,10 @@ pub fn gemm_packed(
                                 bias,
                                 epi.clamp,
                             );
+                            if let (true, Some((kernel, act))) = (last, epi.activation) {
+                                let off = c_offset + i0 * rsc + jj;
+                                activate_tile(&kernel, act, c, off, rsc, uk.mr.min(m - i0), ncur_t);
+                            }
                         }
                     }
                     ic = ic_end;
