@@ -307,40 +307,23 @@ impl Plan {
             Some(_) => None,
             None => Some((self.isa.kernels()?.activation, act)),
         };
+        let pass = crate::algo::OutputPass {
+            bias: self.bias.as_deref(),
+            accumulate: residual.is_some(),
+            clamp: epi_clamp,
+            activation: band_act,
+        };
         match &self.prepared {
             Prepared::Reference { .. } => unreachable!("handled above"),
-            Prepared::Depthwise { uk, weight } => self.run_depthwise(
-                uk,
-                weight,
-                input,
-                conv_out,
-                residual.is_some(),
-                epi_clamp,
-                band_act,
-            )?,
-            Prepared::Direct(d) => d.run(
-                g,
-                input,
-                self.bias.as_deref(),
-                conv_out,
-                residual.is_some(),
-                epi_clamp,
-                band_act,
-            ),
+            Prepared::Depthwise { uk, weight } => {
+                self.run_depthwise(uk, weight, input, conv_out, &pass)?
+            }
+            Prepared::Direct(d) => d.run(g, input, conv_out, &pass),
             Prepared::Gemm {
                 uk,
                 blocking,
                 packed,
-            } => self.run_gemm(
-                uk,
-                blocking,
-                packed,
-                input,
-                conv_out,
-                residual.is_some(),
-                epi_clamp,
-                band_act,
-            ),
+            } => self.run_gemm(uk, blocking, packed, input, conv_out, &pass),
         }
         if pooled {
             pool_f32(g, &scratch, output);
@@ -355,10 +338,14 @@ impl Plan {
         weight: &[f32],
         input: &[f32],
         conv_out: &mut [f32],
-        accumulate: bool,
-        clamp: (f32, f32),
-        band_act: BandActivation,
+        pass: &crate::algo::OutputPass,
     ) -> Result<()> {
+        let crate::algo::OutputPass {
+            bias,
+            accumulate,
+            clamp,
+            activation: band_act,
+        } = *pass;
         use crate::algo::direct::PhaseLayout;
         use rayon::prelude::*;
         let g = &self.geom;
@@ -400,7 +387,7 @@ impl Plan {
                         pw: layout.pw,
                         ow: g.conv_out[1],
                         out,
-                        bias: self.bias.as_ref().map_or(0.0, |b| b[co]),
+                        bias: bias.map_or(0.0, |b| b[co]),
                         accumulate,
                         clamp,
                     };
@@ -422,10 +409,14 @@ impl Plan {
         packed: &[PackedA],
         input: &[f32],
         conv_out: &mut [f32],
-        accumulate: bool,
-        clamp: (f32, f32),
-        activation: BandActivation,
+        pass: &crate::algo::OutputPass,
     ) {
+        let crate::algo::OutputPass {
+            bias: bias_all,
+            accumulate,
+            clamp,
+            activation,
+        } = *pass;
         let g = &self.geom;
         let area = g.conv_out_area();
         let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
@@ -434,7 +425,7 @@ impl Plan {
             for (grp, pa) in packed.iter().enumerate() {
                 let c0 = n * g.in_channels + grp * cpg;
                 let x = &input[c0 * g.input_area()..(c0 + cpg) * g.input_area()];
-                let bias = match &self.bias {
+                let bias = match bias_all {
                     Some(b) => GemmBias::Row(&b[grp * opg..(grp + 1) * opg]),
                     None => GemmBias::None,
                 };
@@ -464,12 +455,6 @@ impl Plan {
         }
     }
 }
-
-/// A band-pass activation: the tier's kernel and the activation it applies.
-type BandActivation = Option<(
-    crate::arch::activation::ActUkernel,
-    crate::epilogue::Activation,
-)>;
 
 /// Pools an activated conv output (NCHW) into `out`, with the reference's definitions in f32.
 fn pool_f32(g: &Geometry, act: &[f32], out: &mut [f32]) {

@@ -199,19 +199,13 @@ impl DirectPlan {
     }
 
     /// Runs all images into `conv_out` (NCHW, preloaded with the residual when `accumulate`).
-    pub fn run(
-        &self,
-        g: &Geometry,
-        input: &[f32],
-        bias: Option<&[f32]>,
-        conv_out: &mut [f32],
-        accumulate: bool,
-        clamp: (f32, f32),
-        activation: Option<(
-            crate::arch::activation::ActUkernel,
-            crate::epilogue::Activation,
-        )>,
-    ) {
+    pub fn run(&self, g: &Geometry, input: &[f32], conv_out: &mut [f32], pass: &super::OutputPass) {
+        let super::OutputPass {
+            bias,
+            accumulate,
+            clamp,
+            activation,
+        } = *pass;
         let uk = self.uk;
         let [oh, ow] = g.conv_out;
         let area = oh * ow;

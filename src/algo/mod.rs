@@ -4,6 +4,23 @@ use crate::error::{Error, Result};
 use crate::geometry::Geometry;
 
 pub mod direct;
+
+/// What every algorithm applies to its output tiles: bias, accumulation onto a preloaded
+/// residual, the clamp in registers, and a band-pass activation on each finished tile.
+#[derive(Copy, Clone, Debug)]
+pub struct OutputPass<'a> {
+    /// Bias per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// Add to what the output holds (the residual, copied in first).
+    pub accumulate: bool,
+    /// Clamp applied in registers (`(-inf, inf)` for none).
+    pub clamp: (f32, f32),
+    /// An activation that is not a clamp, with the tier's kernel for it.
+    pub activation: Option<(
+        crate::arch::activation::ActUkernel,
+        crate::epilogue::Activation,
+    )>,
+}
 pub mod im2col;
 
 /// A convolution algorithm.
