@@ -31,6 +31,7 @@ pub mod reference;
 pub mod spec;
 pub mod sysinfo;
 pub mod tensor;
+pub mod tune;
 
 pub use algo::Algo;
 pub use arch::Isa;

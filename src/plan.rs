@@ -12,6 +12,7 @@ use crate::kernels::GemmUkernel;
 use crate::reference::{self, check_len, Operands};
 use crate::spec::ConvSpec;
 use crate::tensor::{nchw_to_nhwc, nhwc_to_nchw, Layout};
+use crate::tune::{Choice, Source, TuneMode};
 
 /// How to build a plan.
 #[derive(Clone, Debug, Default)]
@@ -25,6 +26,8 @@ pub struct PlanOptions {
     pub threads: Option<usize>,
     /// Layout of input, residual and output.
     pub layout: Layout,
+    /// How `auto` decides when the cache has no answer.
+    pub tune: crate::tune::TuneMode,
 }
 
 enum Prepared {
@@ -53,6 +56,7 @@ pub struct Plan {
     prepared: Prepared,
     pool: Option<rayon::ThreadPool>,
     threads: Option<usize>,
+    choice: Choice,
 }
 
 impl std::fmt::Debug for Plan {
@@ -94,6 +98,59 @@ pub fn choose_algo(g: &Geometry) -> Algo {
         .unwrap_or(Algo::Reference)
 }
 
+/// The `auto` decision: the cache (and wisdom) first, then the configured mode. Measuring
+/// plans each candidate with the caller's weights and times it on a synthetic input.
+fn tune_choice(
+    spec: &ConvSpec,
+    geom: &Geometry,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    isa: Isa,
+    opts: &PlanOptions,
+) -> Result<Choice> {
+    let threads = opts.threads.unwrap_or_else(rayon::current_num_threads);
+    let key = crate::tune::cache_key(spec, opts.layout, isa, threads);
+    if let Some(c) = crate::tune::lookup(&key) {
+        if c.algo.accepts(geom) {
+            return Ok(c);
+        }
+    }
+    if opts.tune == TuneMode::Heuristic {
+        return Ok(Choice {
+            algo: choose_algo(geom),
+            source: Source::Heuristic,
+            times_ms: Vec::new(),
+        });
+    }
+    let mut rng = crate::init::Rng::new(0x7075_6e65);
+    let mut fill = |n: usize| {
+        let mut v = vec![0f32; n];
+        rng.fill_uniform(&mut v, -1.0, 1.0);
+        v
+    };
+    let x = fill(geom.input_len());
+    let r = geom.epilogue.residual.then(|| fill(geom.conv_output_len()));
+    let mut y = vec![0f32; geom.output_len()];
+    let mut plans: Vec<(Algo, Plan)> = Vec::new();
+    let cands = crate::tune::candidates(geom);
+    let choice = crate::tune::measure(&cands, &opts.tune, |a| {
+        if !plans.iter().any(|(p, _)| *p == a) {
+            let forced = PlanOptions {
+                algo: Some(a.name().into()),
+                isa: Some(isa.name().into()),
+                ..opts.clone()
+            };
+            plans.push((a, Plan::new(spec, weight, bias, &forced).ok()?));
+        }
+        let plan = &plans.iter().find(|(p, _)| *p == a)?.1;
+        let t = std::time::Instant::now();
+        plan.run(&x, r.as_deref(), &mut y).ok()?;
+        Some(t.elapsed().as_secs_f64() * 1e3)
+    })?;
+    crate::tune::remember(key, choice.clone());
+    Ok(choice)
+}
+
 impl Plan {
     /// Validates the spec, resolves algorithm and ISA, and packs the weights.
     /// `weight` is OIHW (OIL in 1-D); `bias` is `[Cout]`, present exactly when the spec has one.
@@ -122,17 +179,22 @@ impl Plan {
             _ => {}
         }
         let isa = resolve_isa(opts.isa.as_deref())?;
-        let algo = match opts.algo.as_deref() {
-            None | Some("auto") => choose_algo(&geom),
+        let choice = match opts.algo.as_deref() {
+            None | Some("auto") => tune_choice(spec, &geom, weight, bias, isa, opts)?,
             Some(name) => {
                 let a = Algo::parse(name)?;
                 a.check(&geom).map_err(|why| Error::AlgorithmRejects {
                     algo: a.name().into(),
                     why,
                 })?;
-                a
+                Choice {
+                    algo: a,
+                    source: Source::Forced,
+                    times_ms: Vec::new(),
+                }
             }
         };
+        let algo = choice.algo;
         let pool = match opts.threads {
             Some(0) => return Err(Error::InvalidArgument("threads must be >= 1".into())),
             // A private pool for any explicit count, 1 included: without one, work would run
@@ -189,6 +251,7 @@ impl Plan {
             prepared,
             pool,
             threads: opts.threads,
+            choice,
         })
     }
 
@@ -199,6 +262,14 @@ impl Plan {
     /// The algorithm in use.
     pub fn algo(&self) -> Algo {
         self.algo
+    }
+    /// How the algorithm was chosen, with the timings when it was measured.
+    pub fn choice(&self) -> &Choice {
+        &self.choice
+    }
+    /// A readable account of the choice: candidates, times, winner and where it came from.
+    pub fn explain(&self) -> String {
+        self.choice.explain()
     }
     /// The ISA tier in use.
     pub fn isa(&self) -> Isa {

@@ -64,6 +64,7 @@ fn check(
         isa: Some(isa.name().into()),
         threads,
         layout,
+        ..Default::default()
     };
     let plan =
         Plan::new(&case.spec, &case.w, case.b.as_deref(), &opts).map_err(|e| e.to_string())?;

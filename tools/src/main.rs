@@ -16,6 +16,8 @@ const USAGE: &str = "usage:
   convkit algos --spec S.json
   convkit bench [--suite FILE] [--layers NAME,..] [--algo all|auto|NAME] [--isa NAME] [--threads N]
                 [--layout nchw|nhwc] [--format table|json|csv] [--reps N]
+                [--tune measure|heuristic|exhaustive] [--wisdom FILE]
+  convkit tune  [--suite FILE] [--wisdom FILE] [--isa NAME] [--threads N]
   convkit info";
 
 /// The built-in benchmark suite (a copy of shared/bench/layers.json).
@@ -40,7 +42,9 @@ fn main() -> ExitCode {
 
 fn dispatch(argv: &[String]) -> Result<(), String> {
     let Some(cmd) = argv.first() else {
-        return Err("missing command (run, algos, bench, info); try `convkit --help`".to_string());
+        return Err(
+            "missing command (run, algos, bench, tune, info); try `convkit --help`".to_string(),
+        );
     };
     let rest = &argv[1..];
     match cmd.as_str() {
@@ -56,14 +60,16 @@ fn dispatch(argv: &[String]) -> Result<(), String> {
         )?),
         "algos" => cmd_algos(&Args::parse(rest, &["spec"])?),
         "info" => cmd_info(&Args::parse(rest, &[])?),
+        "tune" => bench::cmd_tune(&Args::parse(rest, &["suite", "wisdom", "isa", "threads"])?),
         "bench" => bench::cmd_bench(&Args::parse(
             rest,
             &[
-                "suite", "layers", "algo", "isa", "threads", "layout", "format", "reps",
+                "suite", "layers", "algo", "isa", "threads", "layout", "format", "reps", "tune",
+                "wisdom",
             ],
         )?),
         other => Err(format!(
-            "unknown command `{other}` (expected run, algos, bench, info)"
+            "unknown command `{other}` (expected run, algos, bench, tune, info)"
         )),
     }
 }

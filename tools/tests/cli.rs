@@ -471,6 +471,7 @@ fn info_and_bench_json_follow_the_spec() {
         br#"{"layers": [{"name": "tiny", "input": [1, 8, 12, 12], "out_channels": 8, "kernel": [3, 3], "padding": [1, 1], "activation": "relu"},
                         {"name": "tiny1d", "input": [1, 4, 40], "out_channels": 6, "kernel": [3], "pool": {"kind": "global_max"}}]}"#,
     );
+    let wisdom = d.path("wisdom.json");
     let out = bin()
         .args([
             "bench",
@@ -484,6 +485,8 @@ fn info_and_bench_json_follow_the_spec() {
             "2",
             "--format",
             "json",
+            "--wisdom",
+            &wisdom,
         ])
         .output()
         .unwrap();
@@ -513,4 +516,77 @@ fn info_and_bench_json_follow_the_spec() {
         assert!(r["gflops"].as_f64().unwrap() > 0.0);
         assert_ne!(r["algo"], "reference");
     }
+
+    // The tuned benchmark: the first run measures, the second takes every choice from the
+    // wisdom file it wrote.
+    for expected in ["measured", "wisdom"] {
+        let out = bin()
+            .args([
+                "bench",
+                "--suite",
+                &suite,
+                "--threads",
+                "1",
+                "--reps",
+                "1",
+                "--format",
+                "json",
+                "--wisdom",
+                &wisdom,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for r in v["results"].as_array().unwrap() {
+            assert_eq!(r["auto"], true);
+            assert_eq!(r["choice"], expected, "{r}");
+        }
+    }
+    // `convkit tune` fills a wisdom file; a corrupt CONVKIT_WISDOM only warns.
+    let tuned = d.path("tuned.json");
+    let out = bin()
+        .args([
+            "tune",
+            "--suite",
+            &suite,
+            "--threads",
+            "1",
+            "--wisdom",
+            &tuned,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(convkit::tune::load_wisdom(Path::new(&tuned)).unwrap() >= 2);
+    let corrupt = d.file("corrupt.json", b"{\"format\": \"convkit-wisdom\", \"entr");
+    let out = bin()
+        .env("CONVKIT_WISDOM", &corrupt)
+        .args([
+            "bench",
+            "--suite",
+            &suite,
+            "--threads",
+            "1",
+            "--reps",
+            "1",
+            "--tune",
+            "heuristic",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: wisdom file ignored"));
 }

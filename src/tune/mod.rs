@@ -1,0 +1,354 @@
+//! The autotuner: which algorithm runs a layer, by heuristic or by measurement, remembered in
+//! an in-memory cache and a human-readable wisdom file.
+//!
+//! Modes: [`TuneMode::Heuristic`] (no measurement, `plan::choose_algo`),
+//! [`TuneMode::Measure`] (time each candidate with warm-up and medians, stop a candidate early
+//! when its first run is 3x behind the best so far), [`TuneMode::Exhaustive`] (time every
+//! candidate fully). A forced algorithm bypasses the tuner. Candidates come from one ordered
+//! list, best guess first; `reference` is never a candidate.
+//!
+//! The cache key holds everything that changes the answer: the layer (its spec as canonical
+//! JSON, name excluded: geometry and epilogue), the layout, the ISA tier, the thread count,
+//! the crate version and a checksum of the candidate set (a new algorithm invalidates old
+//! entries). `CONVKIT_WISDOM=path` loads that file at first use and saves new entries to it;
+//! a corrupt, truncated or foreign file is ignored with a warning, never an error.
+
+use crate::algo::{accepting, Algo};
+use crate::error::{Error, Result};
+use crate::geometry::Geometry;
+use crate::spec::ConvSpec;
+use crate::tensor::Layout;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// How `auto` decides.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum TuneMode {
+    /// The decision function, no measurement.
+    #[default]
+    Heuristic,
+    /// Time the candidates within about `budget_ms` each, stopping hopeless ones early.
+    Measure {
+        /// Time per candidate, in milliseconds.
+        budget_ms: u64,
+    },
+    /// Time every candidate fully.
+    Exhaustive,
+}
+
+/// Where a choice came from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The caller named the algorithm.
+    Forced,
+    /// The heuristic.
+    Heuristic,
+    /// Measured now.
+    Measured,
+    /// Found in the cache or the wisdom file.
+    Wisdom,
+}
+
+impl Source {
+    /// `forced`, `heuristic`, `measured` or `wisdom` (SPEC's `choice` values).
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Forced => "forced",
+            Source::Heuristic => "heuristic",
+            Source::Measured => "measured",
+            Source::Wisdom => "wisdom",
+        }
+    }
+}
+
+/// A decision with its evidence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    /// The algorithm chosen.
+    pub algo: Algo,
+    /// Where the decision came from.
+    pub source: Source,
+    /// Median milliseconds of each timed candidate (empty for heuristic/forced).
+    pub times_ms: Vec<(Algo, f64)>,
+}
+
+impl Choice {
+    /// The fastest timed candidate other than the winner, with its time.
+    pub fn runner_up(&self) -> Option<(Algo, f64)> {
+        self.times_ms
+            .iter()
+            .filter(|(a, _)| *a != self.algo)
+            .copied()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+    /// A readable account: candidates, times, winner and source.
+    pub fn explain(&self) -> String {
+        let mut s = format!("{} ({})", self.algo.name(), self.source.name());
+        if !self.times_ms.is_empty() {
+            let t: Vec<String> = self
+                .times_ms
+                .iter()
+                .map(|(a, ms)| format!("{} {:.3} ms", a.name(), ms))
+                .collect();
+            s.push_str(&format!("; timed: {}", t.join(", ")));
+        }
+        s
+    }
+}
+
+/// The candidates for `g`, best guess first (the heuristic's pick leads).
+pub fn candidates(g: &Geometry) -> Vec<Algo> {
+    let first = crate::plan::choose_algo(g);
+    let mut v = vec![first];
+    v.extend(
+        accepting(g)
+            .into_iter()
+            .filter(|a| *a != first && *a != Algo::Reference),
+    );
+    v
+}
+
+fn checksum(algos: &[Algo]) -> u64 {
+    // FNV-1a over the names of every algorithm convkit knows.
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for a in algos {
+        for b in a.name().bytes().chain([b',']) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The cache key of a decision (see the module docs for what it holds).
+pub fn cache_key(spec: &ConvSpec, layout: Layout, isa: crate::arch::Isa, threads: usize) -> String {
+    let mut v = spec.to_json();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("name");
+    }
+    format!(
+        "{}|{}|{}|t{}|v{}|c{:016x}",
+        v,
+        layout.name(),
+        isa.name(),
+        threads,
+        env!("CARGO_PKG_VERSION"),
+        checksum(&crate::algo::ALL_ALGOS)
+    )
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: BTreeMap<String, Choice>,
+    wisdom_loaded: bool,
+}
+
+fn cache() -> &'static Mutex<Cache> {
+    static C: OnceLock<Mutex<Cache>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(Cache::default()))
+}
+
+static MEASUREMENTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many candidate timings this process has run (a plan from wisdom adds none).
+pub fn measurement_count() -> usize {
+    MEASUREMENTS.load(Ordering::Relaxed)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Cache> {
+    // A panic while holding the lock leaves plain data; keep using it.
+    cache().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forgets every cached decision (tests and benchmarks).
+pub fn clear_cache() {
+    let mut c = lock();
+    c.entries.clear();
+    c.wisdom_loaded = true;
+}
+
+fn env_wisdom() -> Option<String> {
+    std::env::var("CONVKIT_WISDOM")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+fn ensure_env_wisdom_loaded() {
+    let path = {
+        let mut c = lock();
+        if c.wisdom_loaded {
+            return;
+        }
+        c.wisdom_loaded = true;
+        env_wisdom()
+    };
+    if let Some(p) = path {
+        if std::path::Path::new(&p).exists() {
+            if let Err(e) = load_wisdom(std::path::Path::new(&p)) {
+                eprintln!("warning: CONVKIT_WISDOM {p} ignored: {e}");
+            }
+        }
+    }
+}
+
+/// Looks up a cached decision.
+pub fn lookup(key: &str) -> Option<Choice> {
+    ensure_env_wisdom_loaded();
+    lock().entries.get(key).cloned().map(|mut c| {
+        c.source = Source::Wisdom;
+        c
+    })
+}
+
+/// Records a decision (and saves it to `CONVKIT_WISDOM` when set).
+pub fn remember(key: String, choice: Choice) {
+    lock().entries.insert(key, choice);
+    if let Some(p) = env_wisdom() {
+        if let Err(e) = save_wisdom(std::path::Path::new(&p)) {
+            eprintln!("warning: cannot save wisdom to {p}: {e}");
+        }
+    }
+}
+
+/// Times each candidate with `time(algo) -> Option<ms of one run>` and returns the choice.
+/// Every candidate gets a warm-up run, then runs until its budget is spent (at least 3,
+/// at most 50); in `Measure` mode a candidate whose first timed run is 3x slower than the
+/// best median so far is dropped after that run.
+pub fn measure(
+    cands: &[Algo],
+    mode: &TuneMode,
+    mut time: impl FnMut(Algo) -> Option<f64>,
+) -> Result<Choice> {
+    let budget = match mode {
+        TuneMode::Measure { budget_ms } => *budget_ms as f64,
+        _ => 200.0,
+    };
+    let mut results: Vec<(Algo, f64)> = Vec::new();
+    for &a in cands {
+        MEASUREMENTS.fetch_add(1, Ordering::Relaxed);
+        if time(a).is_none() {
+            continue; // the candidate could not be planned or run: not a choice
+        }
+        let best = results.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+        let mut runs = Vec::new();
+        let start = Instant::now();
+        while runs.len() < 3 || (start.elapsed().as_secs_f64() * 1e3 < budget && runs.len() < 50) {
+            let Some(ms) = time(a) else { break };
+            runs.push(ms);
+            if matches!(mode, TuneMode::Measure { .. }) && runs.len() == 1 && ms > 3.0 * best {
+                break;
+            }
+        }
+        if runs.is_empty() {
+            continue;
+        }
+        runs.sort_by(f64::total_cmp);
+        results.push((a, runs[runs.len() / 2]));
+    }
+    let winner = results
+        .iter()
+        .min_by(|x, y| x.1.total_cmp(&y.1))
+        .map(|r| r.0)
+        .ok_or_else(|| {
+            Error::InvalidArgument("no candidate algorithm could run this layer".into())
+        })?;
+    Ok(Choice {
+        algo: winner,
+        source: Source::Measured,
+        times_ms: results,
+    })
+}
+
+/// The wisdom file as JSON.
+fn wisdom_json(entries: &BTreeMap<String, Choice>) -> Value {
+    let e: serde_json::Map<String, Value> = entries
+        .iter()
+        .map(|(k, c)| {
+            let times: serde_json::Map<String, Value> = c
+                .times_ms
+                .iter()
+                .map(|(a, ms)| (a.name().to_string(), json!(ms)))
+                .collect();
+            (k.clone(), json!({"algo": c.algo.name(), "times_ms": times}))
+        })
+        .collect();
+    json!({"format": "convkit-wisdom", "version": 1, "convkit": env!("CARGO_PKG_VERSION"), "entries": e})
+}
+
+/// Writes every cached decision to `path` atomically (temporary file, then rename), so a
+/// concurrent reader or writer never sees a partial file.
+pub fn save_wisdom(path: &std::path::Path) -> Result<()> {
+    let text = {
+        let c = lock();
+        serde_json::to_string_pretty(&wisdom_json(&c.entries))
+            .map_err(|e| Error::file(path.display(), e))?
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir.display(), e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{:?}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::file(path.display(), e)
+        })
+}
+
+/// Loads `path` into the cache; returns how many entries were taken. Entries of another
+/// convkit version or with unknown algorithms are skipped (their keys would not match
+/// anyway); a file that is not valid wisdom is an error and loads nothing.
+pub fn load_wisdom(path: &std::path::Path) -> Result<usize> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path.display(), e))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::file(path.display(), format!("not JSON: {e}")))?;
+    if v.get("format").and_then(Value::as_str) != Some("convkit-wisdom") {
+        return Err(Error::file(path.display(), "not a convkit wisdom file"));
+    }
+    let entries = v
+        .get("entries")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::file(path.display(), "no `entries` object"))?;
+    let mut parsed = Vec::new();
+    for (k, e) in entries {
+        let Some(algo) = e
+            .get("algo")
+            .and_then(Value::as_str)
+            .and_then(|n| Algo::parse(n).ok())
+        else {
+            continue;
+        };
+        let times = e
+            .get("times_ms")
+            .and_then(Value::as_object)
+            .map(|t| {
+                t.iter()
+                    .filter_map(|(n, ms)| Some((Algo::parse(n).ok()?, ms.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        parsed.push((
+            k.clone(),
+            Choice {
+                algo,
+                source: Source::Wisdom,
+                times_ms: times,
+            },
+        ));
+    }
+    let n = parsed.len();
+    let mut c = lock();
+    c.entries.extend(parsed);
+    Ok(n)
+}

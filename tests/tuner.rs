@@ -1,0 +1,209 @@
+//! The autotuner: heuristic choices, cache keys, wisdom round trip, bad wisdom files, and a
+//! plan from wisdom measuring nothing.
+
+use convkit::tune::{self, Source, TuneMode};
+use convkit::{Algo, ConvSpec, Geometry, Isa, Layout, Padding, Plan, PlanOptions};
+
+fn geom(spec: &ConvSpec) -> Geometry {
+    Geometry::new(spec).unwrap()
+}
+
+#[test]
+fn heuristic_choices_follow_the_measured_rules() {
+    let pw = ConvSpec::new(&[1, 144, 56, 56], 24, &[1, 1]);
+    assert_eq!(convkit::plan::choose_algo(&geom(&pw)), Algo::Gemm1x1);
+    let dw = ConvSpec::new(&[1, 32, 112, 112], 32, &[3, 3])
+        .with_groups(32)
+        .with_padding(Padding::Same);
+    assert_eq!(convkit::plan::choose_algo(&geom(&dw)), Algo::Depthwise);
+    let small_k = ConvSpec::new(&[1, 64, 56, 56], 64, &[3, 3]).with_padding(Padding::Same); // K = 576
+    assert_eq!(convkit::plan::choose_algo(&geom(&small_k)), Algo::Direct);
+    let big_k = ConvSpec::new(&[1, 256, 56, 56], 256, &[3, 3]).with_padding(Padding::Same); // K = 2304
+    assert_eq!(convkit::plan::choose_algo(&geom(&big_k)), Algo::Im2col);
+    let strided_1x1 = ConvSpec::new(&[1, 64, 56, 56], 128, &[1, 1]).with_stride(&[2, 2]);
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&strided_1x1)),
+        Algo::Direct
+    );
+    // The candidate list leads with the heuristic's pick and never holds the reference.
+    let c = tune::candidates(&geom(&big_k));
+    assert_eq!(c[0], Algo::Im2col);
+    assert!(!c.contains(&Algo::Reference) && c.contains(&Algo::Direct));
+}
+
+#[test]
+fn cache_keys_change_with_everything_that_changes_the_answer() {
+    let s = ConvSpec::new(&[1, 8, 10, 10], 8, &[3, 3]);
+    let k = tune::cache_key(&s, Layout::Nchw, Isa::Portable, 1);
+    assert_eq!(
+        k,
+        tune::cache_key(
+            &s.clone().with_name("other label"),
+            Layout::Nchw,
+            Isa::Portable,
+            1
+        )
+    );
+    assert_ne!(
+        k,
+        tune::cache_key(&s, Layout::Nchw, Isa::Portable, 2),
+        "thread count"
+    );
+    assert_ne!(
+        k,
+        tune::cache_key(&s, Layout::Nhwc, Isa::Portable, 1),
+        "layout"
+    );
+    if Isa::Avx2.is_available() {
+        assert_ne!(k, tune::cache_key(&s, Layout::Nchw, Isa::Avx2, 1), "ISA");
+    }
+    assert_ne!(
+        k,
+        tune::cache_key(
+            &s.clone().with_activation(convkit::Activation::Relu),
+            Layout::Nchw,
+            Isa::Portable,
+            1
+        ),
+        "epilogue"
+    );
+    assert_ne!(
+        k,
+        tune::cache_key(
+            &s.clone().with_stride(&[2, 2]),
+            Layout::Nchw,
+            Isa::Portable,
+            1
+        ),
+        "geometry"
+    );
+}
+
+/// One test for everything that touches the process-wide cache, so that parallel tests do
+/// not race on it.
+#[test]
+fn measure_remember_save_load_and_reuse_without_measuring() {
+    let dir = std::env::temp_dir().join(format!("convkit-tuner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = ConvSpec::new(&[1, 16, 20, 20], 16, &[3, 3]).with_padding(Padding::Same);
+    let g = geom(&spec);
+    let w = vec![0.01f32; g.weight_len()];
+    let b = vec![0.0f32; 16];
+    let opts = PlanOptions {
+        threads: Some(1),
+        tune: TuneMode::Measure { budget_ms: 5 },
+        ..Default::default()
+    };
+
+    tune::clear_cache();
+    let before = tune::measurement_count();
+    let plan = Plan::new(&spec, &w, Some(&b), &opts).unwrap();
+    assert_eq!(plan.choice().source, Source::Measured);
+    assert!(
+        tune::measurement_count() > before,
+        "measuring mode must time candidates"
+    );
+    assert!(plan.choice().times_ms.len() >= 2, "{}", plan.explain());
+    assert!(plan.explain().contains("measured"));
+    let winner = plan.algo();
+
+    // The same layer again: from the cache, no measurement.
+    let n = tune::measurement_count();
+    let again = Plan::new(&spec, &w, Some(&b), &opts).unwrap();
+    assert_eq!(
+        (again.choice().source, again.algo()),
+        (Source::Wisdom, winner)
+    );
+    assert_eq!(tune::measurement_count(), n);
+
+    // Round trip through a file.
+    let path = dir.join("wisdom.json");
+    tune::save_wisdom(&path).unwrap();
+    tune::clear_cache();
+    assert_eq!(tune::load_wisdom(&path).unwrap(), 1);
+    let n = tune::measurement_count();
+    let from_file = Plan::new(&spec, &w, Some(&b), &opts).unwrap();
+    assert_eq!(
+        (from_file.choice().source, from_file.algo()),
+        (Source::Wisdom, winner)
+    );
+    assert_eq!(
+        tune::measurement_count(),
+        n,
+        "a plan from wisdom performs zero measurements"
+    );
+
+    // A different thread count is a miss: it measures again.
+    let two = PlanOptions {
+        threads: Some(2),
+        ..opts.clone()
+    };
+    assert_eq!(
+        Plan::new(&spec, &w, Some(&b), &two)
+            .unwrap()
+            .choice()
+            .source,
+        Source::Measured
+    );
+
+    // Bad files are errors from load_wisdom (callers warn and go on), never panics, and
+    // leave the cache as it was.
+    let text = std::fs::read_to_string(&path).unwrap();
+    for (name, bytes) in [
+        ("truncated.json", text.as_bytes()[..text.len() / 2].to_vec()),
+        ("garbage.json", b"\x00\xff not json".to_vec()),
+        (
+            "foreign.json",
+            br#"{"format": "fftw-wisdom", "entries": {}}"#.to_vec(),
+        ),
+        (
+            "noentries.json",
+            br#"{"format": "convkit-wisdom"}"#.to_vec(),
+        ),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        assert!(tune::load_wisdom(&p).is_err(), "{name} should be refused");
+    }
+    // Unknown algorithms inside a valid file are skipped, not fatal.
+    let odd = dir.join("odd.json");
+    std::fs::write(
+        &odd,
+        br#"{"format": "convkit-wisdom", "entries": {"k": {"algo": "quantum"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(tune::load_wisdom(&odd).unwrap(), 0);
+
+    // Heuristic mode measures nothing.
+    tune::clear_cache();
+    let n = tune::measurement_count();
+    let h = Plan::new(
+        &spec,
+        &w,
+        Some(&b),
+        &PlanOptions {
+            threads: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(h.choice().source, Source::Heuristic);
+    assert_eq!(tune::measurement_count(), n);
+
+    // Concurrent planning shares the cache safely, and saving while others plan leaves a
+    // valid file.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let (spec, w, b, opts, path) = (&spec, &w, &b, &opts, &path);
+            s.spawn(move || {
+                let p = Plan::new(spec, w, Some(b), opts).unwrap();
+                assert!(p.algo().accepts(&geom(spec)));
+                if i % 2 == 0 {
+                    tune::save_wisdom(path).unwrap();
+                }
+            });
+        }
+    });
+    assert!(tune::load_wisdom(&path).unwrap() >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
