@@ -28,6 +28,8 @@ pub struct PlanOptions {
     pub layout: Layout,
     /// How `auto` decides when the cache has no answer.
     pub tune: crate::tune::TuneMode,
+    /// Conv rows per band of the fused pool pass; `None` sizes bands to half of L2.
+    pub band_rows: Option<usize>,
 }
 
 enum Prepared {
@@ -57,6 +59,7 @@ pub struct Plan {
     pool: Option<rayon::ThreadPool>,
     threads: Option<usize>,
     choice: Choice,
+    band_rows: Option<usize>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -252,6 +255,7 @@ impl Plan {
             pool,
             threads: opts.threads,
             choice,
+            band_rows: opts.band_rows.filter(|&r| r > 0),
         })
     }
 
@@ -358,20 +362,8 @@ impl Plan {
             output.copy_from_slice(&y);
             return Ok(());
         }
-        // The conv output goes straight to `output` unless a pool follows.
         let act = g.epilogue.activation;
         let clamp = act.as_clamp();
-        let pooled = g.epilogue.pool.is_some();
-        let mut scratch = if pooled {
-            crate::tensor::take_scratch(g.conv_output_len())
-        } else {
-            Vec::new()
-        };
-        let conv_out: &mut [f32] = if pooled { &mut scratch } else { &mut *output };
-        if let Some(r) = residual {
-            conv_out.copy_from_slice(r);
-        }
-        let epi_clamp = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         // Activations that are not a clamp run on each finished tile or plane while it is in
         // cache (the band pass), not as a pass over the whole output.
         let band_act = match clamp {
@@ -381,44 +373,173 @@ impl Plan {
         let pass = crate::algo::OutputPass {
             bias: self.bias.as_deref(),
             accumulate: residual.is_some(),
-            clamp: epi_clamp,
+            clamp: clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
             activation: band_act,
         };
-        match &self.prepared {
-            Prepared::Reference { .. } => unreachable!("handled above"),
-            Prepared::Depthwise { uk, weight } => {
-                self.run_depthwise(uk, weight, input, conv_out, &pass)?
+        let [oh, ow] = g.conv_out;
+        let (cout, area) = (g.out_channels, oh * ow);
+        let img_in = g.in_channels * g.input_area();
+        let img_out = cout * g.output[0] * g.output[1];
+        let mut xp = match &self.prepared {
+            Prepared::Direct(d) => crate::tensor::take_scratch(d.layout.image),
+            _ => Vec::new(),
+        };
+        let bands = self.bands();
+        let mut band_buf = match g.epilogue.pool {
+            Some(_) => crate::tensor::take_scratch(self.band_rows_max() * cout * ow),
+            None => Vec::new(),
+        };
+        let mut global = vec![0f32; if g.epilogue.pool.is_some() { cout } else { 0 }];
+        for n in 0..g.batch {
+            let x = &input[n * img_in..(n + 1) * img_in];
+            if let Prepared::Direct(d) = &self.prepared {
+                d.layout.fill(g, x, &mut xp);
             }
-            Prepared::Direct(d) => d.run(g, input, conv_out, &pass),
+            let res_img = residual.map(|r| &r[n * cout * area..(n + 1) * cout * area]);
+            if g.epilogue.pool.is_none() {
+                // No pool: the conv output is the user's output, written once.
+                let out = &mut output[n * cout * area..(n + 1) * cout * area];
+                if let Some(r) = res_img {
+                    out.copy_from_slice(r);
+                }
+                self.conv_rows(x, &xp, 0, oh, out, &pass)?;
+                continue;
+            }
+            // Pool fused by bands: conv rows r0..r1 for all channels go to a band buffer
+            // sized to stay in L2, are pooled into their output rows, and the buffer is
+            // reused; the pre-pool tensor never exists whole.
+            global.fill(match g.epilogue.pool {
+                Some(Pool::GlobalMax) => f32::NEG_INFINITY,
+                _ => 0.0,
+            });
+            let out_img = &mut output[n * img_out..(n + 1) * img_out];
+            for &(r0, r1, p0, p1) in &bands {
+                let rows = r1 - r0;
+                let band = &mut band_buf[..cout * rows * ow];
+                if let Some(r) = res_img {
+                    for co in 0..cout {
+                        band[co * rows * ow..(co + 1) * rows * ow]
+                            .copy_from_slice(&r[co * area + r0 * ow..co * area + r1 * ow]);
+                    }
+                }
+                self.conv_rows(x, &xp, r0, r1, band, &pass)?;
+                pool_band(g, band, r0, r1, p0, p1, out_img, &mut global);
+            }
+            match g.epilogue.pool {
+                Some(Pool::GlobalMax) => out_img.copy_from_slice(&global),
+                Some(Pool::GlobalAvg) => {
+                    for (o, s) in out_img.iter_mut().zip(&global) {
+                        *o = s / area as f32;
+                    }
+                }
+                _ => {}
+            }
+        }
+        crate::tensor::give_scratch(xp);
+        crate::tensor::give_scratch(band_buf);
+        Ok(())
+    }
+
+    /// The row bands of the fused pool pass: (conv rows r0..r1, pooled rows p0..p1). A band
+    /// holds as many pooled rows as keep `Cout x rows x OW` floats within half of L2 (at
+    /// least one); without a pool, one band of every row.
+    fn bands(&self) -> Vec<(usize, usize, usize, usize)> {
+        let g = &self.geom;
+        let [oh, ow] = g.conv_out;
+        let budget_rows = self.band_rows.unwrap_or_else(|| {
+            (crate::sysinfo::caches().l2 / 2 / (4 * g.out_channels * ow).max(1)).max(1)
+        });
+        match (&g.epilogue.pool, g.pool_dims) {
+            (Some(Pool::Max(_)) | Some(Pool::Avg { .. }), Some(d)) => {
+                let (k, s, pt) = (d[0].size, d[0].stride, d[0].pad_before);
+                let per = if budget_rows > k {
+                    (budget_rows - k) / s + 1
+                } else {
+                    1
+                };
+                let ph = g.output[0];
+                (0..ph)
+                    .step_by(per)
+                    .map(|p0| {
+                        let p1 = (p0 + per).min(ph);
+                        let r0 = (p0 * s).saturating_sub(pt).min(oh);
+                        let r1 = ((p1 - 1) * s + k).saturating_sub(pt).min(oh);
+                        (r0, r1.max(r0), p0, p1)
+                    })
+                    .collect()
+            }
+            (Some(_), _) => (0..oh)
+                .step_by(budget_rows)
+                .map(|r0| (r0, (r0 + budget_rows).min(oh), 0, 1))
+                .collect(),
+            (None, _) => vec![(0, oh, 0, oh)],
+        }
+    }
+
+    fn band_rows_max(&self) -> usize {
+        self.bands().iter().map(|b| b.1 - b.0).max().unwrap_or(0)
+    }
+
+    /// Scratch the plan uses per run beyond the caller's buffers: the band buffer of the
+    /// fused pool and the padded image of `direct`. The pre-pool tensor is never allocated.
+    pub fn scratch_bytes(&self) -> usize {
+        let g = &self.geom;
+        let band = match g.epilogue.pool {
+            Some(_) => self.band_rows_max() * g.out_channels * g.conv_out[1],
+            None => 0,
+        };
+        let image = match &self.prepared {
+            Prepared::Direct(d) => d.layout.image,
+            Prepared::Depthwise { .. } => 0,
+            _ => 0,
+        };
+        4 * (band + image)
+    }
+
+    /// Conv rows `r0..r1` of one image into `out` (`[Cout][r1 - r0][OW]`).
+    fn conv_rows(
+        &self,
+        x: &[f32],
+        xp: &[f32],
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
+        pass: &crate::algo::OutputPass,
+    ) -> Result<()> {
+        match &self.prepared {
+            Prepared::Reference { .. } => unreachable!("the reference runs whole"),
+            Prepared::Direct(d) => d.run_rows(&self.geom, xp, r0, r1, out, pass),
+            Prepared::Depthwise { uk, weight } => {
+                self.depthwise_rows(uk, weight, x, r0, r1, out, pass)?
+            }
             Prepared::Gemm {
                 uk,
                 blocking,
                 packed,
-            } => self.run_gemm(uk, blocking, packed, input, conv_out, &pass),
-        }
-        if pooled {
-            pool_f32(g, &scratch, output);
-            crate::tensor::give_scratch(scratch);
+            } => self.gemm_rows(uk, blocking, packed, x, r0, r1, out, pass),
         }
         Ok(())
     }
 
-    fn run_depthwise(
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_rows(
         &self,
         uk: &crate::arch::dwconv::DwUkernel,
         weight: &[f32],
-        input: &[f32],
-        conv_out: &mut [f32],
+        x: &[f32],
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
         pass: &crate::algo::OutputPass,
     ) -> Result<()> {
+        use crate::algo::direct::PhaseLayout;
+        use rayon::prelude::*;
         let crate::algo::OutputPass {
             bias,
             accumulate,
             clamp,
-            activation: band_act,
+            activation,
         } = *pass;
-        use crate::algo::direct::PhaseLayout;
-        use rayon::prelude::*;
         let g = &self.geom;
         // The layout's slack must cover one chunk past a row.
         let layout = PhaseLayout::new(g, crate::arch::dwconv::CHUNK).map_err(|why| {
@@ -433,38 +554,43 @@ impl Plan {
             .into_iter()
             .take(g.kernel_area())
             .collect();
-        let (area, ka, mult) = (g.conv_out_area(), g.kernel_area(), g.cout_per_group);
-        let in_area = g.input_area();
+        let ow = g.conv_out[1];
+        let (band, ka, mult, in_area) = (
+            (r1 - r0) * ow,
+            g.kernel_area(),
+            g.cout_per_group,
+            g.input_area(),
+        );
         let chan_len = layout.chan + crate::arch::dwconv::CHUNK + layout.pw;
-        // One task per (image, input channel): pad that channel into a per-thread buffer
-        // that stays in L1/L2, then compute its `mult` output planes from it. (Padding the
-        // whole image first wrote and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
-        conv_out
-            .par_chunks_mut(mult * area)
+        // One task per input channel: pad it into a per-thread buffer that stays in L1/L2,
+        // then compute its `mult` output planes from it. (Padding the whole image first wrote
+        // and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
+        out.par_chunks_mut(mult * band)
             .enumerate()
-            .for_each(|(task, planes)| {
-                let (n, ci) = (task / g.in_channels, task % g.in_channels);
-                let x = &input
-                    [(n * g.in_channels + ci) * in_area..(n * g.in_channels + ci + 1) * in_area];
+            .for_each(|(ci, planes)| {
                 let mut xp = crate::tensor::take_scratch(chan_len);
-                layout.fill_channel(g, x, &mut xp[..layout.chan]);
+                layout.fill_channel(
+                    g,
+                    &x[ci * in_area..(ci + 1) * in_area],
+                    &mut xp[..layout.chan],
+                );
                 xp[layout.chan..].fill(0.0);
-                for (m, out) in planes.chunks_mut(area).enumerate() {
+                for (m, plane) in planes.chunks_mut(band).enumerate() {
                     let co = ci * mult + m;
                     let mut p = crate::arch::dwconv::DwPlane {
-                        input: &xp,
+                        input: &xp[r0 * layout.pw..],
                         offsets: &offsets,
                         weight: &weight[co * ka..(co + 1) * ka],
                         pw: layout.pw,
-                        ow: g.conv_out[1],
-                        out,
+                        ow,
+                        out: &mut *plane,
                         bias: bias.map_or(0.0, |b| b[co]),
                         accumulate,
                         clamp,
                     };
                     (uk.run)(&mut p);
-                    if let Some((kernel, act)) = band_act {
-                        (kernel.run)(act, out);
+                    if let Some((kernel, act)) = activation {
+                        (kernel.run)(act, plane);
                     }
                 }
                 crate::tensor::give_scratch(xp);
@@ -473,13 +599,15 @@ impl Plan {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_gemm(
+    fn gemm_rows(
         &self,
         uk: &GemmUkernel,
         blocking: &Blocking,
         packed: &[PackedA],
-        input: &[f32],
-        conv_out: &mut [f32],
+        x: &[f32],
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
         pass: &crate::algo::OutputPass,
     ) {
         let crate::algo::OutputPass {
@@ -489,64 +617,75 @@ impl Plan {
             activation,
         } = *pass;
         let g = &self.geom;
-        let area = g.conv_out_area();
-        let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
-        let shared = SharedMut::new(conv_out);
-        for n in 0..g.batch {
-            for (grp, pa) in packed.iter().enumerate() {
-                let c0 = n * g.in_channels + grp * cpg;
-                let x = &input[c0 * g.input_area()..(c0 + cpg) * g.input_area()];
-                let bias = match bias_all {
-                    Some(b) => GemmBias::Row(&b[grp * opg..(grp + 1) * opg]),
-                    None => GemmBias::None,
+        let ow = g.conv_out[1];
+        let band = (r1 - r0) * ow;
+        let (cpg, opg, in_area) = (g.cin_per_group, g.cout_per_group, g.input_area());
+        let shared = SharedMut::new(out);
+        for (grp, pa) in packed.iter().enumerate() {
+            let xg = &x[grp * cpg * in_area..(grp + 1) * cpg * in_area];
+            let bias = match bias_all {
+                Some(b) => GemmBias::Row(&b[grp * opg..(grp + 1) * opg]),
+                None => GemmBias::None,
+            };
+            let epi = GemmEpilogue {
+                bias,
+                clamp,
+                accumulate,
+                activation,
+            };
+            let c_off = grp * opg * band;
+            if self.algo == Algo::Gemm1x1 && g.stride == [1, 1] {
+                // 1x1, stride 1, no padding: output position p reads input position p.
+                let src = StridedB {
+                    data: &xg[r0 * ow..],
+                    rs: in_area,
+                    cs: 1,
                 };
-                let epi = GemmEpilogue {
-                    bias,
-                    clamp,
-                    accumulate,
-                    activation,
+                gemm_packed(
+                    uk, blocking, pa, &src, band, &shared, c_off, band, epi, true,
+                );
+            } else {
+                let src = Im2colB {
+                    x: xg,
+                    g,
+                    col0: r0 * ow,
                 };
-                let c_off = (n * g.out_channels + grp * opg) * area;
-                if self.algo == Algo::Gemm1x1 && g.stride == [1, 1] {
-                    let src = StridedB {
-                        data: x,
-                        rs: g.input_area(),
-                        cs: 1,
-                    };
-                    gemm_packed(
-                        uk, blocking, pa, &src, area, &shared, c_off, area, epi, true,
-                    );
-                } else {
-                    let src = Im2colB { x, g };
-                    gemm_packed(
-                        uk, blocking, pa, &src, area, &shared, c_off, area, epi, true,
-                    );
-                }
+                gemm_packed(
+                    uk, blocking, pa, &src, band, &shared, c_off, band, epi, true,
+                );
             }
         }
     }
 }
 
-/// Pools an activated conv output (NCHW) into `out`, with the reference's definitions in f32.
-fn pool_f32(g: &Geometry, act: &[f32], out: &mut [f32]) {
-    let [oh, ow] = g.conv_out;
-    match &g.epilogue.pool {
-        None => out.copy_from_slice(act),
-        Some(Pool::GlobalMax) => {
-            for (o, p) in out.iter_mut().zip(act.chunks(oh * ow)) {
-                *o = p
-                    .iter()
-                    .copied()
-                    .fold(f32::NEG_INFINITY, crate::epilogue::max_nan);
+/// Pools conv rows `r0..r1` (all channels, `band` laid out `[Cout][r1 - r0][OW]`) into pooled
+/// rows `p0..p1` of `out_img`, or folds them into `global` (max or sum per channel) for the
+/// global pools. The same definitions as the reference, in f32.
+#[allow(clippy::too_many_arguments)]
+fn pool_band(
+    g: &Geometry,
+    band: &[f32],
+    r0: usize,
+    r1: usize,
+    p0: usize,
+    p1: usize,
+    out_img: &mut [f32],
+    global: &mut [f32],
+) {
+    let ow = g.conv_out[1];
+    let rows = r1 - r0;
+    match (&g.epilogue.pool, g.pool_dims) {
+        (Some(Pool::GlobalMax), _) => {
+            for (acc, plane) in global.iter_mut().zip(band.chunks(rows * ow)) {
+                *acc = plane.iter().copied().fold(*acc, crate::epilogue::max_nan);
             }
         }
-        Some(Pool::GlobalAvg) => {
-            for (o, p) in out.iter_mut().zip(act.chunks(oh * ow)) {
-                *o = (p.iter().map(|&v| v as f64).sum::<f64>() / (oh * ow) as f64) as f32;
+        (Some(Pool::GlobalAvg), _) => {
+            for (acc, plane) in global.iter_mut().zip(band.chunks(rows * ow)) {
+                *acc += plane.iter().sum::<f32>();
             }
         }
-        Some(pool) => {
-            let d = g.pool_dims.expect("windowed pool has dims");
+        (Some(pool), Some(d)) => {
             let is_max = matches!(pool, Pool::Max(_));
             let cip = matches!(
                 pool,
@@ -556,8 +695,9 @@ fn pool_f32(g: &Geometry, act: &[f32], out: &mut [f32]) {
                 }
             );
             let [ph, pw] = g.output;
-            for (plane, o) in act.chunks(oh * ow).zip(out.chunks_mut(ph * pw)) {
-                for py in 0..ph {
+            let oh = g.conv_out[0];
+            for (plane, o) in band.chunks(rows * ow).zip(out_img.chunks_mut(ph * pw)) {
+                for py in p0..p1 {
                     let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
                     let ys =
                         y0.max(0) as usize..((y0 + d[0].size as isize).min(oh as isize)) as usize;
@@ -567,7 +707,8 @@ fn pool_f32(g: &Geometry, act: &[f32], out: &mut [f32]) {
                             ..((x0 + d[1].size as isize).min(ow as isize)) as usize;
                         let (mut m, mut s) = (f32::NEG_INFINITY, 0f32);
                         for y in ys.clone() {
-                            for &v in &plane[y * ow + xs.start..y * ow + xs.end] {
+                            let row = &plane[(y - r0) * ow..(y - r0 + 1) * ow];
+                            for &v in &row[xs.clone()] {
                                 m = crate::epilogue::max_nan(m, v);
                                 s += v;
                             }
@@ -582,5 +723,6 @@ fn pool_f32(g: &Geometry, act: &[f32], out: &mut [f32]) {
                 }
             }
         }
+        _ => {}
     }
 }

@@ -50,6 +50,19 @@ fn check(
     threads: Option<usize>,
     layout: Layout,
 ) -> Result<Vec<f32>, String> {
+    check_banded(case, algo, isa, threads, layout, None)
+}
+
+/// As `check`, with the fused pool's band height forced (1, 2, 3 rows exercise every band
+/// boundary of overlapping windows).
+fn check_banded(
+    case: &Case,
+    algo: Algo,
+    isa: Isa,
+    threads: Option<usize>,
+    layout: Layout,
+    band_rows: Option<usize>,
+) -> Result<Vec<f32>, String> {
     let g = Geometry::new(&case.spec).unwrap();
     let ops = Operands {
         input: &case.x,
@@ -64,6 +77,7 @@ fn check(
         isa: Some(isa.name().into()),
         threads,
         layout,
+        band_rows,
         ..Default::default()
     };
     let plan =
@@ -406,4 +420,80 @@ fn plan_errors_are_results_not_panics() {
     assert!(plan.run(&[0.0; 10], None, &mut y).is_err());
     assert!(plan.run(&vec![0.0; 256], Some(&y.clone()), &mut y).is_err());
     assert!(plan.run(&vec![0.0; 256], None, &mut y[1..]).is_err());
+}
+
+#[test]
+fn fused_pool_bands_of_every_height_match_the_reference() {
+    let pools = [
+        Pool::Max(PoolWindow {
+            size: vec![3, 3],
+            stride: vec![2, 2],
+            padding: vec![(1, 1); 2],
+        }),
+        Pool::Avg {
+            window: PoolWindow {
+                size: vec![2, 3],
+                stride: vec![2, 1],
+                padding: vec![(1, 0), (1, 1)],
+            },
+            count_include_pad: true,
+        },
+        Pool::Max(PoolWindow {
+            size: vec![2, 2],
+            stride: vec![2, 2],
+            padding: vec![(0, 0); 2],
+        }),
+        Pool::GlobalAvg,
+        Pool::GlobalMax,
+    ];
+    for (i, pool) in pools.into_iter().enumerate() {
+        let spec = ConvSpec::new(&[2, 6, 13, 11], 10, &[3, 3])
+            .with_padding(Padding::Same)
+            .with_residual(true)
+            .with_activation(Activation::Gelu)
+            .with_pool(Some(pool));
+        let case = make_case(spec, 300 + i as u64);
+        let g = Geometry::new(&case.spec).unwrap();
+        for al in algo::accepting(&g) {
+            for rows in [1, 2, 3, 5] {
+                check_banded(
+                    &case,
+                    al,
+                    convkit::arch::best_isa(),
+                    Some(2),
+                    Layout::Nchw,
+                    Some(rows),
+                )
+                .unwrap();
+            }
+        }
+    }
+    // The fused plan never holds the pre-pool tensor: its scratch is a band.
+    let spec = ConvSpec::new(&[1, 64, 224, 224], 64, &[3, 3])
+        .with_padding(Padding::Same)
+        .with_activation(Activation::Relu)
+        .with_pool(Some(Pool::Max(PoolWindow {
+            size: vec![2, 2],
+            stride: vec![2, 2],
+            padding: vec![(0, 0); 2],
+        })));
+    let g = Geometry::new(&spec).unwrap();
+    let w = vec![0.0; g.weight_len()];
+    let b = vec![0.0; 64];
+    let plan = Plan::new(
+        &spec,
+        &w,
+        Some(&b),
+        &PlanOptions {
+            algo: Some("im2col".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let pre_pool = 4 * g.conv_output_len();
+    assert!(
+        plan.scratch_bytes() * 20 < pre_pool,
+        "scratch {} vs pre-pool {pre_pool}",
+        plan.scratch_bytes()
+    );
 }

@@ -198,8 +198,18 @@ impl DirectPlan {
         })
     }
 
-    /// Runs all images into `conv_out` (NCHW, preloaded with the residual when `accumulate`).
-    pub fn run(&self, g: &Geometry, input: &[f32], conv_out: &mut [f32], pass: &super::OutputPass) {
+    /// Computes conv rows `r0..r1` of one image whose padded, phase-split copy is `xp`
+    /// (`self.layout.fill`), into `out` laid out `[Cout][r1 - r0][OW]` (preloaded with the
+    /// residual rows when `pass.accumulate`).
+    pub fn run_rows(
+        &self,
+        g: &Geometry,
+        xp: &[f32],
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
+        pass: &super::OutputPass,
+    ) {
         let super::OutputPass {
             bias,
             accumulate,
@@ -207,11 +217,14 @@ impl DirectPlan {
             activation,
         } = *pass;
         let uk = self.uk;
-        let [oh, ow] = g.conv_out;
-        let area = oh * ow;
+        let ow = g.conv_out[1];
+        let band = (r1 - r0) * ow;
         let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
         let tiles_per_row = ow.div_ceil(uk.nr);
-        let tiles = oh * tiles_per_row;
+        let tiles = (r1 - r0) * tiles_per_row;
+        if tiles == 0 {
+            return;
+        }
         // Tasks: (group, chunk of tiles). Enough chunks for the pool, each a few rows' worth.
         let threads = rayon::current_num_threads();
         let chunks = (4 * threads).div_ceil(g.groups).clamp(1, tiles);
@@ -219,73 +232,67 @@ impl DirectPlan {
         let chunks = tiles.div_ceil(per_chunk);
         let panels_m = opg.div_ceil(uk.mr);
         let mc_panels = (self.blocking.mc / uk.mr).max(1);
-        let mut xp = crate::tensor::take_scratch(self.layout.image);
-        let shared = SharedMut::new(conv_out);
-        for n in 0..g.batch {
-            let x = &input
-                [n * g.in_channels * g.input_area()..(n + 1) * g.in_channels * g.input_area()];
-            self.layout.fill(g, x, &mut xp);
-            let xp = &xp;
-            let task = |t: usize| {
-                let (grp, chunk) = (t / chunks, t % chunks);
-                let (t0, t1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(tiles));
-                let pa = &self.packed[grp];
-                let grp_base = grp * cpg * self.layout.chan;
-                let c_grp = (n * g.out_channels + grp * opg) * area;
-                let blocks = pa.blocks();
-                for (bi, table) in self.tables.iter().enumerate() {
-                    let kc = blocks[bi].1;
-                    let (first, last) = (bi == 0, bi + 1 == blocks.len());
-                    let mut ic = 0;
-                    while ic < panels_m {
-                        let ic_end = (ic + mc_panels).min(panels_m);
-                        for tile in t0..t1 {
-                            let (oy, ox0) = (tile / tiles_per_row, (tile % tiles_per_row) * uk.nr);
-                            let ncur = uk.nr.min(ow - ox0);
-                            let base = grp_base + oy * self.layout.pw + ox0;
-                            for panel in ic..ic_end {
-                                let i0 = panel * uk.mr;
-                                let tb = match bias {
-                                    Some(b) => GemmBias::Row(&b[grp * opg + i0..]),
-                                    None => GemmBias::None,
-                                };
-                                run_gemm_tile(
-                                    uk,
-                                    kc,
-                                    pa.panel(bi, panel),
-                                    BPanel::Indirect {
-                                        x: xp,
-                                        base,
-                                        offsets: table,
-                                    },
-                                    &shared,
-                                    c_grp + i0 * area + oy * ow + ox0,
-                                    area,
-                                    uk.mr.min(opg - i0),
-                                    ncur,
-                                    accumulate || !first,
-                                    last,
-                                    tb,
-                                    clamp,
-                                );
-                                if let (true, Some((kernel, act))) = (last, activation) {
-                                    let off = c_grp + i0 * area + oy * ow + ox0;
-                                    let m = uk.mr.min(opg - i0);
-                                    activate_tile(&kernel, act, &shared, off, area, m, ncur);
-                                }
+        let shared = SharedMut::new(out);
+        let task = |t: usize| {
+            let (grp, chunk) = (t / chunks, t % chunks);
+            let (t0, t1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(tiles));
+            let pa = &self.packed[grp];
+            let grp_base = grp * cpg * self.layout.chan;
+            let c_grp = grp * opg * band;
+            let blocks = pa.blocks();
+            for (bi, table) in self.tables.iter().enumerate() {
+                let kc = blocks[bi].1;
+                let (first, last) = (bi == 0, bi + 1 == blocks.len());
+                let mut ic = 0;
+                while ic < panels_m {
+                    let ic_end = (ic + mc_panels).min(panels_m);
+                    for tile in t0..t1 {
+                        let (row, ox0) = (tile / tiles_per_row, (tile % tiles_per_row) * uk.nr);
+                        let ncur = uk.nr.min(ow - ox0);
+                        let base = grp_base + (r0 + row) * self.layout.pw + ox0;
+                        for panel in ic..ic_end {
+                            let i0 = panel * uk.mr;
+                            let m = uk.mr.min(opg - i0);
+                            let off = c_grp + i0 * band + row * ow + ox0;
+                            let tb = match bias {
+                                Some(b) => GemmBias::Row(&b[grp * opg + i0..]),
+                                None => GemmBias::None,
+                            };
+                            let b = BPanel::Indirect {
+                                x: xp,
+                                base,
+                                offsets: table,
+                            };
+                            let load = accumulate || !first;
+                            run_gemm_tile(
+                                uk,
+                                kc,
+                                pa.panel(bi, panel),
+                                b,
+                                &shared,
+                                off,
+                                band,
+                                m,
+                                ncur,
+                                load,
+                                last,
+                                tb,
+                                clamp,
+                            );
+                            if let (true, Some((kernel, act))) = (last, activation) {
+                                activate_tile(&kernel, act, &shared, off, band, m, ncur);
                             }
                         }
-                        ic = ic_end;
                     }
+                    ic = ic_end;
                 }
-            };
-            let ntasks = g.groups * chunks;
-            if threads > 1 && ntasks > 1 {
-                (0..ntasks).into_par_iter().for_each(task);
-            } else {
-                (0..ntasks).for_each(task);
             }
+        };
+        let ntasks = g.groups * chunks;
+        if threads > 1 && ntasks > 1 {
+            (0..ntasks).into_par_iter().for_each(task);
+        } else {
+            (0..ntasks).for_each(task);
         }
-        crate::tensor::give_scratch(xp);
     }
 }

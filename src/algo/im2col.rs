@@ -17,6 +17,8 @@ pub struct Im2colB<'a> {
     pub x: &'a [f32],
     /// The layer.
     pub g: &'a Geometry,
+    /// The first output position (oy * OW + ox) that column 0 of B stands for: a band of rows.
+    pub col0: usize,
 }
 
 impl PackB for Im2colB<'_> {
@@ -41,7 +43,7 @@ impl PackB for Im2colB<'_> {
                 let mut j = 0;
                 while j < w {
                     // One run of columns along the same output row.
-                    let col = j0 + c0 + j;
+                    let col = self.col0 + j0 + c0 + j;
                     let (oy, ox) = (col / ow, col % ow);
                     let run = (ow - ox).min(w - j);
                     let y = (oy * sh + ky * dh) as isize - pt;

@@ -177,6 +177,17 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
     let isa = convkit::arch::resolve_isa(a.get("isa")).map_err(|e| e.to_string())?;
     let nthreads = threads.unwrap_or_else(convkit::sysinfo::cores);
     let tune = parse_tune(a.get("tune"))?;
+    // `--band-rows N` sets the fused pool's band height; a value >= the conv output height
+    // makes the pool a separate pass over the whole conv output (the unfused baseline).
+    let band_rows = match a.get("band-rows") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| format!("--band-rows: expected an integer >= 1, got `{s}`"))?,
+        ),
+    };
     let wisdom = wisdom_path(a.get("wisdom"));
     load_wisdom_or_warn(&wisdom);
     let peak = convkit::sysinfo::measure_peak_gflops(isa, nthreads).unwrap_or(0.0);
@@ -219,6 +230,7 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 threads,
                 layout,
                 tune: tune.clone(),
+                band_rows,
             };
             let (plan, pack_ms, med, min) = time_layer(spec, &g, &opts, min_reps)?;
             let choice = plan.choice().clone();

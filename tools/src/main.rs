@@ -16,7 +16,7 @@ const USAGE: &str = "usage:
   convkit algos --spec S.json
   convkit bench [--suite FILE] [--layers NAME,..] [--algo all|auto|NAME] [--isa NAME] [--threads N]
                 [--layout nchw|nhwc] [--format table|json|csv] [--reps N]
-                [--tune measure|heuristic|exhaustive] [--wisdom FILE]
+                [--tune measure|heuristic|exhaustive] [--wisdom FILE] [--band-rows N]
   convkit tune  [--suite FILE] [--wisdom FILE] [--isa NAME] [--threads N]
   convkit info";
 
@@ -64,8 +64,17 @@ fn dispatch(argv: &[String]) -> Result<(), String> {
         "bench" => bench::cmd_bench(&Args::parse(
             rest,
             &[
-                "suite", "layers", "algo", "isa", "threads", "layout", "format", "reps", "tune",
+                "suite",
+                "layers",
+                "algo",
+                "isa",
+                "threads",
+                "layout",
+                "format",
+                "reps",
+                "tune",
                 "wisdom",
+                "band-rows",
             ],
         )?),
         other => Err(format!(
