@@ -30,6 +30,43 @@ pub struct PlanOptions {
     pub tune: crate::tune::TuneMode,
     /// Conv rows per band of the fused pool pass; `None` sizes bands to half of L2.
     pub band_rows: Option<usize>,
+    /// The most bytes the plan may hold in packed weights and per-run scratch; `None` means
+    /// [`DEFAULT_MAX_BYTES`]. A plan that would need more is refused before allocating.
+    pub max_bytes: Option<usize>,
+}
+
+/// The default memory budget of a plan: 4 GiB.
+pub const DEFAULT_MAX_BYTES: usize = 4 << 30;
+
+/// Bytes an algorithm will hold for `g` (packed weights plus its largest per-run scratch),
+/// computed with checked arithmetic before anything is allocated.
+fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
+    let k = g.cin_per_group.checked_mul(g.kernel_area())?;
+    let packed = |mr: usize| {
+        g.cout_per_group
+            .div_ceil(mr)
+            .checked_mul(mr)?
+            .checked_mul(k)?
+            .checked_mul(g.groups)?
+            .checked_mul(4)
+    };
+    let pooled = if g.epilogue.pool.is_some() {
+        g.conv_output_len().checked_mul(4)?
+    } else {
+        0
+    };
+    let uk = isa.kernels().ok()?.gemm_default();
+    let bytes = match algo {
+        Algo::Reference => g.weight_len().checked_mul(8)?,
+        Algo::Depthwise => g.weight_len().checked_mul(4)?,
+        Algo::Im2col | Algo::Gemm1x1 => packed(uk.mr)?,
+        Algo::Direct => {
+            let image = crate::algo::direct::PhaseLayout::new(g, uk.nr).ok()?.image;
+            packed(uk.mr)?.checked_add(image.checked_mul(4)?)?
+        }
+    };
+    // The fused pool's band is at most the pre-pool tensor: count that bound.
+    bytes.checked_add(pooled)
 }
 
 enum Prepared {
@@ -198,6 +235,17 @@ impl Plan {
             }
         };
         let algo = choice.algo;
+        let budget = opts.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        match planned_bytes(&geom, algo, isa) {
+            Some(b) if b <= budget => {}
+            Some(b) => {
+                return Err(Error::Budget(format!(
+                    "algorithm `{}` needs {b} bytes of packed weights and scratch, over the plan's limit of {budget}",
+                    algo.name()
+                )))
+            }
+            None => return Err(Error::Budget(format!("algorithm `{}`: its memory need overflows", algo.name()))),
+        }
         let pool = match opts.threads {
             Some(0) => return Err(Error::InvalidArgument("threads must be >= 1".into())),
             // A private pool for any explicit count, 1 included: without one, work would run

@@ -497,3 +497,23 @@ fn fused_pool_bands_of_every_height_match_the_reference() {
         plan.scratch_bytes()
     );
 }
+
+#[test]
+fn memory_budget_refuses_before_allocating() {
+    // 512 x 512 x 3 x 3 weights = 9.4 MB packed: over a 1 MB budget, under the default.
+    let spec = ConvSpec::new(&[1, 512, 7, 7], 512, &[3, 3]).with_padding(Padding::Same);
+    let g = Geometry::new(&spec).unwrap();
+    let w = vec![0.0; g.weight_len()];
+    let b = vec![0.0; 512];
+    for algo in ["im2col", "direct", "reference"] {
+        let opts = PlanOptions {
+            algo: Some(algo.into()),
+            max_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        let e = Plan::new(&spec, &w, Some(&b), &opts).unwrap_err();
+        assert!(matches!(e, convkit::Error::Budget(_)), "{algo}: {e}");
+        assert!(e.to_string().contains("limit"), "{e}");
+    }
+    assert!(Plan::new(&spec, &w, Some(&b), &PlanOptions::default()).is_ok());
+}

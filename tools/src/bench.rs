@@ -231,6 +231,7 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 layout,
                 tune: tune.clone(),
                 band_rows,
+                ..Default::default()
             };
             let (plan, pack_ms, med, min) = time_layer(spec, &g, &opts, min_reps)?;
             let choice = plan.choice().clone();
