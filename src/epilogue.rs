@@ -192,12 +192,13 @@ fn sigmoid<T: Real>(x: T) -> T {
 /// Max that propagates NaN (a max pool over a window holding NaN is NaN, as in the reference).
 #[inline]
 pub fn max_nan<T: Real>(a: T, b: T) -> T {
-    if a.is_nan() {
-        a
-    } else if b.is_nan() || b > a {
-        b
+    // Written as selects (no early return) so that loops over rows vectorize; a + b is NaN
+    // exactly when either is.
+    let m = if b > a { b } else { a };
+    if a.is_nan() || b.is_nan() {
+        a + b
     } else {
-        a
+        m
     }
 }
 

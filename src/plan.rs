@@ -734,6 +734,7 @@ fn pool_band(
             }
         }
         (Some(pool), Some(d)) => {
+            use rayon::prelude::*;
             let is_max = matches!(pool, Pool::Max(_));
             let cip = matches!(
                 pool,
@@ -744,32 +745,52 @@ fn pool_band(
             );
             let [ph, pw] = g.output;
             let oh = g.conv_out[0];
-            for (plane, o) in band.chunks(rows * ow).zip(out_img.chunks_mut(ph * pw)) {
-                for py in p0..p1 {
-                    let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
-                    let ys =
-                        y0.max(0) as usize..((y0 + d[0].size as isize).min(oh as isize)) as usize;
-                    for px in 0..pw {
-                        let x0 = (px * d[1].stride) as isize - d[1].pad_before as isize;
-                        let xs = x0.max(0) as usize
-                            ..((x0 + d[1].size as isize).min(ow as isize)) as usize;
-                        let (mut m, mut s) = (f32::NEG_INFINITY, 0f32);
+            // Separable: first reduce the window's rows elementwise into one row (a loop
+            // over whole rows that vectorizes), then reduce each window's columns of that
+            // row. k + k operations per output instead of k * k, and channels in parallel.
+            // (The direct k x k loop took a third of resnet50.conv1 and ran on one thread.)
+            band.par_chunks(rows * ow)
+                .zip(out_img.par_chunks_mut(ph * pw))
+                .for_each(|(plane, o)| {
+                    let mut acc = vec![0f32; ow];
+                    for py in p0..p1 {
+                        let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
+                        let ys = y0.max(0) as usize
+                            ..((y0 + d[0].size as isize).min(oh as isize)) as usize;
+                        acc.fill(if is_max { f32::NEG_INFINITY } else { 0.0 });
                         for y in ys.clone() {
                             let row = &plane[(y - r0) * ow..(y - r0 + 1) * ow];
-                            for &v in &row[xs.clone()] {
-                                m = crate::epilogue::max_nan(m, v);
-                                s += v;
+                            if is_max {
+                                for (a, &v) in acc.iter_mut().zip(row) {
+                                    *a = crate::epilogue::max_nan(*a, v);
+                                }
+                            } else {
+                                for (a, &v) in acc.iter_mut().zip(row) {
+                                    *a += v;
+                                }
                             }
                         }
-                        let count = if cip {
-                            d[0].size * d[1].size
-                        } else {
-                            ys.len() * xs.len()
-                        };
-                        o[py * pw + px] = if is_max { m } else { s / count as f32 };
+                        for px in 0..pw {
+                            let x0 = (px * d[1].stride) as isize - d[1].pad_before as isize;
+                            let xs = x0.max(0) as usize
+                                ..((x0 + d[1].size as isize).min(ow as isize)) as usize;
+                            let cells = &acc[xs.clone()];
+                            o[py * pw + px] = if is_max {
+                                cells
+                                    .iter()
+                                    .copied()
+                                    .fold(f32::NEG_INFINITY, crate::epilogue::max_nan)
+                            } else {
+                                let count = if cip {
+                                    d[0].size * d[1].size
+                                } else {
+                                    ys.len() * xs.len()
+                                };
+                                cells.iter().sum::<f32>() / count as f32
+                            };
+                        }
                     }
-                }
-            }
+                });
         }
         _ => {}
     }

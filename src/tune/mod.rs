@@ -2,7 +2,7 @@
 //! an in-memory cache and a human-readable wisdom file.
 //!
 //! Modes: [`TuneMode::Heuristic`] (no measurement, `plan::choose_algo`),
-//! [`TuneMode::Measure`] (time each candidate with warm-up and medians, stop a candidate early
+//! [`TuneMode::Measure`] (time each candidate after a warm-up, keep its fastest run, stop a candidate early
 //! when its first run is 3x behind the best so far), [`TuneMode::Exhaustive`] (time every
 //! candidate fully). A forced algorithm bypasses the tuner. Candidates come from one ordered
 //! list, best guess first; `reference` is never a candidate.
@@ -71,7 +71,7 @@ pub struct Choice {
     pub algo: Algo,
     /// Where the decision came from.
     pub source: Source,
-    /// Median milliseconds of each timed candidate (empty for heuristic/forced).
+    /// Fastest run in milliseconds of each timed candidate (empty for heuristic/forced).
     pub times_ms: Vec<(Algo, f64)>,
 }
 
@@ -244,8 +244,11 @@ pub fn measure(
         if runs.is_empty() {
             continue;
         }
+        // The fastest run, not the median: on a shared machine slow runs are interference,
+        // and the minimum is the most repeatable estimate of what the candidate can do (as
+        // FFTW's planner does).
         runs.sort_by(f64::total_cmp);
-        results.push((a, runs[runs.len() / 2]));
+        results.push((a, runs[0]));
     }
     let winner = results
         .iter()
