@@ -28,7 +28,7 @@ pub struct PlanOptions {
     pub layout: Layout,
     /// How `auto` decides when the cache has no answer.
     pub tune: crate::tune::TuneMode,
-    /// Conv rows per band of the fused pool pass; `None` sizes bands to half of L2.
+    /// Conv rows per band of the fused pool pass; `None` sizes bands from the caches.
     pub band_rows: Option<usize>,
     /// The most bytes the plan may hold in packed weights and per-run scratch; `None` means
     /// [`DEFAULT_MAX_BYTES`]. A plan that would need more is refused before allocating.

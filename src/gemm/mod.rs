@@ -201,7 +201,12 @@ thread_local! {
 
 /// `C[m x n] (+)= A B` with A prepacked and B packed per block from `b`; C row-major with row
 /// stride `rsc`, starting at `c_offset` of `c`. Runs in parallel on the current rayon pool
-/// when `parallel` (tasks over column blocks, and over row blocks when columns are few).
+/// when `parallel`:
+/// - many columns: tasks over column blocks of NC, each packing its own B block;
+/// - few columns (fewer than 4 blocks a thread): B is packed once per K block, its panels in
+///   parallel, into a shared buffer, and tasks split the rows. (Splitting rows with a B
+///   packed per task packed it up to 8 times: resnet50.res4.3x3 and the row bands of pooled
+///   layers ran slower on 2 threads than on 1.)
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_packed(
     uk: &GemmUkernel,
@@ -225,8 +230,6 @@ pub fn gemm_packed(
         a.mr, uk.mr
     );
     let panels_m = m.div_ceil(uk.mr);
-    // Column tasks of NC (rounded to NR); when there are fewer than 8 of them and M allows,
-    // also split M so both cores get balanced work (B is then packed once per row task).
     let nc = blocking.nc.max(uk.nr);
     let col_tasks = n.div_ceil(nc);
     let threads = if parallel {
@@ -234,81 +237,163 @@ pub fn gemm_packed(
     } else {
         1
     };
-    let row_tasks = if threads > 1 && col_tasks < 4 * threads {
-        (4 * threads).div_ceil(col_tasks).min(panels_m).max(1)
-    } else {
-        1
-    };
-    let panels_per_row_task = panels_m.div_ceil(row_tasks);
-    let row_tasks = panels_m.div_ceil(panels_per_row_task);
-    let task = |t: usize| {
-        let (ct, rt) = (t % col_tasks, t / col_tasks);
+    let blocks = &a.blocks;
+    if threads == 1 || col_tasks >= 4 * threads {
+        // Column mode.
+        let task = |ct: usize| {
+            let j0 = ct * nc;
+            let ncur = nc.min(n - j0);
+            let panels_n = ncur.div_ceil(uk.nr);
+            PACK_B.with(|cell| {
+                let mut bp = cell.borrow_mut();
+                for (bi, &(p0, kc)) in blocks.iter().enumerate() {
+                    let need = panels_n * uk.nr * kc.max(1);
+                    if bp.len() < need {
+                        *bp = aligned_zeros(need);
+                    }
+                    if kc > 0 {
+                        b.pack(p0, kc, j0, ncur, uk.nr, &mut bp[..need]);
+                    }
+                    let step = BlockStep {
+                        bi,
+                        kc,
+                        first: bi == 0,
+                        last: bi + 1 == blocks.len(),
+                    };
+                    block_tiles(
+                        uk,
+                        blocking,
+                        a,
+                        &bp[..need],
+                        step,
+                        j0,
+                        ncur,
+                        0..panels_m,
+                        c,
+                        c_offset,
+                        rsc,
+                        &epi,
+                    );
+                }
+            });
+        };
+        if threads > 1 && col_tasks > 1 {
+            (0..col_tasks).into_par_iter().for_each(task);
+        } else {
+            (0..col_tasks).for_each(task);
+        }
+        return;
+    }
+    // Row mode: shared B per (column block, K block), rows split among tasks.
+    let row_tasks = (4 * threads).min(panels_m).max(1);
+    let per = panels_m.div_ceil(row_tasks);
+    let mut shared_b = aligned_zeros(0);
+    for ct in 0..col_tasks {
         let j0 = ct * nc;
         let ncur = nc.min(n - j0);
-        let pan0 = rt * panels_per_row_task;
-        let pan1 = (pan0 + panels_per_row_task).min(panels_m);
         let panels_n = ncur.div_ceil(uk.nr);
-        PACK_B.with(|cell| {
-            let mut bp = cell.borrow_mut();
-            let blocks = &a.blocks;
-            for (bi, &(p0, kc)) in blocks.iter().enumerate() {
-                let need = panels_n * uk.nr * kc.max(1);
-                if bp.len() < need {
-                    *bp = aligned_zeros(need);
-                }
-                if kc > 0 {
-                    b.pack(p0, kc, j0, ncur, uk.nr, &mut bp[..need]);
-                }
-                let first = bi == 0;
-                let last = bi + 1 == blocks.len();
-                // LOOP 3 over MC blocks of A (in L2), LOOP 2 over the B micro-panels (one
-                // stays in L1 while LOOP 1 walks the MR panels of the block).
-                let mc_panels = (blocking.mc / uk.mr).max(1);
-                let mut ic = pan0;
-                while ic < pan1 {
-                    let ic_end = (ic + mc_panels).min(pan1);
-                    for jp in 0..panels_n {
-                        let jj = j0 + jp * uk.nr;
-                        let ncur_t = uk.nr.min(n - jj);
-                        let bpanel = &bp[jp * uk.nr * kc..];
-                        for panel in ic..ic_end {
-                            let i0 = panel * uk.mr;
-                            let bias = match epi.bias {
-                                GemmBias::None => GemmBias::None,
-                                GemmBias::Row(s) => GemmBias::Row(&s[i0..]),
-                                GemmBias::Col(s) => GemmBias::Col(&s[jj..]),
-                            };
-                            run_gemm_tile(
-                                uk,
-                                kc,
-                                a.panel(bi, panel),
-                                BPanel::Packed(bpanel),
-                                c,
-                                c_offset + i0 * rsc + jj,
-                                rsc,
-                                uk.mr.min(m - i0),
-                                ncur_t,
-                                epi.accumulate || !first,
-                                last,
-                                bias,
-                                epi.clamp,
-                            );
-                            if let (true, Some((kernel, act))) = (last, epi.activation) {
-                                let off = c_offset + i0 * rsc + jj;
-                                activate_tile(&kernel, act, c, off, rsc, uk.mr.min(m - i0), ncur_t);
-                            }
-                        }
-                    }
-                    ic = ic_end;
+        for (bi, &(p0, kc)) in blocks.iter().enumerate() {
+            let need = panels_n * uk.nr * kc.max(1);
+            if shared_b.len() < need {
+                shared_b = aligned_zeros(need);
+            }
+            if kc > 0 {
+                // Panels are independent: pack groups of them in parallel.
+                let group = panels_n.div_ceil(2 * threads).max(1);
+                shared_b[..need]
+                    .par_chunks_mut(group * uk.nr * kc)
+                    .enumerate()
+                    .for_each(|(gi, chunk)| {
+                        let c0 = gi * group * uk.nr;
+                        let w = (group * uk.nr).min(ncur - c0);
+                        b.pack(p0, kc, j0 + c0, w, uk.nr, chunk);
+                    });
+            }
+            let bp = &shared_b[..need];
+            let step = BlockStep {
+                bi,
+                kc,
+                first: bi == 0,
+                last: bi + 1 == blocks.len(),
+            };
+            (0..panels_m.div_ceil(per)).into_par_iter().for_each(|rt| {
+                let rows = rt * per..((rt + 1) * per).min(panels_m);
+                block_tiles(
+                    uk, blocking, a, bp, step, j0, ncur, rows, c, c_offset, rsc, &epi,
+                );
+            });
+        }
+    }
+}
+
+/// One K block of the loops: which block, its depth, and whether it starts or ends the sum.
+#[derive(Copy, Clone)]
+struct BlockStep {
+    bi: usize,
+    kc: usize,
+    first: bool,
+    last: bool,
+}
+
+/// LOOP 3 over MC blocks of A (in L2) within `panels`, LOOP 2 over the B micro-panels of the
+/// packed block `bp` (one stays in L1 while LOOP 1 walks the MR panels of the MC block).
+#[allow(clippy::too_many_arguments)]
+fn block_tiles(
+    uk: &GemmUkernel,
+    blocking: &Blocking,
+    a: &PackedA,
+    bp: &[f32],
+    step: BlockStep,
+    j0: usize,
+    ncur: usize,
+    panels: std::ops::Range<usize>,
+    c: &SharedMut,
+    c_offset: usize,
+    rsc: usize,
+    epi: &GemmEpilogue,
+) {
+    let m = a.m;
+    let panels_n = ncur.div_ceil(uk.nr);
+    let mc_panels = (blocking.mc / uk.mr).max(1);
+    let mut ic = panels.start;
+    while ic < panels.end {
+        let ic_end = (ic + mc_panels).min(panels.end);
+        for jp in 0..panels_n {
+            let jj = j0 + jp * uk.nr;
+            let ncur_t = uk.nr.min(j0 + ncur - jj);
+            let bpanel = &bp[jp * uk.nr * step.kc..];
+            for panel in ic..ic_end {
+                let i0 = panel * uk.mr;
+                let mcur = uk.mr.min(m - i0);
+                let bias = match epi.bias {
+                    GemmBias::None => GemmBias::None,
+                    GemmBias::Row(s) => GemmBias::Row(&s[i0..]),
+                    GemmBias::Col(s) => GemmBias::Col(&s[jj..]),
+                };
+                let off = c_offset + i0 * rsc + jj;
+                let load = epi.accumulate || !step.first;
+                let ap = a.panel(step.bi, panel);
+                run_gemm_tile(
+                    uk,
+                    step.kc,
+                    ap,
+                    BPanel::Packed(bpanel),
+                    c,
+                    off,
+                    rsc,
+                    mcur,
+                    ncur_t,
+                    load,
+                    step.last,
+                    bias,
+                    epi.clamp,
+                );
+                if let (true, Some((kernel, act))) = (step.last, epi.activation) {
+                    activate_tile(&kernel, act, c, off, rsc, mcur, ncur_t);
                 }
             }
-        });
-    };
-    let tasks = col_tasks * row_tasks;
-    if parallel && tasks > 1 && threads > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
+        }
+        ic = ic_end;
     }
 }
 
