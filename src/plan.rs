@@ -489,14 +489,19 @@ impl Plan {
     }
 
     /// The row bands of the fused pool pass: (conv rows r0..r1, pooled rows p0..p1). A band
-    /// holds as many pooled rows as keep `Cout x rows x OW` floats within half of L2 (at
+    /// holds as many pooled rows as keep `Cout x rows x OW` floats within the band budget (at
     /// least one); without a pool, one band of every row.
     fn bands(&self) -> Vec<(usize, usize, usize, usize)> {
         let g = &self.geom;
         let [oh, ow] = g.conv_out;
-        let budget_rows = self.band_rows.unwrap_or_else(|| {
-            (crate::sysinfo::caches().l2 / 2 / (4 * g.out_channels * ow).max(1)).max(1)
-        });
+        // Band bytes: L3 / 16, between L2 / 2 and 4 MiB (2 MiB on this machine's 32 MiB L3).
+        // Bands of half an L2 (4 rows of vgg16.conv3_3) left too little work between the
+        // joins of the parallel passes: 2 threads ran 1.3x one thread; 16+ rows ran 1.7x.
+        let caches = crate::sysinfo::caches();
+        let budget_bytes = (caches.l3 / 16).clamp(caches.l2 / 2, 4 << 20);
+        let budget_rows = self
+            .band_rows
+            .unwrap_or_else(|| (budget_bytes / (4 * g.out_channels * ow).max(1)).max(1));
         match (&g.epilogue.pool, g.pool_dims) {
             (Some(Pool::Max(_)) | Some(Pool::Avg { .. }), Some(d)) => {
                 let (k, s, pt) = (d[0].size, d[0].stride, d[0].pad_before);
