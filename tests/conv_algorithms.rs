@@ -491,8 +491,9 @@ fn fused_pool_bands_of_every_height_match_the_reference() {
     )
     .unwrap();
     let pre_pool = 4 * g.conv_output_len();
+    // The band budget is at most 4 MiB; the pre-pool tensor here is 12.8 MB.
     assert!(
-        plan.scratch_bytes() * 20 < pre_pool,
+        plan.scratch_bytes() <= 4 << 20 && plan.scratch_bytes() * 4 < pre_pool,
         "scratch {} vs pre-pool {pre_pool}",
         plan.scratch_bytes()
     );
