@@ -270,7 +270,10 @@ impl Plan {
             ),
             Algo::Depthwise => Prepared::Depthwise {
                 uk: isa.kernels()?.dwconv,
-                weight: weight.to_vec(),
+                weight: weight
+                    .iter()
+                    .map(|&v| crate::gemm::flush_denormal(v))
+                    .collect(),
             },
             Algo::Reference => Prepared::Reference {
                 weight: weight.to_vec(),

@@ -222,7 +222,15 @@ fn spec_strategy() -> impl Strategy<Value = ConvSpec> {
         .prop_filter("valid geometry", |s| Geometry::new(s).is_ok())
 }
 
+/// Generated layers per run: 96, 2000 with `CONVKIT_SLOW_TESTS`, or `CONVKIT_TEST_CASES`
+/// (the valgrind and qemu legs of CI run few).
 fn cases() -> u32 {
+    if let Some(n) = std::env::var("CONVKIT_TEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
     if std::env::var("CONVKIT_SLOW_TESTS").is_ok() {
         2000
     } else {

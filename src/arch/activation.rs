@@ -54,12 +54,26 @@ fn erf_approx(x: f32) -> f32 {
     let q = q * x2 + -1.682_827e-3;
     let q = q * x2 + -7.373_329e-3;
     let q = q * x2 + -1.426_474e-2;
-    x * p / q
+    // Exactly +-1 at the clamp, as f64 erf is there: then gelu(-inf) = -inf * 0 = NaN like
+    // the reference, rather than -inf times a tiny residue.
+    let r = x * p / q;
+    if x.abs() >= 4.0 {
+        1.0f32.copysign(x)
+    } else {
+        r
+    }
 }
 
 #[inline(always)]
 fn sigmoid_approx(x: f32) -> f32 {
-    1.0 / (1.0 + exp_approx(-x))
+    // Exactly 0 below -88 (where e^-x leaves f32), so that silu(-inf) = -inf * 0 = NaN as in
+    // the reference instead of -inf times a denormal.
+    let s = 1.0 / (1.0 + exp_approx(-x));
+    if x < -88.0 {
+        0.0
+    } else {
+        s
+    }
 }
 
 /// Maps `f` over `data` in fixed chunks (the loop LLVM vectorizes); NaN passes through.

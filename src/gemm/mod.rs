@@ -122,7 +122,7 @@ impl PackedA {
                     for r in 0..mr {
                         let i = panel * mr + r;
                         if i < m {
-                            buf[base + p * mr + r] = at(i, p0 + p);
+                            buf[base + p * mr + r] = flush_denormal(at(i, p0 + p));
                         }
                     }
                 }
@@ -165,6 +165,19 @@ impl PackedA {
         let mp = self.m.div_ceil(self.mr) * self.mr;
         let base = p0 * mp + panel * kc * self.mr;
         &self.buf[base..base + kc * self.mr]
+    }
+}
+
+/// Weights are packed with denormals flushed to zero: a denormal operand can cost a microcode
+/// assist per FMA on some CPUs, and a denormal weight contributes less than 1.2e-38 x |x| to
+/// a sum, far inside SPEC's tolerance. (On this Zen 3 machine denormal weights measured no
+/// slower: resnet50.res2.3x3 shape, 4.27 ms denormal vs 5.19 ms normal, min of 15.)
+#[inline]
+pub fn flush_denormal(v: f32) -> f32 {
+    if v.is_subnormal() {
+        0.0
+    } else {
+        v
     }
 }
 
