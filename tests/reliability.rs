@@ -252,3 +252,88 @@ fn denormal_weights_are_flushed_at_pack_time_within_tolerance() {
     assert_eq!(convkit::gemm::flush_denormal(1e-39), 0.0);
     assert_eq!(convkit::gemm::flush_denormal(-2.5), -2.5);
 }
+
+#[test]
+fn nested_in_a_callers_rayon_pool_without_deadlock() {
+    use rayon::prelude::*;
+    let spec = ConvSpec::new(&[1, 16, 20, 20], 16, &[3, 3]).with_padding(Padding::Same);
+    let g = Geometry::new(&spec).unwrap();
+    let w = vec![0.1f32; g.weight_len()];
+    let b = vec![0.0f32; 16];
+    let x = vec![1.0f32; g.input_len()];
+    let shared = Plan::new(&spec, &w, Some(&b), &PlanOptions::default()).unwrap();
+    let private = Plan::new(
+        &spec,
+        &w,
+        Some(&b),
+        &PlanOptions {
+            threads: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut want = vec![0f32; g.output_len()];
+    shared.run(&x, None, &mut want).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let outs: Vec<Vec<f32>> = pool.install(|| {
+        (0..12)
+            .into_par_iter()
+            .map(|i| {
+                let plan = if i % 2 == 0 { &shared } else { &private };
+                let mut y = vec![0f32; g.output_len()];
+                plan.run(&x, None, &mut y).unwrap();
+                y
+            })
+            .collect()
+    });
+    for y in outs {
+        assert_eq!(y, want, "nested runs must give the sequential result");
+    }
+}
+
+#[test]
+fn large_dynamic_range_stays_within_tolerance() {
+    // Inputs spanning 1e-6 .. 1e6 and weights 1e-3 .. 1e3 in one layer.
+    let spec = ConvSpec::new(&[1, 12, 9, 9], 10, &[3, 3]).with_padding(Padding::Same);
+    let g = Geometry::new(&spec).unwrap();
+    let mut rng = Rng::new(5);
+    let mut mag = |lo: f64, hi: f64| {
+        let e = rng.uniform_in(lo, hi);
+        let s = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+        (s * 10f64.powf(e)) as f32
+    };
+    let x: Vec<f32> = (0..g.input_len()).map(|_| mag(-6.0, 6.0)).collect();
+    let w: Vec<f32> = (0..g.weight_len()).map(|_| mag(-3.0, 3.0)).collect();
+    let b = vec![1e4f32; 10];
+    let ops = Operands {
+        input: &x,
+        weight: &w,
+        bias: Some(&b),
+        residual: None,
+    };
+    let want = reference::forward_f64(&g, &ops).unwrap();
+    let s = reference::magnitude(&g, &ops).unwrap();
+    for isa in convkit::arch::available_isas() {
+        for al in algo::accepting(&g) {
+            let opts = PlanOptions {
+                algo: Some(al.name().into()),
+                isa: Some(isa.name().into()),
+                ..Default::default()
+            };
+            let plan = Plan::new(&spec, &w, Some(&b), &opts).unwrap();
+            let mut y = vec![0f32; g.output_len()];
+            plan.run(&x, None, &mut y).unwrap();
+            let c = reference::compare(&y, &want, s);
+            assert!(
+                c.normalized_err <= 1e-4,
+                "{} on {}: {:e} x S",
+                al.name(),
+                isa.name(),
+                c.normalized_err
+            );
+        }
+    }
+}

@@ -589,4 +589,28 @@ fn info_and_bench_json_follow_the_spec() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: wisdom file ignored"));
+
+    // Two processes writing the same wisdom file at once leave a valid file.
+    let both = d.path("both.json");
+    let kids: Vec<_> = (0..2)
+        .map(|_| {
+            bin()
+                .args([
+                    "tune",
+                    "--suite",
+                    &suite,
+                    "--threads",
+                    "1",
+                    "--wisdom",
+                    &both,
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut k in kids {
+        assert!(k.wait().unwrap().success());
+    }
+    assert!(convkit::tune::load_wisdom(Path::new(&both)).unwrap() >= 2);
 }
