@@ -53,7 +53,10 @@ impl PackB for Im2colB<'_> {
                         let src = &plane[y as usize * iw..(y as usize + 1) * iw];
                         let x0 = (ox * sw + kx * dw) as isize - pl;
                         if sw == 1 && x0 >= 0 && x0 as usize + run <= iw {
-                            dst[j..j + run].copy_from_slice(&src[x0 as usize..x0 as usize + run]);
+                            crate::gemm::pack::copy_floats(
+                                &mut dst[j..j + run],
+                                &src[x0 as usize..x0 as usize + run],
+                            );
                         } else {
                             for (t, d) in dst[j..j + run].iter_mut().enumerate() {
                                 let x = x0 + (t * sw) as isize;

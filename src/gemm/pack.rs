@@ -24,21 +24,42 @@ pub struct StridedB<'a> {
 
 impl PackB for StridedB<'_> {
     fn pack(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize, out: &mut [f32]) {
-        for (jp, panel) in out.chunks_mut(kc * nr).enumerate().take(n.div_ceil(nr)) {
-            let c0 = jp * nr;
-            let w = nr.min(n - c0);
-            for p in 0..kc {
-                let dst = &mut panel[p * nr..(p + 1) * nr];
-                let row = (p0 + p) * self.rs + (j0 + c0) * self.cs;
+        let panels = n.div_ceil(nr);
+        // Row by row: each source row is read once, sequentially, and scattered into the
+        // panels (full-width copies of NR floats). Panel by panel re-walked kc rows per panel
+        // with a stride of a whole row (the res2.3x3 GEMM shape ran at 29 GFLOP/s that way).
+        for p in 0..kc {
+            let row = (p0 + p) * self.rs + j0 * self.cs;
+            for jp in 0..panels {
+                let dst = &mut out[jp * kc * nr + p * nr..jp * kc * nr + (p + 1) * nr];
+                let c0 = jp * nr;
+                let w = nr.min(n - c0);
                 if self.cs == 1 {
-                    dst[..w].copy_from_slice(&self.data[row..row + w]);
+                    copy_floats(&mut dst[..w], &self.data[row + c0..row + c0 + w]);
                 } else {
                     for (j, d) in dst[..w].iter_mut().enumerate() {
-                        *d = self.data[row + j * self.cs];
+                        *d = self.data[row + (c0 + j) * self.cs];
                     }
                 }
                 dst[w..].fill(0.0);
             }
         }
+    }
+}
+
+/// Copies `src` into `dst` (same length) in fixed blocks of 8 floats that compile to vector
+/// moves; `copy_from_slice` of a run-time length called memmove for every 16-float panel row
+/// and took 30% of the res2.3x3-shaped GEMM.
+#[inline]
+pub fn copy_floats(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (dc, sc) in (&mut d).zip(&mut s) {
+        let sc: &[f32; 8] = sc.try_into().expect("chunks of 8");
+        let dc: &mut [f32; 8] = dc.try_into().expect("chunks of 8");
+        *dc = *sc;
+    }
+    for (dv, sv) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *dv = *sv;
     }
 }
