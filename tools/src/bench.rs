@@ -252,6 +252,19 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
         }
     }
     save_wisdom_or_warn(&wisdom);
+    if let Some(path) = a.get("plot") {
+        let title = format!(
+            "convkit GFLOP/s per layer ({}, {} thread(s))",
+            isa.name(),
+            nthreads
+        );
+        let svg = crate::plot::svg(&rows, peak, &title);
+        let tmp = format!("{path}.tmp");
+        std::fs::write(&tmp, svg)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("--plot {path}: {e}"))?;
+        eprintln!("chart written to {path}");
+    }
     print_rows(&rows, format, isa.name(), nthreads, peak);
     Ok(())
 }

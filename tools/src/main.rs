@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod plot;
 
 use args::Args;
 use convkit::{npy, ConvSpec, Geometry, Plan, PlanOptions};
@@ -16,7 +17,7 @@ const USAGE: &str = "usage:
   convkit algos --spec S.json
   convkit bench [--suite FILE] [--layers NAME,..] [--algo all|auto|NAME] [--isa NAME] [--threads N]
                 [--layout nchw|nhwc] [--format table|json|csv] [--reps N]
-                [--tune measure|heuristic|exhaustive] [--wisdom FILE] [--band-rows N]
+                [--tune measure|heuristic|exhaustive] [--wisdom FILE] [--band-rows N] [--plot FILE.svg]
   convkit tune  [--suite FILE] [--wisdom FILE] [--isa NAME] [--threads N]
   convkit info";
 
@@ -75,6 +76,7 @@ fn dispatch(argv: &[String]) -> Result<(), String> {
                 "tune",
                 "wisdom",
                 "band-rows",
+                "plot",
             ],
         )?),
         other => Err(format!(

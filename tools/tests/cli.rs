@@ -472,6 +472,7 @@ fn info_and_bench_json_follow_the_spec() {
                         {"name": "tiny1d", "input": [1, 4, 40], "out_channels": 6, "kernel": [3], "pool": {"kind": "global_max"}}]}"#,
     );
     let wisdom = d.path("wisdom.json");
+    let chart = d.path("chart.svg");
     let out = bin()
         .args([
             "bench",
@@ -487,6 +488,8 @@ fn info_and_bench_json_follow_the_spec() {
             "json",
             "--wisdom",
             &wisdom,
+            "--plot",
+            &chart,
         ])
         .output()
         .unwrap();
@@ -497,6 +500,13 @@ fn info_and_bench_json_follow_the_spec() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["machine"]["threads"], 1);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.starts_with("<svg")
+            && svg.contains("tiny1d")
+            && svg.contains("FMA peak")
+            && svg.trim_end().ends_with("</svg>")
+    );
     let results = v["results"].as_array().unwrap();
     assert!(results.len() >= 2);
     for r in results {
