@@ -202,22 +202,7 @@ impl Plan {
     ) -> Result<Plan> {
         let geom = Geometry::new(spec)?;
         check_len("weight", weight.len(), geom.weight_len())?;
-        match (geom.epilogue.bias, bias) {
-            (true, None) => {
-                return Err(Error::tensor(
-                    "bias",
-                    "the spec has a bias but none was given",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(Error::tensor(
-                    "bias",
-                    "given, but the spec has \"bias\": false",
-                ))
-            }
-            (true, Some(b)) => check_len("bias", b.len(), geom.out_channels)?,
-            _ => {}
-        }
+        reference::check_optional("bias", geom.epilogue.bias, bias, geom.out_channels)?;
         let isa = resolve_isa(opts.isa.as_deref())?;
         let choice = match opts.algo.as_deref() {
             None | Some("auto") => tune_choice(spec, &geom, weight, bias, isa, opts)?,
@@ -354,22 +339,12 @@ impl Plan {
         let g = &self.geom;
         check_len("input", input.len(), g.input_len())?;
         check_len("output", output.len(), g.output_len())?;
-        match (g.epilogue.residual, residual) {
-            (true, None) => {
-                return Err(Error::tensor(
-                    "residual",
-                    "the spec has a residual but none was given",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(Error::tensor(
-                    "residual",
-                    "given, but the spec has \"residual\": false",
-                ))
-            }
-            (true, Some(r)) => check_len("residual", r.len(), g.conv_output_len())?,
-            _ => {}
-        }
+        reference::check_optional(
+            "residual",
+            g.epilogue.residual,
+            residual,
+            g.conv_output_len(),
+        )?;
         match &self.pool {
             Some(p) => p.install(|| self.run_nchw_or_convert(input, residual, output)),
             None => self.run_nchw_or_convert(input, residual, output),

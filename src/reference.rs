@@ -23,39 +23,36 @@ impl Operands<'_> {
     pub fn check(&self, g: &Geometry) -> Result<()> {
         check_len("input", self.input.len(), g.input_len())?;
         check_len("weight", self.weight.len(), g.weight_len())?;
-        match (g.epilogue.bias, self.bias) {
-            (true, None) => {
-                return Err(Error::tensor(
-                    "bias",
-                    "the spec has a bias but none was given",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(Error::tensor(
-                    "bias",
-                    "given, but the spec has \"bias\": false",
-                ))
-            }
-            (true, Some(b)) => check_len("bias", b.len(), g.out_channels)?,
-            (false, None) => {}
-        }
-        match (g.epilogue.residual, self.residual) {
-            (true, None) => {
-                return Err(Error::tensor(
-                    "residual",
-                    "the spec has a residual but none was given",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(Error::tensor(
-                    "residual",
-                    "given, but the spec has \"residual\": false",
-                ))
-            }
-            (true, Some(r)) => check_len("residual", r.len(), g.conv_output_len())?,
-            (false, None) => {}
-        }
+        check_optional("bias", g.epilogue.bias, self.bias, g.out_channels)?;
+        check_optional(
+            "residual",
+            g.epilogue.residual,
+            self.residual,
+            g.conv_output_len(),
+        )?;
         Ok(())
+    }
+}
+
+/// Checks an optional tensor (`bias`, `residual`): present exactly when the spec has it, and
+/// then of `want` elements.
+pub(crate) fn check_optional(
+    name: &str,
+    in_spec: bool,
+    given: Option<&[f32]>,
+    want: usize,
+) -> Result<()> {
+    match (in_spec, given) {
+        (true, None) => Err(Error::tensor(
+            name,
+            format!("the spec has a {name} but none was given"),
+        )),
+        (false, Some(_)) => Err(Error::tensor(
+            name,
+            format!("given, but the spec has \"{name}\": false"),
+        )),
+        (true, Some(t)) => check_len(name, t.len(), want),
+        (false, None) => Ok(()),
     }
 }
 
