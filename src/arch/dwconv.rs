@@ -48,15 +48,25 @@ pub struct DwPlane<'a> {
 /// libm call).
 #[inline(always)]
 pub(crate) fn dw_plane_generic(p: &mut DwPlane, fma: impl Fn(f32, f32, f32) -> f32) {
-    let (ow, pw) = (p.ow, p.pw);
-    if ow == 0 {
-        return;
+    // The chunk follows the row: narrow rows (mobilenetv2.dw7: 7 columns) filled 7 of 32
+    // lanes with the widest chunk.
+    match p.ow {
+        0 => {}
+        1..=8 => dw_rows::<8>(p, fma),
+        9..=16 => dw_rows::<16>(p, fma),
+        _ => dw_rows::<CHUNK>(p, fma),
     }
+}
+
+/// The plane, `C` outputs at a time (`C` <= `CHUNK`, so the layout's slack covers the reads).
+#[inline(always)]
+fn dw_rows<const C: usize>(p: &mut DwPlane, fma: impl Fn(f32, f32, f32) -> f32) {
+    let (ow, pw) = (p.ow, p.pw);
     let oh = p.out.len() / ow;
     let max_off = p.offsets.iter().copied().max().unwrap_or(0);
     assert!(p.weight.len() == p.offsets.len(), "one weight per tap");
     assert!(
-        max_off + (oh.max(1) - 1) * pw + ow.div_ceil(CHUNK) * CHUNK <= p.input.len(),
+        max_off + (oh.max(1) - 1) * pw + ow.div_ceil(C) * C <= p.input.len(),
         "depthwise input shorter than its reads"
     );
     let (lo, hi) = p.clamp;
@@ -64,35 +74,34 @@ pub(crate) fn dw_plane_generic(p: &mut DwPlane, fma: impl Fn(f32, f32, f32) -> f
         let out_row = &mut p.out[oy * ow..(oy + 1) * ow];
         let mut ox = 0;
         while ox < ow {
-            let n = CHUNK.min(ow - ox);
-            let mut acc = [0f32; CHUNK];
+            let n = C.min(ow - ox);
+            let mut acc = [0f32; C];
             let base = oy * pw + ox;
             for (&off, &w) in p.offsets.iter().zip(p.weight) {
-                let src: &[f32; CHUNK] = p.input[base + off..base + off + CHUNK]
+                let src: &[f32; C] = p.input[base + off..base + off + C]
                     .try_into()
                     .expect("CHUNK floats");
-                for j in 0..CHUNK {
+                for j in 0..C {
                     acc[j] = fma(w, src[j], acc[j]);
                 }
             }
             // The epilogue over a fixed-size chunk vectorizes (a variable-length loop ran
             // scalar, a branch per lane); full chunks load and store as fixed arrays.
-            let mut res = [0f32; CHUNK];
-            let mut prev = [0f32; CHUNK];
+            let mut res = [0f32; C];
+            let mut prev = [0f32; C];
             if p.accumulate {
                 prev[..n].copy_from_slice(&out_row[ox..ox + n]);
             }
             // Two selects (not an if/else-if chain) so the clamp vectorizes; NaN fails both
             // comparisons and passes through.
-            for j in 0..CHUNK {
+            for j in 0..C {
                 let v = acc[j] + p.bias + prev[j];
                 let v = if v < lo { lo } else { v };
                 res[j] = if v > hi { hi } else { v };
             }
-            if n == CHUNK {
-                let dst: &mut [f32; CHUNK] = (&mut out_row[ox..ox + CHUNK])
-                    .try_into()
-                    .expect("CHUNK floats");
+            if n == C {
+                let dst: &mut [f32; C] =
+                    (&mut out_row[ox..ox + C]).try_into().expect("CHUNK floats");
                 *dst = res;
             } else {
                 out_row[ox..ox + n].copy_from_slice(&res[..n]);
