@@ -96,6 +96,8 @@ pub struct KernelTable {
     pub dwconv: crate::arch::dwconv::DwUkernel,
     /// The activation kernel of the band pass (sigmoid, tanh, gelu, silu, leaky relu).
     pub activation: crate::arch::activation::ActUkernel,
+    /// The Winograd input and output transforms.
+    pub winograd: crate::arch::winograd::WinoUkernel,
 }
 
 impl KernelTable {

@@ -39,6 +39,6 @@ pub use arch::Isa;
 pub use epilogue::{Activation, Epilogue, Pool, PoolWindow};
 pub use error::{Error, Result};
 pub use geometry::Geometry;
-pub use plan::{Plan, PlanOptions};
+pub use plan::{PhaseProfile, Plan, PlanOptions};
 pub use spec::{ConvSpec, Padding};
 pub use tensor::Layout;

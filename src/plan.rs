@@ -64,6 +64,26 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
             let image = crate::algo::direct::PhaseLayout::new(g, uk.nr).ok()?.image;
             packed(uk.mr)?.checked_add(image.checked_mul(4)?)?
         }
+        Algo::Winograd(v) => {
+            // alpha^2 (2-D) or alpha (1-D) transformed copies of the packed weights, and the
+            // image padded to whole tiles.
+            let (m, a) = (v.m(), v.alpha());
+            let xi = if g.spatial_rank == 2 { a * a } else { a };
+            let mh = if g.spatial_rank == 2 { m } else { 1 };
+            let ah = if g.spatial_rank == 2 { a } else { 1 };
+            let rows = g.conv_out[0]
+                .div_ceil(mh)
+                .checked_mul(mh)?
+                .checked_add(ah - mh)?;
+            let cols = g.conv_out[1]
+                .div_ceil(m)
+                .checked_mul(m)?
+                .checked_add(a - m)?;
+            let image = rows.checked_mul(cols)?.checked_mul(g.in_channels)?;
+            packed(uk.mr)?
+                .checked_mul(xi)?
+                .checked_add(image.checked_mul(4)?)?
+        }
     };
     // The fused pool's band is at most the pre-pool tensor: count that bound.
     bytes.checked_add(pooled)
@@ -78,11 +98,23 @@ enum Prepared {
         weight: Vec<f32>,
     },
     Direct(crate::algo::direct::DirectPlan),
+    Winograd(crate::algo::winograd::WinogradPlan),
     Gemm {
         uk: &'static GemmUkernel,
         blocking: Blocking,
         packed: Vec<PackedA>,
     },
+}
+
+/// Where the time of one run went ([`Plan::run_profiled`]).
+#[derive(Clone, Debug)]
+pub struct PhaseProfile {
+    /// The whole run, milliseconds.
+    pub total_ms: f64,
+    /// Named phases and their milliseconds (Winograd: `input_transform`, `gemm`,
+    /// `output_transform`; the rest of the total is padding the image, layout conversion
+    /// and pooling). Empty for the other algorithms.
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 /// A planned layer: validated geometry, chosen algorithm and kernels, packed weights.
@@ -253,6 +285,13 @@ impl Plan {
                         why,
                     })?,
             ),
+            Algo::Winograd(v) => Prepared::Winograd(
+                crate::algo::winograd::WinogradPlan::new(&geom, isa.kernels()?, weight, v)
+                    .map_err(|why| Error::AlgorithmRejects {
+                        algo: algo.name().into(),
+                        why,
+                    })?,
+            ),
             Algo::Depthwise => Prepared::Depthwise {
                 uk: isa.kernels()?.dwconv,
                 weight: weight
@@ -321,6 +360,7 @@ impl Plan {
             Prepared::Gemm { uk, .. } => Some(uk.name),
             Prepared::Depthwise { uk, .. } => Some(uk.name),
             Prepared::Direct(d) => Some(d.uk.name),
+            Prepared::Winograd(w) => Some(w.uk.name),
             Prepared::Reference { .. } => None,
         }
     }
@@ -330,12 +370,53 @@ impl Plan {
             Prepared::Reference { weight } | Prepared::Depthwise { weight, .. } => weight.len() * 4,
             Prepared::Gemm { packed, .. } => packed.iter().map(PackedA::bytes).sum(),
             Prepared::Direct(d) => d.packed.iter().map(PackedA::bytes).sum(),
+            Prepared::Winograd(w) => w.packed_bytes(),
         }
     }
 
     /// Runs the layer: `input` of the input shape, `residual` of the conv output shape exactly
     /// when the spec has one, `output` of the output shape, all in the plan's layout.
     pub fn run(&self, input: &[f32], residual: Option<&[f32]>, output: &mut [f32]) -> Result<()> {
+        self.run_clocked(input, residual, output, None)
+    }
+
+    /// Runs the layer as [`Plan::run`] does and reports where the time went. For Winograd
+    /// plans the phases (input transform, transformed-domain GEMM, output transform with the
+    /// epilogue) are timed apart, groups one after another so the times are wall-clock;
+    /// other algorithms report only the total.
+    pub fn run_profiled(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+    ) -> Result<PhaseProfile> {
+        let clock = crate::algo::winograd::PhaseClock::default();
+        let start = std::time::Instant::now();
+        self.run_clocked(input, residual, output, Some(&clock))?;
+        let total_ms = start.elapsed().as_secs_f64() * 1e3;
+        let ms = |c: &std::sync::atomic::AtomicU64| {
+            c.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6
+        };
+        Ok(PhaseProfile {
+            total_ms,
+            phases: match self.prepared {
+                Prepared::Winograd(_) => vec![
+                    ("input_transform", ms(&clock.input_ns)),
+                    ("gemm", ms(&clock.gemm_ns)),
+                    ("output_transform", ms(&clock.output_ns)),
+                ],
+                _ => Vec::new(),
+            },
+        })
+    }
+
+    fn run_clocked(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        clock: Option<&crate::algo::winograd::PhaseClock>,
+    ) -> Result<()> {
         let g = &self.geom;
         check_len("input", input.len(), g.input_len())?;
         check_len("output", output.len(), g.output_len())?;
@@ -346,8 +427,8 @@ impl Plan {
             g.conv_output_len(),
         )?;
         match &self.pool {
-            Some(p) => p.install(|| self.run_nchw_or_convert(input, residual, output)),
-            None => self.run_nchw_or_convert(input, residual, output),
+            Some(p) => p.install(|| self.run_nchw_or_convert(input, residual, output, clock)),
+            None => self.run_nchw_or_convert(input, residual, output, clock),
         }
     }
 
@@ -356,10 +437,11 @@ impl Plan {
         input: &[f32],
         residual: Option<&[f32]>,
         output: &mut [f32],
+        clock: Option<&crate::algo::winograd::PhaseClock>,
     ) -> Result<()> {
         let g = &self.geom;
         if self.layout == Layout::Nchw {
-            return self.run_nchw(input, residual, output);
+            return self.run_nchw(input, residual, output, clock);
         }
         let (n, c, co) = (g.batch, g.in_channels, g.out_channels);
         let mut x = vec![0f32; input.len()];
@@ -370,12 +452,18 @@ impl Plan {
             t
         });
         let mut y = vec![0f32; output.len()];
-        self.run_nchw(&x, r.as_deref(), &mut y)?;
+        self.run_nchw(&x, r.as_deref(), &mut y, clock)?;
         nchw_to_nhwc(&y, output, n, co, g.output[0] * g.output[1]);
         Ok(())
     }
 
-    fn run_nchw(&self, input: &[f32], residual: Option<&[f32]>, output: &mut [f32]) -> Result<()> {
+    fn run_nchw(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        clock: Option<&crate::algo::winograd::PhaseClock>,
+    ) -> Result<()> {
         let g = &self.geom;
         if let Prepared::Reference { weight } = &self.prepared {
             let ops = Operands {
@@ -408,6 +496,7 @@ impl Plan {
         let img_out = cout * g.output[0] * g.output[1];
         let mut xp = match &self.prepared {
             Prepared::Direct(d) => crate::tensor::take_scratch(d.layout.image),
+            Prepared::Winograd(w) => crate::tensor::take_scratch(w.image),
             _ => Vec::new(),
         };
         let bands = self.bands();
@@ -418,8 +507,10 @@ impl Plan {
         let mut global = vec![0f32; if g.epilogue.pool.is_some() { cout } else { 0 }];
         for n in 0..g.batch {
             let x = &input[n * img_in..(n + 1) * img_in];
-            if let Prepared::Direct(d) = &self.prepared {
-                d.layout.fill(g, x, &mut xp);
+            match &self.prepared {
+                Prepared::Direct(d) => d.layout.fill(g, x, &mut xp),
+                Prepared::Winograd(w) => w.fill(g, x, &mut xp),
+                _ => {}
             }
             let res_img = residual.map(|r| &r[n * cout * area..(n + 1) * cout * area]);
             if g.epilogue.pool.is_none() {
@@ -428,7 +519,7 @@ impl Plan {
                 if let Some(r) = res_img {
                     out.copy_from_slice(r);
                 }
-                self.conv_rows(x, &xp, 0, oh, out, &pass)?;
+                self.conv_rows(x, &xp, 0, oh, out, &pass, clock)?;
                 continue;
             }
             // Pool fused by bands: conv rows r0..r1 for all channels go to a band buffer
@@ -448,7 +539,7 @@ impl Plan {
                             .copy_from_slice(&r[co * area + r0 * ow..co * area + r1 * ow]);
                     }
                 }
-                self.conv_rows(x, &xp, r0, r1, band, &pass)?;
+                self.conv_rows(x, &xp, r0, r1, band, &pass, clock)?;
                 pool_band(g, band, r0, r1, p0, p1, out_img, &mut global);
             }
             match g.epilogue.pool {
@@ -521,13 +612,18 @@ impl Plan {
         };
         let image = match &self.prepared {
             Prepared::Direct(d) => d.layout.image,
-            Prepared::Depthwise { .. } => 0,
+            // The padded image and one block's transformed tiles per thread.
+            Prepared::Winograd(w) => {
+                w.image
+                    + w.block_floats(g) * self.threads.unwrap_or_else(rayon::current_num_threads)
+            }
             _ => 0,
         };
         4 * (band + image)
     }
 
     /// Conv rows `r0..r1` of one image into `out` (`[Cout][r1 - r0][OW]`).
+    #[allow(clippy::too_many_arguments)]
     fn conv_rows(
         &self,
         x: &[f32],
@@ -536,10 +632,12 @@ impl Plan {
         r1: usize,
         out: &mut [f32],
         pass: &crate::algo::OutputPass,
+        clock: Option<&crate::algo::winograd::PhaseClock>,
     ) -> Result<()> {
         match &self.prepared {
             Prepared::Reference { .. } => unreachable!("the reference runs whole"),
             Prepared::Direct(d) => d.run_rows(&self.geom, xp, r0, r1, out, pass),
+            Prepared::Winograd(w) => w.run_rows(&self.geom, xp, r0, r1, out, pass, clock),
             Prepared::Depthwise { uk, weight } => {
                 self.depthwise_rows(uk, weight, x, r0, r1, out, pass)?
             }

@@ -526,3 +526,117 @@ fn memory_budget_refuses_before_allocating() {
     }
     assert!(Plan::new(&spec, &w, Some(&b), &PlanOptions::default()).is_ok());
 }
+
+/// Layers Winograd accepts: kernel 3, stride 1, dilation 1; odd sizes whose outputs are not
+/// multiples of any tile, every padding kind, groups, 1-D and 2-D, every epilogue.
+fn winograd_spec_strategy() -> impl Strategy<Value = ConvSpec> {
+    spec_strategy()
+        .prop_map(|spec| {
+            let rank = spec.kernel.len();
+            let mut spec = spec
+                .with_stride(&vec![1; rank])
+                .with_dilation(&vec![1; rank]);
+            spec.kernel = vec![3; rank];
+            spec
+        })
+        .prop_filter("valid geometry", |s| Geometry::new(s).is_ok())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #[test]
+    fn winograd_variants_on_every_tier_match_the_reference(spec in winograd_spec_strategy(), seed in 0u64..1000) {
+        let case = make_case(spec, seed);
+        let g = Geometry::new(&case.spec).unwrap();
+        for isa in convkit::arch::available_isas() {
+            for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+                let al = Algo::parse(name).unwrap();
+                prop_assert!(al.accepts(&g), "{} must accept {}", name, case.spec.to_json());
+                for threads in [Some(1), Some(2)] {
+                    if let Err(e) = check(&case, al, isa, threads, Layout::Nchw) {
+                        prop_assert!(false, "{}", e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every activation through every Winograd variant, 2-D and 1-D, with bias and residual, on
+/// a size that leaves partial tiles on both edges, and a pool band of each height.
+#[test]
+fn winograd_fuses_every_epilogue() {
+    let acts = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Relu6,
+        Activation::LeakyRelu { alpha: 0.1 },
+        Activation::Clamp {
+            min: -0.3,
+            max: 0.4,
+        },
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Silu,
+    ];
+    for (i, act) in acts.into_iter().enumerate() {
+        for input in [vec![2, 5, 13, 11], vec![2, 5, 23]] {
+            let rank = input.len() - 2;
+            let spec = ConvSpec::new(&input, 7, &vec![3; rank])
+                .with_padding(Padding::Same)
+                .with_residual(true)
+                .with_activation(act);
+            let pooled = spec.clone().with_pool(Some(Pool::Max(PoolWindow {
+                size: vec![2; rank],
+                stride: vec![2; rank],
+                padding: vec![(0, 0); rank],
+            })));
+            for spec in [spec, pooled] {
+                let case = make_case(spec, i as u64);
+                for isa in convkit::arch::available_isas() {
+                    for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+                        let al = Algo::parse(name).unwrap();
+                        for band in [None, Some(1), Some(3)] {
+                            check_banded(&case, al, isa, Some(2), Layout::Nchw, band)
+                                .unwrap_or_else(|e| panic!("{e}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Winograd is refused, with the reason, where it does not apply.
+#[test]
+fn winograd_refuses_what_it_cannot_run() {
+    for (spec, why) in [
+        (ConvSpec::new(&[1, 4, 9, 9], 4, &[5, 5]), "3x3"),
+        (
+            ConvSpec::new(&[1, 4, 9, 9], 4, &[3, 3]).with_stride(&[2, 2]),
+            "stride",
+        ),
+        (
+            ConvSpec::new(&[1, 4, 9, 9], 4, &[3, 3]).with_dilation(&[2, 2]),
+            "dilation",
+        ),
+        (ConvSpec::new(&[1, 4, 20], 4, &[5]), "kernel of 3"),
+    ] {
+        let g = Geometry::new(&spec).unwrap();
+        let w = vec![0.0; g.weight_len()];
+        let b = vec![0.0; g.out_channels];
+        for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+            let opts = PlanOptions {
+                algo: Some(name.into()),
+                ..Default::default()
+            };
+            let err = Plan::new(&spec, &w, Some(&b), &opts)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{name}: {err}");
+            assert!(!algo::accepting(&g).iter().any(|a| a.name() == name));
+        }
+    }
+}

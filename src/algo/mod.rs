@@ -22,6 +22,9 @@ pub struct OutputPass<'a> {
     )>,
 }
 pub mod im2col;
+pub mod winograd;
+
+pub use crate::arch::winograd::Variant as WinogradVariant;
 
 /// A convolution algorithm.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -36,26 +39,22 @@ pub enum Algo {
     /// One input channel per group (groups == C), any channel multiplier: a plane kernel
     /// vectorized along the output row.
     Depthwise,
+    /// Winograd F(m, 3) (2-D: F(m x m, 3 x 3)): kernel 3, stride 1, dilation 1.
+    Winograd(WinogradVariant),
     /// The f64 oracle (never chosen by `auto`).
     Reference,
 }
 
 /// Every algorithm, in the order `auto` prefers them (best first); `reference` last.
-pub const ALL_ALGOS: [Algo; 5] = [
+pub const ALL_ALGOS: [Algo; 8] = [
     Algo::Depthwise,
+    Algo::Winograd(WinogradVariant::F4),
+    Algo::Winograd(WinogradVariant::F6),
+    Algo::Winograd(WinogradVariant::F2),
     Algo::Direct,
     Algo::Gemm1x1,
     Algo::Im2col,
     Algo::Reference,
-];
-
-/// Names SPEC reserves for algorithms not built yet: they are refused with a clear message.
-const PLANNED: [&str; 5] = [
-    "direct",
-    "depthwise",
-    "winograd_f2x3",
-    "winograd_f4x3",
-    "winograd_f6x3",
 ];
 
 impl Algo {
@@ -66,6 +65,9 @@ impl Algo {
             Algo::Im2col => "im2col",
             Algo::Gemm1x1 => "gemm1x1",
             Algo::Depthwise => "depthwise",
+            Algo::Winograd(WinogradVariant::F2) => "winograd_f2x3",
+            Algo::Winograd(WinogradVariant::F4) => "winograd_f4x3",
+            Algo::Winograd(WinogradVariant::F6) => "winograd_f6x3",
             Algo::Reference => "reference",
         }
     }
@@ -77,11 +79,10 @@ impl Algo {
             "im2col" => Ok(Algo::Im2col),
             "gemm1x1" => Ok(Algo::Gemm1x1),
             "depthwise" => Ok(Algo::Depthwise),
+            "winograd_f2x3" => Ok(Algo::Winograd(WinogradVariant::F2)),
+            "winograd_f4x3" => Ok(Algo::Winograd(WinogradVariant::F4)),
+            "winograd_f6x3" => Ok(Algo::Winograd(WinogradVariant::F6)),
             "reference" => Ok(Algo::Reference),
-            n if PLANNED.contains(&n) => Err(Error::AlgorithmRejects {
-                algo: n.to_string(),
-                why: "not implemented in this version of convkit".into(),
-            }),
             n => Err(Error::UnknownAlgorithm(n.to_string())),
         }
     }
@@ -90,6 +91,7 @@ impl Algo {
     pub fn check(self, g: &Geometry) -> std::result::Result<(), String> {
         match self {
             Algo::Im2col | Algo::Reference => Ok(()),
+            Algo::Winograd(_) => winograd::check(g),
             // The widest tile of any tier bounds the slack; the check is on the image size.
             Algo::Direct => direct::PhaseLayout::new(g, 64).map(|_| ()),
             Algo::Depthwise => {

@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 pub mod aarch64;
 pub mod activation;
 pub mod dwconv;
+pub mod winograd;
+pub(crate) use winograd::wino_kernel;
 
 /// Declares a tier's depthwise plane kernel: the generic body of [`dwconv`] compiled under
 /// the tier's target features, behind a safe entry that checks the tier is available.

@@ -13,6 +13,7 @@ pub static TABLE: KernelTable = KernelTable {
     gemm: &[F32_GEMM_4X8],
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
+    winograd: crate::arch::winograd::F32_WINOGRAD_PORTABLE,
 };
 
 /// 4x8 GEMM tile on `wide::f32x8` (4 accumulators: 8 xmm on SSE2, 8 q registers on NEON).

@@ -11,6 +11,7 @@ pub static TABLE: KernelTable = KernelTable {
     gemm: &[F32_GEMM_8X12, F32_GEMM_4X16],
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
+    winograd: F32_WINOGRAD,
 };
 
 macro_rules! gemm_kernel {
@@ -77,3 +78,4 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
 
 crate::arch::dw_plane_kernel!(Neon, "f32_dwconv_plane__neon", "neon");
 crate::arch::act_kernel!(Neon, "f32_act__neon", "neon");
+crate::arch::wino_kernel!(Neon, "f32_winograd__neon", "neon");

@@ -11,6 +11,7 @@ pub static TABLE: KernelTable = KernelTable {
     gemm: &[F32_GEMM_6X16, F32_GEMM_4X24],
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
+    winograd: F32_WINOGRAD,
 };
 
 macro_rules! gemm_kernel {
@@ -181,3 +182,4 @@ unsafe fn fma_probe(iters: u64) -> f32 {
 
 crate::arch::dw_plane_kernel!(Avx2, "f32_dwconv_plane__avx2", "avx2,fma");
 crate::arch::act_kernel!(Avx2, "f32_act__avx2", "avx2,fma");
+crate::arch::wino_kernel!(Avx2, "f32_winograd__avx2", "avx2,fma");

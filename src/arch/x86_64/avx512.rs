@@ -11,6 +11,7 @@ pub static TABLE: KernelTable = KernelTable {
     gemm: &[F32_GEMM_14X32, F32_GEMM_8X48, F32_GEMM_8X32, F32_GEMM_6X64],
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
+    winograd: F32_WINOGRAD,
 };
 
 macro_rules! gemm_kernel {
@@ -194,3 +195,4 @@ unsafe fn fma_probe(iters: u64) -> f32 {
 
 crate::arch::dw_plane_kernel!(Avx512, "f32_dwconv_plane__avx512", "avx512f,avx2,fma");
 crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
+crate::arch::wino_kernel!(Avx512, "f32_winograd__avx512", "avx512f,avx2,fma");

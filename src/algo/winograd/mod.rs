@@ -1,0 +1,442 @@
+//! Winograd convolution F(2,3), F(4,3), F(6,3), 2-D (F(m x m, 3 x 3)) and 1-D (F(m, 3)):
+//! kernel 3, stride 1, dilation 1, any padding and groups.
+//!
+//! The pipeline, per block of tiles and per group (the algebra and the matrices are in
+//! [`crate::arch::winograd`]):
+//!
+//! ```text
+//!   plan time:  U[xi] = (G g G^T)[xi]          Cout/g x C/g per xi, packed as GEMM A panels
+//!   per image:  xp    = the input, zero-padded to whole tiles (no edge branches later)
+//!   per block of T tiles (sized so V and M of the block stay in L2):
+//!     input:    V[c][xi][t] = (B^T d B)[xi]    d: the alpha x alpha tile t of channel c
+//!     GEMM:     M[co][xi][t] = sum_c U[xi][co][c] V[c][xi][t]     alpha^2 GEMMs
+//!     output:   Y_t[co] = A^T M A (+ bias, residual, clamp, activation) -> the output band
+//! ```
+//!
+//! Multiplications per output, against 9 C for direct: alpha^2 / m^2 C, i.e. 4 C (F(2,3),
+//! 2.25x fewer), 2.25 C (F(4,3), 4x) and 1.78 C (F(6,3), 5.06x); the transforms add O(alpha^3)
+//! per tile and channel, which is what limits small-channel layers.
+//!
+//! Threads: with many groups, groups run in parallel (each on one thread, block after
+//! block); otherwise each block's phases run in parallel (channels, then the alpha^2 GEMMs,
+//! then output channels). A tile's result depends neither on the block size nor on the
+//! thread count: the GEMM sums each element in the same order whatever its column, so the
+//! output is bitwise identical on any number of threads.
+//!
+//! Non-finite inputs: the transforms mix every input of a tile into every output of the
+//! tile, so a NaN or infinity in the input makes NaN every output of the tiles whose input
+//! window holds it (m x m outputs around it, not only the 3 x 3 that see it), as in every
+//! Winograd implementation. Finite inputs give finite outputs (up to overflow).
+
+use crate::algo::OutputPass;
+use crate::arch::winograd::{Variant, WinoInput, WinoOutput, WinoUkernel, LANES};
+use crate::arch::SharedMut;
+use crate::gemm::{gemm_packed, Blocking, GemmEpilogue, PackedA, StridedB};
+use crate::geometry::Geometry;
+use crate::kernels::{GemmUkernel, KernelTable};
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// The largest padded image (floats) Winograd builds per image: 1 Gi floats.
+const MAX_IMAGE_FLOATS: usize = 1 << 28;
+
+/// Why `g` cannot run on Winograd, or `Ok`.
+pub fn check(g: &Geometry) -> Result<(), String> {
+    let kernel_ok = if g.spatial_rank == 2 {
+        g.kernel == [3, 3]
+    } else {
+        g.kernel[1] == 3
+    };
+    if !kernel_ok {
+        return Err(if g.spatial_rank == 2 {
+            format!(
+                "needs a 3x3 kernel, the layer has {}x{}",
+                g.kernel[0], g.kernel[1]
+            )
+        } else {
+            format!("needs a kernel of 3, the layer has {}", g.kernel[1])
+        });
+    }
+    if g.stride != [1, 1] {
+        return Err("needs stride 1".into());
+    }
+    if g.dilation != [1, 1] {
+        return Err("needs dilation 1".into());
+    }
+    Ok(())
+}
+
+/// Wall-clock time of each phase, summed over runs (`Plan::run_profiled`).
+#[derive(Debug, Default)]
+pub struct PhaseClock {
+    /// Nanoseconds in the input transform.
+    pub input_ns: AtomicU64,
+    /// Nanoseconds in the transformed-domain GEMMs.
+    pub gemm_ns: AtomicU64,
+    /// Nanoseconds in the output transform and epilogue.
+    pub output_ns: AtomicU64,
+}
+
+impl PhaseClock {
+    fn add(counter: &AtomicU64, since: Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A planned Winograd layer: transformed, packed weights and the tile geometry.
+pub struct WinogradPlan {
+    /// The variant.
+    pub variant: Variant,
+    /// The GEMM microkernel of the transformed domain.
+    pub uk: &'static GemmUkernel,
+    /// The tier's transforms.
+    pub transforms: WinoUkernel,
+    blocking: Blocking,
+    /// `U`, one packed matrix per (group, xi).
+    packed: Vec<PackedA>,
+    two_d: bool,
+    /// Output rows per tile (m in 2-D, 1 in 1-D).
+    mh: usize,
+    /// Transformed positions per tile (alpha^2 in 2-D, alpha in 1-D).
+    xi: usize,
+    tiles_w: usize,
+    /// Padded plane: rows and row length.
+    ph: usize,
+    pw: usize,
+    /// Floats of the padded image (all channels).
+    pub image: usize,
+    /// Tiles per block (a multiple of LANES and of the kernel's NR).
+    tiles_per_block: usize,
+}
+
+impl WinogradPlan {
+    /// Transforms and packs `weight` (OIHW) for `g` with `variant` on the tier's kernels.
+    pub fn new(
+        g: &Geometry,
+        kernels: &KernelTable,
+        weight: &[f32],
+        variant: Variant,
+    ) -> Result<Self, String> {
+        check(g)?;
+        let uk = kernels.gemm_default();
+        let blocking = Blocking::derive(uk, crate::sysinfo::caches());
+        let two_d = g.spatial_rank == 2;
+        let (m, alpha) = (variant.m(), variant.alpha());
+        let (mh, ah) = if two_d { (m, alpha) } else { (1, 1) };
+        let xi = ah * alpha;
+        let [oh, ow] = g.conv_out;
+        let tiles_h = oh.div_ceil(mh);
+        let tiles_w = ow.div_ceil(m);
+        let ph = tiles_h * mh + ah - mh;
+        let pw = tiles_w * m + alpha - m;
+        let image = ph
+            .checked_mul(pw)
+            .and_then(|v| v.checked_mul(g.in_channels))
+            .filter(|&v| v <= MAX_IMAGE_FLOATS)
+            .ok_or_else(|| {
+                format!("the padded image would hold more than {MAX_IMAGE_FLOATS} floats")
+            })?;
+        let (cg, og) = (g.cin_per_group, g.cout_per_group);
+        let packed = transform_weights(g, weight, variant)
+            .iter()
+            .map(|u| PackedA::from_row_major(u, og, cg, cg, uk.mr, &blocking))
+            .collect();
+        // Tiles per block: V (C/g x xi x T) and M (Cout/g x xi x T) of a block within one L2,
+        // so the GEMM reads V and the output transform reads M from L2. (Measured on
+        // vgg16.conv3_3 with F(4,3), one thread: T = 16 .. 256 within 10% of each other;
+        // the floor of one lane group times NR keeps the GEMM's N at a full panel.)
+        let unit = lcm(LANES, uk.nr);
+        let budget = std::env::var("CONVKIT_WINO_TILES")
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or_else(|| crate::sysinfo::caches().l2 / (4 * xi * (cg + og)).max(1));
+        let all_tiles = tiles_h * tiles_w;
+        let tiles_per_block = (budget / unit).max(1).min(all_tiles.div_ceil(unit).max(1)) * unit;
+        Ok(WinogradPlan {
+            variant,
+            uk,
+            transforms: kernels.winograd,
+            blocking,
+            packed,
+            two_d,
+            mh,
+            xi,
+            tiles_w,
+            ph,
+            pw,
+            image,
+            tiles_per_block,
+        })
+    }
+
+    /// Bytes of transformed, packed weights.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.iter().map(PackedA::bytes).sum()
+    }
+
+    /// Scratch floats of one block (V and M), per group in flight.
+    pub fn block_floats(&self, g: &Geometry) -> usize {
+        self.xi * self.tiles_per_block * (g.cin_per_group + g.cout_per_group)
+    }
+
+    /// Fills `xp` (`self.image` floats) with one NCHW image, zero-padded to whole tiles.
+    pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32]) {
+        let [ih, iw] = g.input;
+        let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
+        let (ph, pw) = (self.ph, self.pw);
+        xp[..self.image]
+            .par_chunks_mut(ph * pw)
+            .zip(x.par_chunks(ih * iw))
+            .for_each(|(plane, src)| {
+                for (r, row) in plane.chunks_mut(pw).enumerate() {
+                    if r < pt || r - pt >= ih {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let s = &src[(r - pt) * iw..(r - pt + 1) * iw];
+                    row[..pl].fill(0.0);
+                    crate::gemm::pack::copy_floats(&mut row[pl..pl + iw], s);
+                    row[pl + iw..].fill(0.0);
+                }
+            });
+    }
+
+    /// Conv rows `r0..r1` of one image from its padded copy `xp` into `out`
+    /// (`[Cout][r1 - r0][OW]`), with the output pass fused. `clock` times the phases (and
+    /// runs groups one after another so the times are wall-clock).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_rows(
+        &self,
+        g: &Geometry,
+        xp: &[f32],
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
+        pass: &OutputPass,
+        clock: Option<&PhaseClock>,
+    ) {
+        if r1 <= r0 {
+            return;
+        }
+        let ow = g.conv_out[1];
+        let band = (r1 - r0) * ow;
+        let tr0 = r0 / self.mh;
+        let tiles = (r1.div_ceil(self.mh) - tr0) * self.tiles_w;
+        let og = g.cout_per_group;
+        let blocks: Vec<(usize, usize)> = (0..tiles)
+            .step_by(self.tiles_per_block)
+            .map(|t0| (t0, self.tiles_per_block.min(tiles - t0)))
+            .collect();
+        let job = Band {
+            xp,
+            r0,
+            r1,
+            tr0,
+            band,
+            pass,
+        };
+        let threads = rayon::current_num_threads();
+        if clock.is_none() && threads > 1 && g.groups >= 2 * threads {
+            out[..g.groups * og * band]
+                .par_chunks_mut(og * band)
+                .enumerate()
+                .for_each(|(grp, og_out)| {
+                    for &(t0, n) in &blocks {
+                        self.block(g, &job, grp, t0, n, og_out, false, None);
+                    }
+                });
+        } else {
+            for (grp, og_out) in out[..g.groups * og * band]
+                .chunks_mut(og * band)
+                .enumerate()
+            {
+                for &(t0, n) in &blocks {
+                    self.block(g, &job, grp, t0, n, og_out, threads > 1, clock);
+                }
+            }
+        }
+    }
+
+    /// One block of `n` tiles from tile `t0` of the band, for one group.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        g: &Geometry,
+        job: &Band,
+        grp: usize,
+        t0: usize,
+        n: usize,
+        out: &mut [f32],
+        parallel: bool,
+        clock: Option<&PhaseClock>,
+    ) {
+        let (cg, og, xi) = (g.cin_per_group, g.cout_per_group, self.xi);
+        let ld = n.div_ceil(LANES) * LANES;
+        let plane = self.ph * self.pw;
+        let plane_off = job.tr0 * self.mh * self.pw;
+        let mut v = crate::tensor::take_scratch(cg * xi * ld);
+        let mut mm = crate::tensor::take_scratch(og * xi * ld);
+
+        let start = Instant::now();
+        let input = |(ci, slab): (usize, &mut [f32])| {
+            let c = grp * cg + ci;
+            (self.transforms.input)(&mut WinoInput {
+                variant: self.variant,
+                two_d: self.two_d,
+                plane: &job.xp[c * plane + plane_off..(c + 1) * plane],
+                pw: self.pw,
+                tiles_w: self.tiles_w,
+                t0,
+                n,
+                out: slab,
+                ld,
+            })
+        };
+        if parallel {
+            v.par_chunks_mut(xi * ld).enumerate().for_each(input);
+        } else {
+            v.chunks_mut(xi * ld).enumerate().for_each(input);
+        }
+        if let Some(c) = clock {
+            PhaseClock::add(&c.input_ns, start);
+        }
+
+        let start = Instant::now();
+        {
+            let shared = SharedMut::new(&mut mm);
+            let gemm = |x: usize| {
+                let b = StridedB {
+                    data: &v[x * ld..],
+                    rs: xi * ld,
+                    cs: 1,
+                };
+                // Each xi writes its own columns x*ld .. x*ld + n of every row of M.
+                gemm_packed(
+                    self.uk,
+                    &self.blocking,
+                    &self.packed[grp * xi + x],
+                    &b,
+                    n,
+                    &shared,
+                    x * ld,
+                    xi * ld,
+                    GemmEpilogue::default(),
+                    false,
+                );
+            };
+            if parallel {
+                (0..xi).into_par_iter().for_each(gemm);
+            } else {
+                (0..xi).for_each(gemm);
+            }
+        }
+        if let Some(c) = clock {
+            PhaseClock::add(&c.gemm_ns, start);
+        }
+
+        let start = Instant::now();
+        let pass = job.pass;
+        let output = |(co, (plane_out, mslab)): (usize, (&mut [f32], &[f32]))| {
+            (self.transforms.output)(&mut WinoOutput {
+                variant: self.variant,
+                two_d: self.two_d,
+                m: mslab,
+                ld,
+                tiles_w: self.tiles_w,
+                tile_row0: job.tr0,
+                t0,
+                n,
+                out: plane_out,
+                ow: g.conv_out[1],
+                r0: job.r0,
+                r1: job.r1,
+                bias: pass.bias.map_or(0.0, |b| b[grp * og + co]),
+                accumulate: pass.accumulate,
+                clamp: pass.clamp,
+                activation: pass.activation,
+            })
+        };
+        let band = job.band;
+        if parallel {
+            out[..og * band]
+                .par_chunks_mut(band)
+                .zip(mm.par_chunks(xi * ld))
+                .enumerate()
+                .for_each(output);
+        } else {
+            out[..og * band]
+                .chunks_mut(band)
+                .zip(mm.chunks(xi * ld))
+                .enumerate()
+                .for_each(output);
+        }
+        if let Some(c) = clock {
+            PhaseClock::add(&c.output_ns, start);
+        }
+        crate::tensor::give_scratch(v);
+        crate::tensor::give_scratch(mm);
+    }
+}
+
+/// What every block of a band shares.
+struct Band<'a> {
+    xp: &'a [f32],
+    r0: usize,
+    r1: usize,
+    /// The band's first tile row.
+    tr0: usize,
+    /// Floats of one channel's band.
+    band: usize,
+    pass: &'a OutputPass<'a>,
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    a / gcd(a, b) * b
+}
+
+/// `U[group * xi + (p, q)]`, each `Cout/g x C/g` row-major: `G g G^T` (2-D) or `G g` (1-D)
+/// per (output, input) channel pair, computed in f64 and rounded once.
+pub fn transform_weights(g: &Geometry, weight: &[f32], variant: Variant) -> Vec<Vec<f32>> {
+    let two_d = g.spatial_rank == 2;
+    let alpha = variant.alpha();
+    let ah = if two_d { alpha } else { 1 };
+    let xi = ah * alpha;
+    let (cg, og) = (g.cin_per_group, g.cout_per_group);
+    let gm = variant.g();
+    let ka = g.kernel_area();
+    let mut u = vec![vec![0f32; og * cg]; g.groups * xi];
+    let mut gg = vec![0f64; 3 * alpha];
+    for co in 0..g.out_channels {
+        let (grp, o) = (co / og, co % og);
+        for ci in 0..cg {
+            let w = &weight[(co * cg + ci) * ka..(co * cg + ci + 1) * ka];
+            if two_d {
+                // gg = G g (alpha x 3), then U = gg G^T (alpha x alpha).
+                for p in 0..alpha {
+                    for l in 0..3 {
+                        gg[p * 3 + l] = (0..3).map(|k| gm[p * 3 + k] * w[k * 3 + l] as f64).sum();
+                    }
+                }
+                for p in 0..alpha {
+                    for q in 0..alpha {
+                        let v: f64 = (0..3).map(|l| gg[p * 3 + l] * gm[q * 3 + l]).sum();
+                        u[grp * xi + p * alpha + q][o * cg + ci] = v as f32;
+                    }
+                }
+            } else {
+                for q in 0..alpha {
+                    let v: f64 = (0..3).map(|l| gm[q * 3 + l] * w[l] as f64).sum();
+                    u[grp * xi + q][o * cg + ci] = v as f32;
+                }
+            }
+        }
+    }
+    u
+}

@@ -1,0 +1,879 @@
+//! Winograd minimal-filtering transforms F(m, 3), written once in safe Rust over lanes of
+//! [`LANES`] tiles and compiled under each tier's features (as the depthwise kernel is).
+//!
+//! # The algebra
+//!
+//! For one output row segment of `m` values of a 3-tap correlation `y[i] = sum_k g[k] d[i+k]`
+//! over `alpha = m + 2` inputs, Winograd's minimal algorithm is
+//!
+//! ```text
+//!   y = A^T [ (G g) * (B^T d) ]          (* elementwise, alpha products instead of 3m)
+//! ```
+//!
+//! and in 2-D, nesting it along both axes, for an `alpha x alpha` input tile `d` and a 3x3
+//! kernel `g`:
+//!
+//! ```text
+//!   Y = A^T [ (G g G^T) * (B^T d B) ] A
+//! ```
+//!
+//! Summed over input channels, the elementwise product becomes, for each of the `alpha^2`
+//! transformed positions xi, a matrix product `M[xi] = U[xi] V[xi]` (Cout x C times C x tiles):
+//! the batched GEMM that runs on the GEMM microkernels. `U = G g G^T` is computed once at plan
+//! time, `V = B^T d B` per tile (the input transform below), `Y = A^T M A` per output tile (the
+//! output transform, with bias, residual and activation fused).
+//!
+//! # Interpolation points
+//!
+//! The matrices come from the Chinese-remainder construction (Toom-Cook) on the points
+//! listed with each variant, plus the point at infinity. F(6,3) uses 0, +-1, +-2, +-1/2: the
+//! points with the smallest magnitudes whose products stay exact in binary, so the entries
+//! of A and B stay small (|entries| <= 32) and the f32 error stays within SPEC's 1e-3 x S
+//! (PERFORMANCE.md records the worst error on every suite layer). Points such as +-3 would
+//! grow the entries of A^T to 3^5 = 243 and the error with them.
+//!
+//! The transforms are checked against these matrices exactly on small integers in the unit
+//! tests, and the identity `A^T[(G g) * (B^T d)] = correlation(d, g)` in f64.
+
+/// Tiles transformed together: one AVX2 register of f32 (two NEON registers).
+pub const LANES: usize = 8;
+
+type Lanes = [f32; LANES];
+
+/// A Winograd variant: output tile `m`, input tile `alpha = m + 2`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// F(2,3): points 0, +-1.
+    F2,
+    /// F(4,3): points 0, +-1, +-2.
+    F4,
+    /// F(6,3): points 0, +-1, +-2, +-1/2.
+    F6,
+}
+
+impl Variant {
+    /// Outputs per tile along an axis.
+    pub fn m(self) -> usize {
+        match self {
+            Variant::F2 => 2,
+            Variant::F4 => 4,
+            Variant::F6 => 6,
+        }
+    }
+    /// Inputs per tile along an axis (`m + 2`).
+    pub fn alpha(self) -> usize {
+        self.m() + 2
+    }
+    /// `B^T`, `alpha x alpha`, row-major, in f64.
+    pub fn bt(self) -> &'static [f64] {
+        match self {
+            Variant::F2 => &BT2_64,
+            Variant::F4 => &BT4_64,
+            Variant::F6 => &BT6_64,
+        }
+    }
+    /// `G`, `alpha x 3`, row-major, in f64.
+    pub fn g(self) -> &'static [f64] {
+        match self {
+            Variant::F2 => &G2_64,
+            Variant::F4 => &G4_64,
+            Variant::F6 => &G6_64,
+        }
+    }
+    /// `A^T`, `m x alpha`, row-major, in f64.
+    pub fn at(self) -> &'static [f64] {
+        match self {
+            Variant::F2 => &AT2_64,
+            Variant::F4 => &AT4_64,
+            Variant::F6 => &AT6_64,
+        }
+    }
+}
+
+/// Declares a matrix twice, in f64 (kernel transform at plan time, tests) and in f32 (the
+/// run-time transforms), from one list of entries.
+macro_rules! matrix {
+    ($n64:ident, $n32:ident, $len:literal, [$($v:expr),* $(,)?]) => {
+        const $n64: [f64; $len] = [$(($v) as f64),*];
+        const $n32: [f32; $len] = [$(($v) as f32),*];
+    };
+    // G is only used at plan time, in f64.
+    ($n64:ident, $len:literal, [$($v:expr),* $(,)?]) => {
+        const $n64: [f64; $len] = [$(($v) as f64),*];
+    };
+}
+
+// F(2,3), points 0, 1, -1, inf.
+matrix!(
+    BT2_64,
+    BT2,
+    16,
+    [1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 1.0, 0.0, -1.0,]
+);
+matrix!(
+    G2_64,
+    12,
+    [1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0,]
+);
+matrix!(AT2_64, AT2, 8, [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0, -1.0,]);
+
+// F(4,3), points 0, 1, -1, 2, -2, inf.
+matrix!(
+    BT4_64,
+    BT4,
+    36,
+    [
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0, 0.0, -4.0, -4.0, 1.0, 1.0, 0.0, 0.0, 4.0, -4.0, -1.0, 1.0,
+        0.0, 0.0, -2.0, -1.0, 2.0, 1.0, 0.0, 0.0, 2.0, -1.0, -2.0, 1.0, 0.0, 0.0, 4.0, 0.0, -5.0,
+        0.0, 1.0,
+    ]
+);
+matrix!(
+    G4_64,
+    18,
+    [
+        1.0 / 4.0,
+        0.0,
+        0.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        -1.0 / 6.0,
+        1.0 / 6.0,
+        -1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 12.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        -1.0 / 12.0,
+        1.0 / 6.0,
+        0.0,
+        0.0,
+        1.0,
+    ]
+);
+matrix!(
+    AT4_64,
+    AT4,
+    24,
+    [
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0, 2.0, -2.0, 0.0, 0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
+        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ]
+);
+
+// F(6,3), points 0, 1, -1, 2, -2, 1/2, -1/2, inf.
+matrix!(
+    BT6_64,
+    BT6,
+    64,
+    [
+        1.0,
+        0.0,
+        -21.0 / 4.0,
+        0.0,
+        21.0 / 4.0,
+        0.0,
+        -1.0,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        -17.0 / 4.0,
+        -17.0 / 4.0,
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        -1.0,
+        1.0,
+        17.0 / 4.0,
+        -17.0 / 4.0,
+        -1.0,
+        1.0,
+        0.0,
+        0.0,
+        0.5,
+        0.25,
+        -5.0 / 2.0,
+        -5.0 / 4.0,
+        2.0,
+        1.0,
+        0.0,
+        0.0,
+        -0.5,
+        0.25,
+        5.0 / 2.0,
+        -5.0 / 4.0,
+        -2.0,
+        1.0,
+        0.0,
+        0.0,
+        2.0,
+        4.0,
+        -5.0 / 2.0,
+        -5.0,
+        0.5,
+        1.0,
+        0.0,
+        0.0,
+        -2.0,
+        4.0,
+        5.0 / 2.0,
+        -5.0,
+        -0.5,
+        1.0,
+        0.0,
+        0.0,
+        -1.0,
+        0.0,
+        21.0 / 4.0,
+        0.0,
+        -21.0 / 4.0,
+        0.0,
+        1.0,
+    ]
+);
+matrix!(
+    G6_64,
+    24,
+    [
+        1.0,
+        0.0,
+        0.0,
+        -2.0 / 9.0,
+        -2.0 / 9.0,
+        -2.0 / 9.0,
+        -2.0 / 9.0,
+        2.0 / 9.0,
+        -2.0 / 9.0,
+        1.0 / 90.0,
+        1.0 / 45.0,
+        2.0 / 45.0,
+        1.0 / 90.0,
+        -1.0 / 45.0,
+        2.0 / 45.0,
+        32.0 / 45.0,
+        16.0 / 45.0,
+        8.0 / 45.0,
+        32.0 / 45.0,
+        -16.0 / 45.0,
+        8.0 / 45.0,
+        0.0,
+        0.0,
+        1.0,
+    ]
+);
+matrix!(
+    AT6_64,
+    AT6,
+    48,
+    [
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        1.0,
+        -1.0,
+        2.0,
+        -2.0,
+        0.5,
+        -0.5,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        4.0,
+        4.0,
+        0.25,
+        0.25,
+        0.0,
+        0.0,
+        1.0,
+        -1.0,
+        8.0,
+        -8.0,
+        0.125,
+        -0.125,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        16.0,
+        16.0,
+        1.0 / 16.0,
+        1.0 / 16.0,
+        0.0,
+        0.0,
+        1.0,
+        -1.0,
+        32.0,
+        -32.0,
+        1.0 / 32.0,
+        -1.0 / 32.0,
+        1.0,
+    ]
+);
+
+/// The input transform of `n` tiles of one channel: `V[xi][t] = (B^T d_t B)[xi]` (2-D) or
+/// `(B^T d_t)[xi]` (1-D), for tiles `t0 .. t0 + n` of the band.
+pub struct WinoInput<'a> {
+    /// The variant.
+    pub variant: Variant,
+    /// 2-D tiles (alpha x alpha) or 1-D (alpha x 1).
+    pub two_d: bool,
+    /// The padded channel plane from the band's first tile row; every tile's input lies
+    /// inside it (checked).
+    pub plane: &'a [f32],
+    /// Row length of the padded plane.
+    pub pw: usize,
+    /// Tiles per tile row.
+    pub tiles_w: usize,
+    /// First tile, counted from the band's first tile row.
+    pub t0: usize,
+    /// Tiles to transform.
+    pub n: usize,
+    /// `[xi][ld]`: transformed position xi of tile `t0 + j` at `xi * ld + j`.
+    pub out: &'a mut [f32],
+    /// Row stride of `out`, at least `n` rounded up to [`LANES`].
+    pub ld: usize,
+}
+
+/// The output transform of `n` tiles of one output channel with the fused epilogue:
+/// `Y_t = A^T M_t A + bias (+ residual)`, clamped or activated, stored where it lies inside
+/// the band.
+pub struct WinoOutput<'a> {
+    /// The variant.
+    pub variant: Variant,
+    /// 2-D tiles or 1-D.
+    pub two_d: bool,
+    /// `[xi][ld]`: the GEMM's result for tile `t0 + j` at `xi * ld + j`.
+    pub m: &'a [f32],
+    /// Row stride of `m`.
+    pub ld: usize,
+    /// Tiles per tile row.
+    pub tiles_w: usize,
+    /// The band's first tile row (global).
+    pub tile_row0: usize,
+    /// First tile, counted from the band's first tile row.
+    pub t0: usize,
+    /// Tiles.
+    pub n: usize,
+    /// The output plane of the band: rows `r0..r1` (global) of `ow` floats.
+    pub out: &'a mut [f32],
+    /// Output width.
+    pub ow: usize,
+    /// The band's first output row (global).
+    pub r0: usize,
+    /// One past the band's last output row (global).
+    pub r1: usize,
+    /// The channel's bias (0 for none).
+    pub bias: f32,
+    /// Add what `out` holds (a preloaded residual).
+    pub accumulate: bool,
+    /// Clamp (`(-inf, inf)` for none).
+    pub clamp: (f32, f32),
+    /// An activation that is not a clamp, with the tier's kernel.
+    pub activation: Option<(
+        crate::arch::activation::ActUkernel,
+        crate::epilogue::Activation,
+    )>,
+}
+
+/// A tier's Winograd transform kernels.
+/// Only convkit builds these (`#[non_exhaustive]`).
+#[derive(Copy, Clone, Debug)]
+#[non_exhaustive]
+pub struct WinoUkernel {
+    /// Canonical name, `f32_winograd__{isa}`.
+    pub name: &'static str,
+    /// The tier.
+    pub isa: crate::arch::Isa,
+    /// The input transform.
+    pub input: fn(&mut WinoInput),
+    /// The output transform with the epilogue.
+    pub output: fn(&mut WinoOutput),
+}
+
+/// `out[r] = sum_c mat[r][c] src[c]` on lanes, fully unrolled: `mat` is a constant of the
+/// caller, so once inlined every entry is a constant, the zero entries vanish and +-1 become
+/// adds. (Left to LLVM's unroller, the 8 x 8 loops of F(6,3) stayed rolled: its input
+/// transform ran 2.6x slower than with `-unroll-threshold=2000`, vgg16.conv1_2 31.9 ms against
+/// 12.0 ms.)
+#[inline(always)]
+fn apply<const R: usize, const C: usize>(mat: &[f32], src: &[Lanes; C]) -> [Lanes; R] {
+    let mut out = [[0f32; LANES]; R];
+    match (R, C) {
+        (4, 4) => out[..4].copy_from_slice(&apply_4x4(mat, src)),
+        (6, 6) => out[..6].copy_from_slice(&apply_6x6(mat, src)),
+        (8, 8) => out[..8].copy_from_slice(&apply_8x8(mat, src)),
+        (2, 4) => out[..2].copy_from_slice(&apply_2x4(mat, src)),
+        (4, 6) => out[..4].copy_from_slice(&apply_4x6(mat, src)),
+        (6, 8) => out[..6].copy_from_slice(&apply_6x8(mat, src)),
+        _ => unreachable!("no transform of {R} x {C}"),
+    }
+    out
+}
+
+/// One row of [`apply`]: `out[r] += mat[r][c] src[c]` for the listed columns.
+macro_rules! apply_row {
+    ($out:ident, $mat:ident, $src:ident, $r:literal, $cols:literal, [$($c:literal)*]) => {
+        $({
+            let k = $mat[$r * $cols + $c];
+            if k != 0.0 {
+                for l in 0..LANES {
+                    $out[$r][l] += k * $src[$c][l];
+                }
+            }
+        })*
+    };
+}
+
+/// A fixed-size [`apply`]: every (row, column) pair written out.
+macro_rules! apply_fixed {
+    ($name:ident, $rows:literal, $cols:literal, [$($r:literal)*], $cs:tt) => {
+        #[inline(always)]
+        fn $name(mat: &[f32], src: &[Lanes]) -> [Lanes; $rows] {
+            let mut out = [[0f32; LANES]; $rows];
+            $(apply_row!(out, mat, src, $r, $cols, $cs);)*
+            out
+        }
+    };
+}
+
+apply_fixed!(apply_4x4, 4, 4, [0 1 2 3], [0 1 2 3]);
+apply_fixed!(apply_6x6, 6, 6, [0 1 2 3 4 5], [0 1 2 3 4 5]);
+apply_fixed!(apply_8x8, 8, 8, [0 1 2 3 4 5 6 7], [0 1 2 3 4 5 6 7]);
+apply_fixed!(apply_2x4, 2, 4, [0 1], [0 1 2 3]);
+apply_fixed!(apply_4x6, 4, 6, [0 1 2 3], [0 1 2 3 4 5]);
+apply_fixed!(apply_6x8, 6, 8, [0 1 2 3 4 5], [0 1 2 3 4 5 6 7]);
+
+/// Tile `t`'s first input float in the band's plane.
+#[inline(always)]
+fn tile_base(t: usize, tiles_w: usize, mh: usize, mw: usize, pw: usize) -> usize {
+    (t / tiles_w) * mh * pw + (t % tiles_w) * mw
+}
+
+// Index loops: the tile algebra reads clearer with explicit (row, column) indices.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn input_tiles<const A: usize, const M: usize>(j: &mut WinoInput, bt: &[f32]) {
+    let (ah, mh) = if j.two_d { (A, M) } else { (1, 1) };
+    let xi = ah * A;
+    assert!(
+        j.ld >= j.n.div_ceil(LANES) * LANES,
+        "ld below the lane-rounded tile count"
+    );
+    assert!(j.out.len() >= xi * j.ld, "V slab too short");
+    if j.n == 0 {
+        return;
+    }
+    let last = tile_base(j.t0 + j.n - 1, j.tiles_w, mh, M, j.pw) + (ah - 1) * j.pw + A;
+    assert!(last <= j.plane.len(), "tiles read past the padded plane");
+    let mut t = 0;
+    while t < j.n {
+        // Lanes past the last tile repeat it: in bounds, and their columns are not read.
+        let mut base = [0usize; LANES];
+        for (l, b) in base.iter_mut().enumerate() {
+            *b = tile_base(j.t0 + (t + l).min(j.n - 1), j.tiles_w, mh, M, j.pw);
+        }
+        let mut d = [[[0f32; LANES]; A]; A];
+        for (i, di) in d.iter_mut().enumerate().take(ah) {
+            for (l, &b) in base.iter().enumerate() {
+                let row: &[f32; A] = j.plane[b + i * j.pw..b + i * j.pw + A]
+                    .try_into()
+                    .expect("alpha floats");
+                for (q, v) in row.iter().enumerate() {
+                    di[q][l] = *v;
+                }
+            }
+        }
+        if j.two_d {
+            // Rows: d B (each row times B, i.e. B^T applied to the row), then columns.
+            let mut rows = [[[0f32; LANES]; A]; A];
+            for i in 0..A {
+                rows[i] = apply::<A, A>(bt, &d[i]);
+            }
+            for q in 0..A {
+                let mut col = [[0f32; LANES]; A];
+                for i in 0..A {
+                    col[i] = rows[i][q];
+                }
+                let v = apply::<A, A>(bt, &col);
+                for (p, vp) in v.iter().enumerate() {
+                    let o = (p * A + q) * j.ld + t;
+                    j.out[o..o + LANES].copy_from_slice(vp);
+                }
+            }
+        } else {
+            let v = apply::<A, A>(bt, &d[0]);
+            for (q, vq) in v.iter().enumerate() {
+                let o = q * j.ld + t;
+                j.out[o..o + LANES].copy_from_slice(vq);
+            }
+        }
+        t += LANES;
+    }
+}
+
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn output_tiles<const A: usize, const M: usize>(j: &mut WinoOutput, at: &[f32]) {
+    let (ah, mh) = if j.two_d { (A, M) } else { (1, 1) };
+    let xi = ah * A;
+    assert!(j.m.len() >= xi * j.ld, "M slab too short");
+    assert!(
+        j.ld >= j.n.div_ceil(LANES) * LANES,
+        "ld below the lane-rounded tile count"
+    );
+    assert!(j.out.len() >= (j.r1 - j.r0) * j.ow, "output band too short");
+    let (lo, hi) = j.clamp;
+    let mut t = 0;
+    while t < j.n {
+        // y[a][b] lanes: output row a, column b of each of LANES tiles.
+        let mut y = [[[0f32; LANES]; M]; M];
+        if j.two_d {
+            let mut rows = [[[0f32; LANES]; M]; A];
+            for (p, row) in rows.iter_mut().enumerate() {
+                let mut mp = [[0f32; LANES]; A];
+                for (q, v) in mp.iter_mut().enumerate() {
+                    let o = (p * A + q) * j.ld + t;
+                    v.copy_from_slice(&j.m[o..o + LANES]);
+                }
+                *row = apply::<M, A>(at, &mp);
+            }
+            for b in 0..M {
+                let mut col = [[0f32; LANES]; A];
+                for p in 0..A {
+                    col[p] = rows[p][b];
+                }
+                let v = apply::<M, A>(at, &col);
+                for a in 0..M {
+                    y[a][b] = v[a];
+                }
+            }
+        } else {
+            let mut mq = [[0f32; LANES]; A];
+            for (q, v) in mq.iter_mut().enumerate() {
+                let o = q * j.ld + t;
+                v.copy_from_slice(&j.m[o..o + LANES]);
+            }
+            y[0] = apply::<M, A>(at, &mq);
+        }
+        for row in y.iter_mut().take(mh) {
+            for v in row.iter_mut() {
+                for x in v.iter_mut() {
+                    *x += j.bias;
+                }
+            }
+        }
+        let lanes = LANES.min(j.n - t);
+        // Where each lane's outputs go: (first band row, rows, first column, columns).
+        let mut place = [(0usize, 0usize, 0usize, 0usize); LANES];
+        for (l, pl) in place.iter_mut().enumerate().take(lanes) {
+            let tt = j.t0 + t + l;
+            let row0 = (j.tile_row0 + tt / j.tiles_w) * mh;
+            let col0 = (tt % j.tiles_w) * M;
+            let ra = row0.max(j.r0);
+            let rb = (row0 + mh).min(j.r1);
+            let cols = M.min(j.ow.saturating_sub(col0));
+            *pl = (ra, rb.saturating_sub(ra), col0, cols);
+            if j.accumulate {
+                for r in ra..ra + pl.1 {
+                    let o = (r - j.r0) * j.ow + col0;
+                    for (b, &prev) in j.out[o..o + cols].iter().enumerate() {
+                        y[r - row0][b][l] += prev;
+                    }
+                }
+            }
+        }
+        for row in y.iter_mut().take(mh) {
+            for v in row.iter_mut() {
+                for x in v.iter_mut() {
+                    // Two selects, so NaN passes through (as crate::arch::clamp_nan).
+                    let c = if *x < lo { lo } else { *x };
+                    *x = if c > hi { hi } else { c };
+                }
+                if let Some((kernel, act)) = j.activation {
+                    (kernel.run)(act, v);
+                }
+            }
+        }
+        for (l, &(ra, rows, col0, cols)) in place.iter().enumerate().take(lanes) {
+            let row0 = (j.tile_row0 + (j.t0 + t + l) / j.tiles_w) * mh;
+            for r in ra..ra + rows {
+                let o = (r - j.r0) * j.ow + col0;
+                for (b, dst) in j.out[o..o + cols].iter_mut().enumerate() {
+                    *dst = y[r - row0][b][l];
+                }
+            }
+        }
+        t += LANES;
+    }
+}
+
+/// The input transform for any variant (the body each tier compiles).
+#[inline(always)]
+pub fn input_generic(j: &mut WinoInput) {
+    match j.variant {
+        Variant::F2 => input_tiles::<4, 2>(j, &BT2),
+        Variant::F4 => input_tiles::<6, 4>(j, &BT4),
+        Variant::F6 => input_tiles::<8, 6>(j, &BT6),
+    }
+}
+
+/// The output transform for any variant (the body each tier compiles).
+#[inline(always)]
+pub fn output_generic(j: &mut WinoOutput) {
+    match j.variant {
+        Variant::F2 => output_tiles::<4, 2>(j, &AT2),
+        Variant::F4 => output_tiles::<6, 4>(j, &AT4),
+        Variant::F6 => output_tiles::<8, 6>(j, &AT6),
+    }
+}
+
+/// Declares a tier's Winograd transforms: the generic bodies compiled under the tier's
+/// target features, behind safe entries that check the tier is available.
+macro_rules! wino_kernel {
+    ($isa:ident, $name:literal, $features:literal) => {
+        /// Winograd transforms: the generic bodies vectorized under this tier's features.
+        pub const F32_WINOGRAD: crate::arch::winograd::WinoUkernel =
+            crate::arch::winograd::WinoUkernel {
+                name: $name,
+                isa: Isa::$isa,
+                input: wino_input,
+                output: wino_output,
+            };
+
+        fn wino_input(j: &mut crate::arch::winograd::WinoInput) {
+            assert!(Isa::$isa.is_available(), "{} on a CPU without it", $name);
+            // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
+            unsafe { wino_input_tf(j) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn wino_input_tf(j: &mut crate::arch::winograd::WinoInput) {
+            crate::arch::winograd::input_generic(j)
+        }
+
+        fn wino_output(j: &mut crate::arch::winograd::WinoOutput) {
+            assert!(Isa::$isa.is_available(), "{} on a CPU without it", $name);
+            // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
+            unsafe { wino_output_tf(j) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn wino_output_tf(j: &mut crate::arch::winograd::WinoOutput) {
+            crate::arch::winograd::output_generic(j)
+        }
+    };
+}
+pub(crate) use wino_kernel;
+
+/// The portable tier's transforms (the build's baseline).
+pub const F32_WINOGRAD_PORTABLE: WinoUkernel = WinoUkernel {
+    name: "f32_winograd__portable",
+    isa: crate::arch::Isa::Portable,
+    input: input_generic,
+    output: output_generic,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 1-D correlation of `d` (alpha) with `g` (3) by the algorithm, in f64.
+    fn wino_1d(v: Variant, d: &[f64], g: &[f64]) -> Vec<f64> {
+        let (m, a) = (v.m(), v.alpha());
+        let gg: Vec<f64> = (0..a)
+            .map(|i| (0..3).map(|k| v.g()[i * 3 + k] * g[k]).sum())
+            .collect();
+        let bd: Vec<f64> = (0..a)
+            .map(|i| (0..a).map(|k| v.bt()[i * a + k] * d[k]).sum())
+            .collect();
+        (0..m)
+            .map(|r| (0..a).map(|i| v.at()[r * a + i] * gg[i] * bd[i]).sum())
+            .collect()
+    }
+
+    #[test]
+    fn matrices_compute_the_correlation_exactly_on_small_integers() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) % 9) as f64 - 4.0
+        };
+        for v in [Variant::F2, Variant::F4, Variant::F6] {
+            for _ in 0..200 {
+                let d: Vec<f64> = (0..v.alpha()).map(|_| next()).collect();
+                let g: Vec<f64> = (0..3).map(|_| next()).collect();
+                let got = wino_1d(v, &d, &g);
+                for (i, y) in got.iter().enumerate() {
+                    let want: f64 = (0..3).map(|k| g[k] * d[i + k]).sum();
+                    // Integers up to 4 * 4 * 3: exact up to the rounding of the fractions
+                    // of G (1/90, 2/9, ...), far below 1e-9.
+                    assert!(
+                        (y - want).abs() < 1e-9,
+                        "{v:?}: y[{i}] = {y}, correlation {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_matrices_are_the_f64_ones() {
+        for (a, b) in [
+            (&BT2[..], &BT2_64[..]),
+            (&AT2, &AT2_64),
+            (&BT4, &BT4_64),
+            (&AT4, &AT4_64),
+            (&BT6, &BT6_64),
+            (&AT6, &AT6_64),
+        ] {
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(*x, *y as f32);
+            }
+        }
+    }
+
+    /// The input transform against `B^T d B` computed from the matrix, on integer tiles
+    /// (every entry of B is a dyadic rational, so both are exact).
+    #[test]
+    fn input_transform_matches_its_matrix() {
+        for v in [Variant::F2, Variant::F4, Variant::F6] {
+            for two_d in [false, true] {
+                let (m, a) = (v.m(), v.alpha());
+                let (mh, ah) = if two_d { (m, a) } else { (1, 1) };
+                let tiles_w = 5;
+                let tiles_h = if two_d { 3 } else { 1 };
+                let pw = tiles_w * m + 2;
+                let ph = tiles_h * mh + ah - mh;
+                let plane: Vec<f32> = (0..pw * ph).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+                let n = tiles_w * tiles_h - 2;
+                let ld = n.div_ceil(LANES) * LANES;
+                let xi = ah * a;
+                let mut out = vec![0f32; xi * ld];
+                input_generic(&mut WinoInput {
+                    variant: v,
+                    two_d,
+                    plane: &plane,
+                    pw,
+                    tiles_w,
+                    t0: 1,
+                    n,
+                    out: &mut out,
+                    ld,
+                });
+                let bt = v.bt();
+                for j in 0..n {
+                    let t = j + 1;
+                    let base = (t / tiles_w) * mh * pw + (t % tiles_w) * m;
+                    let d = |i: usize, k: usize| plane[base + i * pw + k] as f64;
+                    for p in 0..ah {
+                        for q in 0..a {
+                            let want: f64 = if two_d {
+                                (0..a)
+                                    .flat_map(|i| (0..a).map(move |k| (i, k)))
+                                    .map(|(i, k)| bt[p * a + i] * d(i, k) * bt[q * a + k])
+                                    .sum()
+                            } else {
+                                (0..a).map(|k| bt[q * a + k] * d(0, k)).sum()
+                            };
+                            let got = out[(p * a + q) * ld + j] as f64;
+                            assert_eq!(got, want, "{v:?} 2d={two_d} tile {t} xi ({p},{q})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The output transform against `A^T M A + bias`, with a band that cuts tiles, a ragged
+    /// right edge, and a residual.
+    #[test]
+    fn output_transform_matches_its_matrix_and_stores_only_the_band() {
+        for v in [Variant::F2, Variant::F4, Variant::F6] {
+            for two_d in [false, true] {
+                let (m, a) = (v.m(), v.alpha());
+                let (mh, ah) = if two_d { (m, a) } else { (1, 1) };
+                let xi = ah * a;
+                let tiles_w = 3;
+                let ow = tiles_w * m - 1;
+                let tiles_h = if two_d { 3 } else { 1 };
+                let oh = tiles_h * mh - usize::from(two_d);
+                // The band: rows 1..oh-1 when 2-D (cuts the first and last tile rows).
+                let (r0, r1) = if two_d { (1, oh - 1) } else { (0, 1) };
+                let n = tiles_w * tiles_h;
+                let ld = n.div_ceil(LANES) * LANES;
+                let mm: Vec<f32> = (0..xi * ld).map(|i| ((i * 5) % 9) as f32 - 4.0).collect();
+                let residual = |o: usize| (o % 3) as f32 * 10.0;
+                let mut out: Vec<f32> = (0..(r1 - r0) * ow).map(residual).collect();
+                let mut checked = 0;
+                output_generic(&mut WinoOutput {
+                    variant: v,
+                    two_d,
+                    m: &mm,
+                    ld,
+                    tiles_w,
+                    tile_row0: 0,
+                    t0: 0,
+                    n,
+                    out: &mut out,
+                    ow,
+                    r0,
+                    r1,
+                    bias: 0.5,
+                    accumulate: true,
+                    clamp: (f32::NEG_INFINITY, f32::INFINITY),
+                    activation: None,
+                });
+                let at = v.at();
+                for t in 0..n {
+                    for y in 0..mh {
+                        for x in 0..m {
+                            let (gr, gc) = ((t / tiles_w) * mh + y, (t % tiles_w) * m + x);
+                            if gr < r0 || gr >= r1 || gc >= ow {
+                                continue;
+                            }
+                            let want: f64 = if two_d {
+                                (0..a)
+                                    .flat_map(|p| (0..a).map(move |q| (p, q)))
+                                    .map(|(p, q)| {
+                                        at[y * a + p]
+                                            * mm[(p * a + q) * ld + t] as f64
+                                            * at[x * a + q]
+                                    })
+                                    .sum()
+                            } else {
+                                (0..a).map(|q| at[x * a + q] * mm[q * ld + t] as f64).sum()
+                            };
+                            let o = (gr - r0) * ow + gc;
+                            let want = want + 0.5 + residual(o) as f64;
+                            // Dyadic entries on small integers: exact up to f32 rounding of
+                            // the largest partial sums.
+                            assert!(
+                                (out[o] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                                "{v:?} 2d={two_d} tile {t} ({y},{x}): {} vs {want}",
+                                out[o]
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+                assert_eq!(
+                    checked,
+                    out.len(),
+                    "every band element is some tile's output"
+                );
+            }
+        }
+    }
+}
