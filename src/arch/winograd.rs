@@ -400,37 +400,49 @@ pub struct WinoUkernel {
     pub output: fn(&mut WinoOutput),
 }
 
-/// `out[r] = sum_c mat[r][c] src[c]` on lanes, fully unrolled: `mat` is a constant of the
-/// caller, so once inlined every entry is a constant, the zero entries vanish and +-1 become
-/// adds. (Left to LLVM's unroller, the 8 x 8 loops of F(6,3) stayed rolled: its input
-/// transform ran 2.6x slower than with `-unroll-threshold=2000`, vgg16.conv1_2 31.9 ms against
-/// 12.0 ms.)
+/// `out[r] = sum_c mat[r][c] src[c]`, where each element is `W` vectors of lanes (a whole
+/// tile row when `W = alpha`, one value when `W = 1`), fully unrolled: `mat` is a constant
+/// of the caller, so once inlined every entry is a constant, the zero entries vanish and +-1
+/// become adds. Rows of a tile are elements of the column pass and values of the row pass,
+/// so neither pass transposes. (Left to LLVM's unroller, the 8 x 8 loops of F(6,3) stayed
+/// rolled: its input transform ran 2.6x slower than with `-unroll-threshold=2000`.)
 #[inline(always)]
-fn apply<const R: usize, const C: usize>(mat: &[f32], src: &[Lanes; C]) -> [Lanes; R] {
-    let mut out = [[0f32; LANES]; R];
+fn apply<const R: usize, const C: usize, const W: usize>(
+    mat: &[f32],
+    src: &[[Lanes; W]; C],
+    out: &mut [[Lanes; W]; R],
+) {
     match (R, C) {
-        (4, 4) => out[..4].copy_from_slice(&apply_4x4(mat, src)),
-        (6, 6) => out[..6].copy_from_slice(&apply_6x6(mat, src)),
-        (8, 8) => out[..8].copy_from_slice(&apply_8x8(mat, src)),
-        (2, 4) => out[..2].copy_from_slice(&apply_2x4(mat, src)),
-        (4, 6) => out[..4].copy_from_slice(&apply_4x6(mat, src)),
-        (6, 8) => out[..6].copy_from_slice(&apply_6x8(mat, src)),
+        (4, 4) => apply_4x4(mat, src, out),
+        (6, 6) => apply_6x6(mat, src, out),
+        (8, 8) => apply_8x8(mat, src, out),
+        (2, 4) => apply_2x4(mat, src, out),
+        (4, 6) => apply_4x6(mat, src, out),
+        (6, 8) => apply_6x8(mat, src, out),
         _ => unreachable!("no transform of {R} x {C}"),
     }
-    out
 }
 
-/// One row of [`apply`]: `out[r] += mat[r][c] src[c]` for the listed columns.
+/// One row of [`apply`]: `out[r] = sum mat[r][c] src[c]` over the listed columns.
 macro_rules! apply_row {
     ($out:ident, $mat:ident, $src:ident, $r:literal, $cols:literal, [$($c:literal)*]) => {
+        // The first non-zero term initializes the sum (0 + x cannot fold away: -0.0).
+        let mut acc = [[0f32; LANES]; W];
+        let mut first = true;
         $({
             let k = $mat[$r * $cols + $c];
             if k != 0.0 {
-                for l in 0..LANES {
-                    $out[$r][l] += k * $src[$c][l];
+                for w in 0..W {
+                    for l in 0..LANES {
+                        let term = k * $src[$c][w][l];
+                        acc[w][l] = if first { term } else { acc[w][l] + term };
+                    }
                 }
+                first = false;
             }
         })*
+        let _ = first;
+        $out[$r] = acc;
     };
 }
 
@@ -438,10 +450,12 @@ macro_rules! apply_row {
 macro_rules! apply_fixed {
     ($name:ident, $rows:literal, $cols:literal, [$($r:literal)*], $cs:tt) => {
         #[inline(always)]
-        fn $name(mat: &[f32], src: &[Lanes]) -> [Lanes; $rows] {
-            let mut out = [[0f32; LANES]; $rows];
-            $(apply_row!(out, mat, src, $r, $cols, $cs);)*
-            out
+        fn $name<const W: usize>(mat: &[f32], src: &[[Lanes; W]], out: &mut [[Lanes; W]]) {
+            let (src, out): (&[[Lanes; W]; $cols], &mut [[Lanes; W]; $rows]) = (
+                src.try_into().expect("columns"),
+                out.try_into().expect("rows"),
+            );
+            $({ apply_row!(out, mat, src, $r, $cols, $cs); })*
         }
     };
 }
@@ -453,6 +467,12 @@ apply_fixed!(apply_2x4, 2, 4, [0 1], [0 1 2 3]);
 apply_fixed!(apply_4x6, 4, 6, [0 1 2 3], [0 1 2 3 4 5]);
 apply_fixed!(apply_6x8, 6, 8, [0 1 2 3 4 5], [0 1 2 3 4 5 6 7]);
 
+/// A row of `A` lane vectors seen as `A` one-vector elements (same layout), without a copy.
+#[inline(always)]
+fn as_columns<const A: usize>(row: &[Lanes; A]) -> &[[Lanes; 1]; A] {
+    row.as_chunks::<1>().0.try_into().expect("A vectors")
+}
+
 /// Tile `t`'s first input float in the band's plane.
 #[inline(always)]
 fn tile_base(t: usize, tiles_w: usize, mh: usize, mw: usize, pw: usize) -> usize {
@@ -462,7 +482,7 @@ fn tile_base(t: usize, tiles_w: usize, mh: usize, mw: usize, pw: usize) -> usize
 // Index loops: the tile algebra reads clearer with explicit (row, column) indices.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn input_tiles<const A: usize, const M: usize>(j: &mut WinoInput, bt: &[f32]) {
+fn input_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoInput, bt: &[f32]) {
     let (ah, mh) = if j.two_d { (A, M) } else { (1, 1) };
     let xi = ah * A;
     assert!(
@@ -473,8 +493,6 @@ fn input_tiles<const A: usize, const M: usize>(j: &mut WinoInput, bt: &[f32]) {
     if j.n == 0 {
         return;
     }
-    let last = tile_base(j.t0 + j.n - 1, j.tiles_w, mh, M, j.pw) + (ah - 1) * j.pw + A;
-    assert!(last <= j.plane.len(), "tiles read past the padded plane");
     let mut t = 0;
     while t < j.n {
         // Lanes past the last tile repeat it: in bounds, and their columns are not read.
@@ -483,38 +501,27 @@ fn input_tiles<const A: usize, const M: usize>(j: &mut WinoInput, bt: &[f32]) {
             *b = tile_base(j.t0 + (t + l).min(j.n - 1), j.tiles_w, mh, M, j.pw);
         }
         let mut d = [[[0f32; LANES]; A]; A];
-        for (i, di) in d.iter_mut().enumerate().take(ah) {
-            for (l, &b) in base.iter().enumerate() {
-                let row: &[f32; A] = j.plane[b + i * j.pw..b + i * j.pw + A]
-                    .try_into()
-                    .expect("alpha floats");
-                for (q, v) in row.iter().enumerate() {
-                    di[q][l] = *v;
-                }
-            }
-        }
+        G::gather(j.plane, &base, j.pw, ah, &mut d);
         if j.two_d {
-            // Rows: d B (each row times B, i.e. B^T applied to the row), then columns.
-            let mut rows = [[[0f32; LANES]; A]; A];
-            for i in 0..A {
-                rows[i] = apply::<A, A>(bt, &d[i]);
-            }
-            for q in 0..A {
-                let mut col = [[0f32; LANES]; A];
-                for i in 0..A {
-                    col[i] = rows[i][q];
-                }
-                let v = apply::<A, A>(bt, &col);
-                for (p, vp) in v.iter().enumerate() {
+            // Columns first, whole rows as elements: t1 = B^T d; then each row: V = t1 B.
+            let mut t1 = [[[0f32; LANES]; A]; A];
+            apply::<A, A, A>(bt, &d, &mut t1);
+            for (p, row) in t1.iter().enumerate() {
+                let src: &[[Lanes; 1]; A] = as_columns(row);
+                let mut v = [[[0f32; LANES]; 1]; A];
+                apply::<A, A, 1>(bt, src, &mut v);
+                for (q, vq) in v.iter().enumerate() {
                     let o = (p * A + q) * j.ld + t;
-                    j.out[o..o + LANES].copy_from_slice(vp);
+                    j.out[o..o + LANES].copy_from_slice(&vq[0]);
                 }
             }
         } else {
-            let v = apply::<A, A>(bt, &d[0]);
+            let src: &[[Lanes; 1]; A] = as_columns(&d[0]);
+            let mut v = [[[0f32; LANES]; 1]; A];
+            apply::<A, A, 1>(bt, src, &mut v);
             for (q, vq) in v.iter().enumerate() {
                 let o = q * j.ld + t;
-                j.out[o..o + LANES].copy_from_slice(vq);
+                j.out[o..o + LANES].copy_from_slice(&vq[0]);
             }
         }
         t += LANES;
@@ -538,53 +545,66 @@ fn output_tiles<const A: usize, const M: usize>(j: &mut WinoOutput, at: &[f32]) 
         // y[a][b] lanes: output row a, column b of each of LANES tiles.
         let mut y = [[[0f32; LANES]; M]; M];
         if j.two_d {
-            let mut rows = [[[0f32; LANES]; M]; A];
-            for (p, row) in rows.iter_mut().enumerate() {
-                let mut mp = [[0f32; LANES]; A];
-                for (q, v) in mp.iter_mut().enumerate() {
+            let mut mt = [[[0f32; LANES]; A]; A];
+            for (p, row) in mt.iter_mut().enumerate() {
+                for (q, v) in row.iter_mut().enumerate() {
                     let o = (p * A + q) * j.ld + t;
                     v.copy_from_slice(&j.m[o..o + LANES]);
                 }
-                *row = apply::<M, A>(at, &mp);
             }
-            for b in 0..M {
-                let mut col = [[0f32; LANES]; A];
-                for p in 0..A {
-                    col[p] = rows[p][b];
-                }
-                let v = apply::<M, A>(at, &col);
-                for a in 0..M {
-                    y[a][b] = v[a];
+            // Columns first, whole rows as elements: t1 = A^T M; then each row: y = t1 A.
+            let mut t1 = [[[0f32; LANES]; A]; M];
+            apply::<M, A, A>(at, &mt, &mut t1);
+            for (a, row) in t1.iter().enumerate() {
+                let src: &[[Lanes; 1]; A] = as_columns(row);
+                let mut v = [[[0f32; LANES]; 1]; M];
+                apply::<M, A, 1>(at, src, &mut v);
+                for b in 0..M {
+                    y[a][b] = v[b][0];
                 }
             }
         } else {
-            let mut mq = [[0f32; LANES]; A];
+            let mut mq = [[[0f32; LANES]; 1]; A];
             for (q, v) in mq.iter_mut().enumerate() {
                 let o = q * j.ld + t;
-                v.copy_from_slice(&j.m[o..o + LANES]);
+                v[0].copy_from_slice(&j.m[o..o + LANES]);
             }
-            y[0] = apply::<M, A>(at, &mq);
-        }
-        for row in y.iter_mut().take(mh) {
-            for v in row.iter_mut() {
-                for x in v.iter_mut() {
-                    *x += j.bias;
-                }
+            let mut v = [[[0f32; LANES]; 1]; M];
+            apply::<M, A, 1>(at, &mq, &mut v);
+            for b in 0..M {
+                y[0][b] = v[b][0];
             }
         }
         let lanes = LANES.min(j.n - t);
-        // Where each lane's outputs go: (first band row, rows, first column, columns).
-        let mut place = [(0usize, 0usize, 0usize, 0usize); LANES];
-        for (l, pl) in place.iter_mut().enumerate().take(lanes) {
-            let tt = j.t0 + t + l;
-            let row0 = (j.tile_row0 + tt / j.tiles_w) * mh;
-            let col0 = (tt % j.tiles_w) * M;
+        // Where each lane's tile goes: (tile's first row, first band row, rows, first column,
+        // columns), from a running tile counter (no division per lane).
+        let mut place = [(0usize, 0usize, 0usize, 0usize, 0usize); LANES];
+        let (mut tr, mut tc) = ((j.t0 + t) / j.tiles_w, (j.t0 + t) % j.tiles_w);
+        for pl in place.iter_mut().take(lanes) {
+            let row0 = (j.tile_row0 + tr) * mh;
+            let col0 = tc * M;
             let ra = row0.max(j.r0);
             let rb = (row0 + mh).min(j.r1);
-            let cols = M.min(j.ow.saturating_sub(col0));
-            *pl = (ra, rb.saturating_sub(ra), col0, cols);
-            if j.accumulate {
-                for r in ra..ra + pl.1 {
+            *pl = (
+                row0,
+                ra,
+                rb.saturating_sub(ra),
+                col0,
+                M.min(j.ow.saturating_sub(col0)),
+            );
+            tc += 1;
+            if tc == j.tiles_w {
+                tc = 0;
+                tr += 1;
+            }
+        }
+        let rows_used = &mut y[..mh];
+        for x in rows_used.as_flattened_mut().as_flattened_mut() {
+            *x += j.bias;
+        }
+        if j.accumulate {
+            for (l, &(row0, ra, rows, col0, cols)) in place.iter().enumerate().take(lanes) {
+                for r in ra..ra + rows {
                     let o = (r - j.r0) * j.ow + col0;
                     for (b, &prev) in j.out[o..o + cols].iter().enumerate() {
                         y[r - row0][b][l] += prev;
@@ -592,20 +612,26 @@ fn output_tiles<const A: usize, const M: usize>(j: &mut WinoOutput, at: &[f32]) 
                 }
             }
         }
-        for row in y.iter_mut().take(mh) {
-            for v in row.iter_mut() {
-                for x in v.iter_mut() {
-                    // Two selects, so NaN passes through (as crate::arch::clamp_nan).
-                    let c = if *x < lo { lo } else { *x };
-                    *x = if c > hi { hi } else { c };
-                }
-                if let Some((kernel, act)) = j.activation {
-                    (kernel.run)(act, v);
-                }
-            }
+        let flat = y[..mh].as_flattened_mut().as_flattened_mut();
+        for x in flat.iter_mut() {
+            // Two selects, so NaN passes through (as crate::arch::clamp_nan).
+            let c = if *x < lo { lo } else { *x };
+            *x = if c > hi { hi } else { c };
         }
-        for (l, &(ra, rows, col0, cols)) in place.iter().enumerate().take(lanes) {
-            let row0 = (j.tile_row0 + (j.t0 + t + l) / j.tiles_w) * mh;
+        if let Some((kernel, act)) = j.activation {
+            (kernel.run)(act, flat);
+        }
+        for (l, &(row0, ra, rows, col0, cols)) in place.iter().enumerate().take(lanes) {
+            if rows == mh && cols == M {
+                // A whole tile: one bounds check per row.
+                let o = (ra - j.r0) * j.ow + col0;
+                for (a, dst_row) in j.out[o..].chunks_mut(j.ow).take(mh).enumerate() {
+                    for (b, dst) in dst_row[..M].iter_mut().enumerate() {
+                        *dst = y[a][b][l];
+                    }
+                }
+                continue;
+            }
             for r in ra..ra + rows {
                 let o = (r - j.r0) * j.ow + col0;
                 for (b, dst) in j.out[o..o + cols].iter_mut().enumerate() {
@@ -617,13 +643,51 @@ fn output_tiles<const A: usize, const M: usize>(j: &mut WinoOutput, at: &[f32]) 
     }
 }
 
-/// The input transform for any variant (the body each tier compiles).
+/// The input transform for any variant (the body each tier compiles), gathering tiles with
+/// `G`.
 #[inline(always)]
-pub fn input_generic(j: &mut WinoInput) {
+pub fn input_generic<G: TileGather>(j: &mut WinoInput) {
     match j.variant {
-        Variant::F2 => input_tiles::<4, 2>(j, &BT2),
-        Variant::F4 => input_tiles::<6, 4>(j, &BT4),
-        Variant::F6 => input_tiles::<8, 6>(j, &BT6),
+        Variant::F2 => input_tiles::<G, 4, 2>(j, &BT2),
+        Variant::F4 => input_tiles::<G, 6, 4>(j, &BT4),
+        Variant::F6 => input_tiles::<G, 8, 6>(j, &BT6),
+    }
+}
+
+/// Loads `LANES` input tiles into lanes: `d[i][q][l] = plane[base[l] + i * pw + q]` for rows
+/// `i < rows`. Implementations check every read against `plane` once per call.
+pub trait TileGather {
+    /// Gathers the tiles starting at `base` (one per lane).
+    fn gather<const A: usize>(
+        plane: &[f32],
+        base: &[usize; LANES],
+        pw: usize,
+        rows: usize,
+        d: &mut [[Lanes; A]; A],
+    );
+}
+
+/// Tiles gathered with scalar loads (the portable and NEON tiers). Lanes go through memory,
+/// and the vector reloads wait on store forwarding: on AVX2 this gather was the hottest part
+/// of the input transform (the F(4,3) transform ran at 32 ns a tile against 12 with the
+/// hardware gather).
+pub struct ScalarGather;
+
+impl TileGather for ScalarGather {
+    #[inline(always)]
+    fn gather<const A: usize>(
+        plane: &[f32],
+        base: &[usize; LANES],
+        pw: usize,
+        rows: usize,
+        d: &mut [[Lanes; A]; A],
+    ) {
+        for (i, di) in d.iter_mut().enumerate().take(rows) {
+            for (q, v) in di.iter_mut().enumerate() {
+                let off = i * pw + q;
+                *v = std::array::from_fn(|l| plane[base[l] + off]);
+            }
+        }
     }
 }
 
@@ -640,7 +704,7 @@ pub fn output_generic(j: &mut WinoOutput) {
 /// Declares a tier's Winograd transforms: the generic bodies compiled under the tier's
 /// target features, behind safe entries that check the tier is available.
 macro_rules! wino_kernel {
-    ($isa:ident, $name:literal, $features:literal) => {
+    ($isa:ident, $name:literal, $features:literal, $gather:ty) => {
         /// Winograd transforms: the generic bodies vectorized under this tier's features.
         pub const F32_WINOGRAD: crate::arch::winograd::WinoUkernel =
             crate::arch::winograd::WinoUkernel {
@@ -658,7 +722,7 @@ macro_rules! wino_kernel {
 
         #[target_feature(enable = $features)]
         fn wino_input_tf(j: &mut crate::arch::winograd::WinoInput) {
-            crate::arch::winograd::input_generic(j)
+            crate::arch::winograd::input_generic::<$gather>(j)
         }
 
         fn wino_output(j: &mut crate::arch::winograd::WinoOutput) {
@@ -679,7 +743,7 @@ pub(crate) use wino_kernel;
 pub const F32_WINOGRAD_PORTABLE: WinoUkernel = WinoUkernel {
     name: "f32_winograd__portable",
     isa: crate::arch::Isa::Portable,
-    input: input_generic,
+    input: input_generic::<ScalarGather>,
     output: output_generic,
 };
 
@@ -761,7 +825,7 @@ mod tests {
                 let ld = n.div_ceil(LANES) * LANES;
                 let xi = ah * a;
                 let mut out = vec![0f32; xi * ld];
-                input_generic(&mut WinoInput {
+                input_generic::<ScalarGather>(&mut WinoInput {
                     variant: v,
                     two_d,
                     plane: &plane,

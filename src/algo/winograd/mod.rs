@@ -142,15 +142,26 @@ impl WinogradPlan {
             .iter()
             .map(|u| PackedA::from_row_major(u, og, cg, cg, uk.mr, &blocking))
             .collect();
-        // Tiles per block: V (C/g x xi x T) and M (Cout/g x xi x T) of a block within one L2,
-        // so the GEMM reads V and the output transform reads M from L2. (Measured on
-        // vgg16.conv3_3 with F(4,3), one thread: T = 16 .. 256 within 10% of each other;
-        // the floor of one lane group times NR keeps the GEMM's N at a full panel.)
+        // Tiles per block T. Two costs pull apart: V (C/g x xi x T) and M (Cout/g x xi x T)
+        // of a block should stay in L2 between the transforms and the GEMMs, but every block
+        // streams all of U (xi x Cout/g x C/g) through the GEMMs, so when U is large T must
+        // be large enough to amortize it. Measured one thread, F(4,3), min of 2 runs each:
+        // - vgg16.conv3_3 (U = 9.4 MB): T = 16: 27.6 ms, 48: 30.7, 128: 22.6, 512: 28.2;
+        // - vgg16.conv4_3 (U = 37 MB): T = 16: 28.5, 48: 27.1, 128: 20.3, 512: 25.0;
+        // - vgg16.conv1_2 (U = 0.6 MB): T = 16: 45.6, 48: 50.3, 128: 48.2, 512: 86.9.
+        // So: V + M within L2 when U fits in two L2s, else at least 128 tiles.
         let unit = lcm(LANES, uk.nr);
+        let l2 = crate::sysinfo::caches().l2;
+        let u_bytes = xi * cg * og * 4;
+        let l2_tiles = l2 / (4 * xi * (cg + og)).max(1);
         let budget = std::env::var("CONVKIT_WINO_TILES")
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
-            .unwrap_or_else(|| crate::sysinfo::caches().l2 / (4 * xi * (cg + og)).max(1));
+            .unwrap_or(if u_bytes <= 2 * l2 {
+                l2_tiles
+            } else {
+                l2_tiles.max(128)
+            });
         let all_tiles = tiles_h * tiles_w;
         let tiles_per_block = (budget / unit).max(1).min(all_tiles.div_ceil(unit).max(1)) * unit;
         Ok(WinogradPlan {

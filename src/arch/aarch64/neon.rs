@@ -78,4 +78,9 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
 
 crate::arch::dw_plane_kernel!(Neon, "f32_dwconv_plane__neon", "neon");
 crate::arch::act_kernel!(Neon, "f32_act__neon", "neon");
-crate::arch::wino_kernel!(Neon, "f32_winograd__neon", "neon");
+crate::arch::wino_kernel!(
+    Neon,
+    "f32_winograd__neon",
+    "neon",
+    crate::arch::winograd::ScalarGather
+);

@@ -182,4 +182,47 @@ unsafe fn fma_probe(iters: u64) -> f32 {
 
 crate::arch::dw_plane_kernel!(Avx2, "f32_dwconv_plane__avx2", "avx2,fma");
 crate::arch::act_kernel!(Avx2, "f32_act__avx2", "avx2,fma");
-crate::arch::wino_kernel!(Avx2, "f32_winograd__avx2", "avx2,fma");
+crate::arch::wino_kernel!(Avx2, "f32_winograd__avx2", "avx2,fma", HardwareGather);
+
+/// Winograd tiles gathered with `vgatherdps`: one instruction per (row, column) of 8 tiles,
+/// straight into a register.
+pub struct HardwareGather;
+
+impl crate::arch::winograd::TileGather for HardwareGather {
+    #[inline(always)]
+    fn gather<const A: usize>(
+        plane: &[f32],
+        base: &[usize; crate::arch::winograd::LANES],
+        pw: usize,
+        rows: usize,
+        d: &mut [[[f32; crate::arch::winograd::LANES]; A]; A],
+    ) {
+        assert!(Isa::Avx2.is_available(), "AVX2 gather on a CPU without it");
+        // Every read is base[l] + i * pw + q with i < rows, q < A: bounded by the largest base.
+        let top = base.iter().copied().max().unwrap_or(0);
+        let end = rows
+            .checked_sub(1)
+            .and_then(|r| r.checked_mul(pw))
+            .and_then(|v| v.checked_add(top))
+            .and_then(|v| v.checked_add(A));
+        assert!(
+            rows > 0 && end.is_some_and(|e| e <= plane.len() && e <= i32::MAX as usize),
+            "tile gather past the plane"
+        );
+        let idx: [i32; 8] = std::array::from_fn(|l| base[l] as i32);
+        // SAFETY: AVX2 was checked above; `idx` is 8 i32 (32 bytes, unaligned load).
+        let vidx = unsafe { _mm256_loadu_si256(idx.as_ptr().cast()) };
+        for (i, di) in d.iter_mut().enumerate().take(rows) {
+            for (q, v) in di.iter_mut().enumerate() {
+                // SAFETY: plane[base[l] + i * pw + q] is in bounds for every lane (the assert
+                // above: base[l] + i * pw + q < top + (rows - 1) * pw + A <= plane.len()),
+                // and the offsets fit in i32; `v` holds 8 floats.
+                unsafe {
+                    let row = plane.as_ptr().add(i * pw + q);
+                    let g = _mm256_i32gather_ps::<4>(row, vidx);
+                    _mm256_storeu_ps(v.as_mut_ptr(), g);
+                }
+            }
+        }
+    }
+}

@@ -195,4 +195,9 @@ unsafe fn fma_probe(iters: u64) -> f32 {
 
 crate::arch::dw_plane_kernel!(Avx512, "f32_dwconv_plane__avx512", "avx512f,avx2,fma");
 crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
-crate::arch::wino_kernel!(Avx512, "f32_winograd__avx512", "avx512f,avx2,fma");
+crate::arch::wino_kernel!(
+    Avx512,
+    "f32_winograd__avx512",
+    "avx512f,avx2,fma",
+    crate::arch::x86_64::avx2::HardwareGather
+);
