@@ -16,10 +16,33 @@ fn heuristic_choices_follow_the_measured_rules() {
         .with_groups(32)
         .with_padding(Padding::Same);
     assert_eq!(convkit::plan::choose_algo(&geom(&dw)), Algo::Depthwise);
-    let small_k = ConvSpec::new(&[1, 64, 56, 56], 64, &[3, 3]).with_padding(Padding::Same); // K = 576
+    let small_k = ConvSpec::new(&[1, 64, 56, 56], 64, &[3, 3])
+        .with_padding(Padding::Same)
+        .with_stride(&[2, 2]); // K = 576, no Winograd at stride 2
     assert_eq!(convkit::plan::choose_algo(&geom(&small_k)), Algo::Direct);
-    let big_k = ConvSpec::new(&[1, 256, 56, 56], 256, &[3, 3]).with_padding(Padding::Same); // K = 2304
+    let big_k = ConvSpec::new(&[1, 256, 56, 56], 256, &[5, 5]).with_padding(Padding::Same); // K = 6400
     assert_eq!(convkit::plan::choose_algo(&geom(&big_k)), Algo::Im2col);
+    // 3x3 stride 1: Winograd F(4,3), or F(2,3) on images of fewer than 16 F(4,3) tiles;
+    // none with few channels a group.
+    let vgg = ConvSpec::new(&[1, 256, 56, 56], 256, &[3, 3]).with_padding(Padding::Same);
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&vgg)).name(),
+        "winograd_f4x3"
+    );
+    let res5 = ConvSpec::new(&[1, 512, 7, 7], 512, &[3, 3]).with_padding(Padding::Same);
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&res5)).name(),
+        "winograd_f2x3"
+    );
+    let text = ConvSpec::new(&[1, 300, 256], 100, &[3]).with_padding(Padding::Same);
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&text)).name(),
+        "winograd_f4x3"
+    );
+    let grouped = ConvSpec::new(&[1, 128, 56, 56], 128, &[3, 3])
+        .with_padding(Padding::Same)
+        .with_groups(32);
+    assert_eq!(convkit::plan::choose_algo(&geom(&grouped)), Algo::Direct);
     let strided_1x1 = ConvSpec::new(&[1, 64, 56, 56], 128, &[1, 1]).with_stride(&[2, 2]);
     assert_eq!(
         convkit::plan::choose_algo(&geom(&strided_1x1)),
