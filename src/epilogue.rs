@@ -162,6 +162,71 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// The derivative at the pre-activation value `x`, generic over f32 and f64 (the backward
+    /// pass multiplies the incoming gradient by it). At the kinks of the piecewise ones the
+    /// derivative of the branch the forward pass takes is used: relu'(0) = 0, relu6'(6) = 0,
+    /// clamp'(min) = clamp'(max) = 0, leaky_relu'(0) = 1. NaN gives NaN.
+    #[inline]
+    pub fn derivative<T: Real>(&self, x: T) -> T {
+        let zero = T::from_f64(0.0);
+        let one = T::from_f64(1.0);
+        let half = T::from_f64(0.5);
+        let inside = |lo: T, hi: T| {
+            if x > lo && x < hi {
+                one
+            } else if x.is_nan() {
+                x
+            } else {
+                zero
+            }
+        };
+        match *self {
+            Activation::None => one,
+            Activation::Relu => inside(zero, T::from_f64(f64::INFINITY)),
+            Activation::Relu6 => inside(zero, T::from_f64(6.0)),
+            Activation::Clamp { min, max } => {
+                inside(T::from_f64(min as f64), T::from_f64(max as f64))
+            }
+            Activation::LeakyRelu { alpha } => {
+                if x < zero {
+                    T::from_f64(alpha as f64)
+                } else if x.is_nan() {
+                    x
+                } else {
+                    one
+                }
+            }
+            Activation::Sigmoid => {
+                let s = sigmoid(x);
+                s * (one - s)
+            }
+            Activation::Tanh => {
+                let t = x.tanh();
+                one - t * t
+            }
+            Activation::Silu => {
+                let s = sigmoid(x);
+                s * (one + x * (one - s))
+            }
+            Activation::Gelu => {
+                // Phi(x) + x phi(x).
+                let cdf = half * (one + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let pdf = (-(half * x * x)).exp()
+                    * T::from_f64(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+                cdf + x * pdf
+            }
+            Activation::GeluTanh => {
+                let c = T::from_f64((2.0 / std::f64::consts::PI).sqrt());
+                let k = T::from_f64(0.044715);
+                let t = (c * (x + k * x * x * x)).tanh();
+                half * (one + t)
+                    + half * x * (one - t * t) * c * (one + T::from_f64(3.0) * k * x * x)
+            }
+        }
+    }
+}
+
 /// clamp that lets NaN through (min/max on x86 would not, in general).
 #[inline]
 fn clamp_nan<T: Real>(x: T, lo: T, hi: T) -> T {

@@ -19,6 +19,7 @@
 
 pub mod algo;
 pub mod arch;
+pub mod backward;
 pub mod capi;
 pub mod epilogue;
 pub mod error;

@@ -266,3 +266,214 @@ pub fn coords(shape: &[usize], mut index: usize) -> Vec<usize> {
     }
     c
 }
+
+/// Gradients of one layer in f64: the oracle of the backward pass.
+#[derive(Clone, Debug)]
+pub struct Gradients64 {
+    /// dL/dx, input shape.
+    pub input: Vec<f64>,
+    /// dL/dw, weight shape.
+    pub weight: Vec<f64>,
+    /// dL/db, present when the spec has a bias.
+    pub bias: Option<Vec<f64>>,
+    /// dL/dresidual (conv-output shape), present when the spec has a residual.
+    pub residual: Option<Vec<f64>>,
+    /// The largest `sum |w dz|` over the terms of one input gradient (the S of SPEC section
+    /// 4 for dL/dx).
+    pub input_magnitude: f64,
+    /// The largest `sum |x dz|` over the terms of one weight gradient.
+    pub weight_magnitude: f64,
+    /// The largest `sum |dz|` over the terms of one bias gradient.
+    pub bias_magnitude: f64,
+}
+
+/// The window cell a max pool routes its gradient to: the first NaN in scan order (row-major
+/// over the window) if there is one, else the first maximum. The fast backward pass follows
+/// the same rule.
+pub fn max_pool_pick<T: crate::epilogue::Real>(
+    best: Option<(T, usize)>,
+    v: T,
+    at: usize,
+) -> Option<(T, usize)> {
+    match best {
+        None => Some((v, at)),
+        Some((b, _)) if b.is_nan() => best,
+        Some((b, _)) if v.is_nan() || v > b => Some((v, at)),
+        _ => best,
+    }
+}
+
+/// Backpropagates `dy` (output shape) through the pool: the gradient w.r.t. the activated
+/// conv output `act` (conv-output shape), in f64.
+pub fn pool_backward_f64(g: &Geometry, act: &[f64], dy: &[f64]) -> Vec<f64> {
+    let [oh, ow] = g.conv_out;
+    let area = oh * ow;
+    let mut da = vec![0f64; act.len()];
+    match &g.epilogue.pool {
+        None => da.copy_from_slice(dy),
+        Some(Pool::GlobalMax) => {
+            for (p, (plane, d)) in act.chunks(area).zip(da.chunks_mut(area)).enumerate() {
+                let mut best = None;
+                for (i, &v) in plane.iter().enumerate() {
+                    best = max_pool_pick(best, v, i);
+                }
+                if let Some((_, i)) = best {
+                    d[i] += dy[p];
+                }
+            }
+        }
+        Some(Pool::GlobalAvg) => {
+            for (p, d) in da.chunks_mut(area).enumerate() {
+                d.iter_mut().for_each(|v| *v = dy[p] / area as f64);
+            }
+        }
+        Some(pool) => {
+            let dims = g.pool_dims.expect("windowed pool has dims");
+            let is_max = matches!(pool, Pool::Max(_));
+            let cip = matches!(
+                pool,
+                Pool::Avg {
+                    count_include_pad: true,
+                    ..
+                }
+            );
+            let [ph, pw] = g.output;
+            for (p, (plane, d)) in act.chunks(area).zip(da.chunks_mut(area)).enumerate() {
+                for py in 0..ph {
+                    for px in 0..pw {
+                        let mut cells = Vec::new();
+                        for wy in 0..dims[0].size {
+                            let y =
+                                (py * dims[0].stride + wy) as isize - dims[0].pad_before as isize;
+                            if y < 0 || y >= oh as isize {
+                                continue;
+                            }
+                            for wx in 0..dims[1].size {
+                                let x = (px * dims[1].stride + wx) as isize
+                                    - dims[1].pad_before as isize;
+                                if x < 0 || x >= ow as isize {
+                                    continue;
+                                }
+                                cells.push(y as usize * ow + x as usize);
+                            }
+                        }
+                        let grad = dy[(p * ph + py) * pw + px];
+                        if is_max {
+                            let mut best = None;
+                            for &c in &cells {
+                                best = max_pool_pick(best, plane[c], c);
+                            }
+                            if let Some((_, c)) = best {
+                                d[c] += grad;
+                            }
+                        } else {
+                            let count = if cip {
+                                dims[0].size * dims[1].size
+                            } else {
+                                cells.len()
+                            };
+                            for &c in &cells {
+                                d[c] += grad / count as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    da
+}
+
+/// The backward pass of the whole layer in f64 for the loss whose gradient w.r.t. the
+/// layer's output is `grad_output` (output shape): through the pool, the activation (at the
+/// pre-activation values), then the convolution (plain loops).
+pub fn backward_f64(g: &Geometry, ops: &Operands, grad_output: &[f32]) -> Result<Gradients64> {
+    check_len("grad_output", grad_output.len(), g.output_len())?;
+    let (pre, _) = pre_activation(g, ops)?;
+    let act = g.epilogue.activation;
+    let activated: Vec<f64> = pre.iter().map(|&v| act.apply(v)).collect();
+    let dy: Vec<f64> = grad_output.iter().map(|&v| v as f64).collect();
+    let da = pool_backward_f64(g, &activated, &dy);
+    let dz: Vec<f64> = da
+        .iter()
+        .zip(&pre)
+        .map(|(&d, &z)| d * act.derivative(z))
+        .collect();
+    let [ih, iw] = g.input;
+    let [kh, kw] = g.kernel;
+    let [oh, ow] = g.conv_out;
+    let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
+    let mut dx = vec![0f64; g.input_len()];
+    let mut dw = vec![0f64; g.weight_len()];
+    let mut dx_mag = vec![0f64; g.input_len()];
+    let mut dw_mag = vec![0f64; g.weight_len()];
+    for n in 0..g.batch {
+        for co in 0..g.out_channels {
+            let grp = co / opg;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let d = dz[((n * g.out_channels + co) * oh + oy) * ow + ox];
+                    for ci in 0..cpg {
+                        let c = grp * cpg + ci;
+                        for ky in 0..kh {
+                            let y = (oy * g.stride[0] + ky * g.dilation[0]) as isize
+                                - g.pad_before[0] as isize;
+                            if y < 0 || y >= ih as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let x = (ox * g.stride[1] + kx * g.dilation[1]) as isize
+                                    - g.pad_before[1] as isize;
+                                if x < 0 || x >= iw as isize {
+                                    continue;
+                                }
+                                let xi =
+                                    ((n * g.in_channels + c) * ih + y as usize) * iw + x as usize;
+                                let wi = ((co * cpg + ci) * kh + ky) * kw + kx;
+                                dx[xi] += ops.weight[wi] as f64 * d;
+                                dw[wi] += ops.input[xi] as f64 * d;
+                                dx_mag[xi] += (ops.weight[wi] as f64 * d).abs();
+                                dw_mag[wi] += (ops.input[xi] as f64 * d).abs();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let area = oh * ow;
+    let bias_magnitude = (0..g.out_channels)
+        .map(|co| {
+            (0..g.batch)
+                .map(|n| {
+                    dz[(n * g.out_channels + co) * area..(n * g.out_channels + co + 1) * area]
+                        .iter()
+                        .map(|v| v.abs())
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+        })
+        .fold(0.0, f64::max);
+    let bias = g.epilogue.bias.then(|| {
+        (0..g.out_channels)
+            .map(|co| {
+                (0..g.batch)
+                    .map(|n| {
+                        dz[(n * g.out_channels + co) * area..(n * g.out_channels + co + 1) * area]
+                            .iter()
+                            .sum::<f64>()
+                    })
+                    .sum()
+            })
+            .collect()
+    });
+    Ok(Gradients64 {
+        input: dx,
+        weight: dw,
+        bias,
+        residual: g.epilogue.residual.then(|| dz.clone()),
+        input_magnitude: dx_mag.into_iter().fold(0.0, f64::max),
+        weight_magnitude: dw_mag.into_iter().fold(0.0, f64::max),
+        bias_magnitude,
+    })
+}

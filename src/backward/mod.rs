@@ -1,0 +1,869 @@
+//! The backward pass: gradients w.r.t. the input (`backward_data`, also the forward pass of
+//! the transposed convolution), the weights and the bias, through the activation and the
+//! pool, for every geometry the forward pass accepts; a training-mode plan that keeps what
+//! the backward pass needs.
+//!
+//! With `dz` the gradient w.r.t. the pre-activation conv output (`[Cout][P]` per image,
+//! `P = OH * OW`), `K = C/g * KH * KW` and `cols = im2col(x)` (`[K][P]`), per group:
+//!
+//! ```text
+//!   data:     cols_dx = W^T dz       (K x Cout/g times Cout/g x P, GEMM)  then col2im -> dx
+//!   weights:  dW     += dz cols^T    (Cout/g x P times P x K, GEMM), summed over the batch
+//!   bias:     db      = sum over n, p of dz
+//! ```
+//!
+//! Both GEMMs run on the forward pass's packed microkernels: `W^T` is packed once per weight
+//! update, `dz` is packed per image as the A of the weight GEMM, and `cols^T` is packed
+//! straight from the image into B panels ([`Im2colT`]) without an im2col matrix in memory.
+//! The data GEMM runs over bands of output rows so `cols` stays within a few megabytes.
+//! Layers with very thin groups (depthwise and its neighbours, `C/g * Cout/g < 16`) run
+//! plain loops instead: a GEMM with one row per group does nothing useful.
+//!
+//! Determinism: the GEMMs sum each element in the same order on any thread count, col2im
+//! runs one task per input channel (a fixed order within it), the weight GEMM accumulates
+//! the images in batch order, and the bias sums in f64 in a fixed order: gradients are
+//! bitwise identical whatever the thread count.
+
+use crate::arch::{resolve_isa, SharedMut};
+use crate::epilogue::Pool;
+use crate::error::{Error, Result};
+use crate::gemm::pack::PackB;
+use crate::gemm::{gemm_packed, Blocking, GemmEpilogue, PackedA, StridedB};
+use crate::geometry::Geometry;
+use crate::kernels::GemmUkernel;
+use crate::plan::{Plan, PlanOptions};
+use crate::reference::{check_len, check_optional, max_pool_pick};
+use crate::spec::{ConvSpec, Padding};
+use crate::tensor::Layout;
+use rayon::prelude::*;
+
+/// Whether the groups are too thin for the GEMM path.
+fn thin(g: &Geometry) -> bool {
+    g.cin_per_group * g.cout_per_group < 16
+}
+
+/// Bytes of the `cols` band of the data gradient: 4 MiB (a few L2s; the GEMM streams it
+/// once and col2im reads it once).
+const COLS_BAND_BYTES: usize = 4 << 20;
+
+/// The weights prepared for the data gradient: `W^T` per group, packed as GEMM A panels.
+pub struct DataWeights {
+    uk: &'static GemmUkernel,
+    blocking: Blocking,
+    packed: Vec<PackedA>,
+    weight: Vec<f32>,
+}
+
+impl DataWeights {
+    /// Packs `weight` (OIHW) for `g` with the tier's default GEMM kernel.
+    pub fn new(g: &Geometry, kernels: &crate::kernels::KernelTable, weight: &[f32]) -> Self {
+        let uk = kernels.gemm_default();
+        let blocking = Blocking::derive(uk, crate::sysinfo::caches());
+        let k = g.cin_per_group * g.kernel_area();
+        let og = g.cout_per_group;
+        let packed = if thin(g) {
+            Vec::new()
+        } else {
+            (0..g.groups)
+                .map(|grp| {
+                    let wg = &weight[grp * og * k..(grp + 1) * og * k];
+                    // A[i][p] = W^T[i][p] = W[p][i]: K rows, Cout/g columns.
+                    PackedA::pack(k, og, uk.mr, &blocking, |i, p| wg[p * k + i])
+                })
+                .collect()
+        };
+        DataWeights {
+            uk,
+            blocking,
+            packed,
+            weight: weight.to_vec(),
+        }
+    }
+}
+
+/// Adds `scale * src[oyl][ox]` into the input plane at the positions tap `(ky, kx)` of
+/// output rows `oy0 .. oy0 + rows` reads (the scatter of col2im for one tap).
+#[allow(clippy::too_many_arguments)]
+fn scatter_tap(
+    g: &Geometry,
+    plane: &mut [f32],
+    ky: usize,
+    kx: usize,
+    oy0: usize,
+    rows: usize,
+    src: &[f32],
+    scale: f32,
+) {
+    let [ih, iw] = g.input;
+    let ow = g.conv_out[1];
+    let (sh, sw) = (g.stride[0], g.stride[1]);
+    let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
+    let (dky, dkx) = (ky * g.dilation[0], kx * g.dilation[1]);
+    // Columns: ix = ox * sw + dkx - pl in [0, iw).
+    let ox_lo = pl.saturating_sub(dkx).div_ceil(sw);
+    let ox_hi = if iw + pl > dkx {
+        (iw + pl - dkx).div_ceil(sw).min(ow)
+    } else {
+        0
+    };
+    if ox_lo >= ox_hi {
+        return;
+    }
+    for oyl in 0..rows {
+        let iy = (oy0 + oyl) * sh + dky;
+        if iy < pt || iy - pt >= ih {
+            continue;
+        }
+        let dst_row = &mut plane[(iy - pt) * iw..(iy - pt + 1) * iw];
+        let s = &src[oyl * ow + ox_lo..oyl * ow + ox_hi];
+        let ix0 = ox_lo * sw + dkx - pl;
+        if sw == 1 {
+            for (d, &v) in dst_row[ix0..ix0 + s.len()].iter_mut().zip(s) {
+                *d += scale * v;
+            }
+        } else {
+            for (j, &v) in s.iter().enumerate() {
+                dst_row[ix0 + j * sw] += scale * v;
+            }
+        }
+    }
+}
+
+/// dL/dx (input shape, overwritten) from `dz`, the gradient w.r.t. the pre-activation conv
+/// output (conv-output shape), for the whole batch. Runs on the current rayon pool.
+pub fn backward_data_into(g: &Geometry, w: &DataWeights, dz: &[f32], dx: &mut [f32]) {
+    let [oh, ow] = g.conv_out;
+    let (kh, kw) = (g.kernel[0], g.kernel[1]);
+    let ka = kh * kw;
+    let (cg, og) = (g.cin_per_group, g.cout_per_group);
+    let p_all = oh * ow;
+    let in_area = g.input_area();
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    if thin(g) {
+        // One task per input plane: the group's output channels scatter into it, tap by tap.
+        dx.par_chunks_mut(in_area)
+            .enumerate()
+            .for_each(|(nc, plane)| {
+                let (n, c) = (nc / cin, nc % cin);
+                let (grp, ci) = (c / cg, c % cg);
+                plane.fill(0.0);
+                for o in 0..og {
+                    let co = grp * og + o;
+                    let dzp = &dz[(n * cout + co) * p_all..(n * cout + co + 1) * p_all];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let wv = w.weight[((co * cg + ci) * kh + ky) * kw + kx];
+                            scatter_tap(g, plane, ky, kx, 0, oh, dzp, wv);
+                        }
+                    }
+                }
+            });
+        return;
+    }
+    let k = cg * ka;
+    let rows = (COLS_BAND_BYTES / (4 * k * ow).max(1)).clamp(1, oh);
+    let mut cols = crate::tensor::take_scratch(k * rows * ow);
+    for n in 0..g.batch {
+        let dz_img = &dz[n * cout * p_all..(n + 1) * cout * p_all];
+        let dx_img = &mut dx[n * cin * in_area..(n + 1) * cin * in_area];
+        dx_img.fill(0.0);
+        for grp in 0..g.groups {
+            for oy0 in (0..oh).step_by(rows) {
+                let r = rows.min(oh - oy0);
+                let ncols = r * ow;
+                {
+                    let shared = SharedMut::new(&mut cols[..k * ncols]);
+                    let b = StridedB {
+                        data: &dz_img[grp * og * p_all + oy0 * ow..],
+                        rs: p_all,
+                        cs: 1,
+                    };
+                    gemm_packed(
+                        w.uk,
+                        &w.blocking,
+                        &w.packed[grp],
+                        &b,
+                        ncols,
+                        &shared,
+                        0,
+                        ncols,
+                        GemmEpilogue::default(),
+                        true,
+                    );
+                }
+                let cols = &cols[..k * ncols];
+                dx_img[grp * cg * in_area..(grp + 1) * cg * in_area]
+                    .par_chunks_mut(in_area)
+                    .enumerate()
+                    .for_each(|(ci, plane)| {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let row = (ci * ka + ky * kw + kx) * ncols;
+                                scatter_tap(g, plane, ky, kx, oy0, r, &cols[row..row + ncols], 1.0);
+                            }
+                        }
+                    });
+            }
+        }
+    }
+    crate::tensor::give_scratch(cols);
+}
+
+/// `cols^T` of one image and group as a GEMM B source: `B[p][k] = im2col(x)[k][p]`, rows are
+/// output pixels, columns are taps `(ci, ky, kx)`; padding reads as 0.
+struct Im2colT<'a> {
+    /// The group's input channels of one image.
+    x: &'a [f32],
+    g: &'a Geometry,
+    /// Per tap: (offset of its channel plane, row offset ky*DH - PT, column offset kx*DW - PL).
+    taps: Vec<(usize, isize, isize)>,
+}
+
+impl<'a> Im2colT<'a> {
+    fn new(x: &'a [f32], g: &'a Geometry) -> Self {
+        let (kh, kw) = (g.kernel[0], g.kernel[1]);
+        let taps = (0..g.cin_per_group * kh * kw)
+            .map(|t| {
+                let (ci, ky, kx) = (t / (kh * kw), (t / kw) % kh, t % kw);
+                (
+                    ci * g.input_area(),
+                    (ky * g.dilation[0]) as isize - g.pad_before[0] as isize,
+                    (kx * g.dilation[1]) as isize - g.pad_before[1] as isize,
+                )
+            })
+            .collect();
+        Im2colT { x, g, taps }
+    }
+}
+
+impl PackB for Im2colT<'_> {
+    fn pack(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize, out: &mut [f32]) {
+        let [ih, iw] = self.g.input;
+        let ow = self.g.conv_out[1];
+        let (sh, sw) = (self.g.stride[0] as isize, self.g.stride[1] as isize);
+        let panels = n.div_ceil(nr);
+        let (mut oy, mut ox) = (p0 / ow, p0 % ow);
+        for p in 0..kc {
+            let (by, bx) = (oy as isize * sh, ox as isize * sw);
+            for jp in 0..panels {
+                let dst = &mut out[(jp * kc + p) * nr..(jp * kc + p + 1) * nr];
+                for (jj, d) in dst.iter_mut().enumerate() {
+                    let t = jp * nr + jj;
+                    *d = if t < n {
+                        let (off, dy, dxo) = self.taps[j0 + t];
+                        let (iy, ix) = (by + dy, bx + dxo);
+                        if iy >= 0 && (iy as usize) < ih && ix >= 0 && (ix as usize) < iw {
+                            self.x[off + iy as usize * iw + ix as usize]
+                        } else {
+                            0.0
+                        }
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            ox += 1;
+            if ox == ow {
+                ox = 0;
+                oy += 1;
+            }
+        }
+    }
+}
+
+/// dL/dw (weight shape, overwritten) from the input `x` and `dz` (conv-output shape), summed
+/// over the batch in batch order. Runs on the current rayon pool.
+pub fn backward_weights_into(
+    g: &Geometry,
+    kernels: &crate::kernels::KernelTable,
+    x: &[f32],
+    dz: &[f32],
+    dw: &mut [f32],
+) {
+    let [oh, ow] = g.conv_out;
+    let (kh, kw) = (g.kernel[0], g.kernel[1]);
+    let (cg, og) = (g.cin_per_group, g.cout_per_group);
+    let (p_all, in_area) = (oh * ow, g.input_area());
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let k = cg * kh * kw;
+    if thin(g) {
+        // One task per output channel: its C/g x KH x KW weights, each a dot product of dz
+        // with the input positions the tap reads, images in batch order.
+        let [ih, iw] = g.input;
+        dw.par_chunks_mut(k).enumerate().for_each(|(co, wk)| {
+            let grp = co / og;
+            wk.fill(0.0);
+            for n in 0..g.batch {
+                let dzp = &dz[(n * cout + co) * p_all..(n * cout + co + 1) * p_all];
+                for (t, acc) in wk.iter_mut().enumerate() {
+                    let (ci, ky, kx) = (t / (kh * kw), (t / kw) % kh, t % kw);
+                    let c = grp * cg + ci;
+                    let plane = &x[(n * cin + c) * in_area..(n * cin + c + 1) * in_area];
+                    let mut s = 0f32;
+                    for oy in 0..oh {
+                        let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize
+                            - g.pad_before[0] as isize;
+                        if iy < 0 || iy >= ih as isize {
+                            continue;
+                        }
+                        for ox in 0..ow {
+                            let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize
+                                - g.pad_before[1] as isize;
+                            if ix >= 0 && ix < iw as isize {
+                                s += dzp[oy * ow + ox] * plane[iy as usize * iw + ix as usize];
+                            }
+                        }
+                    }
+                    *acc += s;
+                }
+            }
+        });
+        return;
+    }
+    let uk = kernels.gemm_default();
+    let blocking = Blocking::derive(uk, crate::sysinfo::caches());
+    for n in 0..g.batch {
+        for grp in 0..g.groups {
+            let dz_g = &dz[(n * cout + grp * og) * p_all..(n * cout + (grp + 1) * og) * p_all];
+            let a = PackedA::from_row_major(dz_g, og, p_all, p_all, uk.mr, &blocking);
+            let xg = &x[(n * cin + grp * cg) * in_area..(n * cin + (grp + 1) * cg) * in_area];
+            let b = Im2colT::new(xg, g);
+            let shared = SharedMut::new(&mut dw[grp * og * k..(grp + 1) * og * k]);
+            let epi = GemmEpilogue {
+                accumulate: n > 0,
+                ..GemmEpilogue::default()
+            };
+            gemm_packed(uk, &blocking, &a, &b, k, &shared, 0, k, epi, true);
+        }
+    }
+}
+
+/// dL/db: the sum of `dz` over the batch and the pixels of each channel, in f64.
+pub fn backward_bias(g: &Geometry, dz: &[f32]) -> Vec<f32> {
+    let area = g.conv_out_area();
+    (0..g.out_channels)
+        .map(|co| {
+            (0..g.batch)
+                .map(|n| {
+                    let o = (n * g.out_channels + co) * area;
+                    dz[o..o + area].iter().map(|&v| v as f64).sum::<f64>()
+                })
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// What a training-mode forward pass keeps for the backward pass.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    /// The pre-activation conv output `conv + bias + residual` (conv-output shape).
+    pub pre: Vec<f32>,
+    /// For max pools, the cell (index within its conv-output plane) each pooled output came
+    /// from: the first NaN of the window in scan order, else its first maximum.
+    pub argmax: Vec<u32>,
+}
+
+/// Gradients of one layer.
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    /// dL/dx (input shape), when asked for.
+    pub input: Option<Vec<f32>>,
+    /// dL/dw (weight shape).
+    pub weight: Vec<f32>,
+    /// dL/db, when the spec has a bias.
+    pub bias: Option<Vec<f32>>,
+    /// dL/dresidual (conv-output shape), when the spec has a residual.
+    pub residual: Option<Vec<f32>>,
+}
+
+/// A layer planned for training: the forward convolution as an inference [`Plan`] (any
+/// algorithm), the activation and pool applied after it keeping what backward needs, and
+/// the weights packed for the data gradient. NCHW (NCL) only.
+pub struct TrainPlan {
+    spec: ConvSpec,
+    geom: Geometry,
+    opts: PlanOptions,
+    conv: Plan,
+    data: DataWeights,
+    bias: Option<Vec<f32>>,
+    kernels: &'static crate::kernels::KernelTable,
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for TrainPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainPlan")
+            .field("conv", &self.conv)
+            .finish()
+    }
+}
+
+impl TrainPlan {
+    /// Plans `spec` for training with `weight` (OIHW) and `bias`. The options choose the
+    /// forward algorithm, ISA and threads as for [`Plan::new`]; the layout must be NCHW.
+    pub fn new(
+        spec: &ConvSpec,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        opts: &PlanOptions,
+    ) -> Result<Self> {
+        if opts.layout != Layout::Nchw {
+            return Err(Error::InvalidArgument(
+                "training plans take NCHW (NCL) tensors".into(),
+            ));
+        }
+        let geom = Geometry::new(spec)?;
+        let conv_spec = ConvSpec {
+            activation: crate::Activation::None,
+            pool: None,
+            ..spec.clone()
+        };
+        let conv_opts = PlanOptions {
+            threads: None,
+            ..opts.clone()
+        };
+        let conv = Plan::new(&conv_spec, weight, bias, &conv_opts)?;
+        let kernels = resolve_isa(opts.isa.as_deref())?.kernels()?;
+        let pool = match opts.threads {
+            Some(0) => return Err(Error::InvalidArgument("threads must be >= 1".into())),
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("cannot start {n} threads: {e}"))
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(TrainPlan {
+            spec: spec.clone(),
+            data: DataWeights::new(&geom, kernels, weight),
+            geom,
+            opts: conv_opts,
+            conv,
+            bias: bias.map(<[f32]>::to_vec),
+            kernels,
+            pool,
+        })
+    }
+
+    /// The layer's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geom
+    }
+
+    /// The weights (OIHW).
+    pub fn weight(&self) -> &[f32] {
+        &self.data.weight
+    }
+
+    /// The bias, when the spec has one.
+    pub fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_deref()
+    }
+
+    /// Replaces the weights and bias (after an optimizer step) and repacks them.
+    pub fn set_weights(&mut self, weight: &[f32], bias: Option<&[f32]>) -> Result<()> {
+        let conv_spec = ConvSpec {
+            activation: crate::Activation::None,
+            pool: None,
+            ..self.spec.clone()
+        };
+        let algo = self.conv.algo().name().to_string();
+        self.conv = Plan::new(
+            &conv_spec,
+            weight,
+            bias,
+            &PlanOptions {
+                algo: Some(algo),
+                ..self.opts.clone()
+            },
+        )?;
+        self.data = DataWeights::new(&self.geom, self.kernels, weight);
+        self.bias = bias.map(<[f32]>::to_vec);
+        Ok(())
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    /// The forward pass in training mode: writes the layer's output (as [`Plan::run`] does)
+    /// and returns what [`TrainPlan::backward`] needs.
+    pub fn forward(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+    ) -> Result<Saved> {
+        let g = &self.geom;
+        check_len("output", output.len(), g.output_len())?;
+        let mut pre = vec![0f32; g.conv_output_len()];
+        self.install(|| self.conv.run(input, residual, &mut pre))?;
+        let act = g.epilogue.activation;
+        let activated: Vec<f32> = match act {
+            crate::Activation::None => Vec::new(),
+            _ => pre.iter().map(|&z| act.apply(z)).collect(),
+        };
+        let a = if activated.is_empty() {
+            &pre
+        } else {
+            &activated
+        };
+        let argmax = pool_forward(g, a, output);
+        Ok(Saved { pre, argmax })
+    }
+
+    /// The backward pass: from `grad_output` (output shape), the gradients w.r.t. the
+    /// weights, the bias, the residual, and (when `want_input`) the input. `input` and
+    /// `saved` are those of the forward pass.
+    pub fn backward(
+        &self,
+        input: &[f32],
+        saved: &Saved,
+        grad_output: &[f32],
+        want_input: bool,
+    ) -> Result<Gradients> {
+        let g = &self.geom;
+        check_len("input", input.len(), g.input_len())?;
+        check_len("grad_output", grad_output.len(), g.output_len())?;
+        check_len("saved pre-activation", saved.pre.len(), g.conv_output_len())?;
+        let act = g.epilogue.activation;
+        let mut dz = pool_backward(g, &saved.pre, &saved.argmax, grad_output)?;
+        for (d, &z) in dz.iter_mut().zip(&saved.pre) {
+            *d *= act.derivative(z);
+        }
+        self.install(|| {
+            let mut dw = vec![0f32; g.weight_len()];
+            backward_weights_into(g, self.kernels, input, &dz, &mut dw);
+            let dx = want_input.then(|| {
+                let mut dx = vec![0f32; g.input_len()];
+                backward_data_into(g, &self.data, &dz, &mut dx);
+                dx
+            });
+            Ok(Gradients {
+                input: dx,
+                weight: dw,
+                bias: g.epilogue.bias.then(|| backward_bias(g, &dz)),
+                residual: g.epilogue.residual.then(|| dz.clone()),
+            })
+        })
+    }
+}
+
+/// The pool of the training forward pass over the activated conv output `a`, recording the
+/// max pools' picks.
+fn pool_forward(g: &Geometry, a: &[f32], out: &mut [f32]) -> Vec<u32> {
+    let [oh, ow] = g.conv_out;
+    let area = oh * ow;
+    match &g.epilogue.pool {
+        None => {
+            out.copy_from_slice(a);
+            Vec::new()
+        }
+        Some(Pool::GlobalAvg) => {
+            for (o, plane) in out.iter_mut().zip(a.chunks(area)) {
+                *o = (plane.iter().map(|&v| v as f64).sum::<f64>() / area as f64) as f32;
+            }
+            Vec::new()
+        }
+        Some(Pool::GlobalMax) => out
+            .iter_mut()
+            .zip(a.chunks(area))
+            .map(|(o, plane)| {
+                let mut best = None;
+                for (i, &v) in plane.iter().enumerate() {
+                    best = max_pool_pick(best, v, i);
+                }
+                let (v, i) = best.expect("non-empty plane");
+                *o = v;
+                i as u32
+            })
+            .collect(),
+        Some(pool) => {
+            let dims = g.pool_dims.expect("windowed pool has dims");
+            let is_max = matches!(pool, Pool::Max(_));
+            let cip = matches!(
+                pool,
+                Pool::Avg {
+                    count_include_pad: true,
+                    ..
+                }
+            );
+            let [ph, pw] = g.output;
+            let mut argmax = Vec::with_capacity(if is_max { out.len() } else { 0 });
+            for (plane, o) in a.chunks(area).zip(out.chunks_mut(ph * pw)) {
+                for py in 0..ph {
+                    for px in 0..pw {
+                        let (mut best, mut sum, mut count) = (None, 0f64, 0usize);
+                        for_window(g, &dims, py, px, |c| {
+                            best = max_pool_pick(best, plane[c], c);
+                            sum += plane[c] as f64;
+                            count += 1;
+                        });
+                        o[py * pw + px] = if is_max {
+                            let (v, c) = best.expect("a window holds a real cell");
+                            argmax.push(c as u32);
+                            v
+                        } else {
+                            let div = if cip {
+                                dims[0].size * dims[1].size
+                            } else {
+                                count
+                            };
+                            (sum / div as f64) as f32
+                        };
+                    }
+                }
+            }
+            argmax
+        }
+    }
+}
+
+/// Calls `f` with each real cell (index in the conv-output plane) of pooled output
+/// `(py, px)`, in scan order.
+fn for_window(
+    g: &Geometry,
+    dims: &[crate::geometry::PoolDim; 2],
+    py: usize,
+    px: usize,
+    mut f: impl FnMut(usize),
+) {
+    let [oh, ow] = g.conv_out;
+    for wy in 0..dims[0].size {
+        let y = (py * dims[0].stride + wy) as isize - dims[0].pad_before as isize;
+        if y < 0 || y >= oh as isize {
+            continue;
+        }
+        for wx in 0..dims[1].size {
+            let x = (px * dims[1].stride + wx) as isize - dims[1].pad_before as isize;
+            if x >= 0 && x < ow as isize {
+                f(y as usize * ow + x as usize);
+            }
+        }
+    }
+}
+
+/// dL/d(activated conv output) from `dy` through the pool.
+fn pool_backward(g: &Geometry, pre: &[f32], argmax: &[u32], dy: &[f32]) -> Result<Vec<f32>> {
+    let [oh, ow] = g.conv_out;
+    let area = oh * ow;
+    let mut da = vec![0f32; pre.len()];
+    let planes = g.batch * g.out_channels;
+    match &g.epilogue.pool {
+        None => da.copy_from_slice(dy),
+        Some(Pool::GlobalAvg) => {
+            for (d, &v) in da.chunks_mut(area).zip(dy) {
+                d.fill(v / area as f32);
+            }
+        }
+        Some(Pool::GlobalMax) => {
+            check_len("saved argmax", argmax.len(), planes)?;
+            for ((d, &v), &c) in da.chunks_mut(area).zip(dy).zip(argmax) {
+                d[c as usize] += v;
+            }
+        }
+        Some(pool) => {
+            let dims = g.pool_dims.expect("windowed pool has dims");
+            let [ph, pw] = g.output;
+            let is_max = matches!(pool, Pool::Max(_));
+            if is_max {
+                check_len("saved argmax", argmax.len(), planes * ph * pw)?;
+                for (p, d) in da.chunks_mut(area).enumerate() {
+                    for q in 0..ph * pw {
+                        d[argmax[p * ph * pw + q] as usize] += dy[p * ph * pw + q];
+                    }
+                }
+            } else {
+                let cip = matches!(
+                    pool,
+                    Pool::Avg {
+                        count_include_pad: true,
+                        ..
+                    }
+                );
+                for (p, d) in da.chunks_mut(area).enumerate() {
+                    for py in 0..ph {
+                        for px in 0..pw {
+                            let mut count = 0;
+                            for_window(g, &dims, py, px, |_| count += 1);
+                            let div = if cip {
+                                dims[0].size * dims[1].size
+                            } else {
+                                count
+                            };
+                            let v = dy[(p * ph + py) * pw + px] / div as f32;
+                            for_window(g, &dims, py, px, |c| d[c] += v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(da)
+}
+
+/// A transposed convolution ("deconvolution"), as frameworks define it: the gradient of a
+/// convolution w.r.t. its input, used as a layer. Input `[N, Cin, H, W]` (or `[N, Cin, L]`),
+/// weight `[Cin, Cout / groups, KH, KW]`, output `[N, Cout, OH, OW]` with
+/// `OH = (H - 1) * stride - pad_before - pad_after + dilation * (KH - 1) + output_padding + 1`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvTransposeSpec {
+    /// Input shape.
+    pub input: Vec<usize>,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel size per spatial dim.
+    pub kernel: Vec<usize>,
+    /// Stride per spatial dim.
+    pub stride: Vec<usize>,
+    /// (before, after) padding per spatial dim, removed from the output.
+    pub padding: Vec<(usize, usize)>,
+    /// Extra rows/columns on the after side (each < stride or < dilation, as in PyTorch).
+    pub output_padding: Vec<usize>,
+    /// Dilation per spatial dim.
+    pub dilation: Vec<usize>,
+    /// Groups.
+    pub groups: usize,
+    /// Whether a bias `[Cout]` is added.
+    pub bias: bool,
+}
+
+impl ConvTransposeSpec {
+    /// Stride, dilation 1, no padding, one group, no bias.
+    pub fn new(input: &[usize], out_channels: usize, kernel: &[usize]) -> Self {
+        let r = kernel.len();
+        ConvTransposeSpec {
+            input: input.to_vec(),
+            out_channels,
+            kernel: kernel.to_vec(),
+            stride: vec![1; r],
+            padding: vec![(0, 0); r],
+            output_padding: vec![0; r],
+            dilation: vec![1; r],
+            groups: 1,
+            bias: false,
+        }
+    }
+
+    /// The convolution whose data gradient this is: input of the transposed output's
+    /// shape, `Cin` output channels; its output has the transposed input's shape.
+    pub fn forward_conv(&self) -> Result<ConvSpec> {
+        let rank = self.kernel.len();
+        if !(1..=2).contains(&rank) || self.input.len() != rank + 2 {
+            return Err(Error::spec(
+                "input",
+                format!(
+                    "a {rank}-D transposed convolution needs an input of rank {}",
+                    rank + 2
+                ),
+            ));
+        }
+        for (name, v) in [
+            ("stride", &self.stride),
+            ("output_padding", &self.output_padding),
+            ("dilation", &self.dilation),
+        ] {
+            if v.len() != rank {
+                return Err(Error::spec(name, format!("needs {rank} values")));
+            }
+        }
+        if self.padding.len() != rank {
+            return Err(Error::spec("padding", format!("needs {rank} pairs")));
+        }
+        let mut out = vec![self.input[0], self.out_channels];
+        for d in 0..rank {
+            let (s, k, dil, op) = (
+                self.stride[d],
+                self.kernel[d],
+                self.dilation[d],
+                self.output_padding[d],
+            );
+            if s == 0 || k == 0 || dil == 0 {
+                return Err(Error::spec(
+                    "kernel",
+                    "kernel, stride and dilation must be >= 1",
+                ));
+            }
+            if op >= s && op >= dil {
+                return Err(Error::spec(
+                    "output_padding",
+                    format!("{op} must be smaller than the stride ({s}) or the dilation ({dil})"),
+                ));
+            }
+            let (pb, pa) = self.padding[d];
+            let ovf = || Error::overflow("transposed convolution output size");
+            let full = self.input[2 + d]
+                .checked_sub(1)
+                .ok_or_else(|| Error::spec("input", "spatial sizes must be >= 1"))?
+                .checked_mul(s)
+                .and_then(|v| v.checked_add(dil.checked_mul(k - 1)?))
+                .and_then(|v| v.checked_add(op + 1))
+                .ok_or_else(ovf)?;
+            let size = full
+                .checked_sub(pb + pa)
+                .filter(|&v| v >= 1)
+                .ok_or_else(|| {
+                    Error::spec(
+                        "padding",
+                        format!("removes the whole output along dim {d} ({full} before padding)"),
+                    )
+                })?;
+            out.push(size);
+        }
+        let spec = ConvSpec::new(&out, self.input[1], &self.kernel)
+            .with_stride(&self.stride)
+            .with_dilation(&self.dilation)
+            .with_padding(Padding::Explicit(self.padding.clone()))
+            .with_groups(self.groups)
+            .with_bias(false);
+        let g = Geometry::new(&spec)?;
+        let want: Vec<usize> = self.input[2..].to_vec();
+        let got: Vec<usize> = g.conv_output_shape()[2..].to_vec();
+        if want != got {
+            return Err(Error::spec(
+                "input",
+                format!("no convolution maps {out:?} to the transposed input {want:?}"),
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// The output shape.
+    pub fn output_shape(&self) -> Result<Vec<usize>> {
+        Ok(self.forward_conv()?.input)
+    }
+}
+
+/// The transposed convolution of `input` with `weight` (`[Cin, Cout/groups, KH, KW]`) plus
+/// `bias`, on the GEMM path of the data gradient. `isa` as in [`PlanOptions`].
+pub fn conv_transpose(
+    spec: &ConvTransposeSpec,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    isa: Option<&str>,
+) -> Result<Vec<f32>> {
+    let fwd = spec.forward_conv()?;
+    let g = Geometry::new(&fwd)?;
+    check_len("input", input.len(), g.conv_output_len())?;
+    check_len("weight", weight.len(), g.weight_len())?;
+    check_optional("bias", spec.bias, bias, g.in_channels)?;
+    let kernels = resolve_isa(isa)?.kernels()?;
+    let data = DataWeights::new(&g, kernels, weight);
+    let mut out = vec![0f32; g.input_len()];
+    backward_data_into(&g, &data, input, &mut out);
+    if let Some(b) = bias {
+        let area = g.input_area();
+        for (i, plane) in out.chunks_mut(area).enumerate() {
+            let v = b[i % g.in_channels];
+            plane.iter_mut().for_each(|x| *x += v);
+        }
+    }
+    Ok(out)
+}
