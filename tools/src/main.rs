@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod plot;
+mod train;
 
 use args::Args;
 use convkit::{npy, ConvSpec, Geometry, Plan, PlanOptions};
@@ -19,7 +20,9 @@ const USAGE: &str = "usage:
                 [--layout nchw|nhwc] [--format table|json|csv] [--reps N]
                 [--tune measure|heuristic|exhaustive] [--wisdom FILE] [--band-rows N] [--plot FILE.svg]
   convkit tune  [--suite FILE] [--wisdom FILE] [--isa NAME] [--threads N]
-  convkit info";
+  convkit info
+  convkit train [--epochs N] [--batch N] [--lr F] [--seed N] [--threads N] [--isa NAME]
+                [--init all|zeros|gaussian|xavier|he] [--finetune-epochs N] [--data FILE.csv]";
 
 /// The built-in benchmark suite (a copy of shared/bench/layers.json).
 pub const BUILTIN_SUITE: &str = include_str!("../../benches/layers.json");
@@ -44,7 +47,8 @@ fn main() -> ExitCode {
 fn dispatch(argv: &[String]) -> Result<(), String> {
     let Some(cmd) = argv.first() else {
         return Err(
-            "missing command (run, algos, bench, tune, info); try `convkit --help`".to_string(),
+            "missing command (run, algos, bench, tune, train, info); try `convkit --help`"
+                .to_string(),
         );
     };
     let rest = &argv[1..];
@@ -61,6 +65,20 @@ fn dispatch(argv: &[String]) -> Result<(), String> {
         )?),
         "algos" => cmd_algos(&Args::parse(rest, &["spec"])?),
         "info" => cmd_info(&Args::parse(rest, &[])?),
+        "train" => train::cmd_train(&Args::parse(
+            rest,
+            &[
+                "epochs",
+                "batch",
+                "lr",
+                "seed",
+                "threads",
+                "isa",
+                "init",
+                "finetune-epochs",
+                "data",
+            ],
+        )?),
         "tune" => bench::cmd_tune(&Args::parse(rest, &["suite", "wisdom", "isa", "threads"])?),
         "bench" => bench::cmd_bench(&Args::parse(
             rest,
@@ -80,7 +98,7 @@ fn dispatch(argv: &[String]) -> Result<(), String> {
             ],
         )?),
         other => Err(format!(
-            "unknown command `{other}` (expected run, algos, bench, tune, info)"
+            "unknown command `{other}` (expected run, algos, bench, tune, train, info)"
         )),
     }
 }

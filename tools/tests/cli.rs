@@ -624,3 +624,63 @@ fn info_and_bench_json_follow_the_spec() {
     }
     assert!(convkit::tune::load_wisdom(Path::new(&both)).unwrap() >= 2);
 }
+
+/// `convkit train` learns the digits with He initialization and stays near chance with
+/// zeros (a short run: 6 epochs), and rejects bad flags with one error line.
+#[test]
+fn train_learns_digits_and_zeros_do_not() {
+    let out = bin()
+        .args([
+            "train",
+            "--epochs",
+            "6",
+            "--init",
+            "he",
+            "--finetune-epochs",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let acc = |name: &str, text: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {text}"));
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap()
+    };
+    assert!(acc("he", &text) >= 90.0, "{text}");
+    let out = bin()
+        .args([
+            "train",
+            "--epochs",
+            "3",
+            "--init",
+            "zeros",
+            "--finetune-epochs",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(acc("zeros", &text) <= 25.0, "{text}");
+    for (args, needle) in [
+        (&["train", "--init", "ones"][..], "--init"),
+        (&["train", "--epochs", "x"][..], "--epochs"),
+        (&["train", "--lr", "-1"][..], "--lr"),
+        (&["train", "--data", "/nonexistent.csv"][..], "cannot read"),
+    ] {
+        let out = bin().args(args).output().unwrap();
+        assert_error(&out, needle);
+    }
+}
