@@ -74,7 +74,7 @@ fn pool(i: usize, rank: usize) -> Option<Pool> {
 
 fn spec_strategy() -> impl Strategy<Value = ConvSpec> {
     (
-        (1usize..3, 1usize..4, 1usize..6, any::<bool>(), 0usize..4),
+        (1usize..3, 1usize..7, 1usize..9, any::<bool>(), 0usize..4),
         (1usize..10, 1usize..10, 1usize..4, 1usize..4),
         (1usize..3, 1usize..3, 0usize..4),
         (any::<bool>(), any::<bool>(), 0usize..10, 0usize..6),
@@ -87,6 +87,7 @@ fn spec_strategy() -> impl Strategy<Value = ConvSpec> {
                 (bias, residual, act, pool_sel),
             )| {
                 // Groups 1, 2, 3, or depthwise (one input channel a group).
+                // (C/g * Cout/g >= 16 takes the GEMM path, below it the loops.)
                 let (groups, cpg) = match gsel {
                     1 => (2, cpg),
                     2 => (3, cpg),

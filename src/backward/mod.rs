@@ -52,6 +52,71 @@ pub struct DataWeights {
     blocking: Blocking,
     packed: Vec<PackedA>,
     weight: Vec<f32>,
+    /// At stride 1 the data gradient is itself a forward convolution (see
+    /// [`transposed_forward`]): its plan, on the fastest forward algorithm (Winograd for 3x3).
+    forward: Option<Plan>,
+}
+
+/// The data gradient of a stride-1 convolution as a forward convolution: correlating `dz`
+/// (`Cout` channels, padded by `d (k - 1) - p` on each side) with the kernel rotated by 180
+/// degrees and its channel axes swapped per group,
+///
+/// ```text
+///   dx[ci][y][x] = sum_{co, ky, kx} W[co][ci][ky][kx] dz[co][y + pt - ky d][x + pl - kx d]
+///                = sum_{co, ky', kx'} W'[ci][co][ky'][kx'] dzpad[co][y + ky' d][x + kx' d],
+///   W'[ci][co][ky'][kx'] = W[co][ci][KH-1-ky'][KW-1-kx'],  padding d (k - 1) - p.
+/// ```
+///
+/// `None` where that padding would be negative (a padding wider than the dilated kernel).
+fn transposed_forward(g: &Geometry, isa: crate::arch::Isa, weight: &[f32]) -> Option<Plan> {
+    if g.stride != [1, 1] {
+        return None;
+    }
+    let rank = g.spatial_rank;
+    let dims: Vec<usize> = (2 - rank..2).collect();
+    let mut padding = Vec::new();
+    for &d in &dims {
+        let span = g.dilation[d] * (g.kernel[d] - 1);
+        padding.push((
+            span.checked_sub(g.pad_before[d])?,
+            span.checked_sub(g.pad_after[d])?,
+        ));
+    }
+    let mut input = vec![g.batch, g.out_channels];
+    input.extend(dims.iter().map(|&d| g.conv_out[d]));
+    let kernel: Vec<usize> = dims.iter().map(|&d| g.kernel[d]).collect();
+    let dilation: Vec<usize> = dims.iter().map(|&d| g.dilation[d]).collect();
+    let spec = ConvSpec::new(&input, g.in_channels, &kernel)
+        .with_dilation(&dilation)
+        .with_padding(Padding::Explicit(padding))
+        .with_groups(g.groups)
+        .with_bias(false);
+    let tg = Geometry::new(&spec).ok()?;
+    if tg.conv_out != g.input {
+        return None;
+    }
+    let (kh, kw) = (g.kernel[0], g.kernel[1]);
+    let (cg, og) = (g.cin_per_group, g.cout_per_group);
+    let mut rotated = vec![0f32; weight.len()];
+    for co in 0..g.out_channels {
+        let (grp, o) = (co / og, co % og);
+        for ci in 0..cg {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let src = ((co * cg + ci) * kh + ky) * kw + kx;
+                    let dst =
+                        (((grp * cg + ci) * og + o) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx);
+                    rotated[dst] = weight[src];
+                }
+            }
+        }
+    }
+    let opts = PlanOptions {
+        algo: Some(crate::plan::choose_algo(&tg).name().into()),
+        isa: Some(isa.name().into()),
+        ..PlanOptions::default()
+    };
+    Plan::new(&spec, &rotated, None, &opts).ok()
 }
 
 impl DataWeights {
@@ -77,6 +142,7 @@ impl DataWeights {
             blocking,
             packed,
             weight: weight.to_vec(),
+            forward: transposed_forward(g, kernels.isa, weight),
         }
     }
 }
@@ -132,6 +198,11 @@ fn scatter_tap(
 /// dL/dx (input shape, overwritten) from `dz`, the gradient w.r.t. the pre-activation conv
 /// output (conv-output shape), for the whole batch. Runs on the current rayon pool.
 pub fn backward_data_into(g: &Geometry, w: &DataWeights, dz: &[f32], dx: &mut [f32]) {
+    if let Some(plan) = &w.forward {
+        plan.run(dz, None, dx)
+            .expect("the transposed plan's shapes are the layer's");
+        return;
+    }
     let [oh, ow] = g.conv_out;
     let (kh, kw) = (g.kernel[0], g.kernel[1]);
     let ka = kh * kw;
@@ -240,32 +311,57 @@ impl PackB for Im2colT<'_> {
     fn pack(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize, out: &mut [f32]) {
         let [ih, iw] = self.g.input;
         let ow = self.g.conv_out[1];
-        let (sh, sw) = (self.g.stride[0] as isize, self.g.stride[1] as isize);
-        let panels = n.div_ceil(nr);
-        let (mut oy, mut ox) = (p0 / ow, p0 % ow);
-        for p in 0..kc {
-            let (by, bx) = (oy as isize * sh, ox as isize * sw);
-            for jp in 0..panels {
-                let dst = &mut out[(jp * kc + p) * nr..(jp * kc + p + 1) * nr];
-                for (jj, d) in dst.iter_mut().enumerate() {
-                    let t = jp * nr + jj;
-                    *d = if t < n {
-                        let (off, dy, dxo) = self.taps[j0 + t];
-                        let (iy, ix) = (by + dy, bx + dxo);
-                        if iy >= 0 && (iy as usize) < ih && ix >= 0 && (ix as usize) < iw {
-                            self.x[off + iy as usize * iw + ix as usize]
-                        } else {
-                            0.0
-                        }
-                    } else {
-                        0.0
-                    };
+        let (sh, sw) = (self.g.stride[0], self.g.stride[1]);
+        // Tap by tap: a tap reads, along an output row, input columns ox * SW + dx, so each
+        // row of pixels is a strided run of one input row, written down the panel column.
+        // (Computing every element's coordinates and bounds apart cost a third of
+        // vgg16.conv3_3's weight gradient.)
+        for (jp, panel) in out[..n.div_ceil(nr) * kc * nr]
+            .chunks_mut(kc * nr)
+            .enumerate()
+        {
+            for jj in 0..nr {
+                let t = jp * nr + jj;
+                if t >= n {
+                    for p in 0..kc {
+                        panel[p * nr + jj] = 0.0;
+                    }
+                    continue;
                 }
-            }
-            ox += 1;
-            if ox == ow {
-                ox = 0;
-                oy += 1;
+                let (off, dy, dx) = self.taps[j0 + t];
+                let (mut oy, mut ox) = (p0 / ow, p0 % ow);
+                let mut p = 0;
+                while p < kc {
+                    let run = (ow - ox).min(kc - p);
+                    let iy = (oy * sh) as isize + dy;
+                    // Valid pixels of the run: 0 <= (ox + i) * SW + dx < IW.
+                    let (ia, ib) = if iy < 0 || iy as usize >= ih {
+                        (0, 0)
+                    } else {
+                        let first = (-(dx + (ox * sw) as isize)).max(0) as usize;
+                        let lo = first.div_ceil(sw);
+                        let lim = iw as isize - dx - (ox * sw) as isize;
+                        let hi = if lim <= 0 {
+                            0
+                        } else {
+                            (lim as usize).div_ceil(sw)
+                        };
+                        (lo.min(run), hi.clamp(lo.min(run), run))
+                    };
+                    for i in (0..ia).chain(ib..run) {
+                        panel[(p + i) * nr + jj] = 0.0;
+                    }
+                    if ib > ia {
+                        let row = &self.x[off + iy as usize * iw..off + (iy as usize + 1) * iw];
+                        let x0 = ((ox + ia) * sw) as isize + dx;
+                        for i in ia..ib {
+                            panel[(p + i) * nr + jj] = row[x0 as usize + (i - ia) * sw];
+                        }
+                    }
+                    p += run;
+                    ox = 0;
+                    oy += 1;
+                }
             }
         }
     }

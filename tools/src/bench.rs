@@ -130,6 +130,48 @@ pub fn time_layer(
     Ok((plan, pack_ms, times[times.len() / 2], times[0]))
 }
 
+/// Times the data or the weight gradient of a layer's convolution (`dz` of the conv-output
+/// shape in, `dx` or `dw` out; the weights for `dx` packed before the timing).
+pub fn time_backward(
+    g: &Geometry,
+    isa: convkit::Isa,
+    threads: Option<usize>,
+    pass: &str,
+    min_reps: usize,
+) -> Result<(f64, f64, f64), String> {
+    use convkit::backward::{backward_data_into, backward_weights_into, DataWeights};
+    let (x, w, _, _) = operands(g, 0x5eed);
+    let mut rng = Rng::new(7);
+    let mut dz = vec![0f32; g.conv_output_len()];
+    rng.fill_uniform(&mut dz, -1.0, 1.0);
+    let kernels = isa.kernels().map_err(|e| e.to_string())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()
+        .map_err(|e| format!("cannot start threads: {e}"))?;
+    let t = Instant::now();
+    let data = DataWeights::new(g, kernels, &w);
+    let pack_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut dx = vec![0f32; g.input_len()];
+    let mut dw = vec![0f32; g.weight_len()];
+    let mut run = || {
+        pool.install(|| match pass {
+            "backward_data" => backward_data_into(g, &data, &dz, &mut dx),
+            _ => backward_weights_into(g, kernels, &x, &dz, &mut dw),
+        })
+    };
+    run();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < min_reps || (start.elapsed().as_secs_f64() < 0.3 && times.len() < 200) {
+        let t = Instant::now();
+        run();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((pack_ms, times[times.len() / 2], times[0]))
+}
+
 pub fn cmd_bench(a: &Args) -> Result<(), String> {
     let text = match a.get("suite") {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read suite {p}: {e}"))?,
@@ -170,6 +212,12 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
             .filter(|&n| n >= 1)
             .ok_or_else(|| format!("--reps: expected an integer >= 1, got `{s}`"))?,
     };
+    let pass = a.get("pass").unwrap_or("forward");
+    if !["forward", "backward_data", "backward_weights"].contains(&pass) {
+        return Err(format!(
+            "--pass: expected forward, backward_data or backward_weights, got `{pass}`"
+        ));
+    }
     let algo_sel = a.get("algo").unwrap_or("auto").to_string();
     if algo_sel != "all" && algo_sel != "auto" {
         Algo::parse(&algo_sel).map_err(|e| e.to_string())?;
@@ -197,6 +245,25 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
         let g = Geometry::new(spec)
             .map_err(|e| format!("layer {}: {e}", spec.name.as_deref().unwrap_or("?")))?;
         let name = spec.name.clone().unwrap_or_else(|| format!("layer{i}"));
+        if pass != "forward" {
+            eprint!("[{}/{}] {name} {pass} ...", i + 1, specs.len());
+            let (pack_ms, med, min) = time_backward(&g, isa, threads, pass, min_reps)?;
+            let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
+            eprintln!(" {med:.3} ms, {gflops:.1} GFLOP/s");
+            rows.push(Row {
+                layer: name.clone(),
+                algo: pass.to_string(),
+                auto: false,
+                choice: "forced",
+                runner_up: None,
+                threads: nthreads,
+                median_ms: med,
+                min_ms: min,
+                gflops,
+                pack_ms,
+            });
+            continue;
+        }
         let algos: Vec<Option<Algo>> = match algo_sel.as_str() {
             "auto" => vec![None],
             "all" => algo::accepting(&g)
