@@ -283,15 +283,17 @@ pub fn backward_data_into(g: &Geometry, w: &DataWeights, dz: &[f32], dx: &mut [f
 /// `cols^T` of one image and group as a GEMM B source: `B[p][k] = im2col(x)[k][p]`, rows are
 /// output pixels, columns are taps `(ci, ky, kx)`; padding reads as 0.
 struct Im2colT<'a> {
-    /// The group's input channels of one image.
+    /// The whole batch's input.
     x: &'a [f32],
+    /// The group's first channel.
+    c0: usize,
     g: &'a Geometry,
     /// Per tap: (offset of its channel plane, row offset ky*DH - PT, column offset kx*DW - PL).
     taps: Vec<(usize, isize, isize)>,
 }
 
 impl<'a> Im2colT<'a> {
-    fn new(x: &'a [f32], g: &'a Geometry) -> Self {
+    fn new(x: &'a [f32], c0: usize, g: &'a Geometry) -> Self {
         let (kh, kw) = (g.kernel[0], g.kernel[1]);
         let taps = (0..g.cin_per_group * kh * kw)
             .map(|t| {
@@ -303,15 +305,19 @@ impl<'a> Im2colT<'a> {
                 )
             })
             .collect();
-        Im2colT { x, g, taps }
+        Im2colT { x, c0, g, taps }
     }
 }
 
 impl PackB for Im2colT<'_> {
     fn pack(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize, out: &mut [f32]) {
         let [ih, iw] = self.g.input;
-        let ow = self.g.conv_out[1];
+        let [oh, ow] = self.g.conv_out;
+        let p_img = oh * ow;
+        let img = self.g.in_channels * self.g.input_area();
+        let chan0 = self.c0 * self.g.input_area();
         let (sh, sw) = (self.g.stride[0], self.g.stride[1]);
+        // Rows are the pixels of every image in turn (p = n * OH * OW + oy * OW + ox).
         // Tap by tap: a tap reads, along an output row, input columns ox * SW + dx, so each
         // row of pixels is a strided run of one input row, written down the panel column.
         // (Computing every element's coordinates and bounds apart cost a third of
@@ -329,7 +335,7 @@ impl PackB for Im2colT<'_> {
                     continue;
                 }
                 let (off, dy, dx) = self.taps[j0 + t];
-                let (mut oy, mut ox) = (p0 / ow, p0 % ow);
+                let (mut n_img, mut oy, mut ox) = (p0 / p_img, (p0 % p_img) / ow, p0 % ow);
                 let mut p = 0;
                 while p < kc {
                     let run = (ow - ox).min(kc - p);
@@ -352,7 +358,8 @@ impl PackB for Im2colT<'_> {
                         panel[(p + i) * nr + jj] = 0.0;
                     }
                     if ib > ia {
-                        let row = &self.x[off + iy as usize * iw..off + (iy as usize + 1) * iw];
+                        let base = n_img * img + chan0 + off;
+                        let row = &self.x[base + iy as usize * iw..base + (iy as usize + 1) * iw];
                         let x0 = ((ox + ia) * sw) as isize + dx;
                         for i in ia..ib {
                             panel[(p + i) * nr + jj] = row[x0 as usize + (i - ia) * sw];
@@ -361,6 +368,10 @@ impl PackB for Im2colT<'_> {
                     p += run;
                     ox = 0;
                     oy += 1;
+                    if oy == oh {
+                        oy = 0;
+                        n_img += 1;
+                    }
                 }
             }
         }
@@ -418,19 +429,34 @@ pub fn backward_weights_into(
     }
     let uk = kernels.gemm_default();
     let blocking = Blocking::derive(uk, crate::sysinfo::caches());
-    for n in 0..g.batch {
-        for grp in 0..g.groups {
-            let dz_g = &dz[(n * cout + grp * og) * p_all..(n * cout + (grp + 1) * og) * p_all];
-            let a = PackedA::from_row_major(dz_g, og, p_all, p_all, uk.mr, &blocking);
-            let xg = &x[(n * cin + grp * cg) * in_area..(n * cin + (grp + 1) * cg) * in_area];
-            let b = Im2colT::new(xg, g);
-            let shared = SharedMut::new(&mut dw[grp * og * k..(grp + 1) * og * k]);
-            let epi = GemmEpilogue {
-                accumulate: n > 0,
-                ..GemmEpilogue::default()
-            };
-            gemm_packed(uk, &blocking, &a, &b, k, &shared, 0, k, epi, true);
-        }
+    // One GEMM per group over the whole batch: the images' pixels are one long K dimension
+    // (dW = sum_n dz_n cols_n^T = [dz_0 .. dz_N-1] [cols_0 .. cols_N-1]^T), so C is written
+    // once instead of read and written per image (res3.3x3.b8 ran at 42 GFLOP/s per image).
+    let depth = g.batch * p_all;
+    for grp in 0..g.groups {
+        let a = if g.batch == 1 {
+            let dz_g = &dz[grp * og * p_all..(grp + 1) * og * p_all];
+            PackedA::from_row_major(dz_g, og, p_all, p_all, uk.mr, &blocking)
+        } else {
+            PackedA::pack(og, depth, uk.mr, &blocking, |i, p| {
+                let (n, q) = (p / p_all, p % p_all);
+                dz[(n * cout + grp * og + i) * p_all + q]
+            })
+        };
+        let b = Im2colT::new(x, grp * cg, g);
+        let shared = SharedMut::new(&mut dw[grp * og * k..(grp + 1) * og * k]);
+        gemm_packed(
+            uk,
+            &blocking,
+            &a,
+            &b,
+            k,
+            &shared,
+            0,
+            k,
+            GemmEpilogue::default(),
+            true,
+        );
     }
 }
 
