@@ -6,6 +6,7 @@
 use crate::plan::{Plan, PlanOptions};
 use crate::spec::ConvSpec;
 use crate::tensor::Layout;
+use crate::tune::TuneMode;
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,6 +33,9 @@ pub enum ConvkitStatus {
 pub struct ConvkitPlan {
     plan: Plan,
 }
+
+/// The tuner mode of plans created through the C ABI (`convkit_tuner_set_mode`).
+static TUNE_MODE: std::sync::Mutex<TuneMode> = std::sync::Mutex::new(TuneMode::Heuristic);
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -146,39 +150,382 @@ pub unsafe extern "C" fn convkit_plan_create_json(
             .map_err(|_| arg_err("spec_json is not UTF-8"))?;
         let spec = ConvSpec::from_json(text).map_err(lib_err)?;
         // SAFETY: the contract of this function.
-        let w = unsafe { floats(weight, weight_len, "weight") }?
-            .ok_or_else(|| arg_err("weight is NULL"))?;
-        // SAFETY: as above.
-        let b = unsafe { floats(bias, bias_len, "bias") }?;
-        let algo = if algo.is_null() {
-            None
-        } else {
-            // SAFETY: non-null and NUL-terminated by the contract.
-            Some(
-                unsafe { CStr::from_ptr(algo) }
-                    .to_str()
-                    .map_err(|_| arg_err("algo is not UTF-8"))?
-                    .to_string(),
+        unsafe {
+            create(
+                &spec, weight, weight_len, bias, bias_len, algo, layout, threads, out,
             )
+        }
+    })
+}
+
+/// The part of plan creation both entry points share.
+///
+/// # Safety
+/// As for `convkit_plan_create_json` (`out` checked non-null by the caller).
+#[allow(clippy::too_many_arguments)]
+unsafe fn create(
+    spec: &ConvSpec,
+    weight: *const f32,
+    weight_len: usize,
+    bias: *const f32,
+    bias_len: usize,
+    algo: *const c_char,
+    layout: u32,
+    threads: usize,
+    out: *mut *mut ConvkitPlan,
+) -> Result<(), (ConvkitStatus, String)> {
+    // SAFETY: the contract of this function.
+    let w = unsafe { floats(weight, weight_len, "weight") }?
+        .ok_or_else(|| arg_err("weight is NULL"))?;
+    // SAFETY: as above.
+    let b = unsafe { floats(bias, bias_len, "bias") }?;
+    let algo = if algo.is_null() {
+        None
+    } else {
+        // SAFETY: non-null and NUL-terminated by the contract.
+        Some(
+            unsafe { CStr::from_ptr(algo) }
+                .to_str()
+                .map_err(|_| arg_err("algo is not UTF-8"))?
+                .to_string(),
+        )
+    };
+    let layout = match layout {
+        0 => Layout::Nchw,
+        1 => Layout::Nhwc,
+        other => {
+            return Err(arg_err(&format!(
+                "layout {other} is neither 0 (NCHW) nor 1 (NHWC)"
+            )))
+        }
+    };
+    let opts = PlanOptions {
+        algo,
+        layout,
+        threads: (threads > 0).then_some(threads),
+        tune: TUNE_MODE.lock().map(|m| m.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let plan = Plan::new(spec, w, b, &opts).map_err(lib_err)?;
+    // SAFETY: checked non-null by the caller.
+    unsafe { *out = Box::into_raw(Box::new(ConvkitPlan { plan })) };
+    Ok(())
+}
+
+/// Activations of [`ConvkitLayer`] (its `activation` field).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ConvkitActivation {
+    /// No activation.
+    None = 0,
+    /// max(x, 0).
+    Relu = 1,
+    /// clamp(x, 0, 6).
+    Relu6 = 2,
+    /// 1 / (1 + e^-x).
+    Sigmoid = 3,
+    /// tanh(x).
+    Tanh = 4,
+    /// x Phi(x), the erf form.
+    Gelu = 5,
+    /// The tanh approximation of gelu.
+    GeluTanh = 6,
+    /// x sigmoid(x).
+    Silu = 7,
+    /// x < 0 ? alpha x : x, alpha in `activation_alpha`.
+    LeakyRelu = 8,
+    /// clamp(x, clamp_min, clamp_max).
+    Clamp = 9,
+}
+
+/// Pools of [`ConvkitLayer`] (its `pool` field).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ConvkitPool {
+    /// No pool.
+    None = 0,
+    /// Max over each window (padding cells ignored).
+    Max = 1,
+    /// Average over each window (`count_include_pad` chooses the divisor).
+    Avg = 2,
+    /// Max over the whole plane.
+    GlobalMax = 3,
+    /// Average over the whole plane.
+    GlobalAvg = 4,
+}
+
+/// A layer described field by field (the C form of SPEC.md section 1). Arrays hold one value
+/// per spatial dim, the first `spatial_rank` used (1-D: `input` is `[N, C, L]`, and only
+/// `kernel[0]`, `stride[0]`, ... are read). Enum fields are `uint32_t` so that any value a
+/// C caller passes is defined: an unknown one is an error.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ConvkitLayer {
+    /// 1 or 2.
+    pub spatial_rank: u32,
+    /// `[N, C, H, W]`, or `[N, C, L]` in 1-D.
+    pub input: [usize; 4],
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel size.
+    pub kernel: [usize; 2],
+    /// Stride (>= 1).
+    pub stride: [usize; 2],
+    /// Dilation (>= 1).
+    pub dilation: [usize; 2],
+    /// Padding before (top, left).
+    pub pad_before: [usize; 2],
+    /// Padding after (bottom, right).
+    pub pad_after: [usize; 2],
+    /// Groups (divides C and out_channels).
+    pub groups: usize,
+    /// 1 when a bias is added.
+    pub bias: u32,
+    /// 1 when a residual of the conv output shape is added before the activation.
+    pub residual: u32,
+    /// A `ConvkitActivation`.
+    pub activation: u32,
+    /// The leaky relu slope.
+    pub activation_alpha: f32,
+    /// The clamp's lower bound.
+    pub clamp_min: f32,
+    /// The clamp's upper bound.
+    pub clamp_max: f32,
+    /// A `ConvkitPool`.
+    pub pool: u32,
+    /// Pool window.
+    pub pool_size: [usize; 2],
+    /// Pool stride (0 means the window size).
+    pub pool_stride: [usize; 2],
+    /// Pool padding before.
+    pub pool_pad_before: [usize; 2],
+    /// Pool padding after.
+    pub pool_pad_after: [usize; 2],
+    /// 1 when average pooling divides by the whole window, padding included.
+    pub count_include_pad: u32,
+}
+
+/// The layer as a spec, or why not.
+fn layer_spec(l: &ConvkitLayer) -> Result<ConvSpec, (ConvkitStatus, String)> {
+    use crate::epilogue::{Activation, Pool, PoolWindow};
+    let r = match l.spatial_rank {
+        1 => 1,
+        2 => 2,
+        other => return Err(arg_err(&format!("spatial_rank {other} is neither 1 nor 2"))),
+    };
+    let activation = match l.activation {
+        0 => Activation::None,
+        1 => Activation::Relu,
+        2 => Activation::Relu6,
+        3 => Activation::Sigmoid,
+        4 => Activation::Tanh,
+        5 => Activation::Gelu,
+        6 => Activation::GeluTanh,
+        7 => Activation::Silu,
+        8 => Activation::LeakyRelu {
+            alpha: l.activation_alpha,
+        },
+        9 => Activation::Clamp {
+            min: l.clamp_min,
+            max: l.clamp_max,
+        },
+        other => {
+            return Err(arg_err(&format!(
+                "activation {other} is not a ConvkitActivation"
+            )))
+        }
+    };
+    let window = || PoolWindow {
+        size: l.pool_size[..r].to_vec(),
+        stride: (0..r)
+            .map(|d| {
+                if l.pool_stride[d] == 0 {
+                    l.pool_size[d]
+                } else {
+                    l.pool_stride[d]
+                }
+            })
+            .collect(),
+        padding: (0..r)
+            .map(|d| (l.pool_pad_before[d], l.pool_pad_after[d]))
+            .collect(),
+    };
+    let pool = match l.pool {
+        0 => None,
+        1 => Some(Pool::Max(window())),
+        2 => Some(Pool::Avg {
+            window: window(),
+            count_include_pad: l.count_include_pad != 0,
+        }),
+        3 => Some(Pool::GlobalMax),
+        4 => Some(Pool::GlobalAvg),
+        other => return Err(arg_err(&format!("pool {other} is not a ConvkitPool"))),
+    };
+    Ok(
+        ConvSpec::new(&l.input[..r + 2], l.out_channels, &l.kernel[..r])
+            .with_stride(&l.stride[..r])
+            .with_dilation(&l.dilation[..r])
+            .with_padding(crate::spec::Padding::Explicit(
+                (0..r).map(|d| (l.pad_before[d], l.pad_after[d])).collect(),
+            ))
+            .with_groups(l.groups)
+            .with_bias(l.bias != 0)
+            .with_residual(l.residual != 0)
+            .with_activation(activation)
+            .with_pool(pool),
+    )
+}
+
+/// Creates a plan from a [`ConvkitLayer`]; otherwise as `convkit_plan_create_json`.
+///
+/// # Safety
+/// `layer` points to a `ConvkitLayer`; the rest as for `convkit_plan_create_json`.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn convkit_plan_create(
+    layer: *const ConvkitLayer,
+    weight: *const f32,
+    weight_len: usize,
+    bias: *const f32,
+    bias_len: usize,
+    algo: *const c_char,
+    layout: u32,
+    threads: usize,
+    out: *mut *mut ConvkitPlan,
+) -> ConvkitStatus {
+    guard(|| {
+        if out.is_null() {
+            return Err(arg_err("out is NULL"));
+        }
+        // SAFETY: checked non-null; the caller provides a writable pointer.
+        unsafe { *out = std::ptr::null_mut() };
+        if layer.is_null() {
+            return Err(arg_err("layer is NULL"));
+        }
+        // SAFETY: non-null; points to a ConvkitLayer by the contract (plain data, any bits
+        // valid: the enum fields are integers).
+        let spec = layer_spec(unsafe { &*layer })?;
+        // SAFETY: the contract of this function.
+        unsafe {
+            create(
+                &spec, weight, weight_len, bias, bias_len, algo, layout, threads, out,
+            )
+        }
+    })
+}
+
+/// The name of the algorithm a plan runs (static storage), e.g. "winograd_f4x3"; NULL for a
+/// NULL plan.
+///
+/// # Safety
+/// `plan` is NULL or a live plan.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_plan_algo(plan: *const ConvkitPlan) -> *const c_char {
+    if plan.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: a live plan by the contract.
+    let name = unsafe { (*plan).plan.algo().name() };
+    ALGO_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(std::ptr::null(), |(_, c)| c.as_ptr() as *const c_char)
+}
+
+/// The algorithm names with their NUL terminators (static C strings).
+const ALGO_NAMES: [(&str, &str); 8] = [
+    ("direct", "direct\0"),
+    ("im2col", "im2col\0"),
+    ("gemm1x1", "gemm1x1\0"),
+    ("depthwise", "depthwise\0"),
+    ("winograd_f2x3", "winograd_f2x3\0"),
+    ("winograd_f4x3", "winograd_f4x3\0"),
+    ("winograd_f6x3", "winograd_f6x3\0"),
+    ("reference", "reference\0"),
+];
+
+/// How plans created afterwards through this ABI choose with `algo` NULL or "auto":
+/// `mode` 0 = heuristic (no measurement), 1 = measure (time the candidates within
+/// `budget_ms`), 2 = exhaustive. The cache and loaded wisdom are used first in every mode.
+#[unsafe(no_mangle)]
+pub extern "C" fn convkit_tuner_set_mode(mode: u32, budget_ms: u32) -> ConvkitStatus {
+    guard(|| {
+        let m = match mode {
+            0 => TuneMode::Heuristic,
+            1 => TuneMode::Measure {
+                budget_ms: budget_ms as u64,
+            },
+            2 => TuneMode::Exhaustive,
+            other => return Err(arg_err(&format!("tuner mode {other} is not 0, 1 or 2"))),
         };
-        let layout = match layout {
-            0 => Layout::Nchw,
-            1 => Layout::Nhwc,
-            other => {
-                return Err(arg_err(&format!(
-                    "layout {other} is neither 0 (NCHW) nor 1 (NHWC)"
-                )))
-            }
-        };
-        let opts = PlanOptions {
-            algo,
-            layout,
-            threads: (threads > 0).then_some(threads),
-            ..Default::default()
-        };
-        let plan = Plan::new(&spec, w, b, &opts).map_err(lib_err)?;
-        // SAFETY: checked non-null above.
-        unsafe { *out = Box::into_raw(Box::new(ConvkitPlan { plan })) };
+        *TUNE_MODE
+            .lock()
+            .map_err(|_| arg_err("tuner mode lock poisoned"))? = m;
+        Ok(())
+    })
+}
+
+/// Writes the tuner's cache as wisdom JSON into `buf` (NUL-terminated) and its length
+/// (without the NUL) into `*len`. With `buf` NULL only the length is written; a buffer of
+/// `capacity <= *len` bytes is an error (`*len` still tells the size needed).
+///
+/// # Safety
+/// `len` is writable; a non-null `buf` has `capacity` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_wisdom_export(
+    buf: *mut c_char,
+    capacity: usize,
+    len: *mut usize,
+) -> ConvkitStatus {
+    guard(|| {
+        if len.is_null() {
+            return Err(arg_err("len is NULL"));
+        }
+        let text = crate::tune::export_wisdom();
+        // SAFETY: non-null and writable by the contract.
+        unsafe { *len = text.len() };
+        if buf.is_null() {
+            return Ok(());
+        }
+        if capacity <= text.len() {
+            return Err(arg_err(&format!(
+                "buffer of {capacity} bytes is too small: the wisdom needs {}",
+                text.len() + 1
+            )));
+        }
+        // SAFETY: `buf` has `capacity > text.len()` writable bytes by the contract.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, text.len());
+            *buf.add(text.len()) = 0;
+        }
+        Ok(())
+    })
+}
+
+/// Loads wisdom JSON text (as `convkit_wisdom_export` writes) into the tuner's cache; writes
+/// the number of entries into `*entries` (may be NULL). Bad text is an error and changes
+/// nothing.
+///
+/// # Safety
+/// `json` is a NUL-terminated string; `entries` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_wisdom_import(
+    json: *const c_char,
+    entries: *mut usize,
+) -> ConvkitStatus {
+    guard(|| {
+        if json.is_null() {
+            return Err(arg_err("json is NULL"));
+        }
+        // SAFETY: non-null and NUL-terminated by the contract.
+        let text = unsafe { CStr::from_ptr(json) }
+            .to_str()
+            .map_err(|_| arg_err("json is not UTF-8"))?;
+        let n = crate::tune::import_wisdom(text).map_err(lib_err)?;
+        if !entries.is_null() {
+            // SAFETY: non-null and writable by the contract.
+            unsafe { *entries = n };
+        }
         Ok(())
     })
 }

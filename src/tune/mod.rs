@@ -291,11 +291,7 @@ fn wisdom_json(entries: &BTreeMap<String, Choice>) -> Value {
 /// Writes every cached decision to `path` atomically (temporary file, then rename), so a
 /// concurrent reader or writer never sees a partial file.
 pub fn save_wisdom(path: &std::path::Path) -> Result<()> {
-    let text = {
-        let c = lock();
-        serde_json::to_string_pretty(&wisdom_json(&c.entries))
-            .map_err(|e| Error::file(path.display(), e))?
-    };
+    let text = export_wisdom();
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -322,15 +318,30 @@ pub fn save_wisdom(path: &std::path::Path) -> Result<()> {
 /// anyway); a file that is not valid wisdom is an error and loads nothing.
 pub fn load_wisdom(path: &std::path::Path) -> Result<usize> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path.display(), e))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::file(path.display(), format!("not JSON: {e}")))?;
+    import_wisdom_from(&text, &path.display().to_string())
+}
+
+/// Every cached decision as wisdom JSON (what [`save_wisdom`] writes).
+pub fn export_wisdom() -> String {
+    let c = lock();
+    serde_json::to_string_pretty(&wisdom_json(&c.entries)).unwrap_or_default()
+}
+
+/// Loads wisdom JSON text into the cache, as [`load_wisdom`] does a file.
+pub fn import_wisdom(text: &str) -> Result<usize> {
+    import_wisdom_from(text, "wisdom text")
+}
+
+fn import_wisdom_from(text: &str, origin: &str) -> Result<usize> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| Error::file(origin, format!("not JSON: {e}")))?;
     if v.get("format").and_then(Value::as_str) != Some("convkit-wisdom") {
-        return Err(Error::file(path.display(), "not a convkit wisdom file"));
+        return Err(Error::file(origin, "not a convkit wisdom file"));
     }
     let entries = v
         .get("entries")
         .and_then(Value::as_object)
-        .ok_or_else(|| Error::file(path.display(), "no `entries` object"))?;
+        .ok_or_else(|| Error::file(origin, "no `entries` object"))?;
     let mut parsed = Vec::new();
     for (k, e) in entries {
         let Some(algo) = e

@@ -2,6 +2,7 @@
  * values computed here, then the error paths. Prints "N passed, N failed". */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "convkit.h"
@@ -52,11 +53,29 @@ int main(void) {
       }
 
   check(strlen(convkit_version()) > 0, "version string");
-  const char *algos[] = {"auto", "direct", "im2col", "reference"};
-  for (int a = 0; a < 4; a++) {
+  /* The same layer as a struct. */
+  ConvkitLayer layer;
+  memset(&layer, 0, sizeof layer);
+  layer.spatial_rank = 2;
+  layer.input[0] = 1; layer.input[1] = 2; layer.input[2] = 4; layer.input[3] = 4;
+  layer.out_channels = 3;
+  layer.kernel[0] = layer.kernel[1] = 3;
+  layer.stride[0] = layer.stride[1] = 1;
+  layer.dilation[0] = layer.dilation[1] = 1;
+  layer.pad_before[0] = layer.pad_before[1] = layer.pad_after[0] = layer.pad_after[1] = 1;
+  layer.groups = 1;
+  layer.bias = 1;
+  layer.activation = ConvkitActivation_Relu;
+  layer.pool = ConvkitPool_Max;
+  layer.pool_size[0] = layer.pool_size[1] = 2;
+  const char *algos[] = {"auto", "direct", "im2col", "winograd_f2x3", "winograd_f4x3", "winograd_f6x3", "reference"};
+  for (int a = 0; a < 14; a++) {
     ConvkitPlan *plan = NULL;
-    ConvkitStatus s = convkit_plan_create_json(spec, w, 54, b, 3, algos[a], 0, 2, &plan);
+    ConvkitStatus s = a < 7 ? convkit_plan_create_json(spec, w, 54, b, 3, algos[a], 0, 2, &plan)
+                            : convkit_plan_create(&layer, w, 54, b, 3, algos[a - 7], 0, 2, &plan);
     check(s == ConvkitStatus_Ok && plan != NULL, "create");
+    check(convkit_plan_algo(plan) != NULL && (a % 7 == 0 || strcmp(convkit_plan_algo(plan), algos[a % 7]) == 0),
+          "the plan names its algorithm");
     size_t len = 0;
     check(convkit_plan_output_len(plan, &len) == ConvkitStatus_Ok && len == 12, "output length");
     float y[12];
@@ -67,7 +86,9 @@ int main(void) {
       float d = fabsf(y[i] - (&want[0][0][0])[i]);
       if (d > worst) worst = d;
     }
-    check(worst <= 1e-4f, "output matches the values computed in C");
+    /* SPEC's tolerance: 1e-3 x S for Winograd (S < 20 here), 1e-4 x S otherwise. */
+    check(worst <= (strncmp(convkit_plan_algo(plan), "winograd", 8) == 0 ? 2e-2f : 2e-3f),
+          "output matches the values computed in C");
     /* Error paths: wrong lengths, NULL pointers; the output stays untouched. */
     y[0] = 42.0f;
     check(convkit_plan_run(plan, x, 31, NULL, 0, y, 12) == ConvkitStatus_InvalidArgument, "short input refused");
@@ -81,8 +102,39 @@ int main(void) {
             ConvkitStatus_InvalidSpec && bad == NULL,
         "malformed spec refused");
   check(strstr(convkit_last_error_message(), "out_channels") != NULL, "message names the missing field");
-  check(convkit_plan_create_json(spec, w, 54, b, 3, "winograd_f6x3", 0, 1, &bad) == ConvkitStatus_Unsupported,
+  check(convkit_plan_create_json(spec, w, 54, b, 3, "depthwise", 0, 1, &bad) == ConvkitStatus_Unsupported,
         "unsupported algorithm refused");
+  layer.spatial_rank = 3;
+  check(convkit_plan_create(&layer, w, 54, b, 3, NULL, 0, 1, &bad) == ConvkitStatus_InvalidArgument && bad == NULL,
+        "bad struct refused");
+  layer.spatial_rank = 2;
+  layer.activation = 99;
+  check(convkit_plan_create(&layer, w, 54, b, 3, NULL, 0, 1, &bad) == ConvkitStatus_InvalidArgument,
+        "unknown activation refused");
+  check(strstr(convkit_last_error_message(), "activation") != NULL, "message names the field");
+  layer.activation = ConvkitActivation_Relu;
+  layer.stride[0] = 0;
+  check(convkit_plan_create(&layer, w, 54, b, 3, NULL, 0, 1, &bad) == ConvkitStatus_InvalidSpec, "zero stride refused");
+  layer.stride[0] = 1;
+
+  /* Tuner controls: measure mode, then the cache as wisdom text, round-tripped. */
+  check(convkit_tuner_set_mode(1, 5) == ConvkitStatus_Ok, "tuner mode set");
+  check(convkit_tuner_set_mode(7, 0) == ConvkitStatus_InvalidArgument, "bad tuner mode refused");
+  ConvkitPlan *tuned = NULL;
+  check(convkit_plan_create(&layer, w, 54, b, 3, NULL, 0, 1, &tuned) == ConvkitStatus_Ok, "tuned plan");
+  convkit_plan_destroy(tuned);
+  size_t need = 0;
+  check(convkit_wisdom_export(NULL, 0, &need) == ConvkitStatus_Ok && need > 0, "wisdom length");
+  char small[4];
+  check(convkit_wisdom_export(small, sizeof small, &need) == ConvkitStatus_InvalidArgument, "small buffer refused");
+  char *text = malloc(need + 1);
+  check(text != NULL && convkit_wisdom_export(text, need + 1, &need) == ConvkitStatus_Ok, "wisdom exported");
+  check(text != NULL && strstr(text, "convkit-wisdom") != NULL, "wisdom text is wisdom");
+  size_t entries = 0;
+  check(text != NULL && convkit_wisdom_import(text, &entries) == ConvkitStatus_Ok && entries >= 1, "wisdom imported");
+  free(text);
+  check(convkit_wisdom_import("{\"format\": 1}", &entries) != ConvkitStatus_Ok, "bad wisdom refused");
+  check(convkit_tuner_set_mode(0, 0) == ConvkitStatus_Ok, "heuristic mode restored");
   check(convkit_plan_create_json(spec, w, 53, b, 3, NULL, 0, 1, &bad) == ConvkitStatus_InvalidArgument,
         "short weights refused");
   check(convkit_plan_create_json(spec, w, 54, b, 3, NULL, 7, 1, &bad) == ConvkitStatus_InvalidArgument,

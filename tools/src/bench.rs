@@ -21,6 +21,8 @@ pub struct Row {
     pub min_ms: f64,
     pub gflops: f64,
     pub pack_ms: f64,
+    /// `--check`: the worst error over sampled outputs, in units of S (SPEC section 4).
+    pub error: Option<f64>,
 }
 
 /// Input, weight, bias and residual of a layer.
@@ -172,6 +174,93 @@ pub fn time_backward(
     Ok((pack_ms, times[times.len() / 2], times[0]))
 }
 
+/// The worst `|y - y_ref| / S` over `samples` outputs spread over the whole tensor (every
+/// one when there are fewer), each recomputed in f64 from its receptive field; S is the
+/// largest magnitude among them (SPEC section 4 over the sample). A pooled layer is checked
+/// before its pool (the same algorithm planned without it).
+pub fn sampled_error(
+    spec: &ConvSpec,
+    plan: &Plan,
+    opts: &PlanOptions,
+    samples: usize,
+) -> Result<f64, String> {
+    let unpooled;
+    let (plan, spec) = if spec.pool.is_some() {
+        let s = ConvSpec {
+            pool: None,
+            ..spec.clone()
+        };
+        let g = Geometry::new(&s).map_err(|e| e.to_string())?;
+        let (_, w, b, _) = operands(&g, 0x5eed);
+        let o = PlanOptions {
+            algo: Some(plan.algo().name().into()),
+            ..opts.clone()
+        };
+        unpooled = Plan::new(&s, &w, b.as_deref(), &o).map_err(|e| e.to_string())?;
+        (&unpooled, s)
+    } else {
+        (plan, spec.clone())
+    };
+    let g = &Geometry::new(&spec).map_err(|e| e.to_string())?;
+    let (x, w, b, r) = operands(g, 0x5eed);
+    let mut y = vec![0f32; g.output_len()];
+    plan.run(&x, r.as_deref(), &mut y)
+        .map_err(|e| e.to_string())?;
+    let [ih, iw] = g.input;
+    let [kh, kw] = g.kernel;
+    let [oh, ow] = g.conv_out;
+    let (cg, og) = (g.cin_per_group, g.cout_per_group);
+    let step = (y.len() / samples.max(1)).max(1);
+    let (mut worst, mut s_max) = (0f64, 0f64);
+    let mut errs = Vec::new();
+    for o in (0..y.len()).step_by(step) {
+        let (n, co) = (
+            o / (g.out_channels * oh * ow),
+            (o / (oh * ow)) % g.out_channels,
+        );
+        let (oy, ox) = ((o / ow) % oh, o % ow);
+        let grp = co / og;
+        let (mut acc, mut mag) = (0f64, 0f64);
+        for ci in 0..cg {
+            let c = grp * cg + ci;
+            for ky in 0..kh {
+                let iy =
+                    (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad_before[0] as isize;
+                if iy < 0 || iy >= ih as isize {
+                    continue;
+                }
+                for kx in 0..kw {
+                    let ix =
+                        (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.pad_before[1] as isize;
+                    if ix < 0 || ix >= iw as isize {
+                        continue;
+                    }
+                    let xv =
+                        x[((n * g.in_channels + c) * ih + iy as usize) * iw + ix as usize] as f64;
+                    let wv = w[((co * cg + ci) * kh + ky) * kw + kx] as f64;
+                    acc += xv * wv;
+                    mag += (xv * wv).abs();
+                }
+            }
+        }
+        if let Some(b) = &b {
+            acc += b[co] as f64;
+            mag += (b[co] as f64).abs();
+        }
+        if let Some(r) = &r {
+            acc += r[o] as f64;
+            mag += (r[o] as f64).abs();
+        }
+        let want = g.epilogue.activation.apply(acc);
+        errs.push((y[o] as f64 - want).abs());
+        s_max = s_max.max(mag);
+    }
+    for e in errs {
+        worst = worst.max(e / s_max.max(1e-30));
+    }
+    Ok(worst)
+}
+
 pub fn cmd_bench(a: &Args) -> Result<(), String> {
     let text = match a.get("suite") {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read suite {p}: {e}"))?,
@@ -218,6 +307,11 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
             "--pass: expected forward, backward_data or backward_weights, got `{pass}`"
         ));
     }
+    let check = match a.get("check") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(format!("--check: expected true or false, got `{v}`")),
+    };
     let algo_sel = a.get("algo").unwrap_or("auto").to_string();
     if algo_sel != "all" && algo_sel != "auto" {
         Algo::parse(&algo_sel).map_err(|e| e.to_string())?;
@@ -261,6 +355,7 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 min_ms: min,
                 gflops,
                 pack_ms,
+                error: None,
             });
             continue;
         }
@@ -301,6 +396,11 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 ..Default::default()
             };
             let (plan, pack_ms, med, min) = time_layer(spec, &g, &opts, min_reps)?;
+            let error = if check {
+                Some(sampled_error(spec, &plan, &opts, 4096)?)
+            } else {
+                None
+            };
             let choice = plan.choice().clone();
             let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
             eprintln!(" {med:.3} ms, {gflops:.1} GFLOP/s");
@@ -315,6 +415,7 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 min_ms: min,
                 gflops,
                 pack_ms,
+                error,
             });
         }
     }
@@ -342,8 +443,12 @@ fn print_rows(rows: &[Row], format: &str, isa: &str, threads: usize, peak: f64) 
             let results: Vec<_> = rows
                 .iter()
                 .map(|r| {
-                    json!({"layer": r.layer, "algo": r.algo, "auto": r.auto, "choice": r.choice, "threads": r.threads,
-                           "median_ms": r.median_ms, "min_ms": r.min_ms, "gflops": r.gflops, "pack_ms": r.pack_ms})
+                    let mut o = json!({"layer": r.layer, "algo": r.algo, "auto": r.auto, "choice": r.choice, "threads": r.threads,
+                           "median_ms": r.median_ms, "min_ms": r.min_ms, "gflops": r.gflops, "pack_ms": r.pack_ms});
+                    if let Some(e) = r.error {
+                        o["error_over_s"] = json!(e);
+                    }
+                    o
                 })
                 .collect();
             let doc = json!({"machine": {"isa": isa, "threads": threads, "peak_gflops": peak}, "results": results});
@@ -384,8 +489,12 @@ fn print_rows(rows: &[Row], format: &str, isa: &str, threads: usize, peak: f64) 
                     Some((a, ms)) => format!("{a} {ms:.3}"),
                     None => "-".to_string(),
                 };
+                let err = r
+                    .error
+                    .map(|e| format!("  error {e:.2e} x S"))
+                    .unwrap_or_default();
                 println!(
-                    "{:<26} {:<10} {:<9} {:>10.3} {:>10.3} {:>9.1} {:>6.1}% {:>9.3}  {}",
+                    "{:<26} {:<10} {:<9} {:>10.3} {:>10.3} {:>9.1} {:>6.1}% {:>9.3}  {}{}",
                     r.layer,
                     r.algo,
                     r.choice,
@@ -394,7 +503,8 @@ fn print_rows(rows: &[Row], format: &str, isa: &str, threads: usize, peak: f64) 
                     r.gflops,
                     pct(r.gflops, peak),
                     r.pack_ms,
-                    ru
+                    ru,
+                    err
                 );
             }
             if !rows.is_empty() {
