@@ -16,8 +16,10 @@
 //! assert_eq!(y, vec![0., 2., 2., 0.]);
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod algo;
+pub mod api;
 pub mod arch;
 pub mod backward;
 pub mod capi;
