@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Side-by-side comparison of convkit with onnxruntime (CPU, MLAS) on the layer suite.
+"""Side-by-side comparison of convkit with onnxruntime (CPU, MLAS) and OpenVINO (CPU plugin, oneDNN) on the layer suite.
 
 Layers alternate between the engines in one run, so drift of the shared machine hits both
 alike. For each layer and thread count: onnxruntime runs a one-layer ONNX model (Conv plus the
-layer's activation and pool, graph optimizations on, so MLAS fuses what it can), then
-`convkit bench --layers NAME` (auto choice, tuned) runs the same layer. Both report the
-median of repeated runs after warm-up; GFLOP/s use the suite's FLOP count.
+layer's activation and pool, graph optimizations on, so MLAS fuses what it can), OpenVINO
+runs the same model (f32 precision hint, one stream, latency hint), then `convkit bench
+--layers NAME` (auto choice, tuned) runs the same layer. All report the median of repeated
+runs after warm-up; GFLOP/s use the suite's FLOP count. OpenVINO is skipped (a "-" column)
+when it cannot be installed.
 
-Usage (creates its own virtualenv with numpy, onnx and onnxruntime on first use):
+Usage (creates its own virtualenv with numpy, onnx, onnxruntime and openvino on first use):
     python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--out DIR]
 Writes DIR/compare.md (a markdown table with ratios and a geomean row) and DIR/compare.json.
 """
@@ -41,6 +43,8 @@ def ensure_venv():
     if not os.path.exists(py):
         subprocess.check_call([sys.executable, "-m", "venv", VENV])
         subprocess.check_call([py, "-m", "pip", "install", "-q", "numpy", "onnx", "onnxruntime"])
+        # OpenVINO is optional: a failed install leaves its column empty.
+        subprocess.call([py, "-m", "pip", "install", "-q", "openvino"])
     os.execv(py, [py] + sys.argv)
 
 
@@ -129,6 +133,38 @@ def time_ort(l, threads, min_s=0.3):
     return statistics.median(times)
 
 
+def time_openvino(l, threads, min_s=0.3):
+    """OpenVINO's CPU plugin on the same ONNX model, or None when it is not installed."""
+    try:
+        import numpy as np
+        import openvino as ov
+    except ImportError:
+        return None
+    import tempfile
+
+    core = ov.Core()
+    with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
+        f.write(build_model(l))
+        path = f.name
+    try:
+        cfg = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+               "INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = core.compile_model(core.read_model(path), "CPU", cfg)
+    finally:
+        os.unlink(path)
+    req = compiled.create_infer_request()
+    x = np.random.default_rng(1).standard_normal(l["input"]).astype(np.float32)
+    req.set_input_tensor(ov.Tensor(x))
+    for _ in range(2):
+        req.infer()
+    times, start = [], time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < min_s and len(times) < 200):
+        t = time.perf_counter()
+        req.infer()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
 def time_convkit(binary, name, threads):
     out = subprocess.run([binary, "bench", "--layers", name, "--threads", str(threads), "--format", "json"],
                          check=True, capture_output=True, text=True).stdout
@@ -155,25 +191,33 @@ def main():
         for l in layers:
             gf = flops(l) / 1e9
             ort_ms = time_ort(l, threads)
+            ov_ms = time_openvino(l, threads)
             ck_ms, algo, peak = time_convkit(binary, l["name"], threads)
+            best_ms = min(ort_ms, ov_ms) if ov_ms else ort_ms
             rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
                          "convkit_ms": ck_ms, "convkit_gflops": gf / ck_ms * 1e3, "ort_ms": ort_ms,
-                         "ort_gflops": gf / ort_ms * 1e3, "ratio": ort_ms / ck_ms, "peak_gflops": peak})
-            print(f"{threads}t {l['name']:24} convkit {gf / ck_ms * 1e3:7.1f}  onnxruntime {gf / ort_ms * 1e3:7.1f} GFLOP/s"
-                  f"  ratio {ort_ms / ck_ms:.2f}", flush=True)
+                         "ort_gflops": gf / ort_ms * 1e3, "ratio": ort_ms / ck_ms, "peak_gflops": peak,
+                         "ov_ms": ov_ms, "ov_gflops": gf / ov_ms * 1e3 if ov_ms else None,
+                         "best_peer_gflops": gf / best_ms * 1e3, "ratio_best": best_ms / ck_ms})
+            ov_txt = f"{gf / ov_ms * 1e3:7.1f}" if ov_ms else "      -"
+            print(f"{threads}t {l['name']:24} convkit {gf / ck_ms * 1e3:7.1f}  onnxruntime {gf / ort_ms * 1e3:7.1f}"
+                  f"  openvino {ov_txt} GFLOP/s  vs best peer {best_ms / ck_ms:.2f}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    lines = ["| threads | layer | convkit algo | convkit GFLOP/s | % peak | onnxruntime GFLOP/s | convkit / ORT |",
-             "|---:|---|---|---:|---:|---:|---:|"]
+    lines = ["| threads | layer | convkit algo | convkit GFLOP/s | % peak | onnxruntime | openvino | convkit / ORT | convkit / best peer |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        ov = f"{r['ov_gflops']:.1f}" if r["ov_gflops"] else "-"
         lines.append(f"| {r['threads']} | {r['layer']} | {r['convkit_algo']} | {r['convkit_gflops']:.1f} | "
-                     f"{100 * r['convkit_gflops'] / r['peak_gflops']:.0f}% | {r['ort_gflops']:.1f} | {r['ratio']:.2f}x |")
+                     f"{100 * r['convkit_gflops'] / r['peak_gflops']:.0f}% | {r['ort_gflops']:.1f} | {ov} | "
+                     f"{r['ratio']:.2f}x | {r['ratio_best']:.2f}x |")
     for threads in sorted({r["threads"] for r in rows}):
         rs = [r for r in rows if r["threads"] == threads]
         geo = lambda k: math.exp(sum(math.log(r[k]) for r in rs) / len(rs))  # noqa: E731
-        lines.append(f"| {threads} | **geomean** | | {geo('convkit_gflops'):.1f} | | {geo('ort_gflops'):.1f} | "
-                     f"{geo('convkit_gflops') / geo('ort_gflops'):.2f}x |")
+        ov = f"{geo('ov_gflops'):.1f}" if all(r["ov_gflops"] for r in rs) else "-"
+        lines.append(f"| {threads} | **geomean** | | {geo('convkit_gflops'):.1f} | | {geo('ort_gflops'):.1f} | {ov} | "
+                     f"{geo('convkit_gflops') / geo('ort_gflops'):.2f}x | {geo('convkit_gflops') / geo('best_peer_gflops'):.2f}x |")
     with open(os.path.join(args.out, "compare.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

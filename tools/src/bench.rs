@@ -23,6 +23,8 @@ pub struct Row {
     pub pack_ms: f64,
     /// `--check`: the worst error over sampled outputs, in units of S (SPEC section 4).
     pub error: Option<f64>,
+    /// `--phases`: named phases and their milliseconds (the fastest of 5 profiled runs).
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 /// Input, weight, bias and residual of a layer.
@@ -261,6 +263,29 @@ pub fn sampled_error(
     Ok(worst)
 }
 
+/// The phases of the fastest of 5 profiled runs (`Plan::run_profiled`).
+fn profile(g: &Geometry, plan: &Plan) -> Result<Vec<(&'static str, f64)>, String> {
+    let (x, _, _, r) = operands(g, 0x5eed);
+    let mut y = vec![0f32; g.output_len()];
+    let mut best: Option<convkit::PhaseProfile> = None;
+    for _ in 0..5 {
+        let p = plan
+            .run_profiled(&x, r.as_deref(), &mut y)
+            .map_err(|e| e.to_string())?;
+        if best.as_ref().is_none_or(|b| p.total_ms < b.total_ms) {
+            best = Some(p);
+        }
+    }
+    let best = best.expect("five runs");
+    let mut phases = best.phases.clone();
+    if !phases.is_empty() {
+        let rest = best.total_ms - phases.iter().map(|p| p.1).sum::<f64>();
+        phases.push(("other", rest.max(0.0)));
+        phases.push(("total", best.total_ms));
+    }
+    Ok(phases)
+}
+
 pub fn cmd_bench(a: &Args) -> Result<(), String> {
     let text = match a.get("suite") {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("cannot read suite {p}: {e}"))?,
@@ -307,6 +332,11 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
             "--pass: expected forward, backward_data or backward_weights, got `{pass}`"
         ));
     }
+    let want_phases = match a.get("phases") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(format!("--phases: expected true or false, got `{v}`")),
+    };
     let check = match a.get("check") {
         None | Some("false") => false,
         Some("true") => true,
@@ -356,6 +386,7 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 gflops,
                 pack_ms,
                 error: None,
+                phases: Vec::new(),
             });
             continue;
         }
@@ -401,6 +432,11 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
             } else {
                 None
             };
+            let phases = if want_phases {
+                profile(&g, &plan)?
+            } else {
+                Vec::new()
+            };
             let choice = plan.choice().clone();
             let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
             eprintln!(" {med:.3} ms, {gflops:.1} GFLOP/s");
@@ -416,6 +452,7 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 gflops,
                 pack_ms,
                 error,
+                phases,
             });
         }
     }
@@ -447,6 +484,9 @@ fn print_rows(rows: &[Row], format: &str, isa: &str, threads: usize, peak: f64) 
                            "median_ms": r.median_ms, "min_ms": r.min_ms, "gflops": r.gflops, "pack_ms": r.pack_ms});
                     if let Some(e) = r.error {
                         o["error_over_s"] = json!(e);
+                    }
+                    if !r.phases.is_empty() {
+                        o["phases_ms"] = r.phases.iter().map(|(n, ms)| (n.to_string(), json!(ms))).collect();
                     }
                     o
                 })
@@ -489,10 +529,13 @@ fn print_rows(rows: &[Row], format: &str, isa: &str, threads: usize, peak: f64) 
                     Some((a, ms)) => format!("{a} {ms:.3}"),
                     None => "-".to_string(),
                 };
-                let err = r
+                let mut err = r
                     .error
                     .map(|e| format!("  error {e:.2e} x S"))
                     .unwrap_or_default();
+                for (n, ms) in &r.phases {
+                    err.push_str(&format!("  {n} {ms:.2}"));
+                }
                 println!(
                     "{:<26} {:<10} {:<9} {:>10.3} {:>10.3} {:>9.1} {:>6.1}% {:>9.3}  {}{}",
                     r.layer,

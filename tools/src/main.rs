@@ -19,7 +19,7 @@ const USAGE: &str = "usage:
   convkit bench [--suite FILE] [--layers NAME,..] [--algo all|auto|NAME] [--isa NAME] [--threads N]
                 [--layout nchw|nhwc] [--format table|json|csv] [--reps N]
                 [--tune measure|heuristic|exhaustive] [--wisdom FILE] [--band-rows N] [--plot FILE.svg]
-                [--pass forward|backward_data|backward_weights] [--check true]
+                [--pass forward|backward_data|backward_weights] [--check true] [--phases true]
   convkit tune  [--suite FILE] [--wisdom FILE] [--isa NAME] [--threads N]
   convkit info
   convkit train [--epochs N] [--batch N] [--lr F] [--seed N] [--threads N] [--isa NAME]
@@ -98,6 +98,7 @@ fn dispatch(argv: &[String]) -> Result<(), String> {
                 "plot",
                 "pass",
                 "check",
+                "phases",
             ],
         )?),
         other => Err(format!(
