@@ -11,7 +11,11 @@ when it cannot be installed.
 
 Usage (creates its own virtualenv with numpy, onnx, onnxruntime and openvino on first use):
     python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--out DIR]
-Writes DIR/compare.md (a markdown table with ratios and a geomean row) and DIR/compare.json.
+Writes DIR/compare.md (a markdown table with ratios and a geomean row), DIR/compare.json, and
+three SVG charts: DIR/gflops.svg (GFLOP/s per layer per engine with the FMA peak line, one
+thread), DIR/roofline.svg (each layer's arithmetic intensity against its GFLOP/s, under the
+FMA peak and the L2 and DRAM bandwidth lines measured here) and DIR/scaling.svg (geomean
+GFLOP/s per engine per thread count).
 """
 import argparse
 import json
@@ -172,13 +176,152 @@ def time_convkit(binary, name, threads):
     return r["median_ms"], r["algo"], json.loads(out)["machine"]["peak_gflops"]
 
 
+def measure_bandwidth():
+    """(L2, DRAM) copy bandwidth in GB/s (bytes read + written), measured with numpy."""
+    import numpy as np
+
+    def copy_rate(nbytes, reps):
+        a = np.ones(nbytes // 4, np.float32)
+        b = np.empty_like(a)
+        np.copyto(b, a)
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(reps):
+                np.copyto(b, a)
+            best = min(best, time.perf_counter() - t)
+        return 2 * nbytes * reps / best / 1e9
+
+    # 256 KiB a side: source and destination fill a 512 KiB L2. (Copies of 128 KiB and less
+    # measured 3-4 GB/s here: numpy's per-call cost, not the cache.)
+    return copy_rate(256 << 10, 4000), copy_rate(256 << 20, 3)
+
+
+def layer_bytes(l):
+    """The least traffic of a layer: input, weights and conv output once, 4 bytes each."""
+    sp = l["input"][2:]
+    outs = [out_size(sp[i], l["kernel"][i], l["stride"][i], l["padding"][i], l["dilation"][i]) for i in range(len(sp))]
+    w = l["out_channels"] * (l["input"][1] // l["groups"]) * math.prod(l["kernel"])
+    return 4 * (math.prod(l["input"]) + w + l["input"][0] * l["out_channels"] * math.prod(outs))
+
+
+COLORS = {"convkit": "#1f77b4", "onnxruntime": "#ff7f0e", "openvino": "#2ca02c"}
+
+
+def svg_doc(w, h, body, title):
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">'
+            f'<rect width="{w}" height="{h}" fill="white"/><text x="{w / 2}" y="18" text-anchor="middle" font-size="14">'
+            f'{title}</text>{body}</svg>\n')
+
+
+def legend(x, y, names):
+    return "".join(f'<rect x="{x}" y="{y + 16 * i}" width="10" height="10" fill="{COLORS[n]}"/>'
+                   f'<text x="{x + 14}" y="{y + 9 + 16 * i}">{n}</text>' for i, n in enumerate(names))
+
+
+def chart_gflops(rows, peak, path):
+    rs = [r for r in rows if r["threads"] == 1]
+    engines = [("convkit", "convkit_gflops"), ("onnxruntime", "ort_gflops"), ("openvino", "ov_gflops")]
+    top = max([peak] + [r[k] or 0 for r in rs for _, k in engines]) * 1.1
+    W, H, L, B = 60 + 26 * len(rs) * 4, 460, 50, 150
+    sy = lambda v: 30 + (H - B - 30) * (1 - v / top)  # noqa: E731
+    body = f'<line x1="{L}" y1="{sy(peak)}" x2="{W - 10}" y2="{sy(peak)}" stroke="red" stroke-dasharray="4"/>'
+    body += f'<text x="{W - 12}" y="{sy(peak) - 3}" text-anchor="end" fill="red">FMA peak {peak:.0f}</text>'
+    for t in range(0, int(top) + 1, 50):
+        body += f'<text x="{L - 4}" y="{sy(t) + 4}" text-anchor="end">{t}</text><line x1="{L}" y1="{sy(t)}" x2="{W - 10}" y2="{sy(t)}" stroke="#eee"/>'
+    for i, r in enumerate(rs):
+        x0 = L + 10 + i * 26 * 4
+        for j, (name, k) in enumerate(engines):
+            if r[k]:
+                body += f'<rect x="{x0 + j * 26}" y="{sy(r[k])}" width="24" height="{sy(0) - sy(r[k])}" fill="{COLORS[name]}"/>'
+        body += f'<text transform="translate({x0 + 40},{H - B + 8}) rotate(60)">{r["layer"]}</text>'
+    body += legend(L + 10, 30, [n for n, _ in engines])
+    with open(path, "w") as f:
+        f.write(svg_doc(W, H, body, "GFLOP/s per layer, one thread (effective for Winograd)"))
+
+
+def chart_roofline(rows, layers, peak, bw, path):
+    import math as m
+    rs = [r for r in rows if r["threads"] == 1]
+    by = {l["name"]: l for l in layers}
+    pts = [(r["gflop"] * 1e9 / layer_bytes(by[r["layer"]]), r) for r in rs]
+    W, H, L, B = 720, 480, 60, 50
+    xs = [p[0] for p in pts]
+    x_lo, x_hi = m.log10(max(min(xs) / 2, 0.1)), m.log10(max(xs) * 2)
+    y_lo, y_hi = m.log10(1), m.log10(peak * 3)
+    sx = lambda v: L + (W - L - 20) * (m.log10(v) - x_lo) / (x_hi - x_lo)  # noqa: E731
+    sy = lambda v: H - B - (H - B - 30) * (m.log10(max(v, 1e-9)) - y_lo) / (y_hi - y_lo)  # noqa: E731
+    body = ""
+    for name, gbs, color in [("L2", bw[0], "#999"), ("DRAM", bw[1], "#555")]:
+        x_knee = peak / gbs
+        a, b = 10 ** x_lo, min(x_knee, 10 ** x_hi)
+        body += f'<line x1="{sx(a)}" y1="{sy(a * gbs)}" x2="{sx(b)}" y2="{sy(b * gbs)}" stroke="{color}"/>'
+        body += f'<text x="{sx(a) + 4}" y="{sy(a * gbs) - 4}" fill="{color}">{name} {gbs:.0f} GB/s</text>'
+    body += f'<line x1="{sx(10 ** x_lo)}" y1="{sy(peak)}" x2="{sx(10 ** x_hi)}" y2="{sy(peak)}" stroke="red" stroke-dasharray="4"/>'
+    body += f'<text x="{W - 22}" y="{sy(peak) - 4}" text-anchor="end" fill="red">FMA peak {peak:.0f} GFLOP/s</text>'
+    for ai, r in pts:
+        body += f'<circle cx="{sx(ai)}" cy="{sy(r["convkit_gflops"])}" r="4" fill="{COLORS["convkit"]}"><title>{r["layer"]}</title></circle>'
+        body += f'<circle cx="{sx(ai)}" cy="{sy(r["ort_gflops"])}" r="3" fill="{COLORS["onnxruntime"]}"><title>{r["layer"]}</title></circle>'
+    for d in range(int(m.floor(x_lo)), int(m.ceil(x_hi)) + 1):
+        if x_lo <= d <= x_hi:
+            body += f'<text x="{sx(10 ** d)}" y="{H - B + 16}" text-anchor="middle">{10 ** d:g}</text>'
+    for d in range(0, int(m.ceil(y_hi)) + 1):
+        if y_lo <= d <= y_hi:
+            body += f'<text x="{L - 4}" y="{sy(10 ** d) + 4}" text-anchor="end">{10 ** d:g}</text>'
+    body += f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">arithmetic intensity (FLOP per byte of input + weights + output)</text>'
+    body += f'<text transform="translate(14,{H / 2}) rotate(-90)" text-anchor="middle">GFLOP/s (log)</text>'
+    body += legend(L + 10, 30, ["convkit", "onnxruntime"])
+    with open(path, "w") as f:
+        f.write(svg_doc(W, H, body, "Roofline, one thread"))
+
+
+def chart_scaling(rows, path):
+    threads = sorted({r["threads"] for r in rows})
+    engines = [("convkit", "convkit_gflops"), ("onnxruntime", "ort_gflops"), ("openvino", "ov_gflops")]
+    geo = {}
+    for t in threads:
+        rs = [r for r in rows if r["threads"] == t]
+        for n, k in engines:
+            if all(r[k] for r in rs):
+                geo[(n, t)] = math.exp(sum(math.log(r[k]) for r in rs) / len(rs))
+    top = max(geo.values()) * 1.15
+    W, H, L, B = 120 + 110 * len(threads), 360, 50, 40
+    sy = lambda v: 30 + (H - B - 30) * (1 - v / top)  # noqa: E731
+    body = ""
+    for i, t in enumerate(threads):
+        x0 = L + 20 + i * 110
+        for j, (n, _) in enumerate(engines):
+            v = geo.get((n, t))
+            if v:
+                body += f'<rect x="{x0 + j * 28}" y="{sy(v)}" width="26" height="{sy(0) - sy(v)}" fill="{COLORS[n]}"/>'
+                body += f'<text x="{x0 + j * 28 + 13}" y="{sy(v) - 3}" text-anchor="middle" font-size="9">{v:.0f}</text>'
+        body += f'<text x="{x0 + 40}" y="{H - B + 16}" text-anchor="middle">{t} thread(s)</text>'
+    body += legend(W - 110, 30, [n for n, _ in engines])
+    with open(path, "w") as f:
+        f.write(svg_doc(W, H, body, "Suite geomean GFLOP/s by thread count"))
+
+
 def main():
     ensure_venv()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", default="")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
+    ap.add_argument("--charts-from", default="", help="redraw the charts from a compare.json, measuring nothing")
     args = ap.parse_args()
+    if args.charts_from:
+        with open(SUITE) as f:
+            layers = json.load(f)["layers"]
+        with open(args.charts_from) as f:
+            rows = json.load(f)
+        bw = measure_bandwidth()
+        os.makedirs(args.out, exist_ok=True)
+        peak1 = next(r["peak_gflops"] for r in rows if r["threads"] == 1)
+        chart_gflops(rows, peak1, os.path.join(args.out, "gflops.svg"))
+        chart_roofline(rows, layers, peak1, bw, os.path.join(args.out, "roofline.svg"))
+        chart_scaling(rows, os.path.join(args.out, "scaling.svg"))
+        print(f"charts in {args.out} (L2 {bw[0]:.0f} GB/s, DRAM {bw[1]:.0f} GB/s)")
+        return
     with open(SUITE) as f:
         layers = json.load(f)["layers"]
     if args.layers:
@@ -218,9 +361,18 @@ def main():
         ov = f"{geo('ov_gflops'):.1f}" if all(r["ov_gflops"] for r in rs) else "-"
         lines.append(f"| {threads} | **geomean** | | {geo('convkit_gflops'):.1f} | | {geo('ort_gflops'):.1f} | {ov} | "
                      f"{geo('convkit_gflops') / geo('ort_gflops'):.2f}x | {geo('convkit_gflops') / geo('best_peer_gflops'):.2f}x |")
+    bw = measure_bandwidth()
+    lines.append("")
+    lines.append(f"Copy bandwidth measured by the script: L2 {bw[0]:.0f} GB/s, DRAM {bw[1]:.0f} GB/s (read + write).")
     with open(os.path.join(args.out, "compare.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+    peak1 = next((r["peak_gflops"] for r in rows if r["threads"] == 1), None)
+    if peak1:
+        chart_gflops(rows, peak1, os.path.join(args.out, "gflops.svg"))
+        chart_roofline(rows, layers, peak1, bw, os.path.join(args.out, "roofline.svg"))
+    chart_scaling(rows, os.path.join(args.out, "scaling.svg"))
+    print(f"charts: {args.out}/gflops.svg, roofline.svg, scaling.svg")
 
 
 if __name__ == "__main__":
