@@ -106,6 +106,22 @@ enum Prepared {
     },
 }
 
+/// The private thread pool of `threads` (`None`: run on the caller's pool).
+///
+/// A private pool for any explicit count, 1 included: without one, work would run on the
+/// caller's (global) pool and `threads: 1` would not mean one thread.
+pub(crate) fn private_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
+    match threads {
+        Some(0) => Err(Error::InvalidArgument("threads must be >= 1".into())),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map(Some)
+            .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}"))),
+        None => Ok(None),
+    }
+}
+
 /// Where the time of one run went ([`Plan::run_profiled`]).
 #[derive(Clone, Debug)]
 pub struct PhaseProfile {
@@ -292,20 +308,7 @@ impl Plan {
             }
             None => return Err(Error::Budget(format!("algorithm `{}`: its memory need overflows", algo.name()))),
         }
-        let pool = match opts.threads {
-            Some(0) => return Err(Error::InvalidArgument("threads must be >= 1".into())),
-            // A private pool for any explicit count, 1 included: without one, work would run
-            // on the caller's (global) pool and `threads: 1` would not mean one thread.
-            Some(n) => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| {
-                        Error::InvalidArgument(format!("cannot start {n} threads: {e}"))
-                    })?,
-            ),
-            _ => None,
-        };
+        let pool = private_pool(opts.threads)?;
         let prepared = match algo {
             Algo::Direct => Prepared::Direct(
                 crate::algo::direct::DirectPlan::new(&geom, isa.kernels()?.gemm_default(), weight)

@@ -546,18 +546,7 @@ impl TrainPlan {
         };
         let conv = Plan::new(&conv_spec, weight, bias, &conv_opts)?;
         let kernels = resolve_isa(opts.isa.as_deref())?.kernels()?;
-        let pool = match opts.threads {
-            Some(0) => return Err(Error::InvalidArgument("threads must be >= 1".into())),
-            Some(n) => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| {
-                        Error::InvalidArgument(format!("cannot start {n} threads: {e}"))
-                    })?,
-            ),
-            None => None,
-        };
+        let pool = crate::plan::private_pool(opts.threads)?;
         Ok(TrainPlan {
             spec: spec.clone(),
             data: DataWeights::new(&geom, kernels, weight),
