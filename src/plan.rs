@@ -723,35 +723,42 @@ impl Plan {
             g.input_area(),
         );
         let chan_len = layout.chan + crate::arch::dwconv::CHUNK + layout.pw;
-        // One task per input channel: pad it into a per-thread buffer that stays in L1/L2,
-        // then compute its `mult` output planes from it. (Padding the whole image first wrote
-        // and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
-        out.par_chunks_mut(mult * band)
+        // Channels per task: enough that a task has ~4K input floats of work. One task per
+        // channel spent more on the task and its scratch than on a 7x7 plane
+        // (mobilenetv2.dw7: 960 channels of 49 outputs each).
+        let per_task = (4096 / in_area.max(1)).clamp(1, 64);
+        // Each task pads its channels, one at a time, into a buffer that stays in L1/L2,
+        // then computes their `mult` output planes from it. (Padding the whole image first
+        // wrote and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
+        out.par_chunks_mut(per_task * mult * band)
             .enumerate()
-            .for_each(|(ci, planes)| {
+            .for_each(|(task, planes_of_task)| {
                 let mut xp = crate::tensor::take_scratch(chan_len);
-                layout.fill_channel(
-                    g,
-                    &x[ci * in_area..(ci + 1) * in_area],
-                    &mut xp[..layout.chan],
-                );
                 xp[layout.chan..].fill(0.0);
-                for (m, plane) in planes.chunks_mut(band).enumerate() {
-                    let co = ci * mult + m;
-                    let mut p = crate::arch::dwconv::DwPlane {
-                        input: &xp[r0 * layout.pw..],
-                        offsets: &offsets,
-                        weight: &weight[co * ka..(co + 1) * ka],
-                        pw: layout.pw,
-                        ow,
-                        out: &mut *plane,
-                        bias: bias.map_or(0.0, |b| b[co]),
-                        accumulate,
-                        clamp,
-                    };
-                    (uk.run)(&mut p);
-                    if let Some((kernel, act)) = activation {
-                        (kernel.run)(act, plane);
+                for (j, planes) in planes_of_task.chunks_mut(mult * band).enumerate() {
+                    let ci = task * per_task + j;
+                    layout.fill_channel(
+                        g,
+                        &x[ci * in_area..(ci + 1) * in_area],
+                        &mut xp[..layout.chan],
+                    );
+                    for (m, plane) in planes.chunks_mut(band).enumerate() {
+                        let co = ci * mult + m;
+                        let mut p = crate::arch::dwconv::DwPlane {
+                            input: &xp[r0 * layout.pw..],
+                            offsets: &offsets,
+                            weight: &weight[co * ka..(co + 1) * ka],
+                            pw: layout.pw,
+                            ow,
+                            out: &mut *plane,
+                            bias: bias.map_or(0.0, |b| b[co]),
+                            accumulate,
+                            clamp,
+                        };
+                        (uk.run)(&mut p);
+                        if let Some((kernel, act)) = activation {
+                            (kernel.run)(act, plane);
+                        }
                     }
                 }
                 crate::tensor::give_scratch(xp);
