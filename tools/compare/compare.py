@@ -9,8 +9,11 @@ runs the same model (f32 precision hint, one stream, latency hint), then `convki
 runs after warm-up; GFLOP/s use the suite's FLOP count. OpenVINO is skipped (a "-" column)
 when it cannot be installed.
 
+With `--rust-peers`, candle (the `convkit-candle` crate of integrations/candle, built here:
+candle-core's own conv, bias, activation and pool ops) joins each layer's alternation.
+
 Usage (creates its own virtualenv with numpy, onnx, onnxruntime and openvino on first use):
-    python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--out DIR]
+    python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--out DIR] [--rust-peers]
 Writes DIR/compare.md (a markdown table with ratios and a geomean row), DIR/compare.json, and
 three SVG charts: DIR/gflops.svg (GFLOP/s per layer per engine with the FMA peak line, one
 thread), DIR/roofline.svg (each layer's arithmetic intensity against its GFLOP/s, under the
@@ -169,6 +172,16 @@ def time_openvino(l, threads, min_s=0.3):
     return statistics.median(times)
 
 
+def time_candle(binary, name, threads):
+    """candle on one suite layer (None when the binary is absent or skips the layer)."""
+    if not binary:
+        return None
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run([binary, "--suite", SUITE, "--layer", name], check=True, capture_output=True,
+                         text=True, env=env).stdout
+    return json.loads(out).get("median_ms")
+
+
 def time_convkit(binary, name, threads):
     out = subprocess.run([binary, "bench", "--layers", name, "--threads", str(threads), "--format", "json"],
                          check=True, capture_output=True, text=True).stdout
@@ -205,7 +218,7 @@ def layer_bytes(l):
     return 4 * (math.prod(l["input"]) + w + l["input"][0] * l["out_channels"] * math.prod(outs))
 
 
-COLORS = {"convkit": "#1f77b4", "onnxruntime": "#ff7f0e", "openvino": "#2ca02c"}
+COLORS = {"convkit": "#1f77b4", "onnxruntime": "#ff7f0e", "openvino": "#2ca02c", "candle": "#9467bd"}
 
 
 def svg_doc(w, h, body, title):
@@ -221,18 +234,19 @@ def legend(x, y, names):
 
 def chart_gflops(rows, peak, path):
     rs = [r for r in rows if r["threads"] == 1]
-    engines = [("convkit", "convkit_gflops"), ("onnxruntime", "ort_gflops"), ("openvino", "ov_gflops")]
-    top = max([peak] + [r[k] or 0 for r in rs for _, k in engines]) * 1.1
-    W, H, L, B = 60 + 26 * len(rs) * 4, 460, 50, 150
+    engines = [("convkit", "convkit_gflops"), ("onnxruntime", "ort_gflops"), ("openvino", "ov_gflops"),
+               ("candle", "candle_gflops")]
+    top = max([peak] + [r.get(k) or 0 for r in rs for _, k in engines]) * 1.1
+    W, H, L, B = 60 + 26 * len(rs) * 5, 460, 50, 150
     sy = lambda v: 30 + (H - B - 30) * (1 - v / top)  # noqa: E731
     body = f'<line x1="{L}" y1="{sy(peak)}" x2="{W - 10}" y2="{sy(peak)}" stroke="red" stroke-dasharray="4"/>'
     body += f'<text x="{W - 12}" y="{sy(peak) - 3}" text-anchor="end" fill="red">FMA peak {peak:.0f}</text>'
     for t in range(0, int(top) + 1, 50):
         body += f'<text x="{L - 4}" y="{sy(t) + 4}" text-anchor="end">{t}</text><line x1="{L}" y1="{sy(t)}" x2="{W - 10}" y2="{sy(t)}" stroke="#eee"/>'
     for i, r in enumerate(rs):
-        x0 = L + 10 + i * 26 * 4
+        x0 = L + 10 + i * 26 * 5
         for j, (name, k) in enumerate(engines):
-            if r[k]:
+            if r.get(k):
                 body += f'<rect x="{x0 + j * 26}" y="{sy(r[k])}" width="24" height="{sy(0) - sy(r[k])}" fill="{COLORS[name]}"/>'
         body += f'<text transform="translate({x0 + 40},{H - B + 8}) rotate(60)">{r["layer"]}</text>'
     body += legend(L + 10, 30, [n for n, _ in engines])
@@ -277,12 +291,13 @@ def chart_roofline(rows, layers, peak, bw, path):
 
 def chart_scaling(rows, path):
     threads = sorted({r["threads"] for r in rows})
-    engines = [("convkit", "convkit_gflops"), ("onnxruntime", "ort_gflops"), ("openvino", "ov_gflops")]
+    engines = [("convkit", "convkit_gflops"), ("onnxruntime", "ort_gflops"), ("openvino", "ov_gflops"),
+               ("candle", "candle_gflops")]
     geo = {}
     for t in threads:
         rs = [r for r in rows if r["threads"] == t]
         for n, k in engines:
-            if all(r[k] for r in rs):
+            if all(r.get(k) for r in rs):
                 geo[(n, t)] = math.exp(sum(math.log(r[k]) for r in rs) / len(rs))
     top = max(geo.values()) * 1.15
     W, H, L, B = 120 + 110 * len(threads), 360, 50, 40
@@ -308,6 +323,7 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
     ap.add_argument("--charts-from", default="", help="redraw the charts from a compare.json, measuring nothing")
+    ap.add_argument("--rust-peers", action="store_true", help="add candle (builds integrations/candle)")
     args = ap.parse_args()
     if args.charts_from:
         with open(SUITE) as f:
@@ -329,18 +345,24 @@ def main():
         layers = [l for l in layers if l["name"] in wanted]
     subprocess.check_call(["cargo", "build", "--release", "-q", "--bin", "convkit"], cwd=ROOT)
     binary = os.path.join(ROOT, "target", "release", "convkit")
+    candle = None
+    if args.rust_peers:
+        subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "convkit-candle"], cwd=ROOT)
+        candle = os.path.join(ROOT, "target", "release", "convkit-candle")
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for l in layers:
             gf = flops(l) / 1e9
             ort_ms = time_ort(l, threads)
             ov_ms = time_openvino(l, threads)
+            cd_ms = time_candle(candle, l["name"], threads)
             ck_ms, algo, peak = time_convkit(binary, l["name"], threads)
-            best_ms = min(ort_ms, ov_ms) if ov_ms else ort_ms
+            best_ms = min(m for m in (ort_ms, ov_ms, cd_ms) if m)
             rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
                          "convkit_ms": ck_ms, "convkit_gflops": gf / ck_ms * 1e3, "ort_ms": ort_ms,
                          "ort_gflops": gf / ort_ms * 1e3, "ratio": ort_ms / ck_ms, "peak_gflops": peak,
                          "ov_ms": ov_ms, "ov_gflops": gf / ov_ms * 1e3 if ov_ms else None,
+                         "candle_ms": cd_ms, "candle_gflops": gf / cd_ms * 1e3 if cd_ms else None,
                          "best_peer_gflops": gf / best_ms * 1e3, "ratio_best": best_ms / ck_ms})
             ov_txt = f"{gf / ov_ms * 1e3:7.1f}" if ov_ms else "      -"
             print(f"{threads}t {l['name']:24} convkit {gf / ck_ms * 1e3:7.1f}  onnxruntime {gf / ort_ms * 1e3:7.1f}"
@@ -348,18 +370,20 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    lines = ["| threads | layer | convkit algo | convkit GFLOP/s | % peak | onnxruntime | openvino | convkit / ORT | convkit / best peer |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| threads | layer | convkit algo | convkit GFLOP/s | % peak | onnxruntime | openvino | candle | convkit / ORT | convkit / best peer |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ov = f"{r['ov_gflops']:.1f}" if r["ov_gflops"] else "-"
+        cd = f"{r['candle_gflops']:.1f}" if r.get("candle_gflops") else "-"
         lines.append(f"| {r['threads']} | {r['layer']} | {r['convkit_algo']} | {r['convkit_gflops']:.1f} | "
-                     f"{100 * r['convkit_gflops'] / r['peak_gflops']:.0f}% | {r['ort_gflops']:.1f} | {ov} | "
+                     f"{100 * r['convkit_gflops'] / r['peak_gflops']:.0f}% | {r['ort_gflops']:.1f} | {ov} | {cd} | "
                      f"{r['ratio']:.2f}x | {r['ratio_best']:.2f}x |")
     for threads in sorted({r["threads"] for r in rows}):
         rs = [r for r in rows if r["threads"] == threads]
         geo = lambda k: math.exp(sum(math.log(r[k]) for r in rs) / len(rs))  # noqa: E731
         ov = f"{geo('ov_gflops'):.1f}" if all(r["ov_gflops"] for r in rs) else "-"
-        lines.append(f"| {threads} | **geomean** | | {geo('convkit_gflops'):.1f} | | {geo('ort_gflops'):.1f} | {ov} | "
+        cd = f"{geo('candle_gflops'):.1f}" if all(r.get("candle_gflops") for r in rs) else "-"
+        lines.append(f"| {threads} | **geomean** | | {geo('convkit_gflops'):.1f} | | {geo('ort_gflops'):.1f} | {ov} | {cd} | "
                      f"{geo('convkit_gflops') / geo('ort_gflops'):.2f}x | {geo('convkit_gflops') / geo('best_peer_gflops'):.2f}x |")
     bw = measure_bandwidth()
     lines.append("")

@@ -1,6 +1,10 @@
 //! Checks convkit's conv2d against candle's own on a small CNN and on suite layers, then
 //! times both side by side. Threads: `RAYON_NUM_THREADS` (both libraries run on rayon's
 //! global pool here). Exits non-zero when an output differs beyond SPEC's tolerance.
+//!
+//! `convkit-candle --suite benches/layers.json --layer NAME` instead times candle alone on
+//! one suite layer (conv, bias, activation and pool in candle's own ops) and prints one JSON
+//! object: the candle column of `tools/compare/compare.py --rust-peers`.
 
 use candle_core::{Device, Tensor};
 use convkit_candle::{Conv2d, Conv2dConfig};
@@ -31,7 +35,116 @@ fn worst(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
         / scale)
 }
 
+/// One suite layer in candle's own ops: `{"layer", "median_ms"}` or `{"layer", "skipped"}`.
+fn time_suite_layer(suite: &str, name: &str) -> candle_core::Result<String> {
+    let text = std::fs::read_to_string(suite)
+        .map_err(|e| candle_core::Error::Msg(format!("{suite}: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| candle_core::Error::Msg(format!("{suite}: {e}")))?;
+    let l = v["layers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|l| l["name"] == name))
+        .ok_or_else(|| candle_core::Error::Msg(format!("no layer {name}")))?;
+    let nums = |k: &str| -> Vec<usize> {
+        l[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as usize)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (input, kernel, stride, pad, dil) = (
+        nums("input"),
+        nums("kernel"),
+        nums("stride"),
+        nums("padding"),
+        nums("dilation"),
+    );
+    let same = |v: &[usize]| v.iter().all(|&x| x == v[0]);
+    if !(same(&stride) && same(&pad) && same(&dil)) {
+        return Ok(format!(
+            "{{\"layer\": \"{name}\", \"skipped\": \"per-dimension parameters differ\"}}"
+        ));
+    }
+    let groups = l["groups"].as_u64().unwrap_or(1) as usize;
+    let cout = l["out_channels"].as_u64().unwrap_or(1) as usize;
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, input.as_slice(), &dev)?;
+    let mut wshape = vec![cout, input[1] / groups];
+    wshape.extend(&kernel);
+    let w = (Tensor::randn(0f32, 1.0, wshape.as_slice(), &dev)? * 0.05)?;
+    let bias = l["bias"].as_bool().unwrap_or(true);
+    let b = Tensor::randn(0f32, 0.1, cout, &dev)?;
+    let act = l["activation"].as_str().unwrap_or("none").to_string();
+    let pool = l["pool"].clone();
+    let two_d = kernel.len() == 2;
+    let run = || -> candle_core::Result<Tensor> {
+        let mut y = if two_d {
+            x.conv2d(&w, pad[0], stride[0], dil[0], groups)?
+        } else {
+            x.conv1d(&w, pad[0], stride[0], dil[0], groups)?
+        };
+        if bias {
+            let shape: Vec<usize> = if two_d {
+                vec![1, cout, 1, 1]
+            } else {
+                vec![1, cout, 1]
+            };
+            y = y.broadcast_add(&b.reshape(shape)?)?;
+        }
+        y = match act.as_str() {
+            "relu" => y.relu()?,
+            "relu6" => y.clamp(0f32, 6f32)?,
+            "gelu" => y.gelu_erf()?,
+            _ => y,
+        };
+        if let Some(kind) = pool["kind"].as_str() {
+            y = match kind {
+                "global_max" => y.max_keepdim(2)?,
+                "global_avg" => y.mean_keepdim(2)?,
+                _ => {
+                    let size = pool["size"][0].as_u64().unwrap_or(2) as usize;
+                    let st = pool["stride"][0].as_u64().unwrap_or(size as u64) as usize;
+                    let pp = pool["padding"][0].as_u64().unwrap_or(0) as usize;
+                    // Zero padding equals ignoring the padded cells for a max pool after
+                    // relu (every value is >= 0 and each window holds a real cell).
+                    let yp = if pp > 0 {
+                        y.pad_with_zeros(2, pp, pp)?.pad_with_zeros(3, pp, pp)?
+                    } else {
+                        y
+                    };
+                    if kind == "max" {
+                        yp.max_pool2d_with_stride(size, st)?
+                    } else {
+                        yp.avg_pool2d_with_stride(size, st)?
+                    }
+                }
+            };
+        }
+        Ok(y)
+    };
+    run()?;
+    let ms = median_ms(|| {
+        run().expect("candle runs the layer");
+    });
+    Ok(format!("{{\"layer\": \"{name}\", \"median_ms\": {ms}}}"))
+}
+
 fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let (Some(i), Some(j)) = (
+        args.iter().position(|a| a == "--suite"),
+        args.iter().position(|a| a == "--layer"),
+    ) {
+        let (suite, name) = (
+            args.get(i + 1).cloned().unwrap_or_default(),
+            args.get(j + 1).cloned().unwrap_or_default(),
+        );
+        println!("{}", time_suite_layer(&suite, &name)?);
+        return Ok(());
+    }
     let dev = Device::Cpu;
     let mut failed = false;
     // 1. A small CNN's convolutions, each through both: (input, Cout, kernel, cfg).
