@@ -250,6 +250,23 @@ pub fn measure(
         runs.sort_by(f64::total_cmp);
         results.push((a, runs[0]));
     }
+    // Near-ties get a second look, interleaved: the two fastest candidates, when within 15%
+    // of each other, run three more times each in alternation (A B A B A B), so drift of the
+    // shared machine hits both alike, and each keeps its fastest run. (Measured one after the
+    // other, F(4,3) and F(6,3) swapped places between tuning runs on 64-channel layers.)
+    let mut order: Vec<usize> = (0..results.len()).collect();
+    order.sort_by(|&i, &j| results[i].1.total_cmp(&results[j].1));
+    if let [i, j, ..] = order[..] {
+        if results[j].1 <= 1.15 * results[i].1 {
+            for _ in 0..3 {
+                for k in [i, j] {
+                    if let Some(ms) = time(results[k].0) {
+                        results[k].1 = results[k].1.min(ms);
+                    }
+                }
+            }
+        }
+    }
     let fastest = results
         .iter()
         .min_by(|x, y| x.1.total_cmp(&y.1))
