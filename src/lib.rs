@@ -37,6 +37,11 @@ pub mod sysinfo;
 pub mod tensor;
 pub mod tune;
 
+/// The README's Rust examples, compiled and run as doctests (so the front page stays true).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use algo::Algo;
 pub use arch::Isa;
 pub use epilogue::{Activation, Epilogue, Pool, PoolWindow};
