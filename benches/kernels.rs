@@ -137,18 +137,22 @@ fn bench_backward(c: &mut Criterion) {
             fill(g.weight_len(), 6),
             fill(g.conv_output_len(), 7),
         );
-        let data = DataWeights::new(&g, kernels, &w);
+        let data = DataWeights::new(&g, kernels, &w).expect("weights fit");
         let (mut dx, mut dw) = (vec![0f32; g.input_len()], vec![0f32; g.weight_len()]);
         let mut group = c.benchmark_group(format!("backward/{name}"));
         group
             .sample_size(10)
             .throughput(Throughput::Elements(g.flops()));
         group.bench_function("data", |bch| {
-            bch.iter(|| pool.install(|| backward_data_into(&g, &data, black_box(&dz), &mut dx)))
+            bch.iter(|| {
+                pool.install(|| backward_data_into(&data, black_box(&dz), &mut dx))
+                    .expect("lengths match")
+            })
         });
         group.bench_function("weights", |bch| {
             bch.iter(|| {
                 pool.install(|| backward_weights_into(&g, kernels, black_box(&x), &dz, &mut dw))
+                    .expect("lengths match")
             })
         });
         group.finish();

@@ -590,6 +590,26 @@ fn conv_transpose_and_training_reject_bad_input() {
     let mut y = vec![0.0; g.output_len()];
     let saved = plan.forward(&x, None, &mut y).unwrap();
     assert!(plan.backward(&x, &saved, &[0.0; 3], true).is_err());
+    // The gradient functions check every length; a forged max-pool pick is refused.
+    let kernels = convkit::arch::best_isa().kernels().unwrap();
+    assert!(convkit::backward::DataWeights::new(&g, kernels, &w[1..]).is_err());
+    let data = convkit::backward::DataWeights::new(&g, kernels, &w).unwrap();
+    let mut dx = vec![0.0; g.input_len()];
+    let err = convkit::backward::backward_data_into(&data, &[0.0; 5], &mut dx).unwrap_err();
+    assert!(err.to_string().contains("dz"), "{err}");
+    let mut dw = vec![0.0; g.weight_len() - 1];
+    let dz = vec![0.0; g.conv_output_len()];
+    assert!(convkit::backward::backward_weights_into(&g, kernels, &x, &dz, &mut dw).is_err());
+    let pooled = spec.clone().with_pool(Some(Pool::GlobalMax));
+    let pg = Geometry::new(&pooled).unwrap();
+    let pplan = TrainPlan::new(&pooled, &w, Some(&[0.0, 0.0]), &PlanOptions::default()).unwrap();
+    let mut py = vec![0.0; pg.output_len()];
+    let mut forged = pplan.forward(&x, None, &mut py).unwrap();
+    forged.argmax[0] = 1_000;
+    let err = pplan
+        .backward(&x, &forged, &vec![1.0; py.len()], true)
+        .unwrap_err();
+    assert!(err.to_string().contains("argmax"), "{err}");
     let nhwc = PlanOptions {
         layout: convkit::Layout::Nhwc,
         ..Default::default()

@@ -48,6 +48,8 @@ const COLS_BAND_BYTES: usize = 4 << 20;
 
 /// The weights prepared for the data gradient: `W^T` per group, packed as GEMM A panels.
 pub struct DataWeights {
+    /// The layer the weights were packed for.
+    geom: Geometry,
     uk: &'static GemmUkernel,
     blocking: Blocking,
     packed: Vec<PackedA>,
@@ -121,7 +123,12 @@ fn transposed_forward(g: &Geometry, isa: crate::arch::Isa, weight: &[f32]) -> Op
 
 impl DataWeights {
     /// Packs `weight` (OIHW) for `g` with the tier's default GEMM kernel.
-    pub fn new(g: &Geometry, kernels: &crate::kernels::KernelTable, weight: &[f32]) -> Self {
+    pub fn new(
+        g: &Geometry,
+        kernels: &crate::kernels::KernelTable,
+        weight: &[f32],
+    ) -> Result<Self> {
+        check_len("weight", weight.len(), g.weight_len())?;
         let uk = kernels.gemm_default();
         let blocking = Blocking::derive(uk, crate::sysinfo::caches());
         let k = g.cin_per_group * g.kernel_area();
@@ -137,13 +144,14 @@ impl DataWeights {
                 })
                 .collect()
         };
-        DataWeights {
+        Ok(DataWeights {
+            geom: g.clone(),
             uk,
             blocking,
             packed,
             weight: weight.to_vec(),
             forward: transposed_forward(g, kernels.isa, weight),
-        }
+        })
     }
 }
 
@@ -196,12 +204,14 @@ fn scatter_tap(
 }
 
 /// dL/dx (input shape, overwritten) from `dz`, the gradient w.r.t. the pre-activation conv
-/// output (conv-output shape), for the whole batch. Runs on the current rayon pool.
-pub fn backward_data_into(g: &Geometry, w: &DataWeights, dz: &[f32], dx: &mut [f32]) {
+/// output (conv-output shape), for the whole batch of the layer `w` was packed for. Runs on
+/// the current rayon pool. Wrong lengths are errors.
+pub fn backward_data_into(w: &DataWeights, dz: &[f32], dx: &mut [f32]) -> Result<()> {
+    let g = &w.geom;
+    check_len("dz", dz.len(), g.conv_output_len())?;
+    check_len("dx", dx.len(), g.input_len())?;
     if let Some(plan) = &w.forward {
-        plan.run(dz, None, dx)
-            .expect("the transposed plan's shapes are the layer's");
-        return;
+        return plan.run(dz, None, dx);
     }
     let [oh, ow] = g.conv_out;
     let (kh, kw) = (g.kernel[0], g.kernel[1]);
@@ -229,7 +239,7 @@ pub fn backward_data_into(g: &Geometry, w: &DataWeights, dz: &[f32], dx: &mut [f
                     }
                 }
             });
-        return;
+        return Ok(());
     }
     let k = cg * ka;
     let rows = (COLS_BAND_BYTES / (4 * k * ow).max(1)).clamp(1, oh);
@@ -278,6 +288,7 @@ pub fn backward_data_into(g: &Geometry, w: &DataWeights, dz: &[f32], dx: &mut [f
         }
     }
     crate::tensor::give_scratch(cols);
+    Ok(())
 }
 
 /// `cols^T` of one image and group as a GEMM B source: `B[p][k] = im2col(x)[k][p]`, rows are
@@ -379,14 +390,17 @@ impl PackB for Im2colT<'_> {
 }
 
 /// dL/dw (weight shape, overwritten) from the input `x` and `dz` (conv-output shape), summed
-/// over the batch in batch order. Runs on the current rayon pool.
+/// over the batch in batch order. Runs on the current rayon pool. Wrong lengths are errors.
 pub fn backward_weights_into(
     g: &Geometry,
     kernels: &crate::kernels::KernelTable,
     x: &[f32],
     dz: &[f32],
     dw: &mut [f32],
-) {
+) -> Result<()> {
+    check_len("x", x.len(), g.input_len())?;
+    check_len("dz", dz.len(), g.conv_output_len())?;
+    check_len("dw", dw.len(), g.weight_len())?;
     let [oh, ow] = g.conv_out;
     let (kh, kw) = (g.kernel[0], g.kernel[1]);
     let (cg, og) = (g.cin_per_group, g.cout_per_group);
@@ -425,7 +439,7 @@ pub fn backward_weights_into(
                 }
             }
         });
-        return;
+        return Ok(());
     }
     let uk = kernels.gemm_default();
     let blocking = Blocking::derive(uk, crate::sysinfo::caches());
@@ -458,6 +472,7 @@ pub fn backward_weights_into(
             true,
         );
     }
+    Ok(())
 }
 
 /// dL/db: the sum of `dz` over the batch and the pixels of each channel, in f64.
@@ -549,7 +564,7 @@ impl TrainPlan {
         let pool = crate::plan::private_pool(opts.threads)?;
         Ok(TrainPlan {
             spec: spec.clone(),
-            data: DataWeights::new(&geom, kernels, weight),
+            data: DataWeights::new(&geom, kernels, weight)?,
             geom,
             opts: conv_opts,
             conv,
@@ -591,7 +606,7 @@ impl TrainPlan {
                 ..self.opts.clone()
             },
         )?;
-        self.data = DataWeights::new(&self.geom, self.kernels, weight);
+        self.data = DataWeights::new(&self.geom, self.kernels, weight)?;
         self.bias = bias.map(<[f32]>::to_vec);
         Ok(())
     }
@@ -650,12 +665,14 @@ impl TrainPlan {
         }
         self.install(|| {
             let mut dw = vec![0f32; g.weight_len()];
-            backward_weights_into(g, self.kernels, input, &dz, &mut dw);
-            let dx = want_input.then(|| {
+            backward_weights_into(g, self.kernels, input, &dz, &mut dw)?;
+            let dx = if want_input {
                 let mut dx = vec![0f32; g.input_len()];
-                backward_data_into(g, &self.data, &dz, &mut dx);
-                dx
-            });
+                backward_data_into(&self.data, &dz, &mut dx)?;
+                Some(dx)
+            } else {
+                None
+            };
             Ok(Gradients {
                 input: dx,
                 weight: dw,
@@ -775,6 +792,7 @@ fn pool_backward(g: &Geometry, pre: &[f32], argmax: &[u32], dy: &[f32]) -> Resul
         }
         Some(Pool::GlobalMax) => {
             check_len("saved argmax", argmax.len(), planes)?;
+            check_picks(argmax, area)?;
             for ((d, &v), &c) in da.chunks_mut(area).zip(dy).zip(argmax) {
                 d[c as usize] += v;
             }
@@ -785,6 +803,7 @@ fn pool_backward(g: &Geometry, pre: &[f32], argmax: &[u32], dy: &[f32]) -> Resul
             let is_max = matches!(pool, Pool::Max(_));
             if is_max {
                 check_len("saved argmax", argmax.len(), planes * ph * pw)?;
+                check_picks(argmax, area)?;
                 for (p, d) in da.chunks_mut(area).enumerate() {
                     for q in 0..ph * pw {
                         d[argmax[p * ph * pw + q] as usize] += dy[p * ph * pw + q];
@@ -817,6 +836,18 @@ fn pool_backward(g: &Geometry, pre: &[f32], argmax: &[u32], dy: &[f32]) -> Resul
         }
     }
     Ok(da)
+}
+
+/// Saved max-pool picks must index their conv-output plane (`Saved` is plain data a caller
+/// can build).
+fn check_picks(argmax: &[u32], area: usize) -> Result<()> {
+    match argmax.iter().find(|&&c| c as usize >= area) {
+        Some(c) => Err(Error::tensor(
+            "saved argmax",
+            format!("holds cell {c}, past a plane of {area}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A transposed convolution ("deconvolution"), as frameworks define it: the gradient of a
@@ -966,9 +997,9 @@ pub fn conv_transpose(
     check_len("weight", weight.len(), g.weight_len())?;
     check_optional("bias", spec.bias, bias, g.in_channels)?;
     let kernels = resolve_isa(isa)?.kernels()?;
-    let data = DataWeights::new(&g, kernels, weight);
+    let data = DataWeights::new(&g, kernels, weight)?;
     let mut out = vec![0f32; g.input_len()];
-    backward_data_into(&g, &data, input, &mut out);
+    backward_data_into(&data, input, &mut out)?;
     if let Some(b) = bias {
         let area = g.input_area();
         for (i, plane) in out.chunks_mut(area).enumerate() {

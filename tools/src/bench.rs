@@ -154,22 +154,23 @@ pub fn time_backward(
         .build()
         .map_err(|e| format!("cannot start threads: {e}"))?;
     let t = Instant::now();
-    let data = DataWeights::new(g, kernels, &w);
+    let data = DataWeights::new(g, kernels, &w).map_err(|e| e.to_string())?;
     let pack_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut dx = vec![0f32; g.input_len()];
     let mut dw = vec![0f32; g.weight_len()];
     let mut run = || {
         pool.install(|| match pass {
-            "backward_data" => backward_data_into(g, &data, &dz, &mut dx),
+            "backward_data" => backward_data_into(&data, &dz, &mut dx),
             _ => backward_weights_into(g, kernels, &x, &dz, &mut dw),
         })
+        .map_err(|e| e.to_string())
     };
-    run();
+    run()?;
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < min_reps || (start.elapsed().as_secs_f64() < 0.3 && times.len() < 200) {
         let t = Instant::now();
-        run();
+        run()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
