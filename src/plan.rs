@@ -33,6 +33,8 @@ pub struct PlanOptions {
     /// The most bytes the plan may hold in packed weights and per-run scratch; `None` means
     /// [`DEFAULT_MAX_BYTES`]. A plan that would need more is refused before allocating.
     pub max_bytes: Option<usize>,
+    /// The channel layout of the `depthwise` algorithm; `Auto` picks one per geometry.
+    pub depthwise_layout: crate::algo::depthwise::DwLayout,
 }
 
 /// The default memory budget of a plan: 4 GiB.
@@ -58,7 +60,15 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
     let uk = isa.kernels().ok()?.gemm_default();
     let bytes = match algo {
         Algo::Reference => g.weight_len().checked_mul(8)?,
-        Algo::Depthwise => g.weight_len().checked_mul(4)?,
+        // The weights, and their channel-block copy (channels rounded up to a block).
+        Algo::Depthwise => g
+            .in_channels
+            .div_ceil(crate::arch::dwconv::CB)
+            .checked_mul(crate::arch::dwconv::CB)?
+            .checked_mul(g.cout_per_group)?
+            .checked_mul(g.kernel_area())?
+            .checked_add(g.weight_len())?
+            .checked_mul(4)?,
         Algo::Im2col | Algo::Gemm1x1 => packed(uk.mr)?,
         Algo::Direct => {
             let image = crate::algo::direct::PhaseLayout::new(g, uk.nr).ok()?.image;
@@ -96,6 +106,9 @@ enum Prepared {
     Depthwise {
         uk: crate::arch::dwconv::DwUkernel,
         weight: Vec<f32>,
+        /// The channel-block layout's weights (empty for the plane layout).
+        blocked: Vec<f32>,
+        layout: crate::algo::depthwise::DwLayout,
     },
     Direct(crate::algo::direct::DirectPlan),
     Winograd(crate::algo::winograd::WinogradPlan),
@@ -324,13 +337,24 @@ impl Plan {
                         why,
                     })?,
             ),
-            Algo::Depthwise => Prepared::Depthwise {
-                uk: isa.kernels()?.dwconv,
-                weight: weight
+            Algo::Depthwise => {
+                use crate::algo::depthwise::{block_weights, DwLayout};
+                let weight: Vec<f32> = weight
                     .iter()
                     .map(|&v| crate::gemm::flush_denormal(v))
-                    .collect(),
-            },
+                    .collect();
+                let layout = opts.depthwise_layout.pick(&geom);
+                let blocked = match layout {
+                    DwLayout::ChannelBlocks => block_weights(&geom, &weight),
+                    _ => Vec::new(),
+                };
+                Prepared::Depthwise {
+                    uk: isa.kernels()?.dwconv,
+                    weight,
+                    blocked,
+                    layout,
+                }
+            }
             Algo::Reference => Prepared::Reference {
                 weight: weight.to_vec(),
             },
@@ -390,6 +414,11 @@ impl Plan {
     pub fn kernel_name(&self) -> Option<&'static str> {
         match &self.prepared {
             Prepared::Gemm { uk, .. } => Some(uk.name),
+            Prepared::Depthwise {
+                uk,
+                layout: crate::algo::depthwise::DwLayout::ChannelBlocks,
+                ..
+            } => Some(uk.block_name),
             Prepared::Depthwise { uk, .. } => Some(uk.name),
             Prepared::Direct(d) => Some(d.uk.name),
             Prepared::Winograd(w) => Some(w.uk.name),
@@ -399,7 +428,10 @@ impl Plan {
     /// Bytes of packed weights the plan holds.
     pub fn packed_bytes(&self) -> usize {
         match &self.prepared {
-            Prepared::Reference { weight } | Prepared::Depthwise { weight, .. } => weight.len() * 4,
+            Prepared::Reference { weight } => weight.len() * 4,
+            Prepared::Depthwise {
+                weight, blocked, ..
+            } => (weight.len() + blocked.len()) * 4,
             Prepared::Gemm { packed, .. } => packed.iter().map(PackedA::bytes).sum(),
             Prepared::Direct(d) => d.packed.iter().map(PackedA::bytes).sum(),
             Prepared::Winograd(w) => w.packed_bytes(),
@@ -670,7 +702,15 @@ impl Plan {
             Prepared::Reference { .. } => unreachable!("the reference runs whole"),
             Prepared::Direct(d) => d.run_rows(&self.geom, xp, r0, r1, out, pass),
             Prepared::Winograd(w) => w.run_rows(&self.geom, xp, r0, r1, out, pass, clock),
-            Prepared::Depthwise { uk, weight } => {
+            Prepared::Depthwise {
+                uk,
+                blocked,
+                layout: crate::algo::depthwise::DwLayout::ChannelBlocks,
+                ..
+            } => crate::algo::depthwise::run_channel_blocks(
+                &self.geom, uk, blocked, x, r0, r1, out, pass,
+            ),
+            Prepared::Depthwise { uk, weight, .. } => {
                 self.depthwise_rows(uk, weight, x, r0, r1, out, pass)?
             }
             Prepared::Gemm {

@@ -6,8 +6,8 @@
 use convkit::init::Rng;
 use convkit::reference::{self, coords, Operands};
 use convkit::{
-    algo, Activation, Algo, ConvSpec, Geometry, Isa, Layout, Padding, Plan, PlanOptions, Pool,
-    PoolWindow,
+    algo, algo::depthwise::DwLayout, Activation, Algo, ConvSpec, Geometry, Isa, Layout, Padding,
+    Plan, PlanOptions, Pool, PoolWindow,
 };
 use proptest::prelude::*;
 
@@ -72,16 +72,41 @@ fn check_banded(
     };
     let want = reference::forward_f64(&g, &ops).unwrap();
     let s = reference::magnitude(&g, &ops).unwrap();
-    let opts = PlanOptions {
-        algo: Some(algo.name().into()),
-        isa: Some(isa.name().into()),
-        threads,
-        layout,
-        band_rows,
-        ..Default::default()
+    // Depthwise runs in both of its channel layouts.
+    let dw_layouts: &[DwLayout] = if algo == Algo::Depthwise {
+        &[DwLayout::Planes, DwLayout::ChannelBlocks]
+    } else {
+        &[DwLayout::Auto]
     };
+    let mut last = Vec::new();
+    for &depthwise_layout in dw_layouts {
+        let opts = PlanOptions {
+            algo: Some(algo.name().into()),
+            isa: Some(isa.name().into()),
+            threads,
+            layout,
+            band_rows,
+            depthwise_layout,
+            ..Default::default()
+        };
+        last = run_checked(case, &g, algo, &opts, &want, s)
+            .map_err(|e| format!("{e} (depthwise layout {depthwise_layout:?})"))?;
+    }
+    Ok(last)
+}
+
+/// One plan built with `opts`, run and compared with the reference output `want`.
+fn run_checked(
+    case: &Case,
+    g: &Geometry,
+    algo: Algo,
+    opts: &PlanOptions,
+    want: &[f64],
+    s: f64,
+) -> Result<Vec<f32>, String> {
+    let (isa, layout) = (opts.isa.clone().unwrap_or_default(), opts.layout);
     let plan =
-        Plan::new(&case.spec, &case.w, case.b.as_deref(), &opts).map_err(|e| e.to_string())?;
+        Plan::new(&case.spec, &case.w, case.b.as_deref(), opts).map_err(|e| e.to_string())?;
     let mut y = vec![f32::NAN; g.output_len()];
     let (x, r) = match layout {
         Layout::Nchw => (case.x.clone(), case.r.clone()),
@@ -115,12 +140,12 @@ fn check_banded(
         );
         y = t;
     }
-    let c = reference::compare(&y, &want, s);
+    let c = reference::compare(&y, want, s);
     if c.normalized_err > tolerance(algo) {
         return Err(format!(
             "{} on {} ({:?}): worst element {:?} = {} (reference {}), error {:.3e} x S (S = {:.3e}), spec {}",
             algo.name(),
-            isa.name(),
+            isa,
             layout,
             coords(&g.output_shape(), c.worst_index),
             c.worst_values.0,
@@ -155,7 +180,7 @@ fn spec_strategy() -> impl Strategy<Value = ConvSpec> {
     (
         (1usize..3, 1usize..4, 1usize..5, any::<bool>()),
         (1usize..12, 1usize..12, 1usize..6, 1usize..6),
-        (1usize..3, 1usize..3, 0usize..4, 0usize..3),
+        (1usize..3, 1usize..3, 0usize..4, 0usize..4),
         (
             any::<bool>(),
             any::<bool>(),
@@ -170,7 +195,10 @@ fn spec_strategy() -> impl Strategy<Value = ConvSpec> {
                 (s, d, pad_kind, groups_sel),
                 (bias, residual, act, pool_sel),
             )| {
-                let groups = [1, 1, 2, 3][groups_sel];
+                // The last choice is depthwise over 9, 13 or 17 channels: full and partial
+                // blocks of the channel-block layout (8 lanes), with multipliers 1..5.
+                let groups = [1, 1, 2, 4 * cpg + 5][groups_sel];
+                let cpg = if groups_sel == 3 { 1 } else { cpg };
                 let (c, co) = (cpg * groups, opg * groups);
                 let (input, kernel, rank) = if one_d {
                     (vec![n, c, w + kw * d], vec![kw], 1)

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::geometry::Geometry;
 
+pub mod depthwise;
 pub mod direct;
 
 /// What every algorithm applies to its output tiles: bias, accumulation onto a preloaded

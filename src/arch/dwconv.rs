@@ -111,8 +111,244 @@ fn dw_rows<const C: usize>(p: &mut DwPlane, fma: impl Fn(f32, f32, f32) -> f32) 
     }
 }
 
-/// A depthwise plane kernel descriptor.
-/// Only convkit builds these (`#[non_exhaustive]`).
+// ---------------------------------------------------------------------------------------
+// Channel blocks: the second depthwise layout.
+//
+// The plane kernel above vectorizes along the output row, which suits wide planes
+// (mobilenetv2.dw112: 112 columns) but wastes lanes and per-row work on small ones (dw7:
+// 7 columns, 960 channels) and needs a phase split of every channel for stride 2 (dw56s2,
+// where the split cost twice the arithmetic). Here `CB` channels are interleaved
+// (`[row][col][CB]`, the NCHW8c layout XNNPACK and oneDNN use for depthwise), so one vector
+// holds one pixel of `CB` channels, every tap is one FMA per vector, and stride and dilation
+// are only a different step between pixels:
+//
+//   out[oy][ox][c] = clamp(bias[c] + sum_{ky,kx} w[ky][kx][c] * x[oy*SH + ky*DH][ox*SW + kx*DW][c])
+//
+// NCHW is interleaved into a padded block on the way in and back on the way out (8x8
+// transposes, in registers where the tier has them).
+// ---------------------------------------------------------------------------------------
+
+/// Channels interleaved in one block: one AVX2 vector (half an AVX-512 one, which keeps the
+/// blocks of the 32- and 144-channel suite layers full).
+pub const CB: usize = 8;
+
+/// Output pixels computed together: four independent FMA chains per tap hide the latency,
+/// and the tap's weight vector is loaded once for the four.
+const PIXELS: usize = 4;
+
+/// One block of `CB` interleaved channels.
+pub struct DwBlock<'a> {
+    /// Padded, interleaved input, `[rows][pw][CB]`: row 0 is the padded row of the first
+    /// output row's first tap.
+    pub input: &'a [f32],
+    /// Padded row length in pixels.
+    pub pw: usize,
+    /// Interleaved taps, `[KH * KW][CB]`.
+    pub weight: &'a [f32],
+    /// Kernel, stride and dilation, `[h, w]`.
+    pub kernel: [usize; 2],
+    /// Stride `[h, w]`.
+    pub stride: [usize; 2],
+    /// Dilation `[h, w]`.
+    pub dilation: [usize; 2],
+    /// Bias per lane.
+    pub bias: [f32; CB],
+    /// Clamp applied last, or `None` (when a residual is still to be added).
+    pub clamp: Option<(f32, f32)>,
+    /// Output width.
+    pub ow: usize,
+    /// Interleaved output, `[rows][ow][CB]`.
+    pub out: &'a mut [f32],
+}
+
+/// The block kernel's portable body; tiers inline it under their features (see
+/// [`dw_plane_generic`] for `fma`).
+#[inline(always)]
+pub(crate) fn dw_block_generic(p: &mut DwBlock, fma: impl Fn(f32, f32, f32) -> f32 + Copy) {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [dh, dw] = p.dilation;
+    let ow = p.ow;
+    if ow == 0 || kh == 0 || kw == 0 {
+        return;
+    }
+    let oh = p.out.len() / (ow * CB);
+    if oh == 0 {
+        return;
+    }
+    // The last pixel read, so that an undersized buffer fails here and not mid-plane.
+    // Checked, because the unchecked loads below rely on it.
+    let last = (|| {
+        let row = ((oh - 1).checked_mul(sh)?).checked_add((kh - 1).checked_mul(dh)?)?;
+        let col = ((ow - 1).checked_mul(sw)?).checked_add((kw - 1).checked_mul(dw)?)?;
+        row.checked_mul(p.pw)?
+            .checked_add(col)?
+            .checked_add(1)?
+            .checked_mul(CB)
+    })();
+    let taps = kh.checked_mul(kw).and_then(|t| t.checked_mul(CB));
+    assert!(
+        last.is_some_and(|l| l <= p.input.len()) && taps.is_some_and(|t| t <= p.weight.len()),
+        "depthwise block shorter than its reads"
+    );
+    // 3x3 (every depthwise layer of the suite) unrolls its taps with the weights in
+    // registers; other kernels loop.
+    if kh == 3 && kw == 3 {
+        rows_of_block::<true>(p, oh, fma);
+    } else {
+        rows_of_block::<false>(p, oh, fma);
+    }
+}
+
+#[inline(always)]
+fn rows_of_block<const K3: bool>(
+    p: &mut DwBlock,
+    oh: usize,
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
+    for oy in 0..oh {
+        let mut ox = 0;
+        while ox + PIXELS <= p.ow {
+            block_pixels::<PIXELS, K3>(p, oy, ox, fma);
+            ox += PIXELS;
+        }
+        // The row's last 1..3 pixels in one call, so they still run as parallel chains
+        // (one at a time, each of dw7's rows spent 3 x 9 dependent FMAs on its tail).
+        match p.ow - ox {
+            0 => {}
+            1 => block_pixels::<1, K3>(p, oy, ox, fma),
+            2 => block_pixels::<2, K3>(p, oy, ox, fma),
+            _ => block_pixels::<3, K3>(p, oy, ox, fma),
+        }
+    }
+}
+
+/// `CB` floats of `v` from `at`, unchecked.
+///
+/// # Safety
+/// `at + CB <= v.len()`.
+#[inline(always)]
+unsafe fn lanes_at(v: &[f32], at: usize) -> [f32; CB] {
+    debug_assert!(at + CB <= v.len());
+    // SAFETY: the caller guarantees `CB` floats from `at`; [f32; CB] has f32's alignment.
+    unsafe { v.as_ptr().add(at).cast::<[f32; CB]>().read() }
+}
+
+/// Output pixels `ox..ox + J` of row `oy` (`K3`: the kernel is 3x3).
+#[inline(always)]
+fn block_pixels<const J: usize, const K3: bool>(
+    p: &mut DwBlock,
+    oy: usize,
+    ox: usize,
+    fma: impl Fn(f32, f32, f32) -> f32,
+) {
+    let (kh, kw) = if K3 {
+        (3, 3)
+    } else {
+        (p.kernel[0], p.kernel[1])
+    };
+    let [sh, sw] = p.stride;
+    let [dh, dw] = p.dilation;
+    let mut acc = [p.bias; J];
+    for ky in 0..kh {
+        let row = (oy * sh + ky * dh) * p.pw + ox * sw;
+        for kx in 0..kw {
+            let t = (ky * kw + kx) * CB;
+            // SAFETY: t + CB <= KH * KW * CB <= weight.len(), asserted in dw_block_generic.
+            let w = unsafe { lanes_at(p.weight, t) };
+            for (j, a) in acc.iter_mut().enumerate() {
+                let at = (row + j * sw + kx * dw) * CB;
+                // SAFETY: this pixel, (oy*SH + ky*DH) * PW + (ox + j)*SW + kx*DW with oy < OH,
+                // ox + j < OW, ky < KH, kx < KW, is at most `last`, and (last + 1) * CB <=
+                // input.len() was asserted in dw_block_generic.
+                let x = unsafe { lanes_at(p.input, at) };
+                for c in 0..CB {
+                    a[c] = fma(w[c], x[c], a[c]);
+                }
+            }
+        }
+    }
+    if let Some((lo, hi)) = p.clamp {
+        for a in acc.iter_mut() {
+            for v in a.iter_mut() {
+                // Two selects so NaN passes (as in the plane kernel).
+                let t = if *v < lo { lo } else { *v };
+                *v = if t > hi { hi } else { t };
+            }
+        }
+    }
+    let at = (oy * p.ow + ox) * CB;
+    for (j, a) in acc.iter().enumerate() {
+        let dst: &mut [f32; CB] = (&mut p.out[at + j * CB..at + (j + 1) * CB])
+            .try_into()
+            .expect("CB floats");
+        *dst = *a;
+    }
+}
+
+/// Moving rows between planes and an interleaved block: 8x8 transposes. Plane `c` of a
+/// block starts at `c * stride` of the planes' slice.
+pub trait Interleave {
+    /// `dst[p * CB + c] = src[c * stride + p]` for `c < nc`, `p < dst.len() / CB`; lanes
+    /// `nc..CB` (a partial block) are zero.
+    fn interleave(src: &[f32], nc: usize, stride: usize, dst: &mut [f32]);
+    /// `dst[c * stride + p] = src[p * CB + c]` (or `+=` with `add`) for `c < nc`, `p <
+    /// src.len() / CB`.
+    fn deinterleave(src: &[f32], dst: &mut [f32], nc: usize, stride: usize, add: bool);
+}
+
+/// Element by element: the portable and NEON tiers, and every tier's tails.
+pub struct ScalarInterleave;
+
+impl Interleave for ScalarInterleave {
+    #[inline(always)]
+    fn interleave(src: &[f32], nc: usize, stride: usize, dst: &mut [f32]) {
+        interleave_scalar(src, nc, stride, dst, 0);
+    }
+    #[inline(always)]
+    fn deinterleave(src: &[f32], dst: &mut [f32], nc: usize, stride: usize, add: bool) {
+        deinterleave_scalar(src, dst, nc, stride, add, 0);
+    }
+}
+
+/// Pixels `from..` of [`Interleave::interleave`], one float at a time.
+#[inline(always)]
+pub(crate) fn interleave_scalar(
+    src: &[f32],
+    nc: usize,
+    stride: usize,
+    dst: &mut [f32],
+    from: usize,
+) {
+    assert!(nc <= CB, "at most CB channels");
+    for (p, px) in dst.chunks_exact_mut(CB).enumerate().skip(from) {
+        for (c, v) in px.iter_mut().enumerate() {
+            *v = if c < nc { src[c * stride + p] } else { 0.0 };
+        }
+    }
+}
+
+/// Pixels `from..` of [`Interleave::deinterleave`], one float at a time.
+#[inline(always)]
+pub(crate) fn deinterleave_scalar(
+    src: &[f32],
+    dst: &mut [f32],
+    nc: usize,
+    stride: usize,
+    add: bool,
+    from: usize,
+) {
+    assert!(nc <= CB, "at most CB channels");
+    for (p, px) in src.chunks_exact(CB).enumerate().skip(from) {
+        for (c, &v) in px.iter().enumerate().take(nc) {
+            let d = &mut dst[c * stride + p];
+            *d = if add { *d + v } else { v };
+        }
+    }
+}
+
+/// A depthwise kernel descriptor: the plane kernel and the channel-block kernel with its
+/// interleaving. Only convkit builds these (`#[non_exhaustive]`).
 #[derive(Copy, Clone, Debug)]
 #[non_exhaustive]
 pub struct DwUkernel {
@@ -120,6 +356,14 @@ pub struct DwUkernel {
     pub name: &'static str,
     /// The tier.
     pub isa: crate::arch::Isa,
-    /// The kernel.
+    /// The plane kernel.
     pub run: fn(&mut DwPlane),
+    /// Canonical name of the channel-block kernel, `f32_dwconv_cb8__{isa}`.
+    pub block_name: &'static str,
+    /// The channel-block kernel.
+    pub block: fn(&mut DwBlock),
+    /// [`Interleave::interleave`] of the tier.
+    pub interleave: fn(&[f32], usize, usize, &mut [f32]),
+    /// [`Interleave::deinterleave`] of the tier.
+    pub deinterleave: fn(&[f32], &mut [f32], usize, usize, bool),
 }

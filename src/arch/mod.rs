@@ -17,14 +17,29 @@ pub(crate) use winograd::wino_kernel;
 /// Declares a tier's depthwise plane kernel: the generic body of [`dwconv`] compiled under
 /// the tier's target features, behind a safe entry that checks the tier is available.
 macro_rules! dw_plane_kernel {
-    ($isa:ident, $name:literal, $features:literal) => {
-        /// Depthwise plane kernel: the generic body vectorized under this tier's features.
+    ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty) => {
+        /// Depthwise kernels: the generic bodies vectorized under this tier's features.
         pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel =
             crate::arch::dwconv::DwUkernel {
                 name: $name,
                 isa: Isa::$isa,
                 run: dw_plane,
+                block_name: $block_name,
+                block: dw_block,
+                interleave: <$interleave as crate::arch::dwconv::Interleave>::interleave,
+                deinterleave: <$interleave as crate::arch::dwconv::Interleave>::deinterleave,
             };
+
+        fn dw_block(p: &mut crate::arch::dwconv::DwBlock) {
+            assert!(Isa::$isa.is_available(), "{} on a CPU without it", $name);
+            // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
+            unsafe { dw_block_tf(p) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn dw_block_tf(p: &mut crate::arch::dwconv::DwBlock) {
+            crate::arch::dwconv::dw_block_generic(p, f32::mul_add)
+        }
 
         fn dw_plane(p: &mut crate::arch::dwconv::DwPlane) {
             assert!(Isa::$isa.is_available(), "{} on a CPU without it", $name);

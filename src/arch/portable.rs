@@ -72,7 +72,17 @@ pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv
     name: "f32_dwconv_plane__portable",
     isa: Isa::Portable,
     run: dw_plane,
+    block_name: "f32_dwconv_cb8__portable",
+    block: dw_block,
+    interleave:
+        <crate::arch::dwconv::ScalarInterleave as crate::arch::dwconv::Interleave>::interleave,
+    deinterleave:
+        <crate::arch::dwconv::ScalarInterleave as crate::arch::dwconv::Interleave>::deinterleave,
 };
+
+fn dw_block(p: &mut crate::arch::dwconv::DwBlock) {
+    crate::arch::dwconv::dw_block_generic(p, |a, b, c| a * b + c)
+}
 
 fn dw_plane(p: &mut crate::arch::dwconv::DwPlane) {
     crate::arch::dwconv::dw_plane_generic(p, |a, b, c| a * b + c)

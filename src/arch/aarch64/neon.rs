@@ -76,7 +76,13 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
     unsafe { store_tile_scalar(&tile, 4 * NV, t) };
 }
 
-crate::arch::dw_plane_kernel!(Neon, "f32_dwconv_plane__neon", "neon");
+crate::arch::dw_plane_kernel!(
+    Neon,
+    "f32_dwconv_plane__neon",
+    "f32_dwconv_cb8__neon",
+    "neon",
+    crate::arch::dwconv::ScalarInterleave
+);
 crate::arch::act_kernel!(Neon, "f32_act__neon", "neon");
 crate::arch::wino_kernel!(
     Neon,

@@ -180,7 +180,13 @@ unsafe fn fma_probe(iters: u64) -> f32 {
     lanes.iter().sum()
 }
 
-crate::arch::dw_plane_kernel!(Avx2, "f32_dwconv_plane__avx2", "avx2,fma");
+crate::arch::dw_plane_kernel!(
+    Avx2,
+    "f32_dwconv_plane__avx2",
+    "f32_dwconv_cb8__avx2",
+    "avx2,fma",
+    AvxInterleave
+);
 crate::arch::act_kernel!(Avx2, "f32_act__avx2", "avx2,fma");
 crate::arch::wino_kernel!(Avx2, "f32_winograd__avx2", "avx2,fma", HardwareGather);
 
@@ -225,4 +231,136 @@ impl crate::arch::winograd::TileGather for HardwareGather {
             }
         }
     }
+}
+
+/// Depthwise interleaving with in-register 8x8 transposes (unpack, shuffle, lane permute:
+/// 24 shuffles for 64 floats); tails and partial blocks element by element.
+pub struct AvxInterleave;
+
+/// Transposes the 8x8 block whose rows are the 8 floats at `rows[i]`, storing row `q` of the
+/// result at `out[q]`.
+///
+/// # Safety
+/// AVX must be available; every `rows[i]` must be readable and every `out[q]` writable for
+/// 8 floats.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn transpose8x8(rows: [*const f32; 8], out: [*mut f32; 8]) {
+    // SAFETY: the caller guarantees 8 readable floats at each row pointer.
+    let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(rows[i]) });
+    // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped:
+    // t = (r0 r1 lo/hi), u = 4x4 transposes within each half, o = halves joined.
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    let o = [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ];
+    for (q, v) in o.into_iter().enumerate() {
+        // SAFETY: the caller guarantees 8 writable floats at each output pointer.
+        unsafe { _mm256_storeu_ps(out[q], v) };
+    }
+}
+
+impl crate::arch::dwconv::Interleave for AvxInterleave {
+    fn interleave(src: &[f32], nc: usize, stride: usize, dst: &mut [f32]) {
+        use crate::arch::dwconv::CB;
+        let n = dst.len() / CB;
+        let mut done = 0;
+        if nc == CB && n >= 8 && Isa::Avx2.is_available() {
+            // Every read is src[c * stride + p] with c < 8, p < n.
+            assert!(
+                7usize
+                    .checked_mul(stride)
+                    .and_then(|v| v.checked_add(n))
+                    .is_some_and(|end| end <= src.len()),
+                "source planes shorter than the block"
+            );
+            // SAFETY: AVX2 was checked; the bounds of src were checked just above, and dst
+            // holds n * CB floats.
+            done = unsafe { interleave_avx2(src, stride, dst, n) };
+        }
+        crate::arch::dwconv::interleave_scalar(src, nc, stride, dst, done);
+    }
+
+    fn deinterleave(src: &[f32], dst: &mut [f32], nc: usize, stride: usize, add: bool) {
+        use crate::arch::dwconv::CB;
+        let n = src.len() / CB;
+        let mut done = 0;
+        if nc == CB && !add && n >= 8 && Isa::Avx2.is_available() {
+            assert!(
+                7usize
+                    .checked_mul(stride)
+                    .and_then(|v| v.checked_add(n))
+                    .is_some_and(|end| end <= dst.len()),
+                "planes shorter than the block"
+            );
+            // SAFETY: AVX2 was checked; the bounds of dst were checked just above, and src
+            // holds n * CB floats.
+            done = unsafe { deinterleave_avx2(src, dst, stride, n) };
+        }
+        crate::arch::dwconv::deinterleave_scalar(src, dst, nc, stride, add, done);
+    }
+}
+
+/// The 8x8 blocks of [`AvxInterleave::interleave`]; returns the pixels done (a multiple of
+/// 8).
+///
+/// # Safety
+/// AVX2 must be available, `src` must hold `7 * stride + n` floats and `dst` `8 * n`.
+#[target_feature(enable = "avx2")]
+unsafe fn interleave_avx2(src: &[f32], stride: usize, dst: &mut [f32], n: usize) -> usize {
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut p = 0;
+    while p + 8 <= n {
+        // SAFETY: rows c * stride + p .. + 8 <= 7 * stride + n <= src.len(); outputs
+        // (p + q) * 8 .. + 8 <= 8 * n <= dst.len() (the caller's contract).
+        unsafe {
+            let rows: [*const f32; 8] = std::array::from_fn(|c| s.add(c * stride + p));
+            let out: [*mut f32; 8] = std::array::from_fn(|q| d.add((p + q) * 8));
+            transpose8x8(rows, out);
+        }
+        p += 8;
+    }
+    p
+}
+
+/// The 8x8 blocks of [`AvxInterleave::deinterleave`]; returns the pixels done.
+///
+/// # Safety
+/// AVX2 must be available, `src` must hold `8 * n` floats and `dst` `7 * stride + n`.
+#[target_feature(enable = "avx2")]
+unsafe fn deinterleave_avx2(src: &[f32], dst: &mut [f32], stride: usize, n: usize) -> usize {
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut p = 0;
+    while p + 8 <= n {
+        // SAFETY: as in interleave_avx2, with the roles of src and dst exchanged.
+        unsafe {
+            let rows: [*const f32; 8] = std::array::from_fn(|q| s.add((p + q) * 8));
+            let out: [*mut f32; 8] = std::array::from_fn(|c| d.add(c * stride + p));
+            transpose8x8(rows, out);
+        }
+        p += 8;
+    }
+    p
 }

@@ -193,7 +193,13 @@ unsafe fn fma_probe(iters: u64) -> f32 {
     _mm512_reduce_add_ps(s)
 }
 
-crate::arch::dw_plane_kernel!(Avx512, "f32_dwconv_plane__avx512", "avx512f,avx2,fma");
+crate::arch::dw_plane_kernel!(
+    Avx512,
+    "f32_dwconv_plane__avx512",
+    "f32_dwconv_cb8__avx512",
+    "avx512f,avx2,fma",
+    crate::arch::x86_64::avx2::AvxInterleave
+);
 crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
 crate::arch::wino_kernel!(
     Avx512,

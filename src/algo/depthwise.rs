@@ -1,0 +1,234 @@
+//! Depthwise convolution (one input channel per group, any channel multiplier) in two
+//! layouts, both under the algorithm name `depthwise`:
+//!
+//! - **planes**: each channel padded (and phase-split for stride > 1) on its own and
+//!   convolved by the plane kernel, vectorized along the output row
+//!   ([`crate::arch::dwconv::DwPlane`]). Best on wide stride-1 planes.
+//! - **channel blocks**: `CB` channels interleaved into a padded `[row][col][CB]` block and
+//!   convolved a pixel of `CB` channels per vector ([`crate::arch::dwconv::DwBlock`]); no
+//!   lanes lost to short rows, no phase split for stride 2.
+//!
+//! [`DwLayout::pick`] chooses between them from measurements recorded beside it.
+
+use crate::algo::OutputPass;
+use crate::arch::dwconv::{DwBlock, DwUkernel, CB};
+use crate::geometry::Geometry;
+
+/// How a depthwise plan lays out its channels.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum DwLayout {
+    /// Chosen by [`DwLayout::pick`].
+    #[default]
+    Auto,
+    /// One padded plane per channel, vectorized along the row.
+    Planes,
+    /// `CB` channels interleaved, vectorized across channels.
+    ChannelBlocks,
+}
+
+impl DwLayout {
+    /// The layout for `g`: channel blocks unless there are too few channels to fill half a
+    /// block. Measured on this machine (AVX2, one thread, median ms of `convkit bench`,
+    /// planes vs channel blocks alternating in one run): mobilenetv2.dw112 0.56 vs 0.29-0.44,
+    /// dw56s2 0.65-0.69 vs 0.14-0.18, dw7 0.34-0.41 vs 0.07-0.09. wav2vec2.conv0 (one input
+    /// channel, multiplier 512) would fill one lane of eight: planes there (9.3 vs 2.1
+    /// GFLOP/s).
+    pub fn pick(self, g: &Geometry) -> DwLayout {
+        // CONVKIT_DW_LAYOUT=planes|blocks overrides `Auto`, to compare the two in one
+        // program (as CONVKIT_WINO_TILES does for Winograd's block size).
+        let forced = match std::env::var("CONVKIT_DW_LAYOUT").as_deref() {
+            Ok("planes") => Some(DwLayout::Planes),
+            Ok("blocks") => Some(DwLayout::ChannelBlocks),
+            _ => None,
+        };
+        match self {
+            DwLayout::Auto if g.in_channels < CB / 2 => forced.unwrap_or(DwLayout::Planes),
+            DwLayout::Auto => forced.unwrap_or(DwLayout::ChannelBlocks),
+            fixed => fixed,
+        }
+    }
+}
+
+/// Interleaves the weights for the channel-block kernel: `[block][m][tap][CB]`, lane `c` of
+/// block `b` and multiplier `m` holding output channel `(b * CB + c) * mult + m`; lanes past
+/// the last channel are zero.
+pub fn block_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+    let (c, mult, ka) = (g.in_channels, g.cout_per_group, g.kernel_area());
+    let blocks = c.div_ceil(CB);
+    let mut out = vec![0f32; blocks * mult * ka * CB];
+    for b in 0..blocks {
+        for m in 0..mult {
+            for t in 0..ka {
+                for lane in 0..CB.min(c - b * CB) {
+                    let co = (b * CB + lane) * mult + m;
+                    out[((b * mult + m) * ka + t) * CB + lane] = weight[co * ka + t];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Conv rows `r0..r1` of one image into `out` (`[Cout][r1 - r0][OW]`) by channel blocks.
+#[allow(clippy::too_many_arguments)]
+pub fn run_channel_blocks(
+    g: &Geometry,
+    uk: &DwUkernel,
+    blocked: &[f32],
+    x: &[f32],
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+    pass: &OutputPass,
+) {
+    use rayon::prelude::*;
+    let OutputPass {
+        bias,
+        accumulate,
+        clamp,
+        activation,
+    } = *pass;
+    let [ih, iw] = g.input;
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let [pt, pl] = g.pad_before;
+    let ow = g.conv_out[1];
+    let (c_in, mult, ka, in_area) = (
+        g.in_channels,
+        g.cout_per_group,
+        g.kernel_area(),
+        g.input_area(),
+    );
+    let rows = r1 - r0;
+    let band = rows * ow;
+    if band == 0 {
+        return;
+    }
+    // Padded columns the taps reach: no more (a stride can skip the last input columns).
+    let pw = (ow - 1) * sw + (kw - 1) * dw + 1;
+    let in_rows = |out_rows: usize| (out_rows - 1) * sh + (kh - 1) * dh + 1;
+    // Output rows per strip: the strip's interleaved input within a quarter of L2, so it is
+    // still there for the taps of the next rows (dw112's whole block would be 415 KB).
+    let budget = (crate::sysinfo::caches().l2 / 4 / 4).max(1);
+    let strip = (1..=rows)
+        .rev()
+        .find(|&s| in_rows(s) * pw * CB <= budget)
+        .unwrap_or(1);
+    let blocks = c_in.div_ceil(CB);
+    // Blocks per task: about 16K input floats of work each (a 7x7 block is 392), but at
+    // least four tasks per thread when there are enough blocks.
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = (16384 / (CB * in_area).max(1))
+        .min(blocks.div_ceil(4 * threads))
+        .max(1);
+    let block_out = CB * mult * band;
+    out.par_chunks_mut(per_task * block_out)
+        .enumerate()
+        .for_each(|(task, task_out)| {
+            let mut xb = crate::tensor::take_scratch(in_rows(strip.min(rows)) * pw * CB);
+            let mut ob = crate::tensor::take_scratch(strip.min(rows) * ow * CB);
+            let mut run = crate::tensor::take_scratch(if iw < 16 {
+                in_rows(strip.min(rows)).min(ih) * iw * CB
+            } else {
+                0
+            });
+            for (j, planes) in task_out.chunks_mut(block_out).enumerate() {
+                let b = task * per_task + j;
+                let nc = CB.min(c_in - b * CB);
+                let mut s0 = 0;
+                while s0 < rows {
+                    let s1 = (s0 + strip).min(rows);
+                    // Padded rows of this strip: from the first tap of output row r0 + s0.
+                    let first = (r0 + s0) * sh;
+                    let n_in = in_rows(s1 - s0);
+                    // Input rows of the strip: iy0..iy1 (the rest is padding).
+                    let iy0 = first.saturating_sub(pt).min(ih);
+                    let iy1 = (first + n_in).saturating_sub(pt).clamp(iy0, ih);
+                    let c0 = pl.min(pw);
+                    let c1 = (pl + iw).min(pw);
+                    // Narrow rows (dw7: 7 columns) would give the 8x8 transposes nothing to
+                    // do row by row: interleave the strip's rows as one run, then place them.
+                    let whole = iw < 16 && c1 - c0 == iw;
+                    // Channel c of the block is the plane at c * in_area from the block's.
+                    let block_x = &x[b * CB * in_area..];
+                    if whole && iy1 > iy0 {
+                        (uk.interleave)(
+                            &block_x[iy0 * iw..],
+                            nc,
+                            in_area,
+                            &mut run[..(iy1 - iy0) * iw * CB],
+                        );
+                    }
+                    for (i, dst) in xb[..n_in * pw * CB].chunks_exact_mut(pw * CB).enumerate() {
+                        let py = first + i;
+                        let iy = py.wrapping_sub(pt);
+                        if py < pt || iy >= ih {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        // Columns pl .. pl + iw hold input (those the taps reach).
+                        dst[..c0 * CB].fill(0.0);
+                        dst[c1 * CB..].fill(0.0);
+                        if whole {
+                            let at = (iy - iy0) * iw * CB;
+                            dst[c0 * CB..c1 * CB].copy_from_slice(&run[at..at + iw * CB]);
+                        } else if c1 > c0 {
+                            (uk.interleave)(
+                                &block_x[iy * iw..],
+                                nc,
+                                in_area,
+                                &mut dst[c0 * CB..c1 * CB],
+                            );
+                        }
+                    }
+                    for m in 0..mult {
+                        let mut lanes = [0f32; CB];
+                        if let Some(bias) = bias {
+                            for (c, l) in lanes.iter_mut().enumerate().take(nc) {
+                                *l = bias[(b * CB + c) * mult + m];
+                            }
+                        }
+                        let w0 = (b * mult + m) * ka * CB;
+                        let mut job = DwBlock {
+                            input: &xb[..n_in * pw * CB],
+                            pw,
+                            weight: &blocked[w0..w0 + ka * CB],
+                            kernel: [kh, kw],
+                            stride: [sh, sw],
+                            dilation: [dh, dw],
+                            bias: lanes,
+                            clamp: (!accumulate).then_some(clamp),
+                            ow,
+                            out: &mut ob[..(s1 - s0) * ow * CB],
+                        };
+                        (uk.block)(&mut job);
+                        // Output planes of lanes 0..nc: channel (b*CB + c)*mult + m is plane
+                        // c*mult + m of this block.
+                        let stride = mult * band;
+                        let dst = &mut planes[m * band + s0 * ow..];
+                        let n_out = (s1 - s0) * ow;
+                        (uk.deinterleave)(&ob[..n_out * CB], dst, nc, stride, accumulate);
+                        if accumulate {
+                            let (lo, hi) = clamp;
+                            for c in 0..nc {
+                                for v in &mut dst[c * stride..c * stride + n_out] {
+                                    let t = if *v < lo { lo } else { *v };
+                                    *v = if t > hi { hi } else { t };
+                                }
+                            }
+                        }
+                    }
+                    s0 = s1;
+                }
+                if let Some((kernel, act)) = activation {
+                    for plane in planes.chunks_mut(band) {
+                        (kernel.run)(act, plane);
+                    }
+                }
+            }
+            crate::tensor::give_scratch(xb);
+            crate::tensor::give_scratch(ob);
+            crate::tensor::give_scratch(run);
+        });
+}
