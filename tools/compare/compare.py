@@ -10,7 +10,10 @@ runs after warm-up; GFLOP/s use the suite's FLOP count. OpenVINO is skipped (a "
 when it cannot be installed.
 
 With `--rust-peers`, candle (the `convkit-candle` crate of integrations/candle, built here:
-candle-core's own conv, bias, activation and pool ops) joins each layer's alternation.
+candle-core's own conv, bias, activation and pool ops) and tract (sonos/tract, the Rust ONNX
+engine, through its published Python bindings, `pip install tract`, on the same one-layer
+ONNX model) join each layer's alternation. tract's bindings expose no thread setting and tract
+runs a model on one thread, so it is timed in the one-thread rows only.
 
 Usage (creates its own virtualenv with numpy, onnx, onnxruntime and openvino on first use):
     python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--out DIR] [--rust-peers]
@@ -50,8 +53,9 @@ def ensure_venv():
     if not os.path.exists(py):
         subprocess.check_call([sys.executable, "-m", "venv", VENV])
         subprocess.check_call([py, "-m", "pip", "install", "-q", "numpy", "onnx", "onnxruntime"])
-        # OpenVINO is optional: a failed install leaves its column empty.
+        # OpenVINO and tract are optional: a failed install leaves their column empty.
         subprocess.call([py, "-m", "pip", "install", "-q", "openvino"])
+        subprocess.call([py, "-m", "pip", "install", "-q", "tract"])
     os.execv(py, [py] + sys.argv)
 
 
@@ -172,6 +176,44 @@ def time_openvino(l, threads, min_s=0.3):
     return statistics.median(times)
 
 
+def time_tract(l, threads, min_s=0.3):
+    """tract (Rust) on the same ONNX model, one thread; None when not installed or threads > 1."""
+    if threads != 1:
+        return None
+    try:
+        import numpy as np
+        import tract
+    except ImportError:
+        try:
+            # An existing virtualenv from before tract joined: add it now.
+            subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "tract"])
+            import numpy as np
+            import tract
+        except Exception:
+            return None
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
+        f.write(build_model(l))
+        path = f.name
+    try:
+        runnable = tract.onnx().load(path).into_model().into_runnable()
+    except Exception as e:  # a model tract cannot load leaves its cell empty
+        print(f"tract: {l['name']}: {e}", file=sys.stderr)
+        return None
+    finally:
+        os.unlink(path)
+    x = np.random.default_rng(1).standard_normal(l["input"]).astype(np.float32)
+    for _ in range(2):
+        runnable.run([x])
+    times, start = [], time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < min_s and len(times) < 200):
+        t = time.perf_counter()
+        runnable.run([x])
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
 def time_candle(binary, name, threads):
     """candle on one suite layer (None when the binary is absent or skips the layer)."""
     if not binary:
@@ -218,7 +260,8 @@ def layer_bytes(l):
     return 4 * (math.prod(l["input"]) + w + l["input"][0] * l["out_channels"] * math.prod(outs))
 
 
-COLORS = {"convkit": "#1f77b4", "onnxruntime": "#ff7f0e", "openvino": "#2ca02c", "candle": "#9467bd"}
+COLORS = {"convkit": "#1f77b4", "onnxruntime": "#ff7f0e", "openvino": "#2ca02c", "candle": "#9467bd",
+          "tract": "#8c564b"}
 
 
 def svg_doc(w, h, body, title):
@@ -235,16 +278,16 @@ def legend(x, y, names):
 def chart_gflops(rows, peak, path):
     rs = [r for r in rows if r["threads"] == 1]
     engines = [("convkit", "convkit_gflops"), ("onnxruntime", "ort_gflops"), ("openvino", "ov_gflops"),
-               ("candle", "candle_gflops")]
+               ("candle", "candle_gflops"), ("tract", "tract_gflops")]
     top = max([peak] + [r.get(k) or 0 for r in rs for _, k in engines]) * 1.1
-    W, H, L, B = 60 + 26 * len(rs) * 5, 460, 50, 150
+    W, H, L, B = 60 + 26 * len(rs) * 6, 460, 50, 150
     sy = lambda v: 30 + (H - B - 30) * (1 - v / top)  # noqa: E731
     body = f'<line x1="{L}" y1="{sy(peak)}" x2="{W - 10}" y2="{sy(peak)}" stroke="red" stroke-dasharray="4"/>'
     body += f'<text x="{W - 12}" y="{sy(peak) - 3}" text-anchor="end" fill="red">FMA peak {peak:.0f}</text>'
     for t in range(0, int(top) + 1, 50):
         body += f'<text x="{L - 4}" y="{sy(t) + 4}" text-anchor="end">{t}</text><line x1="{L}" y1="{sy(t)}" x2="{W - 10}" y2="{sy(t)}" stroke="#eee"/>'
     for i, r in enumerate(rs):
-        x0 = L + 10 + i * 26 * 5
+        x0 = L + 10 + i * 26 * 6
         for j, (name, k) in enumerate(engines):
             if r.get(k):
                 body += f'<rect x="{x0 + j * 26}" y="{sy(r[k])}" width="24" height="{sy(0) - sy(r[k])}" fill="{COLORS[name]}"/>'
@@ -292,7 +335,7 @@ def chart_roofline(rows, layers, peak, bw, path):
 def chart_scaling(rows, path):
     threads = sorted({r["threads"] for r in rows})
     engines = [("convkit", "convkit_gflops"), ("onnxruntime", "ort_gflops"), ("openvino", "ov_gflops"),
-               ("candle", "candle_gflops")]
+               ("candle", "candle_gflops"), ("tract", "tract_gflops")]
     geo = {}
     for t in threads:
         rs = [r for r in rows if r["threads"] == t]
@@ -300,11 +343,11 @@ def chart_scaling(rows, path):
             if all(r.get(k) for r in rs):
                 geo[(n, t)] = math.exp(sum(math.log(r[k]) for r in rs) / len(rs))
     top = max(geo.values()) * 1.15
-    W, H, L, B = 120 + 110 * len(threads), 360, 50, 40
+    W, H, L, B = 120 + 150 * len(threads), 360, 50, 40
     sy = lambda v: 30 + (H - B - 30) * (1 - v / top)  # noqa: E731
     body = ""
     for i, t in enumerate(threads):
-        x0 = L + 20 + i * 110
+        x0 = L + 20 + i * 150
         for j, (n, _) in enumerate(engines):
             v = geo.get((n, t))
             if v:
@@ -323,7 +366,8 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
     ap.add_argument("--charts-from", default="", help="redraw the charts from a compare.json, measuring nothing")
-    ap.add_argument("--rust-peers", action="store_true", help="add candle (builds integrations/candle)")
+    ap.add_argument("--rust-peers", action="store_true",
+                    help="add candle (builds integrations/candle) and tract (its Python bindings)")
     args = ap.parse_args()
     if args.charts_from:
         with open(SUITE) as f:
@@ -356,13 +400,15 @@ def main():
             ort_ms = time_ort(l, threads)
             ov_ms = time_openvino(l, threads)
             cd_ms = time_candle(candle, l["name"], threads)
+            tr_ms = time_tract(l, threads) if args.rust_peers else None
             ck_ms, algo, peak = time_convkit(binary, l["name"], threads)
-            best_ms = min(m for m in (ort_ms, ov_ms, cd_ms) if m)
+            best_ms = min(m for m in (ort_ms, ov_ms, cd_ms, tr_ms) if m)
             rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
                          "convkit_ms": ck_ms, "convkit_gflops": gf / ck_ms * 1e3, "ort_ms": ort_ms,
                          "ort_gflops": gf / ort_ms * 1e3, "ratio": ort_ms / ck_ms, "peak_gflops": peak,
                          "ov_ms": ov_ms, "ov_gflops": gf / ov_ms * 1e3 if ov_ms else None,
                          "candle_ms": cd_ms, "candle_gflops": gf / cd_ms * 1e3 if cd_ms else None,
+                         "tract_ms": tr_ms, "tract_gflops": gf / tr_ms * 1e3 if tr_ms else None,
                          "best_peer_gflops": gf / best_ms * 1e3, "ratio_best": best_ms / ck_ms})
             ov_txt = f"{gf / ov_ms * 1e3:7.1f}" if ov_ms else "      -"
             print(f"{threads}t {l['name']:24} convkit {gf / ck_ms * 1e3:7.1f}  onnxruntime {gf / ort_ms * 1e3:7.1f}"
@@ -370,20 +416,22 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    lines = ["| threads | layer | convkit algo | convkit GFLOP/s | % peak | onnxruntime | openvino | candle | convkit / ORT | convkit / best peer |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| threads | layer | convkit algo | convkit GFLOP/s | % peak | onnxruntime | openvino | candle | tract | convkit / ORT | convkit / best peer |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ov = f"{r['ov_gflops']:.1f}" if r["ov_gflops"] else "-"
         cd = f"{r['candle_gflops']:.1f}" if r.get("candle_gflops") else "-"
+        tr = f"{r['tract_gflops']:.1f}" if r.get("tract_gflops") else "-"
         lines.append(f"| {r['threads']} | {r['layer']} | {r['convkit_algo']} | {r['convkit_gflops']:.1f} | "
-                     f"{100 * r['convkit_gflops'] / r['peak_gflops']:.0f}% | {r['ort_gflops']:.1f} | {ov} | {cd} | "
+                     f"{100 * r['convkit_gflops'] / r['peak_gflops']:.0f}% | {r['ort_gflops']:.1f} | {ov} | {cd} | {tr} | "
                      f"{r['ratio']:.2f}x | {r['ratio_best']:.2f}x |")
     for threads in sorted({r["threads"] for r in rows}):
         rs = [r for r in rows if r["threads"] == threads]
         geo = lambda k: math.exp(sum(math.log(r[k]) for r in rs) / len(rs))  # noqa: E731
         ov = f"{geo('ov_gflops'):.1f}" if all(r["ov_gflops"] for r in rs) else "-"
         cd = f"{geo('candle_gflops'):.1f}" if all(r.get("candle_gflops") for r in rs) else "-"
-        lines.append(f"| {threads} | **geomean** | | {geo('convkit_gflops'):.1f} | | {geo('ort_gflops'):.1f} | {ov} | {cd} | "
+        tr = f"{geo('tract_gflops'):.1f}" if all(r.get("tract_gflops") for r in rs) else "-"
+        lines.append(f"| {threads} | **geomean** | | {geo('convkit_gflops'):.1f} | | {geo('ort_gflops'):.1f} | {ov} | {cd} | {tr} | "
                      f"{geo('convkit_gflops') / geo('ort_gflops'):.2f}x | {geo('convkit_gflops') / geo('best_peer_gflops'):.2f}x |")
     bw = measure_bandwidth()
     lines.append("")
