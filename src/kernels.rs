@@ -98,6 +98,10 @@ pub struct KernelTable {
     pub activation: crate::arch::activation::ActUkernel,
     /// The Winograd input and output transforms.
     pub winograd: crate::arch::winograd::WinoUkernel,
+    /// Strided gather `dst[t] = src[t * stride]` for `t < dst.len()` (`src` at least that
+    /// long, checked; a longer `src` lets more of the run go in vector blocks, which read
+    /// ahead within it): the packing of strided im2col.
+    pub gather: fn(&mut [f32], &[f32], usize),
 }
 
 impl KernelTable {

@@ -857,6 +857,10 @@ impl Plan {
                     x: xg,
                     g,
                     col0: r0 * ow,
+                    gather: self
+                        .isa
+                        .kernels()
+                        .map_or(crate::arch::gather_scalar, |k| k.gather),
                 };
                 gemm_packed(
                     uk, blocking, pa, &src, band, &shared, c_off, band, epi, true,

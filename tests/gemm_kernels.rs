@@ -261,3 +261,33 @@ fn gemm_is_bitwise_identical_across_thread_counts() {
         );
     }
 }
+
+/// The strided gather of every tier: every length 0..40 (whole vector blocks and tails),
+/// strides 1..5, sources exactly as long as the reads; nothing past `dst` is written.
+#[test]
+fn strided_gather_on_every_tier() {
+    let mut rng = Rng::new(7);
+    for isa in convkit::arch::available_isas() {
+        let gather = isa.kernels().unwrap().gather;
+        for stride in 1..=5 {
+            for n in 0..40 {
+                let src = rand_vec(&mut rng, if n == 0 { 0 } else { (n - 1) * stride + 1 });
+                let mut dst = vec![f32::NAN; n + 3];
+                gather(&mut dst[..n], &src, stride);
+                for t in 0..n {
+                    assert_eq!(
+                        dst[t].to_bits(),
+                        src[t * stride].to_bits(),
+                        "{}: stride {stride}, n {n}, t {t}",
+                        isa.name()
+                    );
+                }
+                assert!(
+                    dst[n..].iter().all(|v| v.is_nan()),
+                    "{}: wrote past dst",
+                    isa.name()
+                );
+            }
+        }
+    }
+}

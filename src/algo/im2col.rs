@@ -19,6 +19,8 @@ pub struct Im2colB<'a> {
     pub g: &'a Geometry,
     /// The first output position (oy * OW + ox) that column 0 of B stands for: a band of rows.
     pub col0: usize,
+    /// The tier's strided gather ([`crate::kernels::KernelTable::gather`]).
+    pub gather: fn(&mut [f32], &[f32], usize),
 }
 
 /// A run of B columns that lie on one output row: `len` columns from `at` in panel `panel`,
@@ -104,7 +106,12 @@ impl PackB for Im2colB<'_> {
                     if sw == 1 {
                         crate::gemm::pack::copy_floats(&mut dst[t0..t1], &src[first..=last]);
                     } else {
-                        gather_strided(&mut dst[t0..t1], &src[first..=last], sw);
+                        // The rest of the plane, not just the run: the gather's vector blocks
+                        // read up to a block past the run's last element (into the next
+                        // rows), values it does not keep.
+                        let at = y as usize * iw + first;
+                        debug_assert!(at + (t1 - t0 - 1) * sw == y as usize * iw + last);
+                        (self.gather)(&mut dst[t0..t1], &plane[at..], sw);
                     }
                 }
             }
@@ -126,26 +133,5 @@ impl PackB for Im2colB<'_> {
                 row[w_last..].fill(0.0);
             }
         }
-    }
-}
-
-/// `dst[t] = src[t * stride]`, every index in bounds. Stride 2 (every strided 3x3 of the
-/// suite) goes by fixed blocks of 8 that compile to vector shuffles; the element loop ran at
-/// several cycles a float and was half of resnet50.res3.3x3s2's packing.
-#[inline]
-pub(crate) fn gather_strided(dst: &mut [f32], src: &[f32], stride: usize) {
-    let mut done = 0;
-    if stride == 2 {
-        while done + 8 <= dst.len() && 2 * done + 16 <= src.len() {
-            let s: &[f32; 16] = src[2 * done..2 * done + 16].try_into().expect("16 floats");
-            let d: &mut [f32; 8] = (&mut dst[done..done + 8]).try_into().expect("8 floats");
-            for j in 0..8 {
-                d[j] = s[2 * j];
-            }
-            done += 8;
-        }
-    }
-    for (t, d) in dst.iter_mut().enumerate().skip(done) {
-        *d = src[t * stride];
     }
 }

@@ -55,6 +55,14 @@ macro_rules! dw_plane_kernel {
 }
 pub(crate) use dw_plane_kernel;
 
+/// `dst[t] = src[t * stride]`, element by element: the portable tier's gather and every
+/// tier's tail.
+pub fn gather_scalar(dst: &mut [f32], src: &[f32], stride: usize) {
+    for (t, d) in dst.iter_mut().enumerate() {
+        *d = src[t * stride];
+    }
+}
+
 /// Declares a tier's activation kernel: the generic body of [`activation`] compiled under the
 /// tier's target features, behind a safe entry that checks the tier is available.
 macro_rules! act_kernel {

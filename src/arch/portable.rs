@@ -14,6 +14,7 @@ pub static TABLE: KernelTable = KernelTable {
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
     winograd: crate::arch::winograd::F32_WINOGRAD_PORTABLE,
+    gather: crate::arch::gather_scalar,
 };
 
 /// 4x8 GEMM tile on `wide::f32x8` (4 accumulators: 8 xmm on SSE2, 8 q registers on NEON).

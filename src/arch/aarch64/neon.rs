@@ -12,6 +12,7 @@ pub static TABLE: KernelTable = KernelTable {
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
     winograd: F32_WINOGRAD,
+    gather: crate::arch::gather_scalar,
 };
 
 macro_rules! gemm_kernel {

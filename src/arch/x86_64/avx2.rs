@@ -12,6 +12,7 @@ pub static TABLE: KernelTable = KernelTable {
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
     winograd: F32_WINOGRAD,
+    gather,
 };
 
 macro_rules! gemm_kernel {
@@ -363,4 +364,72 @@ unsafe fn deinterleave_avx2(src: &[f32], dst: &mut [f32], stride: usize, n: usiz
         p += 8;
     }
     p
+}
+
+/// Strided gather: stride 2 (every strided 3x3 and 1x1 of the suite) by vector shuffles, 8
+/// outputs from two loads; strides 3 to 64 (alexnet.conv1's 4) by `vgatherdps`, 8 outputs an
+/// instruction; stride 1 and the tails element by element. The element loop ran at several
+/// cycles a float and was a third of resnet50.res3.3x3s2's im2col packing.
+pub fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
+    let n = dst.len();
+    let mut done = 0;
+    if stride == 2 && n >= 8 && Isa::Avx2.is_available() {
+        // Whole blocks of 8 outputs read 16 floats each: src[2*done .. 2*done + 16].
+        let blocks = (n / 8).min(src.len() / 16);
+        // SAFETY: AVX2 was checked; block b reads src[16b .. 16b + 16] (b < blocks <=
+        // src.len() / 16) and writes dst[8b .. 8b + 8] (b < blocks <= n / 8).
+        unsafe { gather2_avx2(dst, src, blocks) };
+        done = blocks * 8;
+    } else if (3..=64).contains(&stride) && n >= 8 && Isa::Avx2.is_available() {
+        // Block b reads src[8b*stride + l*stride], l < 8: its last read is
+        // (8b + 7) * stride, so whole blocks while (8b + 7) * stride < src.len().
+        let in_src = (src.len() / stride).saturating_sub(7).div_ceil(8);
+        let blocks = (n / 8).min(in_src);
+        // SAFETY: AVX2 was checked; block b < blocks reads up to (8b + 7) * stride <
+        // src.len() (b < in_src) and writes dst[8b .. 8b + 8] (b < n / 8); offsets are
+        // below 8 * 64 and fit i32.
+        unsafe { gather_any_avx2(dst, src, stride, blocks) };
+        done = blocks * 8;
+    }
+    crate::arch::gather_scalar(&mut dst[done..], &src[done * stride.max(1)..], stride);
+}
+
+/// `blocks` blocks of 8 floats at `stride` by `vgatherdps`.
+///
+/// # Safety
+/// AVX2 must be available, `src` must hold `(8 * blocks - 1) * stride + 1` floats, `dst`
+/// `8 * blocks`, and `8 * stride` must fit i32.
+#[target_feature(enable = "avx2")]
+unsafe fn gather_any_avx2(dst: &mut [f32], src: &[f32], stride: usize, blocks: usize) {
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let st = stride as i32;
+    let idx = _mm256_setr_epi32(0, st, 2 * st, 3 * st, 4 * st, 5 * st, 6 * st, 7 * st);
+    for b in 0..blocks {
+        // SAFETY: lanes read s[8b*stride + l*stride] <= (8b + 7) * stride, in bounds by the
+        // caller's contract; 8 floats written at d[8b].
+        unsafe {
+            let v = _mm256_i32gather_ps::<4>(s.add(8 * b * stride), idx);
+            _mm256_storeu_ps(d.add(8 * b), v);
+        }
+    }
+}
+
+/// `blocks` blocks of 8 even-indexed floats.
+///
+/// # Safety
+/// AVX2 must be available, `src` must hold `16 * blocks` floats and `dst` `8 * blocks`.
+#[target_feature(enable = "avx2")]
+unsafe fn gather2_avx2(dst: &mut [f32], src: &[f32], blocks: usize) {
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for b in 0..blocks {
+        // SAFETY: within the bounds the caller guarantees (16 floats read, 8 written).
+        unsafe {
+            let lo = _mm256_loadu_ps(s.add(16 * b));
+            let hi = _mm256_loadu_ps(s.add(16 * b + 8));
+            // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6], then the 64-bit lanes reordered 0 2 1 3.
+            let even = _mm256_shuffle_ps::<0x88>(lo, hi);
+            let ordered = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(even)));
+            _mm256_storeu_ps(d.add(8 * b), ordered);
+        }
+    }
 }
