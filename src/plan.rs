@@ -572,7 +572,7 @@ impl Plan {
         for n in 0..g.batch {
             let x = &input[n * img_in..(n + 1) * img_in];
             match &self.prepared {
-                Prepared::Direct(d) => d.layout.fill(g, x, &mut xp),
+                Prepared::Direct(d) => d.layout.fill(g, x, &mut xp, self.isa.kernels()?.gather),
                 Prepared::Winograd(w) => w.fill(g, x, &mut xp),
                 _ => {}
             }
@@ -763,6 +763,7 @@ impl Plan {
             g.input_area(),
         );
         let chan_len = layout.chan + crate::arch::dwconv::CHUNK + layout.pw;
+        let gather = self.isa.kernels()?.gather;
         // Channels per task: enough that a task has ~4K input floats of work. One task per
         // channel spent more on the task and its scratch than on a 7x7 plane
         // (mobilenetv2.dw7: 960 channels of 49 outputs each).
@@ -781,6 +782,7 @@ impl Plan {
                         g,
                         &x[ci * in_area..(ci + 1) * in_area],
                         &mut xp[..layout.chan],
+                        gather,
                     );
                     for (m, plane) in planes.chunks_mut(band).enumerate() {
                         let co = ci * mult + m;

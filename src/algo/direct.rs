@@ -23,6 +23,9 @@ use crate::geometry::Geometry;
 use crate::kernels::GemmUkernel;
 use rayon::prelude::*;
 
+/// A tier's strided gather ([`crate::kernels::KernelTable::gather`]).
+pub type Gather = fn(&mut [f32], &[f32], usize);
+
 /// The largest padded, phase-split image (floats) `direct` builds per image: 1 Gi floats.
 pub const MAX_IMAGE_FLOATS: usize = 1 << 28;
 
@@ -67,18 +70,20 @@ impl PhaseLayout {
     }
 
     /// Fills `xp` (`self.image` floats) from one NCHW image `x`.
-    pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32]) {
+    pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32], gather: Gather) {
         let [ih, iw] = g.input;
         let chans = &mut xp[..self.chan * g.in_channels];
         chans
             .par_chunks_mut(self.chan)
             .enumerate()
-            .for_each(|(c, dst)| self.fill_channel(g, &x[c * ih * iw..(c + 1) * ih * iw], dst));
+            .for_each(|(c, dst)| {
+                self.fill_channel(g, &x[c * ih * iw..(c + 1) * ih * iw], dst, gather)
+            });
         xp[self.chan * g.in_channels..].fill(0.0);
     }
 
     /// Fills one channel's phase planes (`self.chan` floats of `dst`) from its input plane.
-    pub fn fill_channel(&self, g: &Geometry, src: &[f32], dst: &mut [f32]) {
+    pub fn fill_channel(&self, g: &Geometry, src: &[f32], dst: &mut [f32], gather: Gather) {
         let [ih, iw] = g.input;
         let (sh, sw) = (g.stride[0], g.stride[1]);
         let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
@@ -109,29 +114,11 @@ impl PhaseLayout {
                             &srow[first..first + (c1 - c0)],
                         );
                     } else {
-                        // A plain strided gather (a step_by/zip chain here ran at
-                        // 2.5 ns a float and dominated mobilenetv2.dw56s2).
-                        let last = first + (c1 - c0 - 1) * sw;
-                        let src = &srow[first..=last];
-                        let dst = &mut row[c0..c1];
-                        let mut done = 0;
-                        if sw == 2 {
-                            // Fixed-size deinterleave (even lanes of 16) that vectorizes into
-                            // shuffles; the scalar gather ran at ~3 cycles a float.
-                            while done + 8 <= dst.len() && 2 * done + 16 <= src.len() {
-                                let inp: &[f32; 16] =
-                                    src[2 * done..2 * done + 16].try_into().expect("16 floats");
-                                let out: &mut [f32; 8] =
-                                    (&mut dst[done..done + 8]).try_into().expect("8 floats");
-                                for j in 0..8 {
-                                    out[j] = inp[2 * j];
-                                }
-                                done += 8;
-                            }
-                        }
-                        for (i, d) in dst.iter_mut().enumerate().skip(done) {
-                            *d = src[i * sw];
-                        }
+                        // The tier's strided gather, reading ahead within the channel so
+                        // whole runs go in vector blocks (a step_by/zip chain here ran at
+                        // 2.5 ns a float, a scalar loop at ~3 cycles, and dominated
+                        // mobilenetv2.dw56s2).
+                        (gather)(&mut row[c0..c1], &src[(y - pt) * iw + first..], sw);
                     }
                 }
             }
