@@ -346,6 +346,9 @@ impl Plan {
                 let layout = opts.depthwise_layout.pick(&geom);
                 let blocked = match layout {
                     DwLayout::ChannelBlocks => block_weights(&geom, &weight),
+                    DwLayout::MultiplierBlocks => {
+                        crate::algo::depthwise::multiplier_weights(&geom, &weight)
+                    }
                     _ => Vec::new(),
                 };
                 Prepared::Depthwise {
@@ -416,7 +419,9 @@ impl Plan {
             Prepared::Gemm { uk, .. } => Some(uk.name),
             Prepared::Depthwise {
                 uk,
-                layout: crate::algo::depthwise::DwLayout::ChannelBlocks,
+                layout:
+                    crate::algo::depthwise::DwLayout::ChannelBlocks
+                    | crate::algo::depthwise::DwLayout::MultiplierBlocks,
                 ..
             } => Some(uk.block_name),
             Prepared::Depthwise { uk, .. } => Some(uk.name),
@@ -708,6 +713,14 @@ impl Plan {
                 layout: crate::algo::depthwise::DwLayout::ChannelBlocks,
                 ..
             } => crate::algo::depthwise::run_channel_blocks(
+                &self.geom, uk, blocked, x, r0, r1, out, pass,
+            ),
+            Prepared::Depthwise {
+                uk,
+                blocked,
+                layout: crate::algo::depthwise::DwLayout::MultiplierBlocks,
+                ..
+            } => crate::algo::depthwise::run_multiplier_blocks(
                 &self.geom, uk, blocked, x, r0, r1, out, pass,
             ),
             Prepared::Depthwise { uk, weight, .. } => {

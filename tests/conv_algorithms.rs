@@ -74,7 +74,11 @@ fn check_banded(
     let s = reference::magnitude(&g, &ops).unwrap();
     // Depthwise runs in both of its channel layouts.
     let dw_layouts: &[DwLayout] = if algo == Algo::Depthwise {
-        &[DwLayout::Planes, DwLayout::ChannelBlocks]
+        &[
+            DwLayout::Planes,
+            DwLayout::ChannelBlocks,
+            DwLayout::MultiplierBlocks,
+        ]
     } else {
         &[DwLayout::Auto]
     };
@@ -312,6 +316,13 @@ fn suite_like_cases() -> Vec<ConvSpec> {
         ConvSpec::new(&[1, 30, 64], 20, &[3])
             .with_activation(Activation::Relu)
             .with_pool(Some(Pool::GlobalMax)),
+        // Depthwise of 2 channels x multiplier 8: multiplier blocks, with a residual.
+        ConvSpec::new(&[1, 2, 9, 11], 16, &[3, 3])
+            .with_groups(2)
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_stride(&[2, 1])
+            .with_residual(true)
+            .with_activation(Activation::Relu6),
         ConvSpec::new(&[1, 12, 10, 10], 12, &[3, 3])
             .with_groups(12)
             .with_padding(Padding::Symmetric(vec![1, 1]))

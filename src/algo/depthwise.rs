@@ -24,29 +24,166 @@ pub enum DwLayout {
     Planes,
     /// `CB` channels interleaved, vectorized across channels.
     ChannelBlocks,
+    /// `CB` channel multipliers of one input channel in the lanes, the input pixel
+    /// broadcast (few input channels, a multiplier that is a multiple of `CB`:
+    /// wav2vec2.conv0's 1 channel x 512).
+    MultiplierBlocks,
 }
 
 impl DwLayout {
     /// The layout for `g`: channel blocks unless there are too few channels to fill half a
-    /// block. Measured on this machine (AVX2, one thread, median ms of `convkit bench`,
-    /// planes vs channel blocks alternating in one run): mobilenetv2.dw112 0.56 vs 0.29-0.44,
-    /// dw56s2 0.65-0.69 vs 0.14-0.18, dw7 0.34-0.41 vs 0.07-0.09. wav2vec2.conv0 (one input
-    /// channel, multiplier 512) would fill one lane of eight: planes there (9.3 vs 2.1
-    /// GFLOP/s).
+    /// block; then multiplier blocks where the multiplier is a multiple of `CB`, else planes.
+    /// Measured on this machine (AVX2, median ms of `convkit bench`, layouts alternating in
+    /// one run, one thread unless said): mobilenetv2.dw112 planes 0.56 vs blocks 0.29-0.44,
+    /// dw56s2 0.65-0.69 vs 0.14-0.18, dw7 0.34-0.41 vs 0.07-0.09; wav2vec2.conv0 (one input
+    /// channel, multiplier 512) channel blocks would fill one lane of eight (2.1 against 6.5
+    /// GFLOP/s for planes), multiplier blocks tie planes on one thread (5.1-5.6 against
+    /// 5.1 ms, the exact gelu is half the time) and win on two (2.7-2.9 against 3.4-5.2 ms:
+    /// planes run a single channel as one task).
     pub fn pick(self, g: &Geometry) -> DwLayout {
-        // CONVKIT_DW_LAYOUT=planes|blocks overrides `Auto`, to compare the two in one
+        // CONVKIT_DW_LAYOUT=planes|blocks|multipliers overrides `Auto`, to compare the two in one
         // program (as CONVKIT_WINO_TILES does for Winograd's block size).
         let forced = match std::env::var("CONVKIT_DW_LAYOUT").as_deref() {
             Ok("planes") => Some(DwLayout::Planes),
             Ok("blocks") => Some(DwLayout::ChannelBlocks),
+            Ok("multipliers") if g.cout_per_group.is_multiple_of(CB) => {
+                Some(DwLayout::MultiplierBlocks)
+            }
             _ => None,
         };
         match self {
+            DwLayout::Auto if g.in_channels < CB / 2 && g.cout_per_group.is_multiple_of(CB) => {
+                forced.unwrap_or(DwLayout::MultiplierBlocks)
+            }
             DwLayout::Auto if g.in_channels < CB / 2 => forced.unwrap_or(DwLayout::Planes),
+            // Multiplier blocks need whole blocks of multipliers.
+            DwLayout::MultiplierBlocks if !g.cout_per_group.is_multiple_of(CB) => DwLayout::Planes,
             DwLayout::Auto => forced.unwrap_or(DwLayout::ChannelBlocks),
             fixed => fixed,
         }
     }
+}
+
+/// The weights of the multiplier-block kernel: `[ci][m / CB][tap][CB]`, lane `c` holding
+/// output channel `ci * mult + m + c` (`mult` a multiple of `CB`).
+pub fn multiplier_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+    let (c, mult, ka) = (g.in_channels, g.cout_per_group, g.kernel_area());
+    let mut out = vec![0f32; c * mult * ka];
+    for (blk, dst) in out.chunks_exact_mut(ka * CB).enumerate() {
+        for t in 0..ka {
+            for lane in 0..CB {
+                dst[t * CB + lane] = weight[(blk * CB + lane) * ka + t];
+            }
+        }
+    }
+    out
+}
+
+/// Conv rows `r0..r1` of one image into `out` by multiplier blocks: each block is `CB`
+/// consecutive output channels of one input channel, the input broadcast to the lanes.
+#[allow(clippy::too_many_arguments)]
+pub fn run_multiplier_blocks(
+    g: &Geometry,
+    uk: &DwUkernel,
+    blocked: &[f32],
+    x: &[f32],
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+    pass: &OutputPass,
+) {
+    use rayon::prelude::*;
+    let OutputPass {
+        bias,
+        accumulate,
+        clamp,
+        activation,
+    } = *pass;
+    let [ih, iw] = g.input;
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let [pt, pl] = g.pad_before;
+    let ow = g.conv_out[1];
+    let (mult, ka, in_area) = (g.cout_per_group, g.kernel_area(), g.input_area());
+    let rows = r1 - r0;
+    let band = rows * ow;
+    if band == 0 || !mult.is_multiple_of(CB) {
+        return;
+    }
+    let pw = (ow - 1) * sw + (kw - 1) * dw + 1;
+    let n_in = (rows - 1) * sh + (kh - 1) * dh + 1;
+    let groups = mult / CB;
+    let blocks = g.in_channels * groups;
+    // Blocks per task: at least four tasks per thread (wav2vec2.conv0 has 64 blocks of one
+    // channel; one task per channel ran its 512 planes on one thread).
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = blocks.div_ceil(4 * threads).max(1);
+    let block_out = CB * band;
+    out.par_chunks_mut(per_task * block_out)
+        .enumerate()
+        .for_each(|(task, task_out)| {
+            // The padded rows of the block's input channel, `[n_in][pw]`, refilled only when
+            // the channel changes.
+            let mut xb = crate::tensor::take_scratch(n_in * pw);
+            let mut ob = crate::tensor::take_scratch(band * CB);
+            let mut filled = None;
+            for (j, planes) in task_out.chunks_mut(block_out).enumerate() {
+                let b = task * per_task + j;
+                let (ci, mg) = (b / groups, b % groups);
+                if filled != Some(ci) {
+                    let plane = &x[ci * in_area..(ci + 1) * in_area];
+                    for (i, dst) in xb[..n_in * pw].chunks_exact_mut(pw).enumerate() {
+                        let py = r0 * sh + i;
+                        let iy = py.wrapping_sub(pt);
+                        if py < pt || iy >= ih {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let (c0, c1) = (pl.min(pw), (pl + iw).min(pw));
+                        dst[..c0].fill(0.0);
+                        dst[c1..].fill(0.0);
+                        dst[c0..c1].copy_from_slice(&plane[iy * iw..iy * iw + (c1 - c0)]);
+                    }
+                    filled = Some(ci);
+                }
+                let co0 = ci * mult + mg * CB;
+                let mut lanes = [0f32; CB];
+                if let Some(bias) = bias {
+                    lanes.copy_from_slice(&bias[co0..co0 + CB]);
+                }
+                let mut job = DwBlock {
+                    input: &xb[..n_in * pw],
+                    pw,
+                    weight: &blocked[b * ka * CB..(b + 1) * ka * CB],
+                    kernel: [kh, kw],
+                    stride: [sh, sw],
+                    dilation: [dh, dw],
+                    bias: lanes,
+                    clamp: (!accumulate).then_some(clamp),
+                    ow,
+                    out: &mut ob[..band * CB],
+                    broadcast: true,
+                };
+                (uk.block)(&mut job);
+                // The block's planes are consecutive output channels.
+                (uk.deinterleave)(&ob[..band * CB], planes, CB, band, accumulate);
+                if accumulate {
+                    let (lo, hi) = clamp;
+                    for v in planes.iter_mut() {
+                        let t = if *v < lo { lo } else { *v };
+                        *v = if t > hi { hi } else { t };
+                    }
+                }
+                if let Some((kernel, act)) = activation {
+                    for plane in planes.chunks_mut(band) {
+                        (kernel.run)(act, plane);
+                    }
+                }
+            }
+            crate::tensor::give_scratch(xb);
+            crate::tensor::give_scratch(ob);
+        });
 }
 
 /// Interleaves the weights for the channel-block kernel: `[block][m][tap][CB]`, lane `c` of
@@ -201,6 +338,7 @@ pub fn run_channel_blocks(
                             clamp: (!accumulate).then_some(clamp),
                             ow,
                             out: &mut ob[..(s1 - s0) * ow * CB],
+                            broadcast: false,
                         };
                         (uk.block)(&mut job);
                         // Output planes of lanes 0..nc: channel (b*CB + c)*mult + m is plane

@@ -159,6 +159,9 @@ pub struct DwBlock<'a> {
     pub ow: usize,
     /// Interleaved output, `[rows][ow][CB]`.
     pub out: &'a mut [f32],
+    /// The input is one channel, `[rows][pw]`, shared by every lane (the lanes are `CB`
+    /// channel multipliers of it): each tap broadcasts its pixel.
+    pub broadcast: bool,
 }
 
 /// The block kernel's portable body; tiers inline it under their features (see
@@ -184,7 +187,7 @@ pub(crate) fn dw_block_generic(p: &mut DwBlock, fma: impl Fn(f32, f32, f32) -> f
         row.checked_mul(p.pw)?
             .checked_add(col)?
             .checked_add(1)?
-            .checked_mul(CB)
+            .checked_mul(if p.broadcast { 1 } else { CB })
     })();
     let taps = kh.checked_mul(kw).and_then(|t| t.checked_mul(CB));
     assert!(
@@ -193,15 +196,15 @@ pub(crate) fn dw_block_generic(p: &mut DwBlock, fma: impl Fn(f32, f32, f32) -> f
     );
     // 3x3 (every depthwise layer of the suite) unrolls its taps with the weights in
     // registers; other kernels loop.
-    if kh == 3 && kw == 3 {
-        rows_of_block::<true>(p, oh, fma);
-    } else {
-        rows_of_block::<false>(p, oh, fma);
+    match (kh == 3 && kw == 3, p.broadcast) {
+        (true, false) => rows_of_block::<true, false>(p, oh, fma),
+        (false, false) => rows_of_block::<false, false>(p, oh, fma),
+        (_, true) => rows_of_block::<false, true>(p, oh, fma),
     }
 }
 
 #[inline(always)]
-fn rows_of_block<const K3: bool>(
+fn rows_of_block<const K3: bool, const BCAST: bool>(
     p: &mut DwBlock,
     oh: usize,
     fma: impl Fn(f32, f32, f32) -> f32 + Copy,
@@ -209,16 +212,16 @@ fn rows_of_block<const K3: bool>(
     for oy in 0..oh {
         let mut ox = 0;
         while ox + PIXELS <= p.ow {
-            block_pixels::<PIXELS, K3>(p, oy, ox, fma);
+            block_pixels::<PIXELS, K3, BCAST>(p, oy, ox, fma);
             ox += PIXELS;
         }
         // The row's last 1..3 pixels in one call, so they still run as parallel chains
         // (one at a time, each of dw7's rows spent 3 x 9 dependent FMAs on its tail).
         match p.ow - ox {
             0 => {}
-            1 => block_pixels::<1, K3>(p, oy, ox, fma),
-            2 => block_pixels::<2, K3>(p, oy, ox, fma),
-            _ => block_pixels::<3, K3>(p, oy, ox, fma),
+            1 => block_pixels::<1, K3, BCAST>(p, oy, ox, fma),
+            2 => block_pixels::<2, K3, BCAST>(p, oy, ox, fma),
+            _ => block_pixels::<3, K3, BCAST>(p, oy, ox, fma),
         }
     }
 }
@@ -234,9 +237,10 @@ unsafe fn lanes_at(v: &[f32], at: usize) -> [f32; CB] {
     unsafe { v.as_ptr().add(at).cast::<[f32; CB]>().read() }
 }
 
-/// Output pixels `ox..ox + J` of row `oy` (`K3`: the kernel is 3x3).
+/// Output pixels `ox..ox + J` of row `oy` (`K3`: the kernel is 3x3; `BCAST`: one input
+/// channel broadcast to the lanes).
 #[inline(always)]
-fn block_pixels<const J: usize, const K3: bool>(
+fn block_pixels<const J: usize, const K3: bool, const BCAST: bool>(
     p: &mut DwBlock,
     oy: usize,
     ox: usize,
@@ -257,11 +261,16 @@ fn block_pixels<const J: usize, const K3: bool>(
             // SAFETY: t + CB <= KH * KW * CB <= weight.len(), asserted in dw_block_generic.
             let w = unsafe { lanes_at(p.weight, t) };
             for (j, a) in acc.iter_mut().enumerate() {
-                let at = (row + j * sw + kx * dw) * CB;
-                // SAFETY: this pixel, (oy*SH + ky*DH) * PW + (ox + j)*SW + kx*DW with oy < OH,
-                // ox + j < OW, ky < KH, kx < KW, is at most `last`, and (last + 1) * CB <=
-                // input.len() was asserted in dw_block_generic.
-                let x = unsafe { lanes_at(p.input, at) };
+                let pixel = row + j * sw + kx * dw;
+                let x = if BCAST {
+                    // Checked: one index per tap and pixel, as cheap as the broadcast.
+                    [p.input[pixel]; CB]
+                } else {
+                    // SAFETY: this pixel, (oy*SH + ky*DH) * PW + (ox + j)*SW + kx*DW with oy <
+                    // OH, ox + j < OW, ky < KH, kx < KW, is at most `last`, and (last + 1) * CB
+                    // <= input.len() was asserted in dw_block_generic.
+                    unsafe { lanes_at(p.input, pixel * CB) }
+                };
                 for c in 0..CB {
                     a[c] = fma(w[c], x[c], a[c]);
                 }
