@@ -11,9 +11,9 @@ when it cannot be installed.
 
 With `--rust-peers`, candle (the `convkit-candle` crate of integrations/candle, built here:
 candle-core's own conv, bias, activation and pool ops) and tract (sonos/tract, the Rust ONNX
-engine, through its published Python bindings, `pip install tract`, on the same one-layer
-ONNX model) join each layer's alternation. tract's bindings expose no thread setting and tract
-runs a model on one thread, so it is timed in the one-thread rows only.
+engine: the `convkit-tract-bench` crate of integrations/tract, built here, loading the same
+one-layer ONNX model) join each layer's alternation. tract runs a model on the calling thread,
+so it is timed in the one-thread rows only.
 
 Usage (creates its own virtualenv with numpy, onnx, onnxruntime and openvino on first use):
     python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--out DIR] [--rust-peers]
@@ -53,9 +53,8 @@ def ensure_venv():
     if not os.path.exists(py):
         subprocess.check_call([sys.executable, "-m", "venv", VENV])
         subprocess.check_call([py, "-m", "pip", "install", "-q", "numpy", "onnx", "onnxruntime"])
-        # OpenVINO and tract are optional: a failed install leaves their column empty.
+        # OpenVINO is optional: a failed install leaves its column empty.
         subprocess.call([py, "-m", "pip", "install", "-q", "openvino"])
-        subprocess.call([py, "-m", "pip", "install", "-q", "tract"])
     os.execv(py, [py] + sys.argv)
 
 
@@ -176,42 +175,25 @@ def time_openvino(l, threads, min_s=0.3):
     return statistics.median(times)
 
 
-def time_tract(l, threads, min_s=0.3):
-    """tract (Rust) on the same ONNX model, one thread; None when not installed or threads > 1."""
-    if threads != 1:
+def time_tract(binary, l, threads):
+    """tract on the same ONNX model, one thread (None without the binary, for threads > 1, or
+    when tract cannot load the model)."""
+    if not binary or threads != 1:
         return None
-    try:
-        import numpy as np
-        import tract
-    except ImportError:
-        try:
-            # An existing virtualenv from before tract joined: add it now.
-            subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "tract"])
-            import numpy as np
-            import tract
-        except Exception:
-            return None
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
         f.write(build_model(l))
         path = f.name
     try:
-        runnable = tract.onnx().load(path).into_model().into_runnable()
-    except Exception as e:  # a model tract cannot load leaves its cell empty
-        print(f"tract: {l['name']}: {e}", file=sys.stderr)
-        return None
+        r = subprocess.run([binary, "--model", path, "--input", ",".join(map(str, l["input"]))],
+                           capture_output=True, text=True)
     finally:
         os.unlink(path)
-    x = np.random.default_rng(1).standard_normal(l["input"]).astype(np.float32)
-    for _ in range(2):
-        runnable.run([x])
-    times, start = [], time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < min_s and len(times) < 200):
-        t = time.perf_counter()
-        runnable.run([x])
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    if r.returncode != 0:
+        print(f"tract: {l['name']}: {r.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return json.loads(r.stdout)["median_ms"]
 
 
 def time_candle(binary, name, threads):
@@ -367,7 +349,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
     ap.add_argument("--charts-from", default="", help="redraw the charts from a compare.json, measuring nothing")
     ap.add_argument("--rust-peers", action="store_true",
-                    help="add candle (builds integrations/candle) and tract (its Python bindings)")
+                    help="add candle and tract (builds integrations/candle and integrations/tract)")
     args = ap.parse_args()
     if args.charts_from:
         with open(SUITE) as f:
@@ -389,10 +371,12 @@ def main():
         layers = [l for l in layers if l["name"] in wanted]
     subprocess.check_call(["cargo", "build", "--release", "-q", "--bin", "convkit"], cwd=ROOT)
     binary = os.path.join(ROOT, "target", "release", "convkit")
-    candle = None
+    candle = tract = None
     if args.rust_peers:
         subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "convkit-candle"], cwd=ROOT)
         candle = os.path.join(ROOT, "target", "release", "convkit-candle")
+        subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "convkit-tract-bench"], cwd=ROOT)
+        tract = os.path.join(ROOT, "target", "release", "convkit-tract-bench")
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for l in layers:
@@ -400,7 +384,7 @@ def main():
             ort_ms = time_ort(l, threads)
             ov_ms = time_openvino(l, threads)
             cd_ms = time_candle(candle, l["name"], threads)
-            tr_ms = time_tract(l, threads) if args.rust_peers else None
+            tr_ms = time_tract(tract, l, threads)
             ck_ms, algo, peak = time_convkit(binary, l["name"], threads)
             best_ms = min(m for m in (ort_ms, ov_ms, cd_ms, tr_ms) if m)
             rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
