@@ -14,22 +14,25 @@ const CHUNK: usize = 16;
 /// e^x for finite x: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n through
 /// the exponent bits. Inputs are clamped to [-87.3, 88.7] (results stay normal and finite).
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+fn exp_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
     // n = round(x / ln2) with the 1.5 * 2^23 trick (round to nearest even, branch-free).
     // The integer n is also read from t's bits (t = magic + n exactly, so its bit pattern
     // is magic's plus n): integer ops that vectorize, unlike the saturating `as i32`.
     let magic = 12_582_912.0f32;
-    let t = x * std::f32::consts::LOG2_E + magic;
+    let t = fma(x, std::f32::consts::LOG2_E, magic);
     let n = t - magic;
     let n_int = t.to_bits().wrapping_sub(magic.to_bits());
     // r = x - n ln2, with ln2 split into a part exact in f32 and the rest.
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let r = fma(-n, 1.428_606_8e-6, fma(-n, 0.693_145_75, x));
     // Taylor coefficients 1/k! (k = 2..6) on |r| <= 0.347: truncation error < 2e-7 relative.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // Horner with `fma` (one instruction a step where the tier has FMA).
+    let p = fma(r, 1.0 / 720.0, 1.0 / 120.0);
+    let p = fma(r, p, 1.0 / 24.0);
+    let p = fma(r, p, 1.0 / 6.0);
+    let p = fma(r, p, 0.5);
+    let p = fma(r, p, 1.0);
+    let p = fma(r, p, 1.0);
     let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     p * scale
 }
@@ -39,21 +42,21 @@ fn exp_approx(x: f32) -> f32 {
 /// precision. No exp and one division: about half the work of the Abramowitz & Stegun form
 /// with its exp, which made gelu cost 4.5 cycles an element (half of wav2vec2.conv0).
 #[inline(always)]
-fn erf_approx(x: f32) -> f32 {
+fn erf_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let p = -2.726_142_3e-10f32;
-    let p = p * x2 + 2.770_681_4e-8;
-    let p = p * x2 + -2.101_024e-6;
-    let p = p * x2 + -5.692_506_4e-5;
-    let p = p * x2 + -7.349_906e-4;
-    let p = p * x2 + -2.954_6e-3;
-    let p = p * x2 + -1.609_603_3e-2;
+    let p = fma(p, x2, 2.770_681_4e-8);
+    let p = fma(p, x2, -2.101_024e-6);
+    let p = fma(p, x2, -5.692_506_4e-5);
+    let p = fma(p, x2, -7.349_906e-4);
+    let p = fma(p, x2, -2.954_6e-3);
+    let p = fma(p, x2, -1.609_603_3e-2);
     let q = -1.456_607_2e-5f32;
-    let q = q * x2 + -2.133_740_6e-4;
-    let q = q * x2 + -1.682_827e-3;
-    let q = q * x2 + -7.373_329e-3;
-    let q = q * x2 + -1.426_474e-2;
+    let q = fma(q, x2, -2.133_740_6e-4);
+    let q = fma(q, x2, -1.682_827e-3);
+    let q = fma(q, x2, -7.373_329e-3);
+    let q = fma(q, x2, -1.426_474e-2);
     // Exactly +-1 at the clamp, as f64 erf is there: then gelu(-inf) = -inf * 0 = NaN like
     // the reference, rather than -inf times a tiny residue.
     let r = x * p / q;
@@ -65,10 +68,10 @@ fn erf_approx(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid_approx(x: f32) -> f32 {
+fn sigmoid_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
     // Exactly 0 below -88 (where e^-x leaves f32), so that silu(-inf) = -inf * 0 = NaN as in
     // the reference instead of -inf times a denormal.
-    let s = 1.0 / (1.0 + exp_approx(-x));
+    let s = 1.0 / (1.0 + exp_approx(-x, fma));
     if x < -88.0 {
         0.0
     } else {
@@ -97,20 +100,31 @@ fn map(data: &mut [f32], f: impl Fn(f32) -> f32) {
     }
 }
 
-/// Applies `act` in place; the generic body each tier compiles. The match is outside the
+/// Applies `act` in place at the build's baseline (no FMA: there `mul_add` is a libm call).
+pub(crate) fn apply_generic(act: Activation, data: &mut [f32]) {
+    apply_generic_with(act, data, |a, b, c| a * b + c)
+}
+
+/// Applies `act` in place; the generic body each tier compiles, with `fma` a fused
+/// multiply-add where the tier has one (the polynomials are Horner chains: with separate
+/// multiplies and adds, perf put gelu at half of wav2vec2.conv0). The match is outside the
 /// element loop so that each arm's loop vectorizes (inside, it ran scalar).
 #[inline(always)]
-pub(crate) fn apply_generic(act: Activation, data: &mut [f32]) {
+pub(crate) fn apply_generic_with(
+    act: Activation,
+    data: &mut [f32],
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
     match act {
-        Activation::Sigmoid => map(data, sigmoid_approx),
-        Activation::Tanh => map(data, |x| 2.0 * sigmoid_approx(2.0 * x) - 1.0),
-        Activation::Silu => map(data, |x| x * sigmoid_approx(x)),
+        Activation::Sigmoid => map(data, |x| sigmoid_approx(x, fma)),
+        Activation::Tanh => map(data, |x| 2.0 * sigmoid_approx(2.0 * x, fma) - 1.0),
+        Activation::Silu => map(data, |x| x * sigmoid_approx(x, fma)),
         Activation::Gelu => map(data, |x| {
-            0.5 * x * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2))
+            0.5 * x * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2, fma))
         }),
         Activation::GeluTanh => map(data, |x| {
             let inner = 0.797_884_6 * (x + 0.044_715 * x * x * x);
-            x * sigmoid_approx(2.0 * inner)
+            x * sigmoid_approx(2.0 * inner, fma)
         }),
         Activation::LeakyRelu { alpha } => map(data, |x| if x < 0.0 { alpha * x } else { x }),
         other => map(data, |x| other.apply(x)),
@@ -135,17 +149,23 @@ pub struct ActUkernel {
 mod tests {
     use super::*;
 
+    /// Both forms the tiers compile: separate multiply and add (the baseline) and fused.
     #[test]
     fn approximations_against_f64() {
+        check_approximations(|a, b, c| a * b + c);
+        check_approximations(f32::mul_add);
+    }
+
+    fn check_approximations(fma: impl Fn(f32, f32, f32) -> f32 + Copy) {
         let mut worst = (0f64, 0f64);
         for i in -30_000..=30_000 {
             let x = i as f32 * 1e-3;
-            let e = exp_approx(x) as f64;
+            let e = exp_approx(x, fma) as f64;
             let want = (x as f64).exp();
             worst.0 = worst.0.max(((e - want) / want).abs());
             worst.1 = worst
                 .1
-                .max((erf_approx(x) as f64 - libm::erf(x as f64)).abs());
+                .max((erf_approx(x, fma) as f64 - libm::erf(x as f64)).abs());
         }
         assert!(worst.0 < 3e-7, "exp relative error {}", worst.0);
         assert!(worst.1 < 1e-6, "erf absolute error {}", worst.1);

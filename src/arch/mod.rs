@@ -83,7 +83,7 @@ macro_rules! act_kernel {
 
         #[target_feature(enable = $features)]
         fn act_tf(a: crate::epilogue::Activation, data: &mut [f32]) {
-            crate::arch::activation::apply_generic(a, data)
+            crate::arch::activation::apply_generic_with(a, data, f32::mul_add)
         }
     };
 }
