@@ -244,7 +244,7 @@ fn sech_squared<T: Real>(x: T) -> T {
 
 /// clamp that lets NaN through (min/max on x86 would not, in general).
 #[inline]
-fn clamp_nan<T: Real>(x: T, lo: T, hi: T) -> T {
+pub(crate) fn clamp_nan<T: Real>(x: T, lo: T, hi: T) -> T {
     if x < lo {
         lo
     } else if x > hi {

@@ -709,22 +709,21 @@ impl Plan {
             Prepared::Winograd(w) => w.run_rows(&self.geom, xp, r0, r1, out, pass, clock),
             Prepared::Depthwise {
                 uk,
+                weight,
                 blocked,
-                layout: crate::algo::depthwise::DwLayout::ChannelBlocks,
-                ..
-            } => crate::algo::depthwise::run_channel_blocks(
-                &self.geom, uk, blocked, x, r0, r1, out, pass,
-            ),
-            Prepared::Depthwise {
-                uk,
-                blocked,
-                layout: crate::algo::depthwise::DwLayout::MultiplierBlocks,
-                ..
-            } => crate::algo::depthwise::run_multiplier_blocks(
-                &self.geom, uk, blocked, x, r0, r1, out, pass,
-            ),
-            Prepared::Depthwise { uk, weight, .. } => {
-                self.depthwise_rows(uk, weight, x, r0, r1, out, pass)?
+                layout,
+            } => {
+                use crate::algo::depthwise::{run_channel_blocks, run_multiplier_blocks, DwLayout};
+                let g = &self.geom;
+                match layout {
+                    DwLayout::ChannelBlocks => {
+                        run_channel_blocks(g, uk, blocked, x, r0, r1, out, pass)
+                    }
+                    DwLayout::MultiplierBlocks => {
+                        run_multiplier_blocks(g, uk, blocked, x, r0, r1, out, pass)
+                    }
+                    _ => self.depthwise_rows(uk, weight, x, r0, r1, out, pass)?,
+                }
             }
             Prepared::Gemm {
                 uk,

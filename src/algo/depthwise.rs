@@ -169,11 +169,7 @@ pub fn run_multiplier_blocks(
                 // The block's planes are consecutive output channels.
                 (uk.deinterleave)(&ob[..band * CB], planes, CB, band, accumulate);
                 if accumulate {
-                    let (lo, hi) = clamp;
-                    for v in planes.iter_mut() {
-                        let t = if *v < lo { lo } else { *v };
-                        *v = if t > hi { hi } else { t };
-                    }
+                    clamp_planes(planes, clamp);
                 }
                 if let Some((kernel, act)) = activation {
                     for plane in planes.chunks_mut(band) {
@@ -184,6 +180,13 @@ pub fn run_multiplier_blocks(
             crate::tensor::give_scratch(xb);
             crate::tensor::give_scratch(ob);
         });
+}
+
+/// The clamp after a residual was added (the kernels clamp in registers when there is none).
+fn clamp_planes(v: &mut [f32], (lo, hi): (f32, f32)) {
+    for x in v {
+        *x = crate::epilogue::clamp_nan(*x, lo, hi);
+    }
 }
 
 /// Interleaves the weights for the channel-block kernel: `[block][m][tap][CB]`, lane `c` of
@@ -348,12 +351,8 @@ pub fn run_channel_blocks(
                         let n_out = (s1 - s0) * ow;
                         (uk.deinterleave)(&ob[..n_out * CB], dst, nc, stride, accumulate);
                         if accumulate {
-                            let (lo, hi) = clamp;
                             for c in 0..nc {
-                                for v in &mut dst[c * stride..c * stride + n_out] {
-                                    let t = if *v < lo { lo } else { *v };
-                                    *v = if t > hi { hi } else { t };
-                                }
+                                clamp_planes(&mut dst[c * stride..c * stride + n_out], clamp);
                             }
                         }
                     }
