@@ -183,6 +183,10 @@ fn whole_gemms_over_awkward_shapes_on_every_tier() {
         (300, 7, 5),
         (3, 300, 600),
         (40, 130, 257),
+        // One K block and few A panels: B is read in place, the partial last panel packed.
+        (10, 45, 50),
+        (24, 160, 64),
+        (17, 33, 3),
     ];
     for isa in available_isas() {
         for uk in isa.kernels().unwrap().gemm {

@@ -10,6 +10,12 @@ pub trait PackB: Sync {
     /// Packs rows `p0..p0+kc`, columns `j0..j0+n` into `out` (`ceil(n/nr) * kc * nr` floats),
     /// zero-filling the columns past `n` in the last panel.
     fn pack(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize, out: &mut [f32]);
+
+    /// B as rows that the microkernel may read where they lie, `B[p][j] = data[p * rs + j]`,
+    /// when the layout allows (`None` by default: B must be packed).
+    fn in_place(&self) -> Option<(&[f32], usize)> {
+        None
+    }
 }
 
 /// A strided matrix B[p][j] = data[p * rs + j * cs].
@@ -23,6 +29,10 @@ pub struct StridedB<'a> {
 }
 
 impl PackB for StridedB<'_> {
+    fn in_place(&self) -> Option<(&[f32], usize)> {
+        (self.cs == 1).then_some((self.data, self.rs))
+    }
+
     fn pack(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize, out: &mut [f32]) {
         let panels = n.div_ceil(nr);
         // Row by row: each source row is read once, sequentially, and scattered into the
@@ -50,8 +60,31 @@ impl PackB for StridedB<'_> {
 /// Copies `src` into `dst` (same length) in fixed blocks of 8 floats that compile to vector
 /// moves; `copy_from_slice` of a run-time length called memmove for every 16-float panel row
 /// and took 30% of the res2.3x3-shaped GEMM.
+///
+/// The panel widths (8, 16, 24, 32 floats) are copied as fixed-size arrays: LLVM recognized
+/// the loop below as a memcpy idiom and called `memmove` again (10% of resnet50.res2.1x1a's
+/// profile, one call per 16-float panel row).
 #[inline]
 pub fn copy_floats(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
+        match (<&mut [f32; N]>::try_from(dst), <&[f32; N]>::try_from(src)) {
+            (Ok(d), Ok(s)) => {
+                *d = *s;
+                true
+            }
+            _ => false,
+        }
+    }
+    let done = match dst.len() {
+        8 => fixed::<8>(dst, src),
+        16 => fixed::<16>(dst, src),
+        24 => fixed::<24>(dst, src),
+        32 => fixed::<32>(dst, src),
+        _ => false,
+    };
+    if done {
+        return;
+    }
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
     for (dc, sc) in (&mut d).zip(&mut s) {
