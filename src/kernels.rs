@@ -102,6 +102,8 @@ pub struct KernelTable {
     /// long, checked; a longer `src` lets more of the run go in vector blocks, which read
     /// ahead within it): the packing of strided im2col.
     pub gather: fn(&mut [f32], &[f32], usize),
+    /// Pooling of one channel plane of a band (`algo::pool`).
+    pub pool_plane: crate::algo::pool::PoolPlaneFn,
 }
 
 impl KernelTable {

@@ -599,6 +599,13 @@ impl Plan {
                 _ => 0.0,
             });
             let out_img = &mut output[n * img_out..(n + 1) * img_out];
+            let pool_kernels = self.isa.kernels().map_or(
+                (
+                    crate::arch::gather_scalar as fn(&mut [f32], &[f32], usize),
+                    crate::algo::pool::pool_plane as crate::algo::pool::PoolPlaneFn,
+                ),
+                |k| (k.gather, k.pool_plane),
+            );
             for &(r0, r1, p0, p1) in &bands {
                 let rows = r1 - r0;
                 let band = &mut band_buf[..cout * rows * ow];
@@ -609,7 +616,7 @@ impl Plan {
                     }
                 }
                 self.conv_rows(x, &xp, r0, r1, band, &pass, clock)?;
-                pool_band(g, band, r0, r1, p0, p1, out_img, &mut global);
+                pool_band(g, band, r0, r1, p0, p1, out_img, &mut global, pool_kernels);
             }
             match g.epilogue.pool {
                 Some(Pool::GlobalMax) => out_img.copy_from_slice(&global),
@@ -897,6 +904,10 @@ fn pool_band(
     p1: usize,
     out_img: &mut [f32],
     global: &mut [f32],
+    (gather, pool_plane): (
+        fn(&mut [f32], &[f32], usize),
+        crate::algo::pool::PoolPlaneFn,
+    ),
 ) {
     let ow = g.conv_out[1];
     let rows = r1 - r0;
@@ -922,96 +933,24 @@ fn pool_band(
                 }
             );
             let [ph, pw] = g.output;
-            let oh = g.conv_out[0];
             // Separable: first reduce the window's rows elementwise into one row (a loop
             // over whole rows that vectorizes), then reduce each window's columns of that
             // row. k + k operations per output instead of k * k, and channels in parallel.
             // (The direct k x k loop took a third of resnet50.conv1 and ran on one thread.)
+            let args = crate::algo::pool::PlaneArgs {
+                dims: d,
+                is_max,
+                count_include_pad: cip,
+                conv_out: g.conv_out,
+                output: g.output,
+                r0,
+                p0,
+                p1,
+                gather,
+            };
             band.par_chunks(rows * ow)
                 .zip(out_img.par_chunks_mut(ph * pw))
-                .for_each(|(plane, o)| {
-                    let mut acc = vec![0f32; ow];
-                    let (k, sx, pl) = (d[1].size, d[1].stride, d[1].pad_before);
-                    // Windows that lie inside the row: their reduction is a sliding one,
-                    // h[x] = op(acc[x .. x + k]), computed with k - 1 shifted elementwise
-                    // passes that vectorize; each pooled output then picks h[x0]. (One
-                    // scalar fold per output took a fifth of resnet50.conv1.)
-                    let mut h = vec![0f32; (ow + 1).saturating_sub(k)];
-                    for py in p0..p1 {
-                        let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
-                        let ys = y0.max(0) as usize
-                            ..((y0 + d[0].size as isize).min(oh as isize)) as usize;
-                        acc.fill(if is_max { f32::NEG_INFINITY } else { 0.0 });
-                        for y in ys.clone() {
-                            let row = &plane[(y - r0) * ow..(y - r0 + 1) * ow];
-                            if is_max {
-                                for (a, &v) in acc.iter_mut().zip(row) {
-                                    *a = crate::epilogue::max_nan(*a, v);
-                                }
-                            } else {
-                                for (a, &v) in acc.iter_mut().zip(row) {
-                                    *a += v;
-                                }
-                            }
-                        }
-                        if !h.is_empty() {
-                            let hl = h.len();
-                            h.copy_from_slice(&acc[..hl]);
-                            for j in 1..k {
-                                let shifted = &acc[j..j + h.len()];
-                                if is_max {
-                                    for (a, &v) in h.iter_mut().zip(shifted) {
-                                        *a = crate::epilogue::max_nan(*a, v);
-                                    }
-                                } else {
-                                    for (a, &v) in h.iter_mut().zip(shifted) {
-                                        *a += v;
-                                    }
-                                }
-                            }
-                        }
-                        // Interior outputs (their window inside the row): px in lo..hi.
-                        let lo = pl.div_ceil(sx).min(pw);
-                        let hi = if ow + pl >= k {
-                            ((ow + pl - k) / sx + 1).clamp(lo, pw)
-                        } else {
-                            lo
-                        };
-                        let orow = &mut o[py * pw..(py + 1) * pw];
-                        if is_max {
-                            for (px, dst) in orow[lo..hi].iter_mut().enumerate() {
-                                *dst = h[(lo + px) * sx - pl];
-                            }
-                        } else {
-                            let count = if cip {
-                                d[0].size * d[1].size
-                            } else {
-                                ys.len() * k
-                            } as f32;
-                            for (px, dst) in orow[lo..hi].iter_mut().enumerate() {
-                                *dst = h[(lo + px) * sx - pl] / count;
-                            }
-                        }
-                        for px in (0..lo).chain(hi..pw) {
-                            let x0 = (px * sx) as isize - pl as isize;
-                            let xs =
-                                x0.max(0) as usize..((x0 + k as isize).min(ow as isize)) as usize;
-                            orow[px] = if is_max {
-                                acc[xs.clone()]
-                                    .iter()
-                                    .copied()
-                                    .fold(f32::NEG_INFINITY, crate::epilogue::max_nan)
-                            } else {
-                                let count = if cip {
-                                    d[0].size * d[1].size
-                                } else {
-                                    ys.len() * xs.len()
-                                };
-                                acc[xs.clone()].iter().sum::<f32>() / count as f32
-                            };
-                        }
-                    }
-                });
+                .for_each(|(plane, o)| (pool_plane)(&args, plane, o));
         }
         _ => {}
     }

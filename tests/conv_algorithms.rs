@@ -490,6 +490,20 @@ fn fused_pool_bands_of_every_height_match_the_reference() {
             stride: vec![2, 2],
             padding: vec![(0, 0); 2],
         }),
+        // Stride 3 in the row: three column phases, windows reaching into both paddings.
+        Pool::Max(PoolWindow {
+            size: vec![3, 4],
+            stride: vec![1, 3],
+            padding: vec![(0, 0), (2, 1)],
+        }),
+        Pool::Avg {
+            window: PoolWindow {
+                size: vec![1, 5],
+                stride: vec![1, 3],
+                padding: vec![(0, 0), (2, 2)],
+            },
+            count_include_pad: false,
+        },
         Pool::GlobalAvg,
         Pool::GlobalMax,
     ];

@@ -5,6 +5,7 @@ use crate::geometry::Geometry;
 
 pub mod depthwise;
 pub mod direct;
+pub mod pool;
 
 /// What every algorithm applies to its output tiles: bias, accumulation onto a preloaded
 /// residual, the clamp in registers, and a band-pass activation on each finished tile.

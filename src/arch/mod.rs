@@ -88,6 +88,29 @@ macro_rules! act_kernel {
     };
 }
 pub(crate) use act_kernel;
+
+/// Declares a tier's plane-pooling kernel: the generic body of [`crate::algo::pool::pool_plane`]
+/// compiled under the tier's target features, behind a safe entry that checks the tier.
+macro_rules! pool_kernel {
+    ($isa:ident, $features:literal) => {
+        /// Pools one plane (the generic body vectorized under this tier's features).
+        pub fn pool_plane(args: &crate::algo::pool::PlaneArgs, plane: &[f32], out: &mut [f32]) {
+            assert!(
+                Isa::$isa.is_available(),
+                "pooling for {:?} on a CPU without it",
+                Isa::$isa
+            );
+            // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
+            unsafe { pool_plane_tf(args, plane, out) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn pool_plane_tf(args: &crate::algo::pool::PlaneArgs, plane: &[f32], out: &mut [f32]) {
+            crate::algo::pool::pool_plane(args, plane, out)
+        }
+    };
+}
+pub(crate) use pool_kernel;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

@@ -15,6 +15,7 @@ pub static TABLE: KernelTable = KernelTable {
     activation: F32_ACT,
     winograd: crate::arch::winograd::F32_WINOGRAD_PORTABLE,
     gather: crate::arch::gather_scalar,
+    pool_plane: crate::algo::pool::pool_plane,
 };
 
 /// 4x8 GEMM tile on `wide::f32x8` (4 accumulators: 8 xmm on SSE2, 8 q registers on NEON).

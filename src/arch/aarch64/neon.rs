@@ -13,6 +13,7 @@ pub static TABLE: KernelTable = KernelTable {
     activation: F32_ACT,
     winograd: F32_WINOGRAD,
     gather: crate::arch::gather_scalar,
+    pool_plane,
 };
 
 macro_rules! gemm_kernel {
@@ -84,6 +85,7 @@ crate::arch::dw_plane_kernel!(
     "neon",
     crate::arch::dwconv::ScalarInterleave
 );
+crate::arch::pool_kernel!(Neon, "neon");
 crate::arch::act_kernel!(Neon, "f32_act__neon", "neon");
 crate::arch::wino_kernel!(
     Neon,

@@ -13,6 +13,7 @@ pub static TABLE: KernelTable = KernelTable {
     activation: F32_ACT,
     winograd: F32_WINOGRAD,
     gather,
+    pool_plane,
 };
 
 macro_rules! gemm_kernel {
@@ -201,6 +202,7 @@ crate::arch::dw_plane_kernel!(
     "avx2,fma",
     AvxInterleave
 );
+crate::arch::pool_kernel!(Avx2, "avx2,fma");
 crate::arch::act_kernel!(Avx2, "f32_act__avx2", "avx2,fma");
 crate::arch::wino_kernel!(Avx2, "f32_winograd__avx2", "avx2,fma", HardwareGather);
 

@@ -13,6 +13,7 @@ pub static TABLE: KernelTable = KernelTable {
     activation: F32_ACT,
     winograd: F32_WINOGRAD,
     gather: crate::arch::x86_64::avx2::gather,
+    pool_plane,
 };
 
 macro_rules! gemm_kernel {
@@ -203,6 +204,7 @@ crate::arch::dw_plane_kernel!(
     "avx512f,avx2,fma",
     crate::arch::x86_64::avx2::AvxInterleave
 );
+crate::arch::pool_kernel!(Avx512, "avx512f,avx2,fma");
 crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
 crate::arch::wino_kernel!(
     Avx512,

@@ -1,0 +1,149 @@
+//! Pooling of conv output rows while they are in cache: one channel plane of a band at a
+//! time, separable (the window's rows reduced elementwise into one row, then each window's
+//! columns), the same definitions as the reference in f32.
+//!
+//! [`pool_plane`] is generic safe Rust; each tier compiles it under its target features
+//! (`arch::pool_kernel!`), so the elementwise passes run in the tier's vectors (SSE2 at the
+//! baseline took twice the instructions per element of the NaN-propagating max).
+
+use crate::geometry::PoolDim;
+
+/// What one plane's pooling needs to know.
+#[derive(Copy, Clone, Debug)]
+pub struct PlaneArgs {
+    /// Pool windows per dim (`[h, w]`).
+    pub dims: [PoolDim; 2],
+    /// Max (else average).
+    pub is_max: bool,
+    /// Average counts the padding.
+    pub count_include_pad: bool,
+    /// Conv output size `[oh, ow]`.
+    pub conv_out: [usize; 2],
+    /// Pooled output size `[ph, pw]`.
+    pub output: [usize; 2],
+    /// The conv rows the band holds start at `r0`.
+    pub r0: usize,
+    /// Pooled rows `p0..p1` to produce.
+    pub p0: usize,
+    /// End of the pooled rows.
+    pub p1: usize,
+    /// The tier's strided gather.
+    pub gather: fn(&mut [f32], &[f32], usize),
+}
+
+/// The plane-pooling entry of a tier: `(args, plane rows of the band, pooled plane)`.
+pub type PoolPlaneFn = fn(&PlaneArgs, &[f32], &mut [f32]);
+
+/// Pools one channel: `plane` holds conv rows `r0..` (`[rows][ow]`), `o` the pooled plane
+/// (`[ph][pw]`), of which rows `p0..p1` are written.
+#[inline(always)]
+pub fn pool_plane(args: &PlaneArgs, plane: &[f32], o: &mut [f32]) {
+    let PlaneArgs {
+        dims: d,
+        is_max,
+        count_include_pad: cip,
+        conv_out: [oh, ow],
+        output: [_, pw],
+        r0,
+        p0,
+        p1,
+        gather,
+    } = *args;
+    let mut acc = vec![0f32; ow];
+    let (k, sx, pl) = (d[1].size, d[1].stride, d[1].pad_before);
+    // The window row `acc` split into its `sx` column phases,
+    // phase r = acc[r], acc[r + sx], ... (with the tier's strided gather), so
+    // that each of the k taps of the interior outputs is one contiguous
+    // elementwise pass: output px, tap j reads acc[px sx - pl + j]. (A sliding
+    // reduction over every column then a scalar pick of every sx-th was a
+    // fifth of resnet50.conv1 with its pool.)
+    let phase_len = ow.div_ceil(sx);
+    let mut phases = vec![0f32; if sx > 1 { sx * phase_len } else { 0 }];
+    for py in p0..p1 {
+        let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
+        let ys = y0.max(0) as usize..((y0 + d[0].size as isize).min(oh as isize)) as usize;
+        let conv_row = |y: usize| &plane[(y - r0) * ow..(y - r0 + 1) * ow];
+        match ys.clone().next() {
+            Some(first) => acc.copy_from_slice(conv_row(first)),
+            None => acc.fill(if is_max { f32::NEG_INFINITY } else { 0.0 }),
+        }
+        for y in ys.clone().skip(1) {
+            let row = conv_row(y);
+            if is_max {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a = crate::epilogue::max_nan(*a, v);
+                }
+            } else {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+        }
+        // Interior outputs (their window inside the row): px in lo..hi.
+        let lo = pl.div_ceil(sx).min(pw);
+        let hi = if ow + pl >= k {
+            ((ow + pl - k) / sx + 1).clamp(lo, pw)
+        } else {
+            lo
+        };
+        let orow = &mut o[py * pw..(py + 1) * pw];
+        if hi > lo {
+            if sx > 1 {
+                for (r, ph) in phases.chunks_mut(phase_len).enumerate() {
+                    let len = (ow - r.min(ow)).div_ceil(sx);
+                    gather(&mut ph[..len], &acc[r.min(ow)..], sx);
+                }
+            }
+            // Tap j of output lo + t reads column t sx + lo sx - pl + j.
+            let tap = |j: usize| -> &[f32] {
+                let c = lo * sx - pl + j;
+                if sx > 1 {
+                    let ph = &phases[(c % sx) * phase_len..][..phase_len];
+                    &ph[c / sx..c / sx + (hi - lo)]
+                } else {
+                    &acc[c..c + (hi - lo)]
+                }
+            };
+            let out = &mut orow[lo..hi];
+            out.copy_from_slice(tap(0));
+            for j in 1..k {
+                if is_max {
+                    for (a, &v) in out.iter_mut().zip(tap(j)) {
+                        *a = crate::epilogue::max_nan(*a, v);
+                    }
+                } else {
+                    for (a, &v) in out.iter_mut().zip(tap(j)) {
+                        *a += v;
+                    }
+                }
+            }
+            if !is_max {
+                let count = if cip {
+                    d[0].size * d[1].size
+                } else {
+                    ys.len() * k
+                } as f32;
+                for a in out.iter_mut() {
+                    *a /= count;
+                }
+            }
+        }
+        for px in (0..lo).chain(hi..pw) {
+            let x0 = (px * sx) as isize - pl as isize;
+            let xs = x0.max(0) as usize..((x0 + k as isize).min(ow as isize)) as usize;
+            orow[px] = if is_max {
+                acc[xs.clone()]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, crate::epilogue::max_nan)
+            } else {
+                let count = if cip {
+                    d[0].size * d[1].size
+                } else {
+                    ys.len() * xs.len()
+                };
+                acc[xs.clone()].iter().sum::<f32>() / count as f32
+            };
+        }
+    }
+}
