@@ -3,6 +3,7 @@
 
 use crate::algo::im2col::Im2colB;
 use crate::algo::Algo;
+use crate::arch::GatherFn;
 use crate::arch::{resolve_isa, GemmBias, Isa, SharedMut};
 use crate::epilogue::Pool;
 use crate::error::{Error, Result};
@@ -601,7 +602,7 @@ impl Plan {
             let out_img = &mut output[n * img_out..(n + 1) * img_out];
             let pool_kernels = self.isa.kernels().map_or(
                 (
-                    crate::arch::gather_scalar as fn(&mut [f32], &[f32], usize),
+                    crate::arch::gather_scalar as GatherFn,
                     crate::algo::pool::pool_plane as crate::algo::pool::PoolPlaneFn,
                 ),
                 |k| (k.gather, k.pool_plane),
@@ -904,10 +905,7 @@ fn pool_band(
     p1: usize,
     out_img: &mut [f32],
     global: &mut [f32],
-    (gather, pool_plane): (
-        fn(&mut [f32], &[f32], usize),
-        crate::algo::pool::PoolPlaneFn,
-    ),
+    (gather, pool_plane): (GatherFn, crate::algo::pool::PoolPlaneFn),
 ) {
     let ow = g.conv_out[1];
     let rows = r1 - r0;

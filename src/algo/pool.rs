@@ -28,7 +28,7 @@ pub struct PlaneArgs {
     /// End of the pooled rows.
     pub p1: usize,
     /// The tier's strided gather.
-    pub gather: fn(&mut [f32], &[f32], usize),
+    pub gather: crate::arch::GatherFn,
 }
 
 /// The plane-pooling entry of a tier: `(args, plane rows of the band, pooled plane)`.

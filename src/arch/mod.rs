@@ -55,6 +55,9 @@ macro_rules! dw_plane_kernel {
 }
 pub(crate) use dw_plane_kernel;
 
+/// A strided gather `dst[t] = src[t * stride]` (`KernelTable::gather`).
+pub type GatherFn = fn(&mut [f32], &[f32], usize);
+
 /// `dst[t] = src[t * stride]`, element by element: the portable tier's gather and every
 /// tier's tail.
 pub fn gather_scalar(dst: &mut [f32], src: &[f32], stride: usize) {
