@@ -373,6 +373,35 @@ impl<'a> SharedMut<'a> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Copies `dst.len()` floats starting at `off` into `dst`. The region must belong to the
+    /// calling task (the driver's invariant, as for tile writes).
+    pub fn read_into(&self, off: usize, dst: &mut [f32]) {
+        assert!(
+            off.checked_add(dst.len())
+                .is_some_and(|end| end <= self.len),
+            "read of {} at {off} past the buffer's {}",
+            dst.len(),
+            self.len
+        );
+        // SAFETY: the range lies inside the buffer (checked above), and no other task writes
+        // it (the region belongs to the caller).
+        let src = unsafe { std::slice::from_raw_parts(self.ptr.add(off), dst.len()) };
+        dst.copy_from_slice(src);
+    }
+    /// Writes `src` at `off`. The region must belong to the calling task.
+    pub fn write_from(&self, off: usize, src: &[f32]) {
+        assert!(
+            off.checked_add(src.len())
+                .is_some_and(|end| end <= self.len),
+            "write of {} at {off} past the buffer's {}",
+            src.len(),
+            self.len
+        );
+        // SAFETY: the range lies inside the buffer (checked above), and no other task touches
+        // it (the region belongs to the caller).
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), src.len()) };
+        dst.copy_from_slice(src);
+    }
 }
 
 /// Runs one GEMM microkernel call on checked slices: the safe door to the kernels.
