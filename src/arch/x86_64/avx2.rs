@@ -29,33 +29,65 @@ macro_rules! gemm_kernel {
         unsafe fn $fn(t: &GemmTile) {
             // SAFETY: the descriptor is reached only through TABLE after the CPU was found to
             // support AVX2+FMA (Isa::kernels), and the caller upholds the tile contract.
-            // Narrow edge tiles compute only the vectors they store: resnet50.res5.1x1
-            // (N = 49 = 3 x 16 + 1) spent a whole 6x16 tile on its last column.
-            unsafe {
-                if $nv > 1 && t.n <= 8 {
-                    gemm_tile::<$mr, 1, $nv>(t)
-                } else if $nv > 2 && t.n <= 16 {
-                    gemm_tile::<$mr, 2, $nv>(t)
-                } else {
-                    gemm_tile::<$mr, $nv, $nv>(t)
-                }
-            }
+            unsafe { edge_dispatch::<$mr, $nv>(t) }
         }
     };
+}
+
+/// Edge tiles compute only the rows and vectors they store: resnet50.res5.1x1 (N = 49 =
+/// 3 x 16 + 1) spent a whole 6x16 tile on its last column, and M = 64 or 32 (res2, googlenet)
+/// a 6-row tile on 4 or 2 rows. A 2- or 4-row tile has 4 or 8 accumulator chains, so it
+/// runs at 4 cycles a k step (FMA latency) against 6 for the full tile.
+///
+/// # Safety
+/// As [`gemm_tile`] with `AS` rows and `8 BV` columns.
+#[inline(always)]
+unsafe fn edge_dispatch<const AS: usize, const BV: usize>(t: &GemmTile) {
+    // SAFETY: t.n <= 8 NV in each branch; the panels are AS x (8 BV).
+    unsafe {
+        if BV > 1 && t.n <= 8 {
+            edge_rows::<AS, 1, BV>(t)
+        } else if BV > 2 && t.n <= 16 {
+            edge_rows::<AS, 2, BV>(t)
+        } else {
+            edge_rows::<AS, BV, BV>(t)
+        }
+    }
+}
+
+/// The row count of [`edge_dispatch`].
+///
+/// # Safety
+/// As [`gemm_tile`], with `t.n <= 8 NV`.
+#[inline(always)]
+unsafe fn edge_rows<const AS: usize, const NV: usize, const BV: usize>(t: &GemmTile) {
+    // SAFETY: t.m <= the rows computed in each branch; the A panel is AS rows tall.
+    unsafe {
+        if AS > 2 && t.m <= 2 {
+            gemm_tile::<2, AS, NV, BV>(t)
+        } else if AS > 4 && t.m <= 4 {
+            gemm_tile::<4, AS, NV, BV>(t)
+        } else {
+            gemm_tile::<AS, AS, NV, BV>(t)
+        }
+    }
 }
 
 gemm_kernel!(F32_GEMM_6X16, f32_gemm_6x16, "f32_gemm_6x16__avx2", 6, 2);
 gemm_kernel!(F32_GEMM_4X24, f32_gemm_4x24, "f32_gemm_4x24__avx2", 4, 3);
 
-/// `C[MR x 8 NV] (+)= A~ B~`, then bias and clamp, on B panels `8 BV` floats wide
-/// (`NV <= BV`: a narrow edge tile computes its first NV vectors only). Accumulators live in
-/// registers: the loops over `MR` and `NV` have constant trip counts and unroll completely.
+/// `C[MR x 8 NV] (+)= A~ B~`, then bias and clamp, on A panels `AS` rows tall and B panels
+/// `8 BV` floats wide (`MR <= AS`, `NV <= BV`: an edge tile computes its first MR rows and NV
+/// vectors only). Accumulators live in registers: the loops over `MR` and `NV` have constant
+/// trip counts and unroll completely.
 ///
 /// # Safety
 /// AVX2+FMA is available and `t` satisfies the contract of `GemmUkernel::run` with
-/// `mr = MR`, `nr = 8 BV`, and `t.n <= 8 NV`.
+/// `mr = AS`, `nr = 8 BV`, and `t.m <= MR`, `t.n <= 8 NV`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_tile<const MR: usize, const NV: usize, const BV: usize>(t: &GemmTile) {
+unsafe fn gemm_tile<const MR: usize, const AS: usize, const NV: usize, const BV: usize>(
+    t: &GemmTile,
+) {
     let mut acc = [[_mm256_setzero_ps(); NV]; MR];
     // Prefetch the C tile: it is read (load_c) and written after the K loop, and between K
     // blocks it has usually left L2; without this the final loads and stores stalled on
@@ -73,7 +105,7 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize, const BV: usize>(t: &GemmT
             *slot = unsafe { _mm256_loadu_ps(b.add(8 * v)) };
         }
         for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: A~ holds k * MR floats; each step reads MR of them.
+            // SAFETY: A~ holds k * AS floats; each step reads MR <= AS of them.
             let ai = _mm256_set1_ps(unsafe { *a.add(i) });
             for v in 0..NV {
                 row[v] = _mm256_fmadd_ps(ai, bv[v], row[v]);
@@ -86,15 +118,15 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize, const BV: usize>(t: &GemmT
         for _ in 0..t.k / 4 {
             // Pointer steps stay within the panels: 4 steps of MR and NR = 8 BV.
             step(&mut acc, a, b);
-            step(&mut acc, a.wrapping_add(MR), b.wrapping_add(8 * BV));
-            step(&mut acc, a.wrapping_add(2 * MR), b.wrapping_add(2 * 8 * BV));
-            step(&mut acc, a.wrapping_add(3 * MR), b.wrapping_add(3 * 8 * BV));
-            a = a.wrapping_add(4 * MR);
+            step(&mut acc, a.wrapping_add(AS), b.wrapping_add(8 * BV));
+            step(&mut acc, a.wrapping_add(2 * AS), b.wrapping_add(2 * 8 * BV));
+            step(&mut acc, a.wrapping_add(3 * AS), b.wrapping_add(3 * 8 * BV));
+            a = a.wrapping_add(4 * AS);
             b = b.wrapping_add(4 * 8 * BV);
         }
         for _ in 0..t.k % 4 {
             step(&mut acc, a, b);
-            a = a.wrapping_add(MR);
+            a = a.wrapping_add(AS);
             b = b.wrapping_add(8 * BV);
         }
     } else {
@@ -104,14 +136,14 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize, const BV: usize>(t: &GemmT
         let mut quads = off.chunks_exact(4);
         for q in &mut quads {
             step(&mut acc, a, t.b.wrapping_add(q[0]));
-            step(&mut acc, a.wrapping_add(MR), t.b.wrapping_add(q[1]));
-            step(&mut acc, a.wrapping_add(2 * MR), t.b.wrapping_add(q[2]));
-            step(&mut acc, a.wrapping_add(3 * MR), t.b.wrapping_add(q[3]));
-            a = a.wrapping_add(4 * MR);
+            step(&mut acc, a.wrapping_add(AS), t.b.wrapping_add(q[1]));
+            step(&mut acc, a.wrapping_add(2 * AS), t.b.wrapping_add(q[2]));
+            step(&mut acc, a.wrapping_add(3 * AS), t.b.wrapping_add(q[3]));
+            a = a.wrapping_add(4 * AS);
         }
         for &o in quads.remainder() {
             step(&mut acc, a, t.b.wrapping_add(o));
-            a = a.wrapping_add(MR);
+            a = a.wrapping_add(AS);
         }
     }
     // Full-width tiles store in vectors, also when short (m < MR: the last panel of M = 64
