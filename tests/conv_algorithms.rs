@@ -327,6 +327,13 @@ fn suite_like_cases() -> Vec<ConvSpec> {
             .with_groups(12)
             .with_padding(Padding::Symmetric(vec![1, 1]))
             .with_stride(&[2, 2]),
+        // 110 output channels: more A panels than `direct` feeds from B in place, so its
+        // tiles' B rows are packed first (stride 2 and a residual on the way).
+        ConvSpec::new(&[1, 5, 11, 13], 110, &[3, 3])
+            .with_stride(&[2, 2])
+            .with_padding(Padding::Same)
+            .with_residual(true)
+            .with_activation(Activation::Relu),
     ]
 }
 

@@ -563,6 +563,10 @@ impl OffsetTable {
         let max = offsets.iter().copied().max().unwrap_or(0);
         OffsetTable { offsets, max }
     }
+    /// The offsets.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
     /// The sub-table of rows `p0..p0 + k`.
     pub fn slice(&self, p0: usize, k: usize) -> OffsetTable {
         OffsetTable::new(self.offsets[p0..p0 + k].to_vec())
