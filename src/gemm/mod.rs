@@ -377,7 +377,9 @@ pub fn gemm_packed(
 /// in place): mobilenetv2.pw56 (M = 24: 4 panels, K = 144) 0.39-0.54 against 0.29-0.30;
 /// resnet50.res2.1x1a (11 panels) 0.41-0.53 against 0.44-0.55, a tie; res2.1x1b (43 panels)
 /// 1.49-2.11 against 1.60-1.87; res4.1x1 (K = 1024 in 4 blocks) 1.40-1.51 against 1.39-1.78.
-/// So: in place for a single K block feeding at most 8 A panels.
+/// Paired runs (in place / packed, median of 100 alternations): pw56 0.78, res2.1x1a 1.07,
+/// res2.1x1b 1.21, res4.1x1 1.15, res5.1x1 1.42. So: in place for a single K block feeding
+/// at most 8 A panels.
 fn read_b_in_place(blocks: &[(usize, usize)], panels_m: usize) -> bool {
     static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = FORCED.get_or_init(|| match std::env::var("CONVKIT_B_IN_PLACE").as_deref() {
