@@ -117,6 +117,9 @@ enum Prepared {
         uk: &'static GemmUkernel,
         blocking: Blocking,
         packed: Vec<PackedA>,
+        /// im2col from the padded, phase-split image (`Im2colPhaseB`): its layout and the
+        /// offsets of B's rows. `None` for gemm1x1, and for images too large to copy.
+        phases: Option<(crate::algo::direct::PhaseLayout, Vec<usize>)>,
     },
 }
 
@@ -373,10 +376,20 @@ impl Plan {
                         PackedA::from_row_major(wg, opg, k, k, uk.mr, &blocking)
                     })
                     .collect();
+                // Strided im2col packs from a phase-split copy of the image (the copy costs a
+                // padded image of scratch; stride 1 packs from the image itself).
+                let phases = (algo == Algo::Im2col && geom.stride.iter().any(|&s| s > 1))
+                    .then(|| crate::algo::direct::PhaseLayout::new(&geom, uk.nr).ok())
+                    .flatten()
+                    .map(|layout| {
+                        let offsets = layout.offsets(&geom);
+                        (layout, offsets)
+                    });
                 Prepared::Gemm {
                     uk,
                     blocking,
                     packed,
+                    phases,
                 }
             }
         };
@@ -567,6 +580,10 @@ impl Plan {
         let mut xp = match &self.prepared {
             Prepared::Direct(d) => crate::tensor::take_scratch(d.layout.image),
             Prepared::Winograd(w) => crate::tensor::take_scratch(w.image),
+            Prepared::Gemm {
+                phases: Some((layout, _)),
+                ..
+            } => crate::tensor::take_scratch(layout.image),
             _ => Vec::new(),
         };
         let bands = self.bands();
@@ -580,6 +597,10 @@ impl Plan {
             match &self.prepared {
                 Prepared::Direct(d) => d.layout.fill(g, x, &mut xp, self.isa.kernels()?.gather),
                 Prepared::Winograd(w) => w.fill(g, x, &mut xp),
+                Prepared::Gemm {
+                    phases: Some((layout, _)),
+                    ..
+                } => layout.fill(g, x, &mut xp, self.isa.kernels()?.gather),
                 _ => {}
             }
             let res_img = residual.map(|r| &r[n * cout * area..(n + 1) * cout * area]);
@@ -689,6 +710,10 @@ impl Plan {
         };
         let image = match &self.prepared {
             Prepared::Direct(d) => d.layout.image,
+            Prepared::Gemm {
+                phases: Some((layout, _)),
+                ..
+            } => layout.image,
             // The padded image and one block's transformed tiles per thread.
             Prepared::Winograd(w) => {
                 w.image
@@ -737,7 +762,11 @@ impl Plan {
                 uk,
                 blocking,
                 packed,
-            } => self.gemm_rows(uk, blocking, packed, x, r0, r1, out, pass),
+                phases,
+            } => {
+                let phased = phases.as_ref().map(|(l, o)| (l, o.as_slice(), xp));
+                self.gemm_rows(uk, blocking, packed, x, phased, r0, r1, out, pass)
+            }
         }
         Ok(())
     }
@@ -835,6 +864,7 @@ impl Plan {
         blocking: &Blocking,
         packed: &[PackedA],
         x: &[f32],
+        phased: Option<(&crate::algo::direct::PhaseLayout, &[usize], &[f32])>,
         r0: usize,
         r1: usize,
         out: &mut [f32],
@@ -870,6 +900,17 @@ impl Plan {
                     data: &xg[r0 * ow..],
                     rs: in_area,
                     cs: 1,
+                };
+                gemm_packed(
+                    uk, blocking, pa, &src, band, &shared, c_off, band, epi, true,
+                );
+            } else if let Some((layout, offsets, xp)) = phased {
+                let src = crate::algo::im2col::Im2colPhaseB {
+                    xp: &xp[grp * cpg * layout.chan..],
+                    pw: layout.pw,
+                    g,
+                    offsets,
+                    col0: r0 * ow,
                 };
                 gemm_packed(
                     uk, blocking, pa, &src, band, &shared, c_off, band, epi, true,

@@ -43,32 +43,7 @@ impl PackB for Im2colB<'_> {
         let (sh, sw) = (g.stride[0], g.stride[1]);
         let (dh, dw) = (g.dilation[0], g.dilation[1]);
         let (pt, pl) = (g.pad_before[0] as isize, g.pad_before[1] as isize);
-        let panels = n.div_ceil(nr);
-        // The column runs are the same for every row of B: found once per block (the
-        // divisions per run and row took a third of the packing of resnet50.res3.3x3s2).
-        let mut runs = Vec::with_capacity(panels * 3);
-        let first = self.col0 + j0;
-        let (mut oy, mut ox) = (first / ow.max(1), first % ow.max(1));
-        for panel in 0..panels {
-            let w = nr.min(n - panel * nr);
-            let mut at = 0;
-            while at < w {
-                let len = (ow - ox).min(w - at);
-                runs.push(Run {
-                    panel,
-                    at,
-                    oy,
-                    ox,
-                    len,
-                });
-                at += len;
-                ox += len;
-                if ox == ow {
-                    ox = 0;
-                    oy += 1;
-                }
-            }
-        }
+        let runs = column_runs(self.col0 + j0, n, nr, ow);
         let (mut ci, mut ky, mut kx) = (p0 / (kh * kw), (p0 % (kh * kw)) / kw, p0 % kw);
         for p in 0..kc {
             let plane = &self.x[ci * ih * iw..(ci + 1) * ih * iw];
@@ -125,13 +100,93 @@ impl PackB for Im2colB<'_> {
                 }
             }
         }
-        // Columns past n in the last panel.
-        let w_last = n - (panels - 1) * nr;
-        if w_last < nr {
-            let last = &mut out[(panels - 1) * kc * nr..panels * kc * nr];
-            for row in last.chunks_exact_mut(nr) {
-                row[w_last..].fill(0.0);
+        zero_last_panel(out, n, kc, nr);
+    }
+}
+
+/// Zeroes the columns past `n` in the last panel.
+fn zero_last_panel(out: &mut [f32], n: usize, kc: usize, nr: usize) {
+    let panels = n.div_ceil(nr);
+    let w_last = n - (panels - 1) * nr;
+    if w_last < nr {
+        let last = &mut out[(panels - 1) * kc * nr..panels * kc * nr];
+        for row in last.chunks_exact_mut(nr) {
+            row[w_last..].fill(0.0);
+        }
+    }
+}
+
+/// The runs of B columns `first..first + n` (output positions) that lie on one output row,
+/// per panel of `nr`. The same for every row of B: found once per block (the divisions per
+/// run and row took a third of the packing of resnet50.res3.3x3s2).
+fn column_runs(first: usize, n: usize, nr: usize, ow: usize) -> Vec<Run> {
+    let panels = n.div_ceil(nr);
+    let mut runs = Vec::with_capacity(panels * 3);
+    let (mut oy, mut ox) = (first / ow.max(1), first % ow.max(1));
+    for panel in 0..panels {
+        let w = nr.min(n - panel * nr);
+        let mut at = 0;
+        while at < w {
+            let len = (ow - ox).min(w - at);
+            runs.push(Run {
+                panel,
+                at,
+                oy,
+                ox,
+                len,
+            });
+            at += len;
+            ox += len;
+            if ox == ow {
+                ox = 0;
+                oy += 1;
             }
         }
+    }
+    runs
+}
+
+/// One image's channels of one group, padded and split into stride phases
+/// ([`crate::algo::direct::PhaseLayout`]), read as the im2col matrix: B row p (tap
+/// (ci, ky, kx)) at output (oy, ox) is `xp[off[p] + oy * PW + ox]`, so every run of B columns
+/// on one output row is one contiguous copy, with no padding test and no strided gather.
+/// (Packing res3.3x3s2 straight from the image, with its stride-2 gathers of 12-16 floats
+/// and the padding splits, was a third of the layer's time.)
+pub struct Im2colPhaseB<'a> {
+    /// The group's phase planes (from its first channel; the image's slack after them).
+    pub xp: &'a [f32],
+    /// Phase plane width.
+    pub pw: usize,
+    /// The layer.
+    pub g: &'a Geometry,
+    /// `off[p]` for every row of B ([`crate::algo::direct::PhaseLayout::offsets`]).
+    pub offsets: &'a [usize],
+    /// The first output position that column 0 of B stands for.
+    pub col0: usize,
+}
+
+impl PackB for Im2colPhaseB<'_> {
+    fn pack(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize, out: &mut [f32]) {
+        let ow = self.g.conv_out[1];
+        let runs = column_runs(self.col0 + j0, n, nr, ow);
+        // Four B rows at a time, run by run: the copies go to consecutive panel rows.
+        for pb in (0..kc).step_by(4) {
+            for r in &runs {
+                let start = r.oy * self.pw + r.ox;
+                for (p, &o) in self.offsets[p0..p0 + kc]
+                    .iter()
+                    .enumerate()
+                    .skip(pb)
+                    .take(4)
+                {
+                    let base = r.panel * kc * nr + p * nr + r.at;
+                    crate::gemm::pack::copy_floats(
+                        &mut out[base..base + r.len],
+                        &self.xp[o + start..o + start + r.len],
+                    );
+                }
+            }
+        }
+        zero_last_panel(out, n, kc, nr);
     }
 }
