@@ -376,11 +376,16 @@ impl Plan {
                         PackedA::from_row_major(wg, opg, k, k, uk.mr, &blocking)
                     })
                     .collect();
-                // Strided im2col packs from a phase-split copy of the image (the copy costs a
-                // padded image of scratch; stride 1 packs from the image itself).
-                let phases = (algo == Algo::Im2col && geom.stride.iter().any(|&s| s > 1))
+                // im2col packs from a padded (and, strided, phase-split) copy of the image when
+                // strided, or when the copy is at most 4 MiB: paired runs, one thread, copy /
+                // image: res3.3x3s2 0.84, alexnet.conv1 0.65, resnet50.conv1 0.72, googlenet
+                // 5x5 0.80, deeplab 0.93, vgg16.conv3_3 0.94, res5.3x3 0.93. A large stride-1
+                // image (vgg16.conv1_2: 13 MB) keeps packing from the image, without the copy.
+                let strided = geom.stride.iter().any(|&s| s > 1);
+                let phases = (algo == Algo::Im2col)
                     .then(|| crate::algo::direct::PhaseLayout::new(&geom, uk.nr).ok())
                     .flatten()
+                    .filter(|layout| strided || layout.image <= 1 << 20)
                     .map(|layout| {
                         let offsets = layout.offsets(&geom);
                         (layout, offsets)

@@ -700,3 +700,17 @@ fn winograd_refuses_what_it_cannot_run() {
         }
     }
 }
+
+/// im2col packs from a padded copy of the image up to 4 MiB of copy, and straight from the
+/// image above that (and gemm1x1 always): the second path on a stride-1 image of 4.4 MB.
+#[test]
+fn im2col_packs_large_images_in_place() {
+    let spec = ConvSpec::new(&[1, 64, 131, 129], 5, &[3, 3])
+        .with_padding(Padding::Symmetric(vec![1, 2]))
+        .with_dilation(&[1, 2])
+        .with_activation(Activation::Relu);
+    let case = make_case(spec, 77);
+    for isa in [Isa::Portable, convkit::arch::best_isa()] {
+        check(&case, Algo::Im2col, isa, None, Layout::Nchw).unwrap();
+    }
+}
