@@ -302,6 +302,28 @@ impl crate::arch::winograd::TileGather for HardwareGather {
             }
         }
     }
+
+    #[inline(always)]
+    fn transpose(src: &[[f32; 8]; 8]) -> [[f32; 8]; 8] {
+        Self::transpose_avx(src)
+    }
+}
+
+impl HardwareGather {
+    /// The 8x8 transpose of [`crate::arch::winograd::TileGather::transpose`] in registers.
+    #[inline(always)]
+    fn transpose_avx(src: &[[f32; 8]; 8]) -> [[f32; 8]; 8] {
+        assert!(
+            Isa::Avx2.is_available(),
+            "AVX2 transpose on a CPU without it"
+        );
+        let mut out = [[0f32; 8]; 8];
+        let rows: [*const f32; 8] = std::array::from_fn(|b| src[b].as_ptr());
+        let dst: [*mut f32; 8] = std::array::from_fn(|l| out[l].as_mut_ptr());
+        // SAFETY: AVX2 was checked above; every row and destination holds 8 floats.
+        unsafe { transpose8x8(rows, dst) };
+        out
+    }
 }
 
 /// Depthwise interleaving with in-register 8x8 transposes (unpack, shuffle, lane permute:
