@@ -274,8 +274,14 @@ fn strided_gather_on_every_tier() {
     for isa in convkit::arch::available_isas() {
         let gather = isa.kernels().unwrap().gather;
         for stride in 1..=5 {
-            for n in 0..40 {
-                let src = rand_vec(&mut rng, if n == 0 { 0 } else { (n - 1) * stride + 1 });
+            for (n, slack) in (0..40).flat_map(|n| [(n, 0), (n, 40)]) {
+                // Exactly the floats read, or more after them (the vector paths read ahead).
+                let len = if n == 0 {
+                    0
+                } else {
+                    (n - 1) * stride + 1 + slack
+                };
+                let src = rand_vec(&mut rng, len);
                 let mut dst = vec![f32::NAN; n + 3];
                 gather(&mut dst[..n], &src, stride);
                 for t in 0..n {

@@ -88,38 +88,44 @@ impl PhaseLayout {
         let (sh, sw) = (g.stride[0], g.stride[1]);
         let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
         let (ph, pw) = (self.ph, self.pw);
-        for (phase, plane) in dst.chunks_mut(ph * pw).enumerate() {
-            let (py, px) = (phase / sw, phase % sw);
-            for (r, row) in plane.chunks_mut(pw).enumerate() {
-                let y = r * sh + py;
-                if y < pt || y - pt >= ih {
-                    row.fill(0.0);
-                    continue;
-                }
-                let srow = &src[(y - pt) * iw..(y - pt + 1) * iw];
-                // Columns cc with pl <= cc*sw + px < pl + iw hold input; the rest
-                // is padding.
-                let c0 = pl.saturating_sub(px).div_ceil(sw).min(row.len());
-                let c1 = (pl + iw)
-                    .saturating_sub(px)
-                    .div_ceil(sw)
-                    .clamp(c0, row.len());
-                row[..c0].fill(0.0);
-                row[c1..].fill(0.0);
-                if c1 > c0 {
-                    let first = c0 * sw + px - pl;
-                    if sw == 1 {
-                        crate::gemm::pack::copy_floats(
-                            &mut row[c0..c1],
-                            &srow[first..first + (c1 - c0)],
-                        );
-                    } else {
-                        // The tier's strided gather, reading ahead within the channel so
-                        // whole runs go in vector blocks (a step_by/zip chain here ran at
-                        // 2.5 ns a float, a scalar loop at ~3 cycles, and dominated
-                        // mobilenetv2.dw56s2).
-                        (gather)(&mut row[c0..c1], &src[(y - pt) * iw + first..], sw);
-                    }
+        // Row by row, all column phases of an input row one after the other: the row is read
+        // sw times (once a phase) while it is in L1. (Phase by phase, each input row came
+        // back from L2 sw times: alexnet.conv1's stride-4 split.)
+        let plane_len = ph * pw;
+        for (py, r, px) in (0..sh)
+            .flat_map(|py| (0..ph).map(move |r| (py, r)))
+            .flat_map(|(py, r)| (0..sw).map(move |px| (py, r, px)))
+        {
+            let phase = py * sw + px;
+            let row = &mut dst[phase * plane_len + r * pw..phase * plane_len + (r + 1) * pw];
+            let y = r * sh + py;
+            if y < pt || y - pt >= ih {
+                row.fill(0.0);
+                continue;
+            }
+            let srow = &src[(y - pt) * iw..(y - pt + 1) * iw];
+            // Columns cc with pl <= cc*sw + px < pl + iw hold input; the rest
+            // is padding.
+            let c0 = pl.saturating_sub(px).div_ceil(sw).min(row.len());
+            let c1 = (pl + iw)
+                .saturating_sub(px)
+                .div_ceil(sw)
+                .clamp(c0, row.len());
+            row[..c0].fill(0.0);
+            row[c1..].fill(0.0);
+            if c1 > c0 {
+                let first = c0 * sw + px - pl;
+                if sw == 1 {
+                    crate::gemm::pack::copy_floats(
+                        &mut row[c0..c1],
+                        &srow[first..first + (c1 - c0)],
+                    );
+                } else {
+                    // The tier's strided gather, reading ahead within the channel so
+                    // whole runs go in vector blocks (a step_by/zip chain here ran at
+                    // 2.5 ns a float, a scalar loop at ~3 cycles, and dominated
+                    // mobilenetv2.dw56s2).
+                    (gather)(&mut row[c0..c1], &src[(y - pt) * iw + first..], sw);
                 }
             }
         }

@@ -386,7 +386,7 @@ impl<'a> SharedMut<'a> {
         // SAFETY: the range lies inside the buffer (checked above), and no other task writes
         // it (the region belongs to the caller).
         let src = unsafe { std::slice::from_raw_parts(self.ptr.add(off), dst.len()) };
-        dst.copy_from_slice(src);
+        crate::gemm::pack::copy_floats(dst, src);
     }
     /// Writes `src` at `off`. The region must belong to the calling task.
     pub fn write_from(&self, off: usize, src: &[f32]) {
@@ -400,7 +400,7 @@ impl<'a> SharedMut<'a> {
         // SAFETY: the range lies inside the buffer (checked above), and no other task touches
         // it (the region belongs to the caller).
         let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), src.len()) };
-        dst.copy_from_slice(src);
+        crate::gemm::pack::copy_floats(dst, src);
     }
 }
 

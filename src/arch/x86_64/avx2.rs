@@ -472,6 +472,14 @@ pub fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
         // src.len() / 16) and writes dst[8b .. 8b + 8] (b < blocks <= n / 8).
         unsafe { gather2_avx2(dst, src, blocks) };
         done = blocks * 8;
+    } else if stride == 4 && n >= 8 && Isa::Avx2.is_available() {
+        // Whole blocks of 8 outputs read 32 floats each (alexnet.conv1's phase split: with
+        // vgatherdps it was 10% of the layer).
+        let blocks = (n / 8).min(src.len() / 32);
+        // SAFETY: AVX2 was checked; block b reads src[32b .. 32b + 32] (b < blocks <=
+        // src.len() / 32) and writes dst[8b .. 8b + 8] (b < n / 8).
+        unsafe { gather4_avx2(dst, src, blocks) };
+        done = blocks * 8;
     } else if (3..=64).contains(&stride) && n >= 8 && Isa::Avx2.is_available() {
         // Block b reads src[8b*stride + l*stride], l < 8: its last read is
         // (8b + 7) * stride, so whole blocks while (8b + 7) * stride < src.len().
@@ -502,6 +510,30 @@ unsafe fn gather_any_avx2(dst: &mut [f32], src: &[f32], stride: usize, blocks: u
         unsafe {
             let v = _mm256_i32gather_ps::<4>(s.add(8 * b * stride), idx);
             _mm256_storeu_ps(d.add(8 * b), v);
+        }
+    }
+}
+
+/// `blocks` blocks of 8 floats at stride 4: 4 loads, 3 shuffles and a lane permute per
+/// block.
+///
+/// # Safety
+/// AVX2 must be available, `src` must hold `32 * blocks` floats and `dst` `8 * blocks`.
+#[target_feature(enable = "avx2")]
+unsafe fn gather4_avx2(dst: &mut [f32], src: &[f32], blocks: usize) {
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in 0..blocks {
+        // SAFETY: within the bounds the caller guarantees (32 floats read, 8 written).
+        unsafe {
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(s.add(32 * b + 8 * i)));
+            // Per 128-bit half: a = [v0[0] v0[0] v1[0] v1[0]] (and v0[4].. in the high half),
+            // c = [v0[0] v1[0] v2[0] v3[0] | v0[4] v1[4] v2[4] v3[4]], then interleaved.
+            let a = _mm256_shuffle_ps::<0x00>(v[0], v[1]);
+            let bb = _mm256_shuffle_ps::<0x00>(v[2], v[3]);
+            let c = _mm256_shuffle_ps::<0x88>(a, bb);
+            let out = _mm256_permutevar8x32_ps(c, order);
+            _mm256_storeu_ps(d.add(8 * b), out);
         }
     }
 }
