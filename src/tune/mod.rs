@@ -213,9 +213,15 @@ pub fn remember(key: String, choice: Choice) {
 }
 
 /// Times each candidate with `time(algo) -> Option<ms of one run>` and returns the choice.
-/// Every candidate gets a warm-up run, then runs until its budget is spent (at least 3,
-/// at most 50); in `Measure` mode a candidate whose first timed run is 3x slower than the
-/// best median so far is dropped after that run.
+/// Every candidate gets a warm-up run; then the candidates run in rounds, one run each per
+/// round (A B C A B C ...), at least 3 rounds and at most 50, until the budget (per
+/// candidate) is spent; each keeps its fastest run. In `Measure` mode a candidate whose first
+/// timed run is 3x slower than the best first run is dropped after that round.
+///
+/// Rounds, not one candidate after the other: this host's interference comes in bursts of
+/// seconds, and measured one after the other a candidate could spend its whole budget inside
+/// one (the suite's tuning once chose im2col for googlenet.inc3a.5x5, 1.2-1.5x slower than
+/// direct in paired runs). In rounds a burst hits every candidate alike.
 pub fn measure(
     cands: &[Algo],
     mode: &TuneMode,
@@ -225,48 +231,40 @@ pub fn measure(
         TuneMode::Measure { budget_ms } => *budget_ms as f64,
         _ => 200.0,
     };
+    // Warm-up: also finds the candidates that cannot be planned or run (not a choice).
+    // `results` keeps every candidate's fastest run; `active` those still being timed.
     let mut results: Vec<(Algo, f64)> = Vec::new();
     for &a in cands {
         MEASUREMENTS.fetch_add(1, Ordering::Relaxed);
-        if time(a).is_none() {
-            continue; // the candidate could not be planned or run: not a choice
+        if time(a).is_some() {
+            results.push((a, f64::INFINITY));
         }
-        let best = results.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
-        let mut runs = Vec::new();
-        let start = Instant::now();
-        while runs.len() < 3 || (start.elapsed().as_secs_f64() * 1e3 < budget && runs.len() < 50) {
-            let Some(ms) = time(a) else { break };
-            runs.push(ms);
-            if matches!(mode, TuneMode::Measure { .. }) && runs.len() == 1 && ms > 3.0 * best {
-                break;
-            }
-        }
-        if runs.is_empty() {
-            continue;
-        }
-        // The fastest run, not the median: on a shared machine slow runs are interference,
-        // and the minimum is the most repeatable estimate of what the candidate can do (as
-        // FFTW's planner does).
-        runs.sort_by(f64::total_cmp);
-        results.push((a, runs[0]));
     }
-    // Near-ties get a second look, interleaved: the two fastest candidates, when within 15%
-    // of each other, run three more times each in alternation (A B A B A B), so drift of the
-    // shared machine hits both alike, and each keeps its fastest run. (Measured one after the
-    // other, F(4,3) and F(6,3) swapped places between tuning runs on 64-channel layers.)
-    let mut order: Vec<usize> = (0..results.len()).collect();
-    order.sort_by(|&i, &j| results[i].1.total_cmp(&results[j].1));
-    if let [i, j, ..] = order[..] {
-        if results[j].1 <= 1.15 * results[i].1 {
-            for _ in 0..3 {
-                for k in [i, j] {
-                    if let Some(ms) = time(results[k].0) {
-                        results[k].1 = results[k].1.min(ms);
-                    }
+    let mut active = vec![true; results.len()];
+    let start = Instant::now();
+    let total_budget = budget * results.len() as f64;
+    let mut rounds = 0;
+    while active.iter().any(|&on| on)
+        && (rounds < 3 || (start.elapsed().as_secs_f64() * 1e3 < total_budget && rounds < 50))
+    {
+        for (r, on) in results.iter_mut().zip(active.iter_mut()) {
+            if *on {
+                match time(r.0) {
+                    Some(ms) => r.1 = r.1.min(ms),
+                    None => *on = false,
                 }
             }
         }
+        if rounds == 0 && matches!(mode, TuneMode::Measure { .. }) {
+            let fastest = results.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+            for (r, on) in results.iter().zip(active.iter_mut()) {
+                *on &= r.1 <= 3.0 * fastest;
+            }
+        }
+        rounds += 1;
     }
+    // A candidate that failed in every timed run has no time: not a choice.
+    results.retain(|r| r.1.is_finite());
     let fastest = results
         .iter()
         .min_by(|x, y| x.1.total_cmp(&y.1))
