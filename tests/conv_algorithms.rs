@@ -327,6 +327,11 @@ fn suite_like_cases() -> Vec<ConvSpec> {
             .with_groups(12)
             .with_padding(Padding::Symmetric(vec![1, 1]))
             .with_stride(&[2, 2]),
+        // K = 70 * 9 = 630: more than one K block in every algorithm (direct's are 512 deep).
+        ConvSpec::new(&[1, 70, 9, 10], 7, &[3, 3])
+            .with_padding(Padding::Same)
+            .with_residual(true)
+            .with_activation(Activation::Relu6),
         // 110 output channels: more A panels than `direct` feeds from B in place, so its
         // tiles' B rows are packed first (stride 2 and a residual on the way).
         ConvSpec::new(&[1, 5, 11, 13], 110, &[3, 3])
