@@ -256,9 +256,11 @@ impl DirectPlan {
             let c_grp = grp * opg * band;
             let blocks = pa.blocks();
             let mut spill = vec![0f32; uk.mr * uk.nr];
-            let kc_max = blocks.iter().map(|b| b.1).max().unwrap_or(0);
-            let mut bpanel = crate::tensor::aligned_zeros(kc_max * uk.nr);
             let pack_panels = pack_b_above();
+            // The packed B panel, allocated only when some MC block packs (see below).
+            let kc_max = blocks.iter().map(|b| b.1).max().unwrap_or(0);
+            let packs = panels_m.min(mc_panels) > pack_panels;
+            let mut bpanel = crate::tensor::aligned_zeros(if packs { kc_max * uk.nr } else { 0 });
             for (bi, table) in self.tables.iter().enumerate() {
                 let kc = blocks[bi].1;
                 let (first, last) = (bi == 0, bi + 1 == blocks.len());
@@ -310,32 +312,12 @@ impl DirectPlan {
                                 }
                             };
                             let load = accumulate || !first;
-                            if in_row {
-                                run_gemm_tile(
-                                    uk,
-                                    kc,
-                                    pa.panel(bi, panel),
-                                    b,
-                                    &shared,
-                                    off,
-                                    band,
-                                    m,
-                                    ncur,
-                                    load,
-                                    last,
-                                    tb,
-                                    clamp,
-                                );
-                                if let (true, Some((kernel, act))) = (last, activation) {
-                                    activate_tile(&kernel, act, &shared, off, band, m, ncur);
-                                }
-                                continue;
-                            }
-                            // Row-crossing tile: C's row segments gathered into `spill`
-                            // (rows of NR), the kernel run there, the segments put back.
+                            // A tile inside one output row writes C in place; a row-crossing
+                            // one goes through `spill` (rows of NR): C's row segments gathered
+                            // in, the kernel run there, the segments put back.
                             let c_panel = c_grp + i0 * band;
                             let seg_off = |r: usize, c: usize| c_panel + r * ow + c;
-                            if load {
+                            if !in_row && load {
                                 for (t, r, c, len) in segments(q0, ncur, pw, ow) {
                                     for i in 0..m {
                                         shared.read_into(
@@ -345,15 +327,21 @@ impl DirectPlan {
                                     }
                                 }
                             }
-                            let spill_c = SharedMut::new(&mut spill[..]);
+                            let spill_c;
+                            let (c, c_off, rsc) = if in_row {
+                                (&shared, off, band)
+                            } else {
+                                spill_c = SharedMut::new(&mut spill[..]);
+                                (&spill_c, 0, uk.nr)
+                            };
                             run_gemm_tile(
                                 uk,
                                 kc,
                                 pa.panel(bi, panel),
                                 b,
-                                &spill_c,
-                                0,
-                                uk.nr,
+                                c,
+                                c_off,
+                                rsc,
                                 m,
                                 ncur,
                                 load,
@@ -362,7 +350,10 @@ impl DirectPlan {
                                 clamp,
                             );
                             if let (true, Some((kernel, act))) = (last, activation) {
-                                activate_tile(&kernel, act, &spill_c, 0, uk.nr, m, ncur);
+                                activate_tile(&kernel, act, c, c_off, rsc, m, ncur);
+                            }
+                            if in_row {
+                                continue;
                             }
                             for (t, r, c, len) in segments(q0, ncur, pw, ow) {
                                 for i in 0..m {
