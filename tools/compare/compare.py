@@ -206,8 +206,9 @@ def time_candle(binary, name, threads):
     return json.loads(out).get("median_ms")
 
 
-def time_convkit(binary, name, threads):
-    out = subprocess.run([binary, "bench", "--layers", name, "--threads", str(threads), "--format", "json"],
+def time_convkit(binary, name, threads, wisdom):
+    out = subprocess.run([binary, "bench", "--layers", name, "--threads", str(threads), "--format", "json",
+                          "--wisdom", wisdom],
                          check=True, capture_output=True, text=True).stdout
     r = json.loads(out)["results"][0]
     return r["median_ms"], r["algo"], json.loads(out)["machine"]["peak_gflops"]
@@ -377,6 +378,13 @@ def main():
         candle = os.path.join(ROOT, "target", "release", "convkit-candle")
         subprocess.check_call(["cargo", "build", "--release", "-q", "-p", "convkit-tract-bench"], cwd=ROOT)
         tract = os.path.join(ROOT, "target", "release", "convkit-tract-bench")
+    # A wisdom file of this run's own: the choices are tuned by the build being measured (the
+    # user's default file may hold choices an older build made; one such file had kept im2col
+    # for resnet50.res5.3x3 on 2 threads, 0.6x the Winograd a fresh tuning picks).
+    os.makedirs(args.out, exist_ok=True)
+    wisdom = os.path.join(args.out, "wisdom.json")
+    if os.path.exists(wisdom):
+        os.unlink(wisdom)
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         for l in layers:
@@ -385,7 +393,7 @@ def main():
             ov_ms = time_openvino(l, threads)
             cd_ms = time_candle(candle, l["name"], threads)
             tr_ms = time_tract(tract, l, threads)
-            ck_ms, algo, peak = time_convkit(binary, l["name"], threads)
+            ck_ms, algo, peak = time_convkit(binary, l["name"], threads, wisdom)
             best_ms = min(m for m in (ort_ms, ov_ms, cd_ms, tr_ms) if m)
             rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
                          "convkit_ms": ck_ms, "convkit_gflops": gf / ck_ms * 1e3, "ort_ms": ort_ms,
