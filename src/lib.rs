@@ -30,6 +30,7 @@ pub mod geometry;
 pub mod init;
 pub mod kernels;
 pub mod npy;
+pub mod par;
 pub mod plan;
 pub mod reference;
 pub mod spec;

@@ -22,8 +22,9 @@ pub struct PlanOptions {
     pub algo: Option<String>,
     /// An ISA name, or `None` / `"auto"` for `CONVKIT_ISA` or the best detected.
     pub isa: Option<String>,
-    /// Threads to run on: `None` uses the caller's rayon pool (all cores by default); `Some(n)`
-    /// gives the plan a private pool of n threads.
+    /// Threads to run on: `None` uses the caller's rayon pool (all cores by default);
+    /// `Some(1)` runs on the calling thread alone (no pool, no handoff); `Some(n)` gives the
+    /// plan a private pool of n threads.
     pub threads: Option<usize>,
     /// Layout of input, residual and output.
     pub layout: Layout,
@@ -123,22 +124,6 @@ enum Prepared {
     },
 }
 
-/// The private thread pool of `threads` (`None`: run on the caller's pool).
-///
-/// A private pool for any explicit count, 1 included: without one, work would run on the
-/// caller's (global) pool and `threads: 1` would not mean one thread.
-pub(crate) fn private_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
-    match threads {
-        Some(0) => Err(Error::InvalidArgument("threads must be >= 1".into())),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map(Some)
-            .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}"))),
-        None => Ok(None),
-    }
-}
-
 /// Where the time of one run went ([`Plan::run_profiled`]).
 #[derive(Clone, Debug)]
 pub struct PhaseProfile {
@@ -158,7 +143,8 @@ pub struct Plan {
     layout: Layout,
     bias: Option<Vec<f32>>,
     prepared: Prepared,
-    pool: Option<rayon::ThreadPool>,
+    /// Where runs execute: the caller's pool, the calling thread (one thread), or a private pool.
+    runner: crate::par::Runner,
     threads: Option<usize>,
     choice: Choice,
     band_rows: Option<usize>,
@@ -242,7 +228,7 @@ fn tune_choice(
     isa: Isa,
     opts: &PlanOptions,
 ) -> Result<Choice> {
-    let threads = opts.threads.unwrap_or_else(rayon::current_num_threads);
+    let threads = opts.threads.unwrap_or_else(crate::par::threads);
     let key = crate::tune::cache_key(spec, opts.layout, isa, threads);
     if let Some(c) = crate::tune::lookup(&key) {
         if c.algo.accepts(geom) {
@@ -325,7 +311,7 @@ impl Plan {
             }
             None => return Err(Error::Budget(format!("algorithm `{}`: its memory need overflows", algo.name()))),
         }
-        let pool = private_pool(opts.threads)?;
+        let runner = crate::par::Runner::new(opts.threads)?;
         let prepared = match algo {
             Algo::Direct => Prepared::Direct(
                 crate::algo::direct::DirectPlan::new(&geom, isa.kernels()?.gemm_default(), weight)
@@ -405,7 +391,7 @@ impl Plan {
             layout: opts.layout,
             bias: bias.map(<[f32]>::to_vec),
             prepared,
-            pool,
+            runner,
             threads: opts.threads,
             choice,
             band_rows: opts.band_rows.filter(|&r| r > 0),
@@ -514,10 +500,8 @@ impl Plan {
             residual,
             g.conv_output_len(),
         )?;
-        match &self.pool {
-            Some(p) => p.install(|| self.run_nchw_or_convert(input, residual, output, clock)),
-            None => self.run_nchw_or_convert(input, residual, output, clock),
-        }
+        self.runner
+            .run(|| self.run_nchw_or_convert(input, residual, output, clock))
     }
 
     fn run_nchw_or_convert(
@@ -721,8 +705,7 @@ impl Plan {
             } => layout.image,
             // The padded image and one block's transformed tiles per thread.
             Prepared::Winograd(w) => {
-                w.image
-                    + w.block_floats(g) * self.threads.unwrap_or_else(rayon::current_num_threads)
+                w.image + w.block_floats(g) * self.threads.unwrap_or_else(crate::par::threads)
             }
             _ => 0,
         };
@@ -788,7 +771,6 @@ impl Plan {
         pass: &crate::algo::OutputPass,
     ) -> Result<()> {
         use crate::algo::direct::PhaseLayout;
-        use rayon::prelude::*;
         let crate::algo::OutputPass {
             bias,
             accumulate,
@@ -825,40 +807,38 @@ impl Plan {
         // Each task pads its channels, one at a time, into a buffer that stays in L1/L2,
         // then computes their `mult` output planes from it. (Padding the whole image first
         // wrote and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
-        out.par_chunks_mut(per_task * mult * band)
-            .enumerate()
-            .for_each(|(task, planes_of_task)| {
-                let mut xp = crate::tensor::take_scratch(chan_len);
-                xp[layout.chan..].fill(0.0);
-                for (j, planes) in planes_of_task.chunks_mut(mult * band).enumerate() {
-                    let ci = task * per_task + j;
-                    layout.fill_channel(
-                        g,
-                        &x[ci * in_area..(ci + 1) * in_area],
-                        &mut xp[..layout.chan],
-                        gather,
-                    );
-                    for (m, plane) in planes.chunks_mut(band).enumerate() {
-                        let co = ci * mult + m;
-                        let mut p = crate::arch::dwconv::DwPlane {
-                            input: &xp[r0 * layout.pw..],
-                            offsets: &offsets,
-                            weight: &weight[co * ka..(co + 1) * ka],
-                            pw: layout.pw,
-                            ow,
-                            out: &mut *plane,
-                            bias: bias.map_or(0.0, |b| b[co]),
-                            accumulate,
-                            clamp,
-                        };
-                        (uk.run)(&mut p);
-                        if let Some((kernel, act)) = activation {
-                            (kernel.run)(act, plane);
-                        }
+        crate::par::for_each_chunk_mut(out, per_task * mult * band, |task, planes_of_task| {
+            let mut xp = crate::tensor::take_scratch(chan_len);
+            xp[layout.chan..].fill(0.0);
+            for (j, planes) in planes_of_task.chunks_mut(mult * band).enumerate() {
+                let ci = task * per_task + j;
+                layout.fill_channel(
+                    g,
+                    &x[ci * in_area..(ci + 1) * in_area],
+                    &mut xp[..layout.chan],
+                    gather,
+                );
+                for (m, plane) in planes.chunks_mut(band).enumerate() {
+                    let co = ci * mult + m;
+                    let mut p = crate::arch::dwconv::DwPlane {
+                        input: &xp[r0 * layout.pw..],
+                        offsets: &offsets,
+                        weight: &weight[co * ka..(co + 1) * ka],
+                        pw: layout.pw,
+                        ow,
+                        out: &mut *plane,
+                        bias: bias.map_or(0.0, |b| b[co]),
+                        accumulate,
+                        clamp,
+                    };
+                    (uk.run)(&mut p);
+                    if let Some((kernel, act)) = activation {
+                        (kernel.run)(act, plane);
                     }
                 }
-                crate::tensor::give_scratch(xp);
-            });
+            }
+            crate::tensor::give_scratch(xp);
+        });
         Ok(())
     }
 
@@ -967,7 +947,6 @@ fn pool_band(
             }
         }
         (Some(pool), Some(d)) => {
-            use rayon::prelude::*;
             let is_max = matches!(pool, Pool::Max(_));
             let cip = matches!(
                 pool,
@@ -992,9 +971,9 @@ fn pool_band(
                 p1,
                 gather,
             };
-            band.par_chunks(rows * ow)
-                .zip(out_img.par_chunks_mut(ph * pw))
-                .for_each(|(plane, o)| (pool_plane)(&args, plane, o));
+            crate::par::for_each_chunk_zip(out_img, ph * pw, band, rows * ow, |_, o, plane| {
+                (pool_plane)(&args, plane, o)
+            });
         }
         _ => {}
     }

@@ -92,7 +92,6 @@ pub fn run_multiplier_blocks(
     out: &mut [f32],
     pass: &OutputPass,
 ) {
-    use rayon::prelude::*;
     let OutputPass {
         bias,
         accumulate,
@@ -117,69 +116,67 @@ pub fn run_multiplier_blocks(
     let blocks = g.in_channels * groups;
     // Blocks per task: at least four tasks per thread (wav2vec2.conv0 has 64 blocks of one
     // channel; one task per channel ran its 512 planes on one thread).
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::par::threads().max(1);
     let per_task = blocks.div_ceil(4 * threads).max(1);
     let block_out = CB * band;
-    out.par_chunks_mut(per_task * block_out)
-        .enumerate()
-        .for_each(|(task, task_out)| {
-            // The padded rows of the block's input channel, `[n_in][pw]`, refilled only when
-            // the channel changes.
-            let mut xb = crate::tensor::take_scratch(n_in * pw);
-            let mut ob = crate::tensor::take_scratch(band * CB);
-            let mut filled = None;
-            for (j, planes) in task_out.chunks_mut(block_out).enumerate() {
-                let b = task * per_task + j;
-                let (ci, mg) = (b / groups, b % groups);
-                if filled != Some(ci) {
-                    let plane = &x[ci * in_area..(ci + 1) * in_area];
-                    for (i, dst) in xb[..n_in * pw].chunks_exact_mut(pw).enumerate() {
-                        let py = r0 * sh + i;
-                        let iy = py.wrapping_sub(pt);
-                        if py < pt || iy >= ih {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let (c0, c1) = (pl.min(pw), (pl + iw).min(pw));
-                        dst[..c0].fill(0.0);
-                        dst[c1..].fill(0.0);
-                        dst[c0..c1].copy_from_slice(&plane[iy * iw..iy * iw + (c1 - c0)]);
+    crate::par::for_each_chunk_mut(out, per_task * block_out, |task, task_out| {
+        // The padded rows of the block's input channel, `[n_in][pw]`, refilled only when
+        // the channel changes.
+        let mut xb = crate::tensor::take_scratch(n_in * pw);
+        let mut ob = crate::tensor::take_scratch(band * CB);
+        let mut filled = None;
+        for (j, planes) in task_out.chunks_mut(block_out).enumerate() {
+            let b = task * per_task + j;
+            let (ci, mg) = (b / groups, b % groups);
+            if filled != Some(ci) {
+                let plane = &x[ci * in_area..(ci + 1) * in_area];
+                for (i, dst) in xb[..n_in * pw].chunks_exact_mut(pw).enumerate() {
+                    let py = r0 * sh + i;
+                    let iy = py.wrapping_sub(pt);
+                    if py < pt || iy >= ih {
+                        dst.fill(0.0);
+                        continue;
                     }
-                    filled = Some(ci);
+                    let (c0, c1) = (pl.min(pw), (pl + iw).min(pw));
+                    dst[..c0].fill(0.0);
+                    dst[c1..].fill(0.0);
+                    dst[c0..c1].copy_from_slice(&plane[iy * iw..iy * iw + (c1 - c0)]);
                 }
-                let co0 = ci * mult + mg * CB;
-                let mut lanes = [0f32; CB];
-                if let Some(bias) = bias {
-                    lanes.copy_from_slice(&bias[co0..co0 + CB]);
-                }
-                let mut job = DwBlock {
-                    input: &xb[..n_in * pw],
-                    pw,
-                    weight: &blocked[b * ka * CB..(b + 1) * ka * CB],
-                    kernel: [kh, kw],
-                    stride: [sh, sw],
-                    dilation: [dh, dw],
-                    bias: lanes,
-                    clamp: (!accumulate).then_some(clamp),
-                    ow,
-                    out: &mut ob[..band * CB],
-                    broadcast: true,
-                };
-                (uk.block)(&mut job);
-                // The block's planes are consecutive output channels.
-                (uk.deinterleave)(&ob[..band * CB], planes, CB, band, accumulate);
-                if accumulate {
-                    clamp_planes(planes, clamp);
-                }
-                if let Some((kernel, act)) = activation {
-                    for plane in planes.chunks_mut(band) {
-                        (kernel.run)(act, plane);
-                    }
+                filled = Some(ci);
+            }
+            let co0 = ci * mult + mg * CB;
+            let mut lanes = [0f32; CB];
+            if let Some(bias) = bias {
+                lanes.copy_from_slice(&bias[co0..co0 + CB]);
+            }
+            let mut job = DwBlock {
+                input: &xb[..n_in * pw],
+                pw,
+                weight: &blocked[b * ka * CB..(b + 1) * ka * CB],
+                kernel: [kh, kw],
+                stride: [sh, sw],
+                dilation: [dh, dw],
+                bias: lanes,
+                clamp: (!accumulate).then_some(clamp),
+                ow,
+                out: &mut ob[..band * CB],
+                broadcast: true,
+            };
+            (uk.block)(&mut job);
+            // The block's planes are consecutive output channels.
+            (uk.deinterleave)(&ob[..band * CB], planes, CB, band, accumulate);
+            if accumulate {
+                clamp_planes(planes, clamp);
+            }
+            if let Some((kernel, act)) = activation {
+                for plane in planes.chunks_mut(band) {
+                    (kernel.run)(act, plane);
                 }
             }
-            crate::tensor::give_scratch(xb);
-            crate::tensor::give_scratch(ob);
-        });
+        }
+        crate::tensor::give_scratch(xb);
+        crate::tensor::give_scratch(ob);
+    });
 }
 
 /// The clamp after a residual was added (the kernels clamp in registers when there is none).
@@ -221,7 +218,6 @@ pub fn run_channel_blocks(
     out: &mut [f32],
     pass: &OutputPass,
 ) {
-    use rayon::prelude::*;
     let OutputPass {
         bias,
         accumulate,
@@ -258,114 +254,112 @@ pub fn run_channel_blocks(
     let blocks = c_in.div_ceil(CB);
     // Blocks per task: about 16K input floats of work each (a 7x7 block is 392), but at
     // least four tasks per thread when there are enough blocks.
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::par::threads().max(1);
     let per_task = (16384 / (CB * in_area).max(1))
         .min(blocks.div_ceil(4 * threads))
         .max(1);
     let block_out = CB * mult * band;
-    out.par_chunks_mut(per_task * block_out)
-        .enumerate()
-        .for_each(|(task, task_out)| {
-            let mut xb = crate::tensor::take_scratch(in_rows(strip.min(rows)) * pw * CB);
-            let mut ob = crate::tensor::take_scratch(strip.min(rows) * ow * CB);
-            let mut run = crate::tensor::take_scratch(if iw < 16 {
-                in_rows(strip.min(rows)).min(ih) * iw * CB
-            } else {
-                0
-            });
-            for (j, planes) in task_out.chunks_mut(block_out).enumerate() {
-                let b = task * per_task + j;
-                let nc = CB.min(c_in - b * CB);
-                let mut s0 = 0;
-                while s0 < rows {
-                    let s1 = (s0 + strip).min(rows);
-                    // Padded rows of this strip: from the first tap of output row r0 + s0.
-                    let first = (r0 + s0) * sh;
-                    let n_in = in_rows(s1 - s0);
-                    // Input rows of the strip: iy0..iy1 (the rest is padding).
-                    let iy0 = first.saturating_sub(pt).min(ih);
-                    let iy1 = (first + n_in).saturating_sub(pt).clamp(iy0, ih);
-                    let c0 = pl.min(pw);
-                    let c1 = (pl + iw).min(pw);
-                    // Narrow rows (dw7: 7 columns) would give the 8x8 transposes nothing to
-                    // do row by row: interleave the strip's rows as one run, then place them.
-                    let whole = iw < 16 && c1 - c0 == iw;
-                    // Channel c of the block is the plane at c * in_area from the block's.
-                    let block_x = &x[b * CB * in_area..];
-                    if whole && iy1 > iy0 {
+    crate::par::for_each_chunk_mut(out, per_task * block_out, |task, task_out| {
+        let mut xb = crate::tensor::take_scratch(in_rows(strip.min(rows)) * pw * CB);
+        let mut ob = crate::tensor::take_scratch(strip.min(rows) * ow * CB);
+        let mut run = crate::tensor::take_scratch(if iw < 16 {
+            in_rows(strip.min(rows)).min(ih) * iw * CB
+        } else {
+            0
+        });
+        for (j, planes) in task_out.chunks_mut(block_out).enumerate() {
+            let b = task * per_task + j;
+            let nc = CB.min(c_in - b * CB);
+            let mut s0 = 0;
+            while s0 < rows {
+                let s1 = (s0 + strip).min(rows);
+                // Padded rows of this strip: from the first tap of output row r0 + s0.
+                let first = (r0 + s0) * sh;
+                let n_in = in_rows(s1 - s0);
+                // Input rows of the strip: iy0..iy1 (the rest is padding).
+                let iy0 = first.saturating_sub(pt).min(ih);
+                let iy1 = (first + n_in).saturating_sub(pt).clamp(iy0, ih);
+                let c0 = pl.min(pw);
+                let c1 = (pl + iw).min(pw);
+                // Narrow rows (dw7: 7 columns) would give the 8x8 transposes nothing to
+                // do row by row: interleave the strip's rows as one run, then place them.
+                let whole = iw < 16 && c1 - c0 == iw;
+                // Channel c of the block is the plane at c * in_area from the block's.
+                let block_x = &x[b * CB * in_area..];
+                if whole && iy1 > iy0 {
+                    (uk.interleave)(
+                        &block_x[iy0 * iw..],
+                        nc,
+                        in_area,
+                        &mut run[..(iy1 - iy0) * iw * CB],
+                    );
+                }
+                for (i, dst) in xb[..n_in * pw * CB].chunks_exact_mut(pw * CB).enumerate() {
+                    let py = first + i;
+                    let iy = py.wrapping_sub(pt);
+                    if py < pt || iy >= ih {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    // Columns pl .. pl + iw hold input (those the taps reach).
+                    dst[..c0 * CB].fill(0.0);
+                    dst[c1 * CB..].fill(0.0);
+                    if whole {
+                        let at = (iy - iy0) * iw * CB;
+                        dst[c0 * CB..c1 * CB].copy_from_slice(&run[at..at + iw * CB]);
+                    } else if c1 > c0 {
                         (uk.interleave)(
-                            &block_x[iy0 * iw..],
+                            &block_x[iy * iw..],
                             nc,
                             in_area,
-                            &mut run[..(iy1 - iy0) * iw * CB],
+                            &mut dst[c0 * CB..c1 * CB],
                         );
                     }
-                    for (i, dst) in xb[..n_in * pw * CB].chunks_exact_mut(pw * CB).enumerate() {
-                        let py = first + i;
-                        let iy = py.wrapping_sub(pt);
-                        if py < pt || iy >= ih {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        // Columns pl .. pl + iw hold input (those the taps reach).
-                        dst[..c0 * CB].fill(0.0);
-                        dst[c1 * CB..].fill(0.0);
-                        if whole {
-                            let at = (iy - iy0) * iw * CB;
-                            dst[c0 * CB..c1 * CB].copy_from_slice(&run[at..at + iw * CB]);
-                        } else if c1 > c0 {
-                            (uk.interleave)(
-                                &block_x[iy * iw..],
-                                nc,
-                                in_area,
-                                &mut dst[c0 * CB..c1 * CB],
-                            );
-                        }
-                    }
-                    for m in 0..mult {
-                        let mut lanes = [0f32; CB];
-                        if let Some(bias) = bias {
-                            for (c, l) in lanes.iter_mut().enumerate().take(nc) {
-                                *l = bias[(b * CB + c) * mult + m];
-                            }
-                        }
-                        let w0 = (b * mult + m) * ka * CB;
-                        let mut job = DwBlock {
-                            input: &xb[..n_in * pw * CB],
-                            pw,
-                            weight: &blocked[w0..w0 + ka * CB],
-                            kernel: [kh, kw],
-                            stride: [sh, sw],
-                            dilation: [dh, dw],
-                            bias: lanes,
-                            clamp: (!accumulate).then_some(clamp),
-                            ow,
-                            out: &mut ob[..(s1 - s0) * ow * CB],
-                            broadcast: false,
-                        };
-                        (uk.block)(&mut job);
-                        // Output planes of lanes 0..nc: channel (b*CB + c)*mult + m is plane
-                        // c*mult + m of this block.
-                        let stride = mult * band;
-                        let dst = &mut planes[m * band + s0 * ow..];
-                        let n_out = (s1 - s0) * ow;
-                        (uk.deinterleave)(&ob[..n_out * CB], dst, nc, stride, accumulate);
-                        if accumulate {
-                            for c in 0..nc {
-                                clamp_planes(&mut dst[c * stride..c * stride + n_out], clamp);
-                            }
-                        }
-                    }
-                    s0 = s1;
                 }
-                if let Some((kernel, act)) = activation {
-                    for plane in planes.chunks_mut(band) {
-                        (kernel.run)(act, plane);
+                for m in 0..mult {
+                    let mut lanes = [0f32; CB];
+                    if let Some(bias) = bias {
+                        for (c, l) in lanes.iter_mut().enumerate().take(nc) {
+                            *l = bias[(b * CB + c) * mult + m];
+                        }
                     }
+                    let w0 = (b * mult + m) * ka * CB;
+                    let mut job = DwBlock {
+                        input: &xb[..n_in * pw * CB],
+                        pw,
+                        weight: &blocked[w0..w0 + ka * CB],
+                        kernel: [kh, kw],
+                        stride: [sh, sw],
+                        dilation: [dh, dw],
+                        bias: lanes,
+                        clamp: (!accumulate).then_some(clamp),
+                        ow,
+                        out: &mut ob[..(s1 - s0) * ow * CB],
+                        broadcast: false,
+                    };
+                    (uk.block)(&mut job);
+                    // Output planes of lanes 0..nc: channel (b*CB + c)*mult + m is plane
+                    // c*mult + m of this block.
+                    let stride = mult * band;
+                    let dst = &mut planes[m * band + s0 * ow..];
+                    let n_out = (s1 - s0) * ow;
+                    (uk.deinterleave)(&ob[..n_out * CB], dst, nc, stride, accumulate);
+                    if accumulate {
+                        for c in 0..nc {
+                            clamp_planes(&mut dst[c * stride..c * stride + n_out], clamp);
+                        }
+                    }
+                }
+                s0 = s1;
+            }
+            if let Some((kernel, act)) = activation {
+                for plane in planes.chunks_mut(band) {
+                    (kernel.run)(act, plane);
                 }
             }
-            crate::tensor::give_scratch(xb);
-            crate::tensor::give_scratch(ob);
-            crate::tensor::give_scratch(run);
-        });
+        }
+        crate::tensor::give_scratch(xb);
+        crate::tensor::give_scratch(ob);
+        crate::tensor::give_scratch(run);
+    });
 }

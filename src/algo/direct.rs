@@ -73,12 +73,9 @@ impl PhaseLayout {
     pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32], gather: Gather) {
         let [ih, iw] = g.input;
         let chans = &mut xp[..self.chan * g.in_channels];
-        chans
-            .par_chunks_mut(self.chan)
-            .enumerate()
-            .for_each(|(c, dst)| {
-                self.fill_channel(g, &x[c * ih * iw..(c + 1) * ih * iw], dst, gather)
-            });
+        crate::par::for_each_chunk_mut(chans, self.chan, |c, dst| {
+            self.fill_channel(g, &x[c * ih * iw..(c + 1) * ih * iw], dst, gather)
+        });
         xp[self.chan * g.in_channels..].fill(0.0);
     }
 
@@ -241,7 +238,7 @@ impl DirectPlan {
         let flat = flat_tiles * 100 < row_tiles * 97;
         let tiles = if flat { flat_tiles } else { row_tiles };
         // Tasks: (group, chunk of tiles). Enough chunks for the pool, each a few rows' worth.
-        let threads = rayon::current_num_threads();
+        let threads = crate::par::threads();
         let chunks = (4 * threads).div_ceil(g.groups).clamp(1, tiles);
         let per_chunk = tiles.div_ceil(chunks);
         let chunks = tiles.div_ceil(per_chunk);

@@ -35,7 +35,6 @@ use crate::plan::{Plan, PlanOptions};
 use crate::reference::{check_len, check_optional, max_pool_pick};
 use crate::spec::{ConvSpec, Padding};
 use crate::tensor::Layout;
-use rayon::prelude::*;
 
 /// Whether the groups are too thin for the GEMM path.
 fn thin(g: &Geometry) -> bool {
@@ -222,23 +221,21 @@ pub fn backward_data_into(w: &DataWeights, dz: &[f32], dx: &mut [f32]) -> Result
     let (cin, cout) = (g.in_channels, g.out_channels);
     if thin(g) {
         // One task per input plane: the group's output channels scatter into it, tap by tap.
-        dx.par_chunks_mut(in_area)
-            .enumerate()
-            .for_each(|(nc, plane)| {
-                let (n, c) = (nc / cin, nc % cin);
-                let (grp, ci) = (c / cg, c % cg);
-                plane.fill(0.0);
-                for o in 0..og {
-                    let co = grp * og + o;
-                    let dzp = &dz[(n * cout + co) * p_all..(n * cout + co + 1) * p_all];
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let wv = w.weight[((co * cg + ci) * kh + ky) * kw + kx];
-                            scatter_tap(g, plane, ky, kx, 0, oh, dzp, wv);
-                        }
+        crate::par::for_each_chunk_mut(dx, in_area, |nc, plane| {
+            let (n, c) = (nc / cin, nc % cin);
+            let (grp, ci) = (c / cg, c % cg);
+            plane.fill(0.0);
+            for o in 0..og {
+                let co = grp * og + o;
+                let dzp = &dz[(n * cout + co) * p_all..(n * cout + co + 1) * p_all];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = w.weight[((co * cg + ci) * kh + ky) * kw + kx];
+                        scatter_tap(g, plane, ky, kx, 0, oh, dzp, wv);
                     }
                 }
-            });
+            }
+        });
         return Ok(());
     }
     let k = cg * ka;
@@ -273,17 +270,18 @@ pub fn backward_data_into(w: &DataWeights, dz: &[f32], dx: &mut [f32]) -> Result
                     );
                 }
                 let cols = &cols[..k * ncols];
-                dx_img[grp * cg * in_area..(grp + 1) * cg * in_area]
-                    .par_chunks_mut(in_area)
-                    .enumerate()
-                    .for_each(|(ci, plane)| {
+                crate::par::for_each_chunk_mut(
+                    &mut dx_img[grp * cg * in_area..(grp + 1) * cg * in_area],
+                    in_area,
+                    |ci, plane| {
                         for ky in 0..kh {
                             for kx in 0..kw {
                                 let row = (ci * ka + ky * kw + kx) * ncols;
                                 scatter_tap(g, plane, ky, kx, oy0, r, &cols[row..row + ncols], 1.0);
                             }
                         }
-                    });
+                    },
+                );
             }
         }
     }
@@ -411,7 +409,7 @@ pub fn backward_weights_into(
         // One task per output channel: its C/g x KH x KW weights, each a dot product of dz
         // with the input positions the tap reads, images in batch order.
         let [ih, iw] = g.input;
-        dw.par_chunks_mut(k).enumerate().for_each(|(co, wk)| {
+        crate::par::for_each_chunk_mut(dw, k, |co, wk| {
             let grp = co / og;
             wk.fill(0.0);
             for n in 0..g.batch {
@@ -524,7 +522,7 @@ pub struct TrainPlan {
     data: DataWeights,
     bias: Option<Vec<f32>>,
     kernels: &'static crate::kernels::KernelTable,
-    pool: Option<rayon::ThreadPool>,
+    runner: crate::par::Runner,
 }
 
 impl std::fmt::Debug for TrainPlan {
@@ -561,7 +559,7 @@ impl TrainPlan {
         };
         let conv = Plan::new(&conv_spec, weight, bias, &conv_opts)?;
         let kernels = resolve_isa(opts.isa.as_deref())?.kernels()?;
-        let pool = crate::plan::private_pool(opts.threads)?;
+        let runner = crate::par::Runner::new(opts.threads)?;
         Ok(TrainPlan {
             spec: spec.clone(),
             data: DataWeights::new(&geom, kernels, weight)?,
@@ -570,7 +568,7 @@ impl TrainPlan {
             conv,
             bias: bias.map(<[f32]>::to_vec),
             kernels,
-            pool,
+            runner,
         })
     }
 
@@ -612,10 +610,7 @@ impl TrainPlan {
     }
 
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
+        self.runner.run(f)
     }
 
     /// The forward pass in training mode: writes the layer's output (as [`Plan::run`] does)

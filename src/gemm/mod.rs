@@ -243,11 +243,7 @@ pub fn gemm_packed(
         a.mr, uk.mr
     );
     let panels_m = m.div_ceil(uk.mr);
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let threads = if parallel { crate::par::threads() } else { 1 };
     // Fewer column blocks than 4 a thread: narrower blocks first, as long as each keeps 16
     // panels of columns; row mode only below that. (mobilenetv2.pw56, N = 3136 in 4 blocks of
     // 1024, went to row mode and ran slower on 2 threads than on 1: 8 parallel sections of

@@ -196,10 +196,12 @@ impl WinogradPlan {
         let [ih, iw] = g.input;
         let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
         let (ph, pw) = (self.ph, self.pw);
-        xp[..self.image]
-            .par_chunks_mut(ph * pw)
-            .zip(x.par_chunks(ih * iw))
-            .for_each(|(plane, src)| {
+        crate::par::for_each_chunk_zip(
+            &mut xp[..self.image],
+            ph * pw,
+            x,
+            ih * iw,
+            |_, plane, src| {
                 for (r, row) in plane.chunks_mut(pw).enumerate() {
                     if r < pt || r - pt >= ih {
                         row.fill(0.0);
@@ -210,7 +212,8 @@ impl WinogradPlan {
                     crate::gemm::pack::copy_floats(&mut row[pl..pl + iw], s);
                     row[pl + iw..].fill(0.0);
                 }
-            });
+            },
+        );
     }
 
     /// Conv rows `r0..r1` of one image from its padded copy `xp` into `out`
@@ -247,7 +250,7 @@ impl WinogradPlan {
             band,
             pass,
         };
-        let threads = rayon::current_num_threads();
+        let threads = crate::par::threads();
         if clock.is_none() && threads > 1 && g.groups >= 2 * threads {
             out[..g.groups * og * band]
                 .par_chunks_mut(og * band)
