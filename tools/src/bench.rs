@@ -103,35 +103,60 @@ pub fn save_wisdom_or_warn(path: &std::path::Path) {
     }
 }
 
-/// Times one (layer, algorithm): pack time, then median and min of the runs.
-pub fn time_layer(
-    spec: &ConvSpec,
-    g: &Geometry,
-    opts: &PlanOptions,
-    min_reps: usize,
-) -> Result<(Plan, f64, f64, f64), String> {
-    let (x, w, b, r) = operands(g, 0x5eed);
+/// Plans one (layer, algorithm) and returns the plan with its packing time.
+pub fn plan_layer(spec: &ConvSpec, opts: &PlanOptions) -> Result<(Plan, f64), String> {
+    let g = Geometry::new(spec).map_err(|e| e.to_string())?;
+    let (_, w, b, _) = operands(&g, 0x5eed);
     // The first plan may tune (measure the candidates); the second finds the choice in the
     // cache, so its time is the packing a user pays per plan.
     let plan = Plan::new(spec, &w, b.as_deref(), opts).map_err(|e| e.to_string())?;
     let t = Instant::now();
     drop(Plan::new(spec, &w, b.as_deref(), opts).map_err(|e| e.to_string())?);
-    let pack_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok((plan, t.elapsed().as_secs_f64() * 1e3))
+}
+
+/// Times plans of one layer side by side: two warm-up runs each, then rounds of one run per
+/// plan (A B C A B C ...) until every plan has `min_reps` runs and 0.3 s a plan has passed (at
+/// most 200 rounds). Returns each plan's (median, min) ms.
+///
+/// In rounds, a burst of interference on this kind of shared host hits every plan alike;
+/// timed one after the other, one algorithm could spend its whole 0.3 s inside a burst and
+/// the `--algo all` comparison named the wrong one fastest.
+pub fn time_plans(
+    g: &Geometry,
+    plans: &[&Plan],
+    min_reps: usize,
+) -> Result<Vec<(f64, f64)>, String> {
+    let (x, _, _, r) = operands(g, 0x5eed);
     let mut y = vec![0f32; g.output_len()];
-    for _ in 0..2 {
-        plan.run(&x, r.as_deref(), &mut y)
-            .map_err(|e| e.to_string())?;
-    }
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < min_reps || (start.elapsed().as_secs_f64() < 0.3 && times.len() < 200) {
+    let mut run = |plan: &Plan| -> Result<f64, String> {
         let t = Instant::now();
         plan.run(&x, r.as_deref(), &mut y)
             .map_err(|e| e.to_string())?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    for plan in plans {
+        for _ in 0..2 {
+            run(plan)?;
+        }
     }
-    times.sort_by(f64::total_cmp);
-    Ok((plan, pack_ms, times[times.len() / 2], times[0]))
+    let mut times = vec![Vec::new(); plans.len()];
+    let start = Instant::now();
+    let budget_s = 0.3 * plans.len() as f64;
+    let mut rounds = 0;
+    while rounds < min_reps || (start.elapsed().as_secs_f64() < budget_s && rounds < 200) {
+        for (plan, t) in plans.iter().zip(times.iter_mut()) {
+            t.push(run(plan)?);
+        }
+        rounds += 1;
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            (t[t.len() / 2], t[0])
+        })
+        .collect())
 }
 
 /// Times the data or the weight gradient of a layer's convolution (`dz` of the conv-output
@@ -411,8 +436,10 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 vec![Some(al)]
             }
         };
+        // Plan every algorithm of the layer first, then time them side by side.
+        let mut planned = Vec::new();
         for al in algos {
-            eprint!(
+            eprintln!(
                 "[{}/{}] {name} {} ...",
                 i + 1,
                 specs.len(),
@@ -427,7 +454,12 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 band_rows,
                 ..Default::default()
             };
-            let (plan, pack_ms, med, min) = time_layer(spec, &g, &opts, min_reps)?;
+            let (plan, pack_ms) = plan_layer(spec, &opts)?;
+            planned.push((al, opts, plan, pack_ms));
+        }
+        let plans: Vec<&Plan> = planned.iter().map(|p| &p.2).collect();
+        let timed = time_plans(&g, &plans, min_reps)?;
+        for ((al, opts, plan, pack_ms), (med, min)) in planned.into_iter().zip(timed) {
             let error = if check {
                 Some(sampled_error(spec, &plan, &opts, 4096)?)
             } else {
@@ -440,7 +472,12 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
             };
             let choice = plan.choice().clone();
             let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
-            eprintln!(" {med:.3} ms, {gflops:.1} GFLOP/s");
+            eprintln!(
+                "[{}/{}] {name} {}: {med:.3} ms, {gflops:.1} GFLOP/s",
+                i + 1,
+                specs.len(),
+                plan.algo().name()
+            );
             rows.push(Row {
                 layer: name.clone(),
                 algo: plan.algo().name().to_string(),
