@@ -17,7 +17,7 @@
 //! Columns of a tile past the output row read the next row or the slack: they are computed
 //! and never stored.
 
-use crate::arch::{activate_tile, run_gemm_tile, BPanel, GemmBias, OffsetTable, SharedMut};
+use crate::arch::{activate_tile, run_gemm_column, BPanel, GemmBias, OffsetTable, SharedMut};
 use crate::gemm::{Blocking, PackedA};
 use crate::geometry::Geometry;
 use crate::kernels::GemmUkernel;
@@ -252,7 +252,8 @@ impl DirectPlan {
             let grp_base = grp * cpg * self.layout.chan;
             let c_grp = grp * opg * band;
             let blocks = pa.blocks();
-            let mut spill = vec![0f32; uk.mr * uk.nr];
+            // Row-crossing tiles of a whole MC block of rows.
+            let mut spill = vec![0f32; panels_m.min(mc_panels) * uk.mr * uk.nr];
             let pack_panels = pack_b_above();
             // The packed B panel, allocated only when some MC block packs (see below).
             let kc_max = blocks.iter().map(|b| b.1).max().unwrap_or(0);
@@ -291,69 +292,67 @@ impl DirectPlan {
                                 );
                             }
                         }
-                        for panel in ic..ic_end {
-                            let i0 = panel * uk.mr;
-                            let m = uk.mr.min(opg - i0);
-                            let off = c_grp + i0 * band + row * ow + col;
-                            let tb = match bias {
-                                Some(b) => GemmBias::Row(&b[grp * opg + i0..]),
-                                None => GemmBias::None,
-                            };
-                            let b = if packed_b {
-                                BPanel::Packed(&bpanel[..kc * uk.nr])
-                            } else {
-                                BPanel::Indirect {
-                                    x: xp,
-                                    base,
-                                    offsets: table,
-                                }
-                            };
-                            let load = accumulate || !first;
-                            // A tile inside one output row writes C in place; a row-crossing
-                            // one goes through `spill` (rows of NR): C's row segments gathered
-                            // in, the kernel run there, the segments put back.
-                            let c_panel = c_grp + i0 * band;
-                            let seg_off = |r: usize, c: usize| c_panel + r * ow + c;
-                            if !in_row && load {
-                                for (t, r, c, len) in segments(q0, ncur, pw, ow) {
-                                    for i in 0..m {
-                                        shared.read_into(
-                                            seg_off(r, c) + i * band,
-                                            &mut spill[i * uk.nr + t..i * uk.nr + t + len],
-                                        );
-                                    }
-                                }
+                        // LOOP 1 over the MR panels of the MC block runs inside
+                        // `run_gemm_column`: `rows` rows of C from row i0.
+                        let i0 = ic * uk.mr;
+                        let rows = (ic_end * uk.mr).min(opg) - i0;
+                        let tb = match bias {
+                            Some(b) => GemmBias::Row(&b[grp * opg + i0..]),
+                            None => GemmBias::None,
+                        };
+                        let b = if packed_b {
+                            BPanel::Packed(&bpanel[..kc * uk.nr])
+                        } else {
+                            BPanel::Indirect {
+                                x: xp,
+                                base,
+                                offsets: table,
                             }
-                            let spill_c;
-                            let (c, c_off, rsc) = if in_row {
-                                (&shared, off, band)
-                            } else {
-                                spill_c = SharedMut::new(&mut spill[..]);
-                                (&spill_c, 0, uk.nr)
-                            };
-                            run_gemm_tile(
-                                uk,
-                                kc,
-                                pa.panel(bi, panel),
-                                b,
-                                c,
-                                c_off,
-                                rsc,
-                                m,
-                                ncur,
-                                load,
-                                last,
-                                tb,
-                                clamp,
-                            );
-                            if let (true, Some((kernel, act))) = (last, activation) {
-                                activate_tile(&kernel, act, c, c_off, rsc, m, ncur);
-                            }
-                            if in_row {
-                                continue;
-                            }
+                        };
+                        let load = accumulate || !first;
+                        // A tile inside one output row writes C in place; a row-crossing one
+                        // goes through `spill` (rows of NR): C's row segments gathered in, the
+                        // kernel run there, the segments put back.
+                        let c_col = c_grp + i0 * band;
+                        let seg_off = |r: usize, c: usize| c_col + r * ow + c;
+                        if !in_row && load {
                             for (t, r, c, len) in segments(q0, ncur, pw, ow) {
-                                for i in 0..m {
+                                for i in 0..rows {
+                                    shared.read_into(
+                                        seg_off(r, c) + i * band,
+                                        &mut spill[i * uk.nr + t..i * uk.nr + t + len],
+                                    );
+                                }
+                            }
+                        }
+                        let spill_c;
+                        let (c, c_off, rsc) = if in_row {
+                            (&shared, c_col + row * ow + col, band)
+                        } else {
+                            spill_c = SharedMut::new(&mut spill[..]);
+                            (&spill_c, 0, uk.nr)
+                        };
+                        run_gemm_column(
+                            uk,
+                            kc,
+                            pa.panels(bi, ic..ic_end),
+                            b,
+                            c,
+                            c_off,
+                            rsc,
+                            rows,
+                            ncur,
+                            load,
+                            last,
+                            tb,
+                            clamp,
+                        );
+                        if let (true, Some((kernel, act))) = (last, activation) {
+                            activate_tile(&kernel, act, c, c_off, rsc, rows, ncur);
+                        }
+                        if !in_row {
+                            for (t, r, c, len) in segments(q0, ncur, pw, ow) {
+                                for i in 0..rows {
                                     shared.write_from(
                                         seg_off(r, c) + i * band,
                                         &spill[i * uk.nr + t..i * uk.nr + t + len],

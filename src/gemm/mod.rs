@@ -13,7 +13,7 @@
 //! Every element of C sums its K blocks in the same order whatever the number of threads,
 //! so results are bitwise identical across thread counts.
 
-use crate::arch::{activate_tile, run_gemm_tile, BPanel, GemmBias, OffsetTable, SharedMut};
+use crate::arch::{activate_tile, run_gemm_column, BPanel, GemmBias, OffsetTable, SharedMut};
 use crate::kernels::GemmUkernel;
 use crate::sysinfo::Caches;
 use crate::tensor::{aligned_zeros, AlignedBuf};
@@ -161,10 +161,15 @@ impl PackedA {
 
     /// The MR x kc micro-panel `panel` of K block `block`.
     pub fn panel(&self, block: usize, panel: usize) -> &[f32] {
+        self.panels(block, panel..panel + 1)
+    }
+
+    /// The micro-panels `panels` of K block `block`, one after another.
+    pub fn panels(&self, block: usize, panels: std::ops::Range<usize>) -> &[f32] {
         let (p0, kc) = self.blocks[block];
         let mp = self.m.div_ceil(self.mr) * self.mr;
-        let base = p0 * mp + panel * kc * self.mr;
-        &self.buf[base..base + kc * self.mr]
+        let base = p0 * mp;
+        &self.buf[base + panels.start * kc * self.mr..base + panels.end * kc * self.mr]
     }
 }
 
@@ -455,24 +460,33 @@ fn block_tiles(
                 },
                 _ => BPanel::Packed(&bp[jp * uk.nr * step.kc..]),
             };
-            for panel in ic..ic_end {
-                let i0 = panel * uk.mr;
-                let mcur = uk.mr.min(m - i0);
-                let bias = match epi.bias {
-                    GemmBias::None => GemmBias::None,
-                    GemmBias::Row(s) => GemmBias::Row(&s[i0..]),
-                    GemmBias::Col(s) => GemmBias::Col(&s[jj..]),
-                };
-                let off = c_offset + i0 * rsc + jj;
-                let load = epi.accumulate || !step.first;
-                let ap = a.panel(step.bi, panel);
-                run_gemm_tile(
-                    uk, step.kc, ap, bpanel, c, off, rsc, mcur, ncur_t, load, step.last, bias,
-                    epi.clamp,
-                );
-                if let (true, Some((kernel, act))) = (step.last, epi.activation) {
-                    activate_tile(&kernel, act, c, off, rsc, mcur, ncur_t);
-                }
+            // LOOP 1, the MR panels of the MC block, runs inside `run_gemm_column`.
+            let i0 = ic * uk.mr;
+            let rows = (ic_end * uk.mr).min(m) - i0;
+            let bias = match epi.bias {
+                GemmBias::None => GemmBias::None,
+                GemmBias::Row(s) => GemmBias::Row(&s[i0..]),
+                GemmBias::Col(s) => GemmBias::Col(&s[jj..]),
+            };
+            let off = c_offset + i0 * rsc + jj;
+            let load = epi.accumulate || !step.first;
+            run_gemm_column(
+                uk,
+                step.kc,
+                a.panels(step.bi, ic..ic_end),
+                bpanel,
+                c,
+                off,
+                rsc,
+                rows,
+                ncur_t,
+                load,
+                step.last,
+                bias,
+                epi.clamp,
+            );
+            if let (true, Some((kernel, act))) = (step.last, epi.activation) {
+                activate_tile(&kernel, act, c, off, rsc, rows, ncur_t);
             }
         }
         ic = ic_end;
