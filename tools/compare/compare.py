@@ -6,7 +6,10 @@ alike. For each layer and thread count: onnxruntime runs a one-layer ONNX model 
 layer's activation and pool, graph optimizations on, so MLAS fuses what it can), OpenVINO
 runs the same model (f32 precision hint, one stream, latency hint), then `convkit bench
 --layers NAME` (auto choice, tuned) runs the same layer. All report the median of repeated
-runs after warm-up; GFLOP/s use the suite's FLOP count. OpenVINO is skipped (a "-" column)
+runs after warm-up; GFLOP/s use the suite's FLOP count. Each layer's alternation is repeated
+`--rounds` times (default 3) and each engine keeps its fastest median: this host's interference
+comes in bursts of seconds, and one 0.3 s measurement inside a burst had put single layers at
+half their speed, for any engine. OpenVINO is skipped (a "-" column)
 when it cannot be installed.
 
 With `--rust-peers`, candle (the `convkit-candle` crate of integrations/candle, built here:
@@ -16,7 +19,7 @@ one-layer ONNX model) join each layer's alternation. tract runs a model on the c
 so it is timed in the one-thread rows only.
 
 Usage (creates its own virtualenv with numpy, onnx, onnxruntime and openvino on first use):
-    python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--out DIR] [--rust-peers]
+    python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--rounds 3] [--out DIR] [--rust-peers]
 Writes DIR/compare.md (a markdown table with ratios and a geomean row), DIR/compare.json, and
 three SVG charts: DIR/gflops.svg (GFLOP/s per layer per engine with the FMA peak line, one
 thread), DIR/roofline.svg (each layer's arithmetic intensity against its GFLOP/s, under the
@@ -347,6 +350,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", default="")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations per layer; each engine keeps its fastest median")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
     ap.add_argument("--charts-from", default="", help="redraw the charts from a compare.json, measuring nothing")
     ap.add_argument("--rust-peers", action="store_true",
@@ -389,11 +393,17 @@ def main():
     for threads in [int(t) for t in args.threads.split(",")]:
         for l in layers:
             gf = flops(l) / 1e9
-            ort_ms = time_ort(l, threads)
-            ov_ms = time_openvino(l, threads)
-            cd_ms = time_candle(candle, l["name"], threads)
-            tr_ms = time_tract(tract, l, threads)
-            ck_ms, algo, peak = time_convkit(binary, l["name"], threads, wisdom)
+            def fastest(a, b):
+                return b if a is None else a if b is None else min(a, b)
+
+            ort_ms = ov_ms = cd_ms = tr_ms = ck_ms = None
+            for _ in range(max(1, args.rounds)):
+                ort_ms = fastest(ort_ms, time_ort(l, threads))
+                ov_ms = fastest(ov_ms, time_openvino(l, threads))
+                cd_ms = fastest(cd_ms, time_candle(candle, l["name"], threads))
+                tr_ms = fastest(tr_ms, time_tract(tract, l, threads))
+                ms, algo, peak = time_convkit(binary, l["name"], threads, wisdom)
+                ck_ms = fastest(ck_ms, ms)
             best_ms = min(m for m in (ort_ms, ov_ms, cd_ms, tr_ms) if m)
             rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
                          "convkit_ms": ck_ms, "convkit_gflops": gf / ck_ms * 1e3, "ort_ms": ort_ms,
