@@ -301,3 +301,89 @@ fn strided_gather_on_every_tier() {
         }
     }
 }
+
+/// `run_gemm_column` (LOOP 1 of the GEMM and of direct) must write exactly what one
+/// `run_gemm_tile` per MR panel writes: bitwise, with a short last panel, a row bias that
+/// moves down the column, strided C, and nothing outside the column touched.
+#[test]
+fn a_column_of_tiles_matches_tile_by_tile_calls() {
+    use convkit::arch::run_gemm_column;
+    let mut rng = Rng::new(5);
+    for isa in available_isas() {
+        for uk in isa.kernels().unwrap().gemm {
+            for &(k, rows, n) in &[
+                (17usize, 3 * uk.mr - 1, uk.nr),
+                (64, 2 * uk.mr + 1, uk.nr - 3),
+                (5, 1, 1),
+            ] {
+                let tiles = rows.div_ceil(uk.mr);
+                let a = rand_vec(&mut rng, tiles * k * uk.mr);
+                let b = rand_vec(&mut rng, k * uk.nr);
+                let bias = rand_vec(&mut rng, rows);
+                let rsc = uk.nr + 7;
+                let off = rsc + 2;
+                let len = (rows + 2) * rsc;
+                let c0 = rand_vec(&mut rng, len);
+                for load_c in [false, true] {
+                    let mut by_column = c0.clone();
+                    run_gemm_column(
+                        uk,
+                        k,
+                        &a,
+                        BPanel::Packed(&b),
+                        &SharedMut::new(&mut by_column),
+                        off,
+                        rsc,
+                        rows,
+                        n,
+                        load_c,
+                        true,
+                        GemmBias::Row(&bias),
+                        (-0.75, 0.75),
+                    );
+                    let mut by_tile = c0.clone();
+                    for t in 0..tiles {
+                        let i0 = t * uk.mr;
+                        run_gemm_tile(
+                            uk,
+                            k,
+                            &a[t * k * uk.mr..],
+                            BPanel::Packed(&b),
+                            &SharedMut::new(&mut by_tile),
+                            off + i0 * rsc,
+                            rsc,
+                            uk.mr.min(rows - i0),
+                            n,
+                            load_c,
+                            true,
+                            GemmBias::Row(&bias[i0..]),
+                            (-0.75, 0.75),
+                        );
+                    }
+                    let differ = by_column
+                        .iter()
+                        .zip(&by_tile)
+                        .position(|(x, y)| x.to_bits() != y.to_bits());
+                    assert_eq!(
+                        differ, None,
+                        "{}: k {k}, {rows} rows x {n}: column and tile-by-tile results differ",
+                        uk.name
+                    );
+                    // Outside the column C is untouched.
+                    for (idx, (&v, &v0)) in by_column.iter().zip(&c0).enumerate() {
+                        let inside =
+                            idx >= off && (idx - off) / rsc < rows && (idx - off) % rsc < n;
+                        if !inside {
+                            assert_eq!(
+                                v.to_bits(),
+                                v0.to_bits(),
+                                "{}: wrote outside at {idx}",
+                                uk.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
