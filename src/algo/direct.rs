@@ -252,8 +252,15 @@ impl DirectPlan {
             let grp_base = grp * cpg * self.layout.chan;
             let c_grp = grp * opg * band;
             let blocks = pa.blocks();
-            // Row-crossing tiles of a whole MC block of rows.
-            let mut spill = vec![0f32; panels_m.min(mc_panels) * uk.mr * uk.nr];
+            // Row-crossing tiles of a whole MC block of rows (only flat tiles cross rows).
+            let mut spill = vec![
+                0f32;
+                if flat {
+                    panels_m.min(mc_panels) * uk.mr * uk.nr
+                } else {
+                    0
+                }
+            ];
             let pack_panels = pack_b_above();
             // The packed B panel, allocated only when some MC block packs (see below).
             let kc_max = blocks.iter().map(|b| b.1).max().unwrap_or(0);

@@ -426,60 +426,14 @@ pub fn run_gemm_tile(
     bias: GemmBias,
     clamp: (f32, f32),
 ) {
-    use crate::kernels::{GemmTile, TileBias};
     assert!(
-        uk.isa.is_available(),
-        "kernel {} needs a tier this CPU lacks",
-        uk.name
+        m >= 1 && m <= uk.mr,
+        "tile of {m} rows outside 1..={}",
+        uk.mr
     );
-    assert!(
-        m >= 1 && m <= uk.mr && n >= 1 && n <= uk.nr,
-        "tile {m}x{n} outside 1..={}x1..={}",
-        uk.mr,
-        uk.nr
+    run_gemm_column(
+        uk, k, a, b, c, c_offset, rsc, m, n, load_c, finish, bias, clamp,
     );
-    assert!(a.len() >= k * uk.mr, "packed A panel shorter than k = {k}");
-    let (b_ptr, b_off) = b.checked_parts(k, uk.nr);
-    assert!(
-        n <= rsc || m == 1,
-        "row stride {rsc} narrower than the tile"
-    );
-    let last = c_offset + (m - 1) * rsc + n;
-    assert!(
-        last <= c.len,
-        "C tile ends at {last}, past the buffer's {}",
-        c.len
-    );
-    let bias = match bias {
-        GemmBias::None => TileBias::None,
-        GemmBias::Row(s) => {
-            assert!(s.len() >= m, "row bias shorter than the tile");
-            TileBias::Row(s.as_ptr())
-        }
-        GemmBias::Col(s) => {
-            assert!(s.len() >= n, "column bias shorter than the tile");
-            TileBias::Col(s.as_ptr())
-        }
-    };
-    let tile = GemmTile {
-        k,
-        a: a.as_ptr(),
-        b: b_ptr,
-        b_off,
-        c: c.ptr.wrapping_add(c_offset),
-        rsc,
-        m,
-        n,
-        load_c,
-        finish,
-        bias,
-        lo: clamp.0,
-        hi: clamp.1,
-    };
-    // SAFETY: the tier is available (checked), the A panel is long enough, every B row lies
-    // inside its buffer (packed length, or base + largest offset + NR, checked), the C tile
-    // lies inside the buffer (checked), and the bias covers the tile (checked).
-    unsafe { (uk.run)(&tile) }
 }
 
 /// Runs the microkernel down a column of C: `rows` rows (`rows.div_ceil(mr)` tiles, the last
