@@ -21,7 +21,6 @@ use crate::arch::{activate_tile, run_gemm_column, BPanel, GemmBias, OffsetTable,
 use crate::gemm::{Blocking, PackedA};
 use crate::geometry::Geometry;
 use crate::kernels::GemmUkernel;
-use rayon::prelude::*;
 
 /// A tier's strided gather ([`crate::kernels::KernelTable::gather`]).
 pub type Gather = fn(&mut [f32], &[f32], usize);
@@ -372,12 +371,7 @@ impl DirectPlan {
                 }
             }
         };
-        let ntasks = g.groups * chunks;
-        if threads > 1 && ntasks > 1 {
-            (0..ntasks).into_par_iter().for_each(task);
-        } else {
-            (0..ntasks).for_each(task);
-        }
+        crate::par::for_each_index(g.groups * chunks, task);
     }
 }
 

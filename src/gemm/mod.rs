@@ -159,11 +159,6 @@ impl PackedA {
         &self.blocks
     }
 
-    /// The MR x kc micro-panel `panel` of K block `block`.
-    pub fn panel(&self, block: usize, panel: usize) -> &[f32] {
-        self.panels(block, panel..panel + 1)
-    }
-
     /// The micro-panels `panels` of K block `block`, one after another.
     pub fn panels(&self, block: usize, panels: std::ops::Range<usize>) -> &[f32] {
         let (p0, kc) = self.blocks[block];

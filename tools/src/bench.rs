@@ -103,19 +103,23 @@ pub fn save_wisdom_or_warn(path: &std::path::Path) {
     }
 }
 
-/// Plans one (layer, algorithm) and returns the plan with its packing time.
-pub fn plan_layer(spec: &ConvSpec, opts: &PlanOptions) -> Result<(Plan, f64), String> {
-    let g = Geometry::new(spec).map_err(|e| e.to_string())?;
-    let (_, w, b, _) = operands(&g, 0x5eed);
+/// Plans one (layer, algorithm) with weights `w` and bias `b`, and returns the plan with
+/// its packing time.
+pub fn plan_layer(
+    spec: &ConvSpec,
+    w: &[f32],
+    b: Option<&[f32]>,
+    opts: &PlanOptions,
+) -> Result<(Plan, f64), String> {
     // The first plan may tune (measure the candidates); the second finds the choice in the
     // cache, so its time is the packing a user pays per plan.
-    let plan = Plan::new(spec, &w, b.as_deref(), opts).map_err(|e| e.to_string())?;
+    let plan = Plan::new(spec, w, b, opts).map_err(|e| e.to_string())?;
     let t = Instant::now();
-    drop(Plan::new(spec, &w, b.as_deref(), opts).map_err(|e| e.to_string())?);
+    drop(Plan::new(spec, w, b, opts).map_err(|e| e.to_string())?);
     Ok((plan, t.elapsed().as_secs_f64() * 1e3))
 }
 
-/// Times plans of one layer side by side: two warm-up runs each, then rounds of one run per
+/// Times plans of one layer on input `x` (and residual `r`) side by side: two warm-up runs each, then rounds of one run per
 /// plan (A B C A B C ...) until every plan has `min_reps` runs and 0.3 s a plan has passed (at
 /// most 200 rounds). Returns each plan's (median, min) ms.
 ///
@@ -124,15 +128,15 @@ pub fn plan_layer(spec: &ConvSpec, opts: &PlanOptions) -> Result<(Plan, f64), St
 /// the `--algo all` comparison named the wrong one fastest.
 pub fn time_plans(
     g: &Geometry,
+    x: &[f32],
+    r: Option<&[f32]>,
     plans: &[&Plan],
     min_reps: usize,
 ) -> Result<Vec<(f64, f64)>, String> {
-    let (x, _, _, r) = operands(g, 0x5eed);
     let mut y = vec![0f32; g.output_len()];
     let mut run = |plan: &Plan| -> Result<f64, String> {
         let t = Instant::now();
-        plan.run(&x, r.as_deref(), &mut y)
-            .map_err(|e| e.to_string())?;
+        plan.run(x, r, &mut y).map_err(|e| e.to_string())?;
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
     for plan in plans {
@@ -436,7 +440,9 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 vec![Some(al)]
             }
         };
-        // Plan every algorithm of the layer first, then time them side by side.
+        // Plan every algorithm of the layer first, then time them side by side on one set of
+        // operands.
+        let (x, w, b, r) = operands(&g, 0x5eed);
         let mut planned = Vec::new();
         for al in algos {
             eprintln!(
@@ -454,11 +460,11 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 band_rows,
                 ..Default::default()
             };
-            let (plan, pack_ms) = plan_layer(spec, &opts)?;
+            let (plan, pack_ms) = plan_layer(spec, &w, b.as_deref(), &opts)?;
             planned.push((al, opts, plan, pack_ms));
         }
         let plans: Vec<&Plan> = planned.iter().map(|p| &p.2).collect();
-        let timed = time_plans(&g, &plans, min_reps)?;
+        let timed = time_plans(&g, &x, r.as_deref(), &plans, min_reps)?;
         for ((al, opts, plan, pack_ms), (med, min)) in planned.into_iter().zip(timed) {
             let error = if check {
                 Some(sampled_error(spec, &plan, &opts, 4096)?)
