@@ -61,6 +61,9 @@ pub struct GemmTile {
     pub hi: f32,
 }
 
+/// A microkernel entry: one tile (or, for a narrow kernel, one column of tiles).
+pub type TileFn = unsafe fn(&GemmTile);
+
 /// A GEMM microkernel descriptor.
 /// Only convkit builds these (`#[non_exhaustive]`): its safe doors trust a descriptor's
 /// function to honour the kernel contract.
@@ -83,6 +86,14 @@ pub struct GemmUkernel {
     /// valid for `m` rows of `n` floats at stride `rsc`, with `1 <= m <= mr`, `1 <= n <= nr`;
     /// a `Row` bias holds `m` floats, a `Col` bias `n`.
     pub run: unsafe fn(&GemmTile),
+    /// A kernel for narrow columns, `(widest n, kernel)`: it takes a whole column of tiles
+    /// in one call (`m` may exceed `mr`: `m.div_ceil(mr)` A panels one after another, each
+    /// `k * mr` floats, C rows at stride `rsc` throughout) and, for `n` up to its width,
+    /// computes the same bits as `run` tile by tile. `None` where the tier has none.
+    ///
+    /// # Safety
+    /// As `run`, with `1 <= n <= ` the width and `a` holding `m.div_ceil(mr)` panels.
+    pub narrow: Option<(usize, TileFn)>,
 }
 
 /// All kernels of one ISA tier.

@@ -833,7 +833,7 @@ impl Plan {
                     };
                     (uk.run)(&mut p);
                     if let Some((kernel, act)) = activation {
-                        (kernel.run)(act, plane);
+                        (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(plane));
                     }
                 }
             }

@@ -303,34 +303,65 @@ fn strided_gather_on_every_tier() {
 }
 
 /// `run_gemm_column` (LOOP 1 of the GEMM and of direct) must write exactly what one
-/// `run_gemm_tile` per MR panel writes: bitwise, with a short last panel, a row bias that
-/// moves down the column, strided C, and nothing outside the column touched.
+/// `run_gemm_tile` per MR panel writes: bitwise, with a short last panel, a row or column
+/// bias, packed or indirect B, strided C, and nothing outside the column touched. Narrow
+/// columns (n up to 5) over many tiles take the tier's narrow kernel where it has one
+/// (several tiles side by side), which must give the tile kernel's bits.
 #[test]
 fn a_column_of_tiles_matches_tile_by_tile_calls() {
     use convkit::arch::run_gemm_column;
     let mut rng = Rng::new(5);
     for isa in available_isas() {
         for uk in isa.kernels().unwrap().gemm {
-            for &(k, rows, n) in &[
+            let mut cases = vec![
                 (17usize, 3 * uk.mr - 1, uk.nr),
                 (64, 2 * uk.mr + 1, uk.nr - 3),
                 (5, 1, 1),
-            ] {
+            ];
+            // 11 tiles, the last short: a group of 8 side by side and 3 one by one.
+            for n in 1..=5 {
+                cases.push((33, 11 * uk.mr - 2, n));
+            }
+            for (case, &(k, rows, n)) in cases.iter().enumerate() {
                 let tiles = rows.div_ceil(uk.mr);
                 let a = rand_vec(&mut rng, tiles * k * uk.mr);
                 let b = rand_vec(&mut rng, k * uk.nr);
-                let bias = rand_vec(&mut rng, rows);
+                // Indirect B: row p at a scattered offset of an image.
+                let image = rand_vec(&mut rng, k * uk.nr * 3);
+                let offsets =
+                    OffsetTable::new((0..k).map(|p| (p * 7 % k) * 3 * uk.nr + 5).collect());
+                let row_bias = rand_vec(&mut rng, rows);
+                let col_bias = rand_vec(&mut rng, n);
                 let rsc = uk.nr + 7;
                 let off = rsc + 2;
                 let len = (rows + 2) * rsc;
                 let c0 = rand_vec(&mut rng, len);
-                for load_c in [false, true] {
+                let indirect = case % 2 == 1;
+                let b_panel = || {
+                    if indirect {
+                        BPanel::Indirect {
+                            x: &image,
+                            base: 1,
+                            offsets: &offsets,
+                        }
+                    } else {
+                        BPanel::Packed(&b)
+                    }
+                };
+                for (load_c, row) in [(false, true), (true, true), (false, false)] {
+                    let bias_at = |i0: usize| {
+                        if row {
+                            GemmBias::Row(&row_bias[i0..])
+                        } else {
+                            GemmBias::Col(&col_bias)
+                        }
+                    };
                     let mut by_column = c0.clone();
                     run_gemm_column(
                         uk,
                         k,
                         &a,
-                        BPanel::Packed(&b),
+                        b_panel(),
                         &SharedMut::new(&mut by_column),
                         off,
                         rsc,
@@ -338,7 +369,7 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
                         n,
                         load_c,
                         true,
-                        GemmBias::Row(&bias),
+                        bias_at(0),
                         (-0.75, 0.75),
                     );
                     let mut by_tile = c0.clone();
@@ -348,7 +379,7 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
                             uk,
                             k,
                             &a[t * k * uk.mr..],
-                            BPanel::Packed(&b),
+                            b_panel(),
                             &SharedMut::new(&mut by_tile),
                             off + i0 * rsc,
                             rsc,
@@ -356,7 +387,7 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
                             n,
                             load_c,
                             true,
-                            GemmBias::Row(&bias[i0..]),
+                            bias_at(i0),
                             (-0.75, 0.75),
                         );
                     }
@@ -366,7 +397,8 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
                         .position(|(x, y)| x.to_bits() != y.to_bits());
                     assert_eq!(
                         differ, None,
-                        "{}: k {k}, {rows} rows x {n}: column and tile-by-tile results differ",
+                        "{}: k {k}, {rows} rows x {n}, indirect {indirect}, row bias {row}, \
+                         load {load_c}: column and tile-by-tile results differ",
                         uk.name
                     );
                     // Outside the column C is untouched.

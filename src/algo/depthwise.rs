@@ -170,7 +170,7 @@ pub fn run_multiplier_blocks(
             }
             if let Some((kernel, act)) = activation {
                 for plane in planes.chunks_mut(band) {
-                    (kernel.run)(act, plane);
+                    (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(plane));
                 }
             }
         }
@@ -354,7 +354,7 @@ pub fn run_channel_blocks(
             }
             if let Some((kernel, act)) = activation {
                 for plane in planes.chunks_mut(band) {
-                    (kernel.run)(act, plane);
+                    (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(plane));
                 }
             }
         }

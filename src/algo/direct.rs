@@ -88,40 +88,44 @@ impl PhaseLayout {
         // sw times (once a phase) while it is in L1. (Phase by phase, each input row came
         // back from L2 sw times: alexnet.conv1's stride-4 split.)
         let plane_len = ph * pw;
-        for (py, r, px) in (0..sh)
-            .flat_map(|py| (0..ph).map(move |r| (py, r)))
-            .flat_map(|(py, r)| (0..sw).map(move |px| (py, r, px)))
-        {
-            let phase = py * sw + px;
-            let row = &mut dst[phase * plane_len + r * pw..phase * plane_len + (r + 1) * pw];
-            let y = r * sh + py;
-            if y < pt || y - pt >= ih {
-                row.fill(0.0);
-                continue;
-            }
-            let srow = &src[(y - pt) * iw..(y - pt + 1) * iw];
-            // Columns cc with pl <= cc*sw + px < pl + iw hold input; the rest
-            // is padding.
-            let c0 = pl.saturating_sub(px).div_ceil(sw).min(row.len());
-            let c1 = (pl + iw)
-                .saturating_sub(px)
-                .div_ceil(sw)
-                .clamp(c0, row.len());
-            row[..c0].fill(0.0);
-            row[c1..].fill(0.0);
-            if c1 > c0 {
-                let first = c0 * sw + px - pl;
-                if sw == 1 {
-                    crate::gemm::pack::copy_floats(
-                        &mut row[c0..c1],
-                        &srow[first..first + (c1 - c0)],
-                    );
-                } else {
-                    // The tier's strided gather, reading ahead within the channel so
-                    // whole runs go in vector blocks (a step_by/zip chain here ran at
-                    // 2.5 ns a float, a scalar loop at ~3 cycles, and dominated
-                    // mobilenetv2.dw56s2).
-                    (gather)(&mut row[c0..c1], &src[(y - pt) * iw + first..], sw);
+        // Per column phase px: the phase-row columns c0..c1 that hold input (pl <= cc*sw + px
+        // < pl + iw; the rest is padding) and the input column of c0. The same for every row:
+        // found once (four divisions a row had cost more than the row's copy).
+        let cols: Vec<(usize, usize, usize)> = (0..sw)
+            .map(|px| {
+                let c0 = pl.saturating_sub(px).div_ceil(sw).min(pw);
+                let c1 = (pl + iw).saturating_sub(px).div_ceil(sw).clamp(c0, pw);
+                (c0, c1, (c0 * sw + px).saturating_sub(pl))
+            })
+            .collect();
+        for py in 0..sh {
+            for r in 0..ph {
+                let y = r * sh + py;
+                let in_image = y >= pt && y - pt < ih;
+                for (px, &(c0, c1, first)) in cols.iter().enumerate() {
+                    let phase = py * sw + px;
+                    let row = &mut dst[phase * plane_len + r * pw..][..pw];
+                    if !in_image {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    row[..c0].fill(0.0);
+                    row[c1..].fill(0.0);
+                    if c1 > c0 {
+                        let at = (y - pt) * iw + first;
+                        if sw == 1 {
+                            crate::gemm::pack::copy_floats(
+                                &mut row[c0..c1],
+                                &src[at..at + (c1 - c0)],
+                            );
+                        } else {
+                            // The tier's strided gather, reading ahead within the channel so
+                            // whole runs go in vector blocks (a step_by/zip chain here ran at
+                            // 2.5 ns a float, a scalar loop at ~3 cycles, and dominated
+                            // mobilenetv2.dw56s2).
+                            (gather)(&mut row[c0..c1], &src[at..], sw);
+                        }
+                    }
                 }
             }
         }

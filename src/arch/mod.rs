@@ -78,14 +78,14 @@ macro_rules! act_kernel {
                 run: act,
             };
 
-        fn act(a: crate::epilogue::Activation, data: &mut [f32]) {
+        fn act(a: crate::epilogue::Activation, data: crate::arch::activation::RowsMut<'_>) {
             assert!(Isa::$isa.is_available(), "{} on a CPU without it", $name);
             // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
             unsafe { act_tf(a, data) }
         }
 
         #[target_feature(enable = $features)]
-        fn act_tf(a: crate::epilogue::Activation, data: &mut [f32]) {
+        fn act_tf(a: crate::epilogue::Activation, data: crate::arch::activation::RowsMut<'_>) {
             crate::arch::activation::apply_generic_with(a, data, f32::mul_add)
         }
     };
@@ -497,6 +497,28 @@ pub fn run_gemm_column(
             TileBias::Col(s.as_ptr())
         }
     };
+    if let Some((width, narrow)) = uk.narrow.filter(|&(width, _)| n <= width && tiles > 1) {
+        let column = GemmTile {
+            k,
+            a: a.as_ptr(),
+            b: b_ptr,
+            b_off,
+            c: c.ptr.wrapping_add(c_offset),
+            rsc,
+            m: rows,
+            n,
+            load_c,
+            finish,
+            bias,
+            lo: clamp.0,
+            hi: clamp.1,
+        };
+        debug_assert!(n <= width);
+        // SAFETY: as for the tiles below (the checks above cover the whole column), and n is
+        // within the narrow kernel's width.
+        unsafe { narrow(&column) };
+        return;
+    }
     for t in 0..tiles {
         let i0 = t * uk.mr;
         let tile = GemmTile {
@@ -549,12 +571,11 @@ pub fn activate_tile(
         n <= rsc || m == 1,
         "row stride {rsc} narrower than the tile"
     );
-    for i in 0..m {
-        // SAFETY: the row lies inside the buffer (checked above), and the tile belongs to the
-        // calling task, as for the microkernel that just wrote it (the SharedMut invariant).
-        let row = unsafe { std::slice::from_raw_parts_mut(c.ptr.add(c_offset + i * rsc), n) };
-        (kernel.run)(act, row);
-    }
+    // SAFETY: every row lies inside the buffer (checked above), and the tile belongs to the
+    // calling task, as for the microkernel that just wrote it (the SharedMut invariant); the
+    // rows live only for this call.
+    let rows = unsafe { activation::RowsMut::from_raw(c.ptr.add(c_offset), rsc, m, n) };
+    (kernel.run)(act, rows);
 }
 
 /// Where a GEMM tile reads B.

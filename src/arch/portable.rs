@@ -25,6 +25,7 @@ pub const F32_GEMM_4X8: GemmUkernel = GemmUkernel {
     mr: 4,
     nr: 8,
     run: f32_gemm_4x8,
+    narrow: None,
 };
 
 unsafe fn f32_gemm_4x8(t: &GemmTile) {

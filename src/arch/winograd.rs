@@ -619,7 +619,7 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoOutpu
             *x = if c > hi { hi } else { c };
         }
         if let Some((kernel, act)) = j.activation {
-            (kernel.run)(act, flat);
+            (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(flat));
         }
         // Each output row of the 8 tiles turned lane-major, ty[a][l][b] = y[a][b][l], by the
         // tier's 8x8 transpose, so that each tile row is one copy of M floats. (Element by

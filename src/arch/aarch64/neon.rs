@@ -25,6 +25,7 @@ macro_rules! gemm_kernel {
             mr: $mr,
             nr: $nv * 4,
             run: $fn,
+            narrow: None,
         };
         unsafe fn $fn(t: &GemmTile) {
             // SAFETY: reached only through TABLE after NEON was detected; the caller upholds

@@ -25,6 +25,7 @@ macro_rules! gemm_kernel {
             mr: $mr,
             nr: $nv * 8,
             run: $fn,
+            narrow: Some((NARROW_MAX, narrow_column::<$mr, { $nv * 8 }>)),
         };
         unsafe fn $fn(t: &GemmTile) {
             // SAFETY: the descriptor is reached only through TABLE after the CPU was found to
@@ -190,6 +191,125 @@ unsafe fn gemm_tile<const MR: usize, const AS: usize, const NV: usize, const BV:
         }
         // SAFETY: the caller's contract for t; tile holds MR rows of 8 NV floats.
         unsafe { store_tile_scalar(&tile, 8 * NV, t) };
+    }
+}
+
+/// Widest edge that [`narrow_column`] takes. Up to 4 columns it runs 8 or more chains;
+/// wider, the tile kernel's one-vector edge (6 chains, 4 cycles a k step) is as fast. On
+/// resnet50.res5.1x1's GEMM (2048 x 49 x 512, best of 300) it lifted 67.7-74.8 GFLOP/s to
+/// 84.3-87.4 (N = 48: 89-94); paired layer runs: res5.1x1 1.14-1.16x, res4.1x1 (N = 196,
+/// an edge of 4) 1.06x.
+const NARROW_MAX: usize = 4;
+
+/// Edge columns of `n <= NARROW_MAX` down a whole column of tiles: rows are the vector lanes
+/// (an A panel's `AS` values of one k, one masked load) and each column a broadcast B value.
+/// A tile of one column through [`gemm_tile`] is one chain of dependent FMAs (4 cycles a k
+/// step, almost what a full 6x16 tile costs: resnet50.res5.1x1, N = 49 = 3 x 16 + 1, ran at
+/// 71% of peak against 97% for N = 48); here `G` tiles go side by side, `G * n` independent
+/// chains. Each element is still one FMA chain over k in order from zero, then C, bias and
+/// clamp as in [`store_tile_scalar`]: the same bits as the tile kernel.
+///
+/// # Safety
+/// AVX2+FMA is available; `t` satisfies [`GemmUkernel::narrow`]'s contract for `mr = AS`,
+/// `nr = NR`.
+unsafe fn narrow_column<const AS: usize, const NR: usize>(t: &GemmTile) {
+    // SAFETY: forwarded contract; each arm has n equal to its column count.
+    unsafe {
+        match t.n {
+            1 => narrow_tiles::<AS, NR, 1, 8>(t),
+            2 => narrow_tiles::<AS, NR, 2, 4>(t),
+            3 => narrow_tiles::<AS, NR, 3, 3>(t),
+            _ => narrow_tiles::<AS, NR, 4, 2>(t),
+        }
+    }
+}
+
+/// [`narrow_column`] with `NC = n` columns, `G` tiles at a time (the rest one by one).
+///
+/// # Safety
+/// As [`narrow_column`], with `t.n == NC`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn narrow_tiles<const AS: usize, const NR: usize, const NC: usize, const G: usize>(
+    t: &GemmTile,
+) {
+    let tiles = t.m.div_ceil(AS);
+    let mut done = 0;
+    while done + G <= tiles {
+        // SAFETY: tiles done..done + G exist (the contract's m.div_ceil(AS) panels).
+        unsafe { narrow_group::<AS, NR, NC, G>(t, done) };
+        done += G;
+    }
+    while done < tiles {
+        // SAFETY: as above, one tile.
+        unsafe { narrow_group::<AS, NR, NC, 1>(t, done) };
+        done += 1;
+    }
+}
+
+/// Tiles `first..first + G` of [`narrow_tiles`].
+///
+/// # Safety
+/// As [`narrow_tiles`], with `first + G <= t.m.div_ceil(AS)`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn narrow_group<const AS: usize, const NR: usize, const NC: usize, const G: usize>(
+    t: &GemmTile,
+    first: usize,
+) {
+    // The first AS lanes: an A panel's values for one k (lanes past AS are neither read nor
+    // used).
+    let lane_mask: [i32; 8] = std::array::from_fn(|l| if l < AS { -1 } else { 0 });
+    // SAFETY: 8 i32 (32 bytes, unaligned load).
+    let mask = unsafe { _mm256_loadu_si256(lane_mask.as_ptr().cast()) };
+    let mut acc = [[_mm256_setzero_ps(); NC]; G];
+    let a0 = t.a.wrapping_add(first * t.k * AS);
+    for p in 0..t.k {
+        let b_row = if t.b_off.is_null() {
+            t.b.wrapping_add(p * NR)
+        } else {
+            // SAFETY: b_off holds k offsets (the tile contract).
+            t.b.wrapping_add(unsafe { *t.b_off.add(p) })
+        };
+        let mut bv = [_mm256_setzero_ps(); NC];
+        for (j, v) in bv.iter_mut().enumerate() {
+            // SAFETY: B row p holds NR >= n = NC readable floats (the tile contract).
+            *v = _mm256_set1_ps(unsafe { *b_row.add(j) });
+        }
+        for (g, row) in acc.iter_mut().enumerate() {
+            // SAFETY: panel first + g holds k * AS floats and the mask reads AS of them at
+            // p * AS (the contract: m.div_ceil(AS) panels).
+            let av = unsafe { _mm256_maskload_ps(a0.wrapping_add((g * t.k + p) * AS), mask) };
+            for j in 0..NC {
+                row[j] = _mm256_fmadd_ps(av, bv[j], row[j]);
+            }
+        }
+    }
+    for (g, cols) in acc.iter().enumerate() {
+        let i0 = (first + g) * AS;
+        let mut lanes = [[0f32; 8]; NC];
+        for (dst, &v) in lanes.iter_mut().zip(cols) {
+            // SAFETY: 8 floats.
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) };
+        }
+        // Row i of the tile is lanes[j][i] for its NC columns: the layout store_tile_scalar
+        // reads (row stride NC).
+        let mut tile = [0f32; 32];
+        for i in 0..AS {
+            for j in 0..NC {
+                tile[i * NC + j] = lanes[j][i];
+            }
+        }
+        let one = GemmTile {
+            c: t.c.wrapping_add(i0 * t.rsc),
+            m: AS.min(t.m - i0),
+            bias: match t.bias {
+                TileBias::Row(p) => TileBias::Row(p.wrapping_add(i0)),
+                other => other,
+            },
+            ..*t
+        };
+        // SAFETY: the tile's rows lie inside the column the caller vouches for, n = NC.
+        unsafe { store_tile_scalar(&tile, NC, &one) };
     }
 }
 
@@ -472,6 +592,15 @@ pub fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
         // src.len() / 16) and writes dst[8b .. 8b + 8] (b < blocks <= n / 8).
         unsafe { gather2_avx2(dst, src, blocks) };
         done = blocks * 8;
+        // The last partial block as one more whole block ending at n, overlapping the one
+        // before (it rewrites the same values): a phase row of 28 had 4 of its floats done
+        // one by one.
+        if done < n && blocks == n / 8 && 2 * n <= src.len() {
+            // SAFETY: AVX2 was checked; the block reads src[2(n-8) .. 2n] (2n <= src.len())
+            // and writes dst[n-8 .. n] (n >= 8).
+            unsafe { gather2_avx2(&mut dst[n - 8..], &src[2 * (n - 8)..], 1) };
+            done = n;
+        }
     } else if stride == 4 && n >= 8 && Isa::Avx2.is_available() {
         // Whole blocks of 8 outputs read 32 floats each (alexnet.conv1's phase split: with
         // vgatherdps it was 10% of the layer).
@@ -480,6 +609,12 @@ pub fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
         // src.len() / 32) and writes dst[8b .. 8b + 8] (b < n / 8).
         unsafe { gather4_avx2(dst, src, blocks) };
         done = blocks * 8;
+        if done < n && blocks == n / 8 && 4 * n <= src.len() {
+            // SAFETY: AVX2 was checked; the block reads src[4(n-8) .. 4n] (4n <= src.len())
+            // and writes dst[n-8 .. n] (n >= 8).
+            unsafe { gather4_avx2(&mut dst[n - 8..], &src[4 * (n - 8)..], 1) };
+            done = n;
+        }
     } else if (3..=64).contains(&stride) && n >= 8 && Isa::Avx2.is_available() {
         // Block b reads src[8b*stride + l*stride], l < 8: its last read is
         // (8b + 7) * stride, so whole blocks while (8b + 7) * stride < src.len().

@@ -25,6 +25,7 @@ macro_rules! gemm_kernel {
             mr: $mr,
             nr: $nv * 16,
             run: $fn,
+            narrow: None,
         };
         unsafe fn $fn(t: &GemmTile) {
             // SAFETY: the descriptor is reached only through TABLE after the CPU was found to
