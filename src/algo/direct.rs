@@ -246,7 +246,7 @@ impl DirectPlan {
         let per_chunk = tiles.div_ceil(chunks);
         let chunks = tiles.div_ceil(per_chunk);
         let panels_m = opg.div_ceil(uk.mr);
-        let mc_panels = (self.blocking.mc / uk.mr).max(1);
+        let mc_panels = self.blocking.mc_panels(uk.mr, panels_m);
         let shared = SharedMut::new(out);
         let task = |t: usize| {
             let (grp, chunk) = (t / chunks, t % chunks);

@@ -35,6 +35,19 @@ pub struct Blocking {
 }
 
 impl Blocking {
+    /// A panels (of `mr` rows) per MC block when `panels` are to be walked: at most MC's
+    /// worth, and as many in each block as the fewest blocks allow. The blocks only
+    /// group rows (each element's sum is the same), but a short last block walks all of the
+    /// B block again for a few rows: M = 256 with MC = 252 made blocks of 252 and 4 rows,
+    /// and the second reread deeplab's 1 MB B block from L3 for 1.6% of its work. (Paired
+    /// one-thread runs came out even, 0.995-1.018x, on res4.1x1, res2.1x1b, deeplab and
+    /// wav2vec2.conv1: the reread is cheap while one core has L3 to itself.)
+    pub fn mc_panels(&self, mr: usize, panels: usize) -> usize {
+        let most = (self.mc / mr).max(1);
+        let blocks = panels.div_ceil(most).max(1);
+        panels.div_ceil(blocks).max(1)
+    }
+
     /// Blocking for `uk` derived from the cache sizes (BLIS's analytical rules):
     /// - KC: the B micro-panel (KC x NR floats) takes half of L1 and is reused by every A
     ///   micro-panel of the block: KC = L1 / 2 / (4 NR), clamped to 128..=512.
@@ -244,20 +257,14 @@ pub fn gemm_packed(
     );
     let panels_m = m.div_ceil(uk.mr);
     let threads = if parallel { crate::par::threads() } else { 1 };
-    // Fewer column blocks than 4 a thread: narrower blocks first, as long as each keeps 16
-    // panels of columns; row mode only below that. (mobilenetv2.pw56, N = 3136 in 4 blocks of
-    // 1024, went to row mode and ran slower on 2 threads than on 1: 8 parallel sections of
-    // ~40 us each for a 0.3 ms layer.)
-    let mut nc = blocking.nc.max(uk.nr);
-    if threads > 1 && n.div_ceil(nc) < 4 * threads {
-        let narrower = n.div_ceil(4 * threads).div_ceil(uk.nr) * uk.nr;
-        if narrower >= 16 * uk.nr {
-            nc = narrower;
-        }
-    }
+    // Fewer column blocks than 4 a thread: narrower blocks first (`column_block`); row mode
+    // only below that. (mobilenetv2.pw56, N = 3136 in 4 blocks of 1024, went to row mode and
+    // ran slower on 2 threads than on 1: 8 parallel sections of ~40 us each for a 0.3 ms
+    // layer.)
+    let (nc, column_mode) = column_block(n, blocking.nc.max(uk.nr), uk.nr, threads);
     let col_tasks = n.div_ceil(nc);
     let blocks = &a.blocks;
-    if threads == 1 || col_tasks >= 4 * threads {
+    if column_mode {
         // Column mode.
         let in_place = b
             .in_place()
@@ -374,6 +381,32 @@ pub fn gemm_packed(
     }
 }
 
+/// Columns per column task. Column tasks pack their own B and need no barrier per K block;
+/// row mode (below 2 tasks a thread) shares one packed B per K block and meets at two
+/// barriers per block. With few columns, blocks narrow to give 4 tasks a thread of 16 or
+/// more panels, else 2 tasks a thread of 4 or more panels (an uneven last task is then at
+/// most a quarter of a thread's share), else row mode. Paired 2-thread runs, column tasks
+/// against row mode (time ratio, median of 20-40 alternations, the geometric mean of both
+/// orders, as the second of a pair ran up to 15% slower whatever it was):
+/// resnet50.res3.3x3s2 (49 panels) 0.82, deeplab.dilated3x3 (69) 0.79, res4.1x1 (13) 0.95,
+/// wav2vec2.conv1 (100) 0.93. Layers of 196 panels keep their 4 tasks a thread (2 a thread
+/// measured 1.13-1.35x slower on res2.1x1b and pw56, whose single K block leaves little
+/// to amortize).
+fn column_block(n: usize, nc: usize, nr: usize, threads: usize) -> (usize, bool) {
+    if threads == 1 || n.div_ceil(nc) >= 4 * threads {
+        return (nc, true);
+    }
+    let panels = n.div_ceil(nr);
+    for (per_thread, min_panels) in [(4, 16), (2, 4)] {
+        let per_task = panels.div_ceil(per_thread * threads);
+        if per_task >= min_panels {
+            return (per_task * nr, true);
+        }
+    }
+    // Row mode, over column blocks of the derived NC.
+    (nc, false)
+}
+
 /// Whether a column task reads B where it lies (`BPanel::Indirect` rows) instead of packing
 /// it; `CONVKIT_B_IN_PLACE=0|1` decides for experiments.
 ///
@@ -440,7 +473,7 @@ fn block_tiles(
 ) {
     let m = a.m;
     let panels_n = ncur.div_ceil(uk.nr);
-    let mc_panels = (blocking.mc / uk.mr).max(1);
+    let mc_panels = blocking.mc_panels(uk.mr, panels.len());
     let mut ic = panels.start;
     while ic < panels.end {
         let ic_end = (ic + mc_panels).min(panels.end);
@@ -515,4 +548,33 @@ pub fn sgemm(
     };
     let shared = SharedMut::new(c);
     gemm_packed(uk, blocking, &pa, &src, n, &shared, 0, n, epi, parallel);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The column split of the suite's shapes on 2 threads (NR = 16, NC = 1024), and that
+    /// every split covers the columns with tasks no wider than NC.
+    #[test]
+    fn column_blocks_of_the_suite_shapes() {
+        // (N, threads) -> (columns per task, column mode)
+        let cases = [
+            (3136, 1, (1024, true)), // one thread: the derived NC
+            (3136, 2, (400, true)),  // res2 / pw56: 4 tasks a thread of 25 panels
+            (784, 2, (208, true)),   // res3.3x3s2: 2 tasks a thread of 13 panels
+            (1089, 2, (288, true)),  // deeplab
+            (196, 2, (64, true)),    // res4.1x1: 2 tasks a thread of 4 panels
+            (49, 2, (1024, false)),  // res5.1x1: too few panels, row mode
+            (50176, 2, (1024, true)),
+        ];
+        for (n, threads, want) in cases {
+            let got = column_block(n, 1024, 16, threads);
+            assert_eq!(got, want, "N = {n} on {threads} threads");
+            assert!(got.0 % 16 == 0 && got.0 <= 1024);
+            if got.1 && threads > 1 {
+                assert!(n.div_ceil(got.0) >= 2 * threads, "N = {n}: too few tasks");
+            }
+        }
+    }
 }
