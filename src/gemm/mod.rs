@@ -571,7 +571,7 @@ mod tests {
         for (n, threads, want) in cases {
             let got = column_block(n, 1024, 16, threads);
             assert_eq!(got, want, "N = {n} on {threads} threads");
-            assert!(got.0 % 16 == 0 && got.0 <= 1024);
+            assert!(got.0.is_multiple_of(16) && got.0 <= 1024);
             if got.1 && threads > 1 {
                 assert!(n.div_ceil(got.0) >= 2 * threads, "N = {n}: too few tasks");
             }
