@@ -261,10 +261,9 @@ pub fn gemm_packed(
     // only below that. (mobilenetv2.pw56, N = 3136 in 4 blocks of 1024, went to row mode and
     // ran slower on 2 threads than on 1: 8 parallel sections of ~40 us each for a 0.3 ms
     // layer.)
-    let (nc, column_mode) = column_block(n, blocking.nc.max(uk.nr), uk.nr, threads);
-    let col_tasks = n.div_ceil(nc);
     let blocks = &a.blocks;
-    if column_mode {
+    let split = split_columns(n, blocking.nc.max(uk.nr), uk.nr, threads);
+    if let Split::Columns(col_blocks) = &split {
         // Column mode.
         let in_place = b
             .in_place()
@@ -277,8 +276,7 @@ pub fn gemm_packed(
                 (data, rs, offsets)
             });
         let task = |ct: usize| {
-            let j0 = ct * nc;
-            let ncur = nc.min(n - j0);
+            let (j0, ncur) = col_blocks[ct];
             let panels_n = ncur.div_ceil(uk.nr);
             PACK_B.with(|cell| {
                 let mut bp = cell.borrow_mut();
@@ -332,10 +330,10 @@ pub fn gemm_packed(
                 }
             });
         };
-        if threads > 1 && col_tasks > 1 {
-            (0..col_tasks).into_par_iter().for_each(task);
+        if threads > 1 && col_blocks.len() > 1 {
+            (0..col_blocks.len()).into_par_iter().for_each(task);
         } else {
-            (0..col_tasks).for_each(task);
+            (0..col_blocks.len()).for_each(task);
         }
         return;
     }
@@ -343,8 +341,11 @@ pub fn gemm_packed(
     let row_tasks = (4 * threads).min(panels_m).max(1);
     let per = panels_m.div_ceil(row_tasks);
     let mut shared_b = aligned_zeros(0);
-    for ct in 0..col_tasks {
-        let j0 = ct * nc;
+    let nc = match split {
+        Split::Rows(nc) => nc,
+        Split::Columns(_) => unreachable!("column mode returned above"),
+    };
+    for j0 in (0..n).step_by(nc) {
         let ncur = nc.min(n - j0);
         let panels_n = ncur.div_ceil(uk.nr);
         for (bi, &(p0, kc)) in blocks.iter().enumerate() {
@@ -381,30 +382,45 @@ pub fn gemm_packed(
     }
 }
 
-/// Columns per column task. Column tasks pack their own B and need no barrier per K block;
-/// row mode (below 2 tasks a thread) shares one packed B per K block and meets at two
-/// barriers per block. With few columns, blocks narrow to give 4 tasks a thread of 16 or
-/// more panels, else 2 tasks a thread of 4 or more panels (an uneven last task is then at
-/// most a quarter of a thread's share), else row mode. Paired 2-thread runs, column tasks
-/// against row mode (time ratio, median of 20-40 alternations, the geometric mean of both
-/// orders, as the second of a pair ran up to 15% slower whatever it was):
-/// resnet50.res3.3x3s2 (49 panels) 0.82, deeplab.dilated3x3 (69) 0.79, res4.1x1 (13) 0.95,
-/// wav2vec2.conv1 (100) 0.93. Layers of 196 panels keep their 4 tasks a thread (2 a thread
-/// measured 1.13-1.35x slower on res2.1x1b and pw56, whose single K block leaves little
-/// to amortize).
-fn column_block(n: usize, nc: usize, nr: usize, threads: usize) -> (usize, bool) {
+/// How a GEMM splits among threads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Split {
+    /// Column tasks `(first column, columns)`, each packing its own B: no barrier per K
+    /// block.
+    Columns(Vec<(usize, usize)>),
+    /// Row mode over column blocks of this width: one packed B per K block shared by row
+    /// tasks, which meet at two barriers per block.
+    Rows(usize),
+}
+
+/// The split of `n` columns (NC `nc`, panels of `nr`) on `threads`. One thread, or enough
+/// NC blocks for 4 tasks a thread: NC blocks. Otherwise the panels are dealt evenly to 4
+/// tasks a thread if each gets 16 or more, else to 2 a thread if each gets 4 or more, else
+/// row mode. Paired 2-thread runs, column tasks against row mode (time ratio, median of
+/// 20-40 alternations, the geometric mean of both orders, as the second of a pair ran up to
+/// 15% slower whatever it was): resnet50.res3.3x3s2 (49 panels) 0.82, deeplab.dilated3x3
+/// (69) 0.79, res4.1x1 (13) 0.95, wav2vec2.conv1 (100) 0.93. Layers of 196 panels keep 4
+/// tasks a thread (2 a thread measured 1.13-1.35x slower on res2.1x1b and pw56, whose single
+/// K block leaves little to amortize). Even shares, not NC-rounded ones: res4.1x1's 13
+/// panels in tasks of 4, 4, 4 and 1 gave one thread 8 and the other 5; as 3, 3, 3, 4, 6
+/// and 7.
+fn split_columns(n: usize, nc: usize, nr: usize, threads: usize) -> Split {
     if threads == 1 || n.div_ceil(nc) >= 4 * threads {
-        return (nc, true);
+        let blocks = (0..n).step_by(nc).map(|j0| (j0, nc.min(n - j0))).collect();
+        return Split::Columns(blocks);
     }
     let panels = n.div_ceil(nr);
     for (per_thread, min_panels) in [(4, 16), (2, 4)] {
-        let per_task = panels.div_ceil(per_thread * threads);
-        if per_task >= min_panels {
-            return (per_task * nr, true);
+        let tasks = per_thread * threads;
+        if panels.div_ceil(tasks) >= min_panels {
+            let bounds = |t: usize| (t * panels / tasks * nr).min(n);
+            let blocks = (0..tasks)
+                .map(|t| (bounds(t), bounds(t + 1) - bounds(t)))
+                .collect();
+            return Split::Columns(blocks);
         }
     }
-    // Row mode, over column blocks of the derived NC.
-    (nc, false)
+    Split::Rows(nc)
 }
 
 /// Whether a column task reads B where it lies (`BPanel::Indirect` rows) instead of packing
@@ -554,26 +570,41 @@ pub fn sgemm(
 mod tests {
     use super::*;
 
-    /// The column split of the suite's shapes on 2 threads (NR = 16, NC = 1024), and that
-    /// every split covers the columns with tasks no wider than NC.
+    /// The column split of the suite's shapes on 2 threads (NR = 16, NC = 1024): tasks
+    /// cover the columns in order, whole panels each, shares within one panel of each other.
     #[test]
-    fn column_blocks_of_the_suite_shapes() {
-        // (N, threads) -> (columns per task, column mode)
-        let cases = [
-            (3136, 1, (1024, true)), // one thread: the derived NC
-            (3136, 2, (400, true)),  // res2 / pw56: 4 tasks a thread of 25 panels
-            (784, 2, (208, true)),   // res3.3x3s2: 2 tasks a thread of 13 panels
-            (1089, 2, (288, true)),  // deeplab
-            (196, 2, (64, true)),    // res4.1x1: 2 tasks a thread of 4 panels
-            (49, 2, (1024, false)),  // res5.1x1: too few panels, row mode
-            (50176, 2, (1024, true)),
+    fn column_split_of_the_suite_shapes() {
+        // (N, threads) -> column tasks (None: row mode)
+        let cases: [(usize, usize, Option<usize>); 7] = [
+            (3136, 1, Some(4)), // one thread: NC blocks
+            (3136, 2, Some(8)), // res2 / pw56: 4 tasks a thread of 24-25 panels
+            (784, 2, Some(4)),  // res3.3x3s2: 2 tasks a thread of 12-13 panels
+            (1089, 2, Some(4)), // deeplab
+            (196, 2, Some(4)),  // res4.1x1: 3, 3, 3 and 4 panels
+            (49, 2, None),      // res5.1x1: too few panels, row mode
+            (50176, 2, Some(49)),
         ];
         for (n, threads, want) in cases {
-            let got = column_block(n, 1024, 16, threads);
-            assert_eq!(got, want, "N = {n} on {threads} threads");
-            assert!(got.0.is_multiple_of(16) && got.0 <= 1024);
-            if got.1 && threads > 1 {
-                assert!(n.div_ceil(got.0) >= 2 * threads, "N = {n}: too few tasks");
+            match split_columns(n, 1024, 16, threads) {
+                Split::Columns(blocks) => {
+                    assert_eq!(Some(blocks.len()), want, "N = {n} on {threads} threads");
+                    let mut next = 0;
+                    for &(j0, w) in &blocks {
+                        assert_eq!(j0, next, "N = {n}: tasks must tile the columns");
+                        assert!(w > 0 && w <= 1024 && (j0 % 16 == 0));
+                        next = j0 + w;
+                    }
+                    assert_eq!(next, n);
+                    if threads > 1 {
+                        let panels: Vec<usize> = blocks.iter().map(|b| b.1.div_ceil(16)).collect();
+                        let (lo, hi) = (panels.iter().min().unwrap(), panels.iter().max().unwrap());
+                        assert!(hi - lo <= 1, "N = {n}: uneven shares {panels:?}");
+                    }
+                }
+                Split::Rows(nc) => {
+                    assert_eq!(want, None, "N = {n}: row mode");
+                    assert_eq!(nc, 1024);
+                }
             }
         }
     }
