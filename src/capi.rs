@@ -433,8 +433,9 @@ pub unsafe extern "C" fn convkit_plan_algo(plan: *const ConvkitPlan) -> *const c
 }
 
 /// The algorithm names with their NUL terminators (static C strings).
-const ALGO_NAMES: [(&str, &str); 8] = [
+const ALGO_NAMES: [(&str, &str); 9] = [
     ("direct", "direct\0"),
+    ("direct_oc", "direct_oc\0"),
     ("im2col", "im2col\0"),
     ("gemm1x1", "gemm1x1\0"),
     ("depthwise", "depthwise\0"),
@@ -662,4 +663,19 @@ pub unsafe extern "C" fn convkit_wisdom_save(path: *const c_char) -> ConvkitStat
             .map_err(|_| arg_err("path is not UTF-8"))?;
         crate::tune::save_wisdom(std::path::Path::new(p)).map_err(lib_err)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// `convkit_plan_algo` answers from ALGO_NAMES: every algorithm must be there, each
+    /// C string its name and one NUL.
+    #[test]
+    fn every_algorithm_has_its_c_name() {
+        for algo in crate::algo::ALL_ALGOS {
+            let found = super::ALGO_NAMES.iter().find(|(n, _)| *n == algo.name());
+            let (_, c) = found.unwrap_or_else(|| panic!("{} has no C name", algo.name()));
+            assert_eq!(*c, format!("{}\0", algo.name()));
+        }
+        assert_eq!(super::ALGO_NAMES.len(), crate::algo::ALL_ALGOS.len());
+    }
 }

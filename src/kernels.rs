@@ -96,6 +96,64 @@ pub struct GemmUkernel {
     pub narrow: Option<(usize, TileFn)>,
 }
 
+/// Pixels of a [`OcTile`] (the broadcast side).
+pub const OC_MR: usize = 6;
+/// Output channels of a [`OcTile`] (the vector side).
+pub const OC_NR: usize = 16;
+
+/// One tile of the direct convolution vectorized over output channels (`direct_oc`):
+/// `OC_MR` output pixels by `OC_NR` output channels, `C^T = X W^T` with the pixels' input
+/// values broadcast straight from the image (no packing) and the weights packed K x OC_NR.
+/// Raw parts, as for [`GemmTile`]; built only by `arch::run_oc_tile`, which checks them.
+#[derive(Copy, Clone, Debug)]
+pub struct OcTile {
+    /// Depth (taps x input channels).
+    pub k: usize,
+    /// The padded, phase-split image.
+    pub img: *const f32,
+    /// Each pixel's offset in the image (all `OC_MR` readable, also past `m`).
+    pub bases: [usize; OC_MR],
+    /// Tap `p`'s offset from a pixel's base, `k` of them.
+    pub offsets: *const usize,
+    /// Packed weights, `k * OC_NR` floats (row `p`: the tile's channels at tap `p`).
+    pub w: *const f32,
+    /// Output (channel 0, pixel 0 of the tile); channel `j` pixel `i` at `c + j * cs + i`.
+    pub c: *mut f32,
+    /// Stride between output channels.
+    pub cs: usize,
+    /// Pixels to store, 1..=OC_MR.
+    pub m: usize,
+    /// Channels to store, 1..=OC_NR.
+    pub n: usize,
+    /// Add the product to what the output holds (a preloaded residual).
+    pub load_c: bool,
+    /// Bias per channel, `n` floats, or null.
+    pub bias: *const f32,
+    /// Clamp bounds (NaN passes).
+    pub lo: f32,
+    /// Upper clamp bound.
+    pub hi: f32,
+}
+
+/// A `direct_oc` tile kernel.
+/// Only convkit builds these (`#[non_exhaustive]`).
+#[derive(Copy, Clone, Debug)]
+#[non_exhaustive]
+pub struct OcUkernel {
+    /// Canonical name, `f32_conv_oc_6x16__{isa}`.
+    pub name: &'static str,
+    /// The tier it needs.
+    pub isa: Isa,
+    /// The kernel.
+    ///
+    /// # Safety
+    /// The CPU supports `isa`; every field of the tile is as documented on [`OcTile`]: the
+    /// image readable at `bases[i] + offsets[p]` for every pixel slot and tap, `w` holding
+    /// `k * OC_NR` floats, the output valid for `n` channels of `m` floats at stride `cs`
+    /// and touched by no one else meanwhile, `bias` null or `n` floats.
+    pub run: unsafe fn(&OcTile),
+}
+
 /// All kernels of one ISA tier.
 #[derive(Debug)]
 pub struct KernelTable {
@@ -115,6 +173,8 @@ pub struct KernelTable {
     pub gather: fn(&mut [f32], &[f32], usize),
     /// Pooling of one channel plane of a band (`algo::pool`).
     pub pool_plane: crate::algo::pool::PoolPlaneFn,
+    /// The `direct_oc` tile kernel.
+    pub conv_oc: OcUkernel,
 }
 
 impl KernelTable {

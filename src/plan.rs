@@ -76,6 +76,17 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
             let image = crate::algo::direct::PhaseLayout::new(g, uk.nr).ok()?.image;
             packed(uk.mr)?.checked_add(image.checked_mul(4)?)?
         }
+        Algo::DirectOc => {
+            let nr = crate::kernels::OC_NR;
+            let unit_stride = Geometry {
+                stride: [1, 1],
+                ..g.clone()
+            };
+            let image = crate::algo::direct::PhaseLayout::new(&unit_stride, nr)
+                .ok()?
+                .image;
+            packed(nr)?.checked_add(image.checked_mul(4)?)?
+        }
         Algo::Winograd(v) => {
             // alpha^2 (2-D) or alpha (1-D) transformed copies of the packed weights, and the
             // image padded to whole tiles.
@@ -113,6 +124,7 @@ enum Prepared {
         layout: crate::algo::depthwise::DwLayout,
     },
     Direct(crate::algo::direct::DirectPlan),
+    DirectOc(Box<crate::algo::direct_oc::DirectOcPlan>),
     Winograd(crate::algo::winograd::WinogradPlan),
     Gemm {
         uk: &'static GemmUkernel,
@@ -171,6 +183,12 @@ impl std::fmt::Debug for Plan {
 /// - K = (C/g) KH KW <= 600: `direct` wins where im2col's packing dominates (googlenet 5x5,
 ///   K = 400: 44 vs 25; resnext grouped, K = 36: 10.5 vs 4.8; alexnet.conv1, K = 363: 24 vs
 ///   19; res2.3x3, K = 576: 45 vs 41).
+///   Among those, at stride 1, `direct_oc` when direct's 16-wide row tiles would leave 10%
+///   or more of their columns empty and there are 16 or more output channels a group to
+///   fill its vectors (googlenet.inc3a.5x5, OW = 28 in tiles of 32: 0.307 vs 0.347 ms,
+///   2026-11-29). Elsewhere it measured even or behind: alexnet.conv1 (stride 4, direct's
+///   tiles run across rows) 2.79 vs 2.82 ms; res3.3x3s2 0.97-1.04x of direct;
+///   resnet50.conv1 (OW = 112) 1.14-1.30x slower.
 /// - larger K: `im2col` (res5.3x3, K = 4608: 43 vs 21; vgg16.conv4_3: 62 vs 48).
 /// - 3x3 (or 3), stride 1, at least 16 channels a group: Winograd F(4,3) when the image has
 ///   at least 16 of its tiles (one NR panel of GEMM columns), else F(2,3) when it has 16 of
@@ -188,7 +206,13 @@ pub fn choose_algo(g: &Geometry) -> Algo {
     } else if Algo::Gemm1x1.accepts(g) && g.stride == [1, 1] {
         [Algo::Gemm1x1, Algo::Direct, Algo::Im2col]
     } else if k <= 600 {
-        [Algo::Direct, Algo::Im2col, Algo::Im2col]
+        let ow = g.conv_out[1];
+        let row_tiles_columns = ow.div_ceil(16) * 16;
+        if g.stride == [1, 1] && g.cout_per_group >= 16 && ow * 10 < row_tiles_columns * 9 {
+            [Algo::DirectOc, Algo::Direct, Algo::Im2col]
+        } else {
+            [Algo::Direct, Algo::Im2col, Algo::Im2col]
+        }
     } else {
         [Algo::Im2col, Algo::Im2col, Algo::Im2col]
     };
@@ -320,6 +344,13 @@ impl Plan {
                         why,
                     })?,
             ),
+            Algo::DirectOc => Prepared::DirectOc(Box::new(
+                crate::algo::direct_oc::DirectOcPlan::new(&geom, isa.kernels()?.conv_oc, weight)
+                    .map_err(|why| Error::AlgorithmRejects {
+                        algo: "direct_oc".into(),
+                        why,
+                    })?,
+            )),
             Algo::Winograd(v) => Prepared::Winograd(
                 crate::algo::winograd::WinogradPlan::new(&geom, isa.kernels()?, weight, v)
                     .map_err(|why| Error::AlgorithmRejects {
@@ -431,6 +462,7 @@ impl Plan {
             } => Some(uk.block_name),
             Prepared::Depthwise { uk, .. } => Some(uk.name),
             Prepared::Direct(d) => Some(d.uk.name),
+            Prepared::DirectOc(d) => Some(d.uk.name),
             Prepared::Winograd(w) => Some(w.uk.name),
             Prepared::Reference { .. } => None,
         }
@@ -444,6 +476,7 @@ impl Plan {
             } => (weight.len() + blocked.len()) * 4,
             Prepared::Gemm { packed, .. } => packed.iter().map(PackedA::bytes).sum(),
             Prepared::Direct(d) => d.packed.iter().map(PackedA::bytes).sum(),
+            Prepared::DirectOc(d) => d.packed_bytes(),
             Prepared::Winograd(w) => w.packed_bytes(),
         }
     }
@@ -568,6 +601,7 @@ impl Plan {
         let img_out = cout * g.output[0] * g.output[1];
         let mut xp = match &self.prepared {
             Prepared::Direct(d) => crate::tensor::take_scratch(d.layout.image),
+            Prepared::DirectOc(d) => crate::tensor::take_scratch(d.layout.image),
             Prepared::Winograd(w) => crate::tensor::take_scratch(w.image),
             Prepared::Gemm {
                 phases: Some((layout, _)),
@@ -585,6 +619,7 @@ impl Plan {
             let x = &input[n * img_in..(n + 1) * img_in];
             match &self.prepared {
                 Prepared::Direct(d) => d.layout.fill(g, x, &mut xp, self.isa.kernels()?.gather),
+                Prepared::DirectOc(d) => d.fill(x, &mut xp, self.isa.kernels()?.gather),
                 Prepared::Winograd(w) => w.fill(g, x, &mut xp),
                 Prepared::Gemm {
                     phases: Some((layout, _)),
@@ -699,6 +734,7 @@ impl Plan {
         };
         let image = match &self.prepared {
             Prepared::Direct(d) => d.layout.image,
+            Prepared::DirectOc(d) => d.layout.image,
             Prepared::Gemm {
                 phases: Some((layout, _)),
                 ..
@@ -727,6 +763,7 @@ impl Plan {
         match &self.prepared {
             Prepared::Reference { .. } => unreachable!("the reference runs whole"),
             Prepared::Direct(d) => d.run_rows(&self.geom, xp, r0, r1, out, pass),
+            Prepared::DirectOc(d) => d.run_rows(&self.geom, xp, r0, r1, out, pass),
             Prepared::Winograd(w) => w.run_rows(&self.geom, xp, r0, r1, out, pass, clock),
             Prepared::Depthwise {
                 uk,

@@ -39,6 +39,12 @@ fn heuristic_choices_follow_the_measured_rules() {
         convkit::plan::choose_algo(&geom(&text)).name(),
         "winograd_f4x3"
     );
+    // Small K at stride 1 with rows that leave 16-wide tiles 10% empty (OW = 28): direct_oc.
+    let googlenet = ConvSpec::new(&[1, 16, 28, 28], 32, &[5, 5]).with_padding(Padding::Same);
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&googlenet)),
+        Algo::DirectOc
+    );
     let grouped = ConvSpec::new(&[1, 128, 56, 56], 128, &[3, 3])
         .with_padding(Padding::Same)
         .with_groups(32);

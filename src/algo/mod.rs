@@ -5,6 +5,7 @@ use crate::geometry::Geometry;
 
 pub mod depthwise;
 pub mod direct;
+pub mod direct_oc;
 pub mod pool;
 
 /// What every algorithm applies to its output tiles: bias, accumulation onto a preloaded
@@ -34,6 +35,9 @@ pub enum Algo {
     /// The GEMM microkernels reading the (padded, phase-split) image in place: no im2col
     /// copy; any geometry.
     Direct,
+    /// The direct convolution vectorized over output channels: tiles of pixels x output
+    /// channels, the pixels' inputs broadcast from the image in place; any geometry.
+    DirectOc,
     /// im2col packed straight into the GEMM's B panels; any geometry.
     Im2col,
     /// 1x1 kernels without padding as plain GEMM (no copy at stride 1).
@@ -48,12 +52,13 @@ pub enum Algo {
 }
 
 /// Every algorithm, in the order `auto` prefers them (best first); `reference` last.
-pub const ALL_ALGOS: [Algo; 8] = [
+pub const ALL_ALGOS: [Algo; 9] = [
     Algo::Depthwise,
     Algo::Winograd(WinogradVariant::F4),
     Algo::Winograd(WinogradVariant::F6),
     Algo::Winograd(WinogradVariant::F2),
     Algo::Direct,
+    Algo::DirectOc,
     Algo::Gemm1x1,
     Algo::Im2col,
     Algo::Reference,
@@ -64,6 +69,7 @@ impl Algo {
     pub fn name(self) -> &'static str {
         match self {
             Algo::Direct => "direct",
+            Algo::DirectOc => "direct_oc",
             Algo::Im2col => "im2col",
             Algo::Gemm1x1 => "gemm1x1",
             Algo::Depthwise => "depthwise",
@@ -78,6 +84,7 @@ impl Algo {
     pub fn parse(name: &str) -> Result<Algo> {
         match name {
             "direct" => Ok(Algo::Direct),
+            "direct_oc" => Ok(Algo::DirectOc),
             "im2col" => Ok(Algo::Im2col),
             "gemm1x1" => Ok(Algo::Gemm1x1),
             "depthwise" => Ok(Algo::Depthwise),
@@ -95,7 +102,7 @@ impl Algo {
             Algo::Im2col | Algo::Reference => Ok(()),
             Algo::Winograd(_) => winograd::check(g),
             // The widest tile of any tier bounds the slack; the check is on the image size.
-            Algo::Direct => direct::PhaseLayout::new(g, 64).map(|_| ()),
+            Algo::Direct | Algo::DirectOc => direct::PhaseLayout::new(g, 64).map(|_| ()),
             Algo::Depthwise => {
                 if g.is_depthwise() {
                     Ok(())

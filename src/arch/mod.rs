@@ -55,6 +55,163 @@ macro_rules! dw_plane_kernel {
 }
 pub(crate) use dw_plane_kernel;
 
+/// Declares a tier's `direct_oc` tile kernel: [`conv_oc_generic`] under the tier's features.
+macro_rules! conv_oc_kernel {
+    ($isa:ident, $name:literal, $features:literal) => {
+        /// `direct_oc` tile kernel: the generic body under this tier's features.
+        pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
+            name: $name,
+            isa: Isa::$isa,
+            run: conv_oc,
+        };
+
+        #[target_feature(enable = $features)]
+        unsafe fn conv_oc(t: &crate::kernels::OcTile) {
+            // SAFETY: reached only through the tier's table after its features were found
+            // (Isa::kernels); the caller upholds the tile contract.
+            unsafe { crate::arch::conv_oc_generic(t, f32::mul_add) }
+        }
+    };
+}
+pub(crate) use conv_oc_kernel;
+
+/// The `direct_oc` tile in plain Rust (LLVM vectorizes the channel loop): the body of the
+/// tiers without a hand-written kernel.
+///
+/// # Safety
+/// The contract of [`crate::kernels::OcUkernel::run`].
+#[inline(always)]
+pub(crate) unsafe fn conv_oc_generic(
+    t: &crate::kernels::OcTile,
+    fma: impl Fn(f32, f32, f32) -> f32,
+) {
+    use crate::kernels::{OC_MR, OC_NR};
+    let mut acc = [[0f32; OC_NR]; OC_MR];
+    for p in 0..t.k {
+        // SAFETY: `offsets` holds k entries and `w` k rows of OC_NR (the contract).
+        let (o, w) = unsafe {
+            (
+                *t.offsets.add(p),
+                &*(t.w.add(p * OC_NR) as *const [f32; OC_NR]),
+            )
+        };
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: every pixel slot's taps are readable (the contract).
+            let a = unsafe { *t.img.add(t.bases[i] + o) };
+            for (r, &wj) in row.iter_mut().zip(w) {
+                *r = fma(a, wj, *r);
+            }
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { store_oc_tile(&acc, t) }
+}
+
+/// Stores a `direct_oc` accumulator tile (pixel-major) channel by channel: C (when
+/// `load_c`), then bias, then the clamp, as [`store_tile_scalar`] does for GEMM tiles.
+///
+/// # Safety
+/// The output part of [`crate::kernels::OcUkernel::run`]'s contract.
+#[inline(always)]
+pub(crate) unsafe fn store_oc_tile(
+    acc: &[[f32; crate::kernels::OC_NR]; crate::kernels::OC_MR],
+    t: &crate::kernels::OcTile,
+) {
+    for j in 0..t.n {
+        // SAFETY: bias is null or holds n floats, j < n.
+        let bias = if t.bias.is_null() {
+            0.0
+        } else {
+            unsafe { *t.bias.add(j) }
+        };
+        for (i, row) in acc.iter().enumerate().take(t.m) {
+            // SAFETY: channel j < n, pixel i < m: inside the output the caller vouches for.
+            let dst = unsafe { t.c.add(j * t.cs + i) };
+            let mut v = row[j];
+            if t.load_c {
+                // SAFETY: as above.
+                v += unsafe { *dst };
+            }
+            v = clamp_nan(v + bias, t.lo, t.hi);
+            // SAFETY: as above.
+            unsafe { *dst = v };
+        }
+    }
+}
+
+/// Runs one `direct_oc` tile after checking everything it touches: `m` pixels whose image
+/// offsets are `bases` (slots past `m` repeat a real pixel), all `k` taps of `offsets`,
+/// weights `w` (`k * OC_NR` floats), and `n` output channels of `m` floats from `c_offset`
+/// at stride `cs`; `load_c` adds what the output holds. Panics on a violated bound (an internal invariant, as for the GEMM doors).
+#[allow(clippy::too_many_arguments)]
+pub fn run_oc_tile(
+    uk: &crate::kernels::OcUkernel,
+    img: &[f32],
+    bases: &[usize; crate::kernels::OC_MR],
+    offsets: &OffsetTable,
+    w: &[f32],
+    c: &SharedMut,
+    c_offset: usize,
+    cs: usize,
+    m: usize,
+    n: usize,
+    load_c: bool,
+    bias: Option<&[f32]>,
+    clamp: (f32, f32),
+) {
+    use crate::kernels::{OC_MR, OC_NR};
+    let k = offsets.len();
+    assert!(
+        uk.isa.is_available(),
+        "kernel {} needs a tier this CPU lacks",
+        uk.name
+    );
+    assert!(
+        (1..=OC_MR).contains(&m) && (1..=OC_NR).contains(&n),
+        "tile {m} x {n} out of range"
+    );
+    assert!(w.len() >= k * OC_NR, "packed weights shorter than k = {k}");
+    if k > 0 {
+        let top = bases.iter().max().copied().unwrap_or(0);
+        assert!(
+            top.checked_add(offsets.max())
+                .is_some_and(|e| e < img.len()),
+            "tile reads past the image"
+        );
+    }
+    assert!(
+        m <= cs || n == 1,
+        "channel stride {cs} narrower than the tile"
+    );
+    let last = c_offset + (n - 1) * cs + m;
+    assert!(
+        last <= c.len,
+        "tile ends at {last}, past the buffer's {}",
+        c.len
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= n, "bias shorter than the tile");
+    }
+    let tile = crate::kernels::OcTile {
+        k,
+        img: img.as_ptr(),
+        bases: *bases,
+        offsets: offsets.offsets().as_ptr(),
+        w: w.as_ptr(),
+        c: c.ptr.wrapping_add(c_offset),
+        cs,
+        m,
+        n,
+        load_c,
+        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+        lo: clamp.0,
+        hi: clamp.1,
+    };
+    // SAFETY: the tier is available and every bound of the contract was checked above; the
+    // tile's outputs belong to the calling task (the SharedMut invariant).
+    unsafe { (uk.run)(&tile) }
+}
+
 /// A strided gather `dst[t] = src[t * stride]` (`KernelTable::gather`).
 pub type GatherFn = fn(&mut [f32], &[f32], usize);
 

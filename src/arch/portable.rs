@@ -16,6 +16,7 @@ pub static TABLE: KernelTable = KernelTable {
     winograd: crate::arch::winograd::F32_WINOGRAD_PORTABLE,
     gather: crate::arch::gather_scalar,
     pool_plane: crate::algo::pool::pool_plane,
+    conv_oc: F32_CONV_OC,
 };
 
 /// 4x8 GEMM tile on `wide::f32x8` (4 accumulators: 8 xmm on SSE2, 8 q registers on NEON).
@@ -97,3 +98,15 @@ pub const F32_ACT: crate::arch::activation::ActUkernel = crate::arch::activation
     isa: Isa::Portable,
     run: crate::arch::activation::apply_generic,
 };
+
+/// `direct_oc` tile kernel at the build's baseline.
+pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
+    name: "f32_conv_oc_6x16__portable",
+    isa: Isa::Portable,
+    run: conv_oc,
+};
+
+unsafe fn conv_oc(t: &crate::kernels::OcTile) {
+    // SAFETY: forwarded tile contract (the portable tier needs no CPU feature).
+    unsafe { crate::arch::conv_oc_generic(t, |a, b, c| a * b + c) }
+}

@@ -14,6 +14,7 @@ pub static TABLE: KernelTable = KernelTable {
     winograd: F32_WINOGRAD,
     gather: crate::arch::gather_scalar,
     pool_plane,
+    conv_oc: F32_CONV_OC,
 };
 
 macro_rules! gemm_kernel {
@@ -94,3 +95,4 @@ crate::arch::wino_kernel!(
     "neon",
     crate::arch::winograd::ScalarGather
 );
+crate::arch::conv_oc_kernel!(Neon, "f32_conv_oc_6x16__neon", "neon");

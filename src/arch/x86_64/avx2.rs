@@ -14,6 +14,7 @@ pub static TABLE: KernelTable = KernelTable {
     winograd: F32_WINOGRAD,
     gather,
     pool_plane,
+    conv_oc: F32_CONV_OC,
 };
 
 macro_rules! gemm_kernel {
@@ -691,4 +692,48 @@ unsafe fn gather2_avx2(dst: &mut [f32], src: &[f32], blocks: usize) {
             _mm256_storeu_ps(d.add(8 * b), ordered);
         }
     }
+}
+
+/// `direct_oc` tile kernel: 6 pixels x 16 output channels in 12 ymm accumulators; each tap
+/// loads the 16 channels' weights (two vectors) and broadcasts each pixel's input value
+/// from the image, 12 FMAs to 8 loads (the 6x16 GEMM tile's ratio, with A read in place).
+pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
+    name: "f32_conv_oc_6x16__avx2",
+    isa: Isa::Avx2,
+    run: conv_oc,
+};
+
+/// # Safety
+/// The contract of [`crate::kernels::OcUkernel::run`] on a CPU with AVX2+FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_oc(t: &crate::kernels::OcTile) {
+    use crate::kernels::{OC_MR, OC_NR};
+    let mut acc = [[_mm256_setzero_ps(); 2]; OC_MR];
+    let px: [*const f32; OC_MR] = std::array::from_fn(|i| t.img.wrapping_add(t.bases[i]));
+    let mut w = t.w;
+    for p in 0..t.k {
+        // SAFETY: offsets holds k entries, w k rows of 16 floats, and every pixel slot's
+        // taps are readable (the contract).
+        unsafe {
+            let o = *t.offsets.add(p);
+            let w0 = _mm256_loadu_ps(w);
+            let w1 = _mm256_loadu_ps(w.add(8));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = _mm256_broadcast_ss(&*px[i].add(o));
+                row[0] = _mm256_fmadd_ps(a, w0, row[0]);
+                row[1] = _mm256_fmadd_ps(a, w1, row[1]);
+            }
+            w = w.add(OC_NR);
+        }
+    }
+    let mut tile = [[0f32; OC_NR]; OC_MR];
+    for (dst, row) in tile.iter_mut().zip(&acc) {
+        // SAFETY: 16 floats per row.
+        unsafe {
+            _mm256_storeu_ps(dst.as_mut_ptr(), row[0]);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(8), row[1]);
+        }
+    }
+    // SAFETY: forwarded output contract.
+    unsafe { crate::arch::store_oc_tile(&tile, t) }
 }

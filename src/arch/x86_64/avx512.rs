@@ -14,6 +14,7 @@ pub static TABLE: KernelTable = KernelTable {
     winograd: F32_WINOGRAD,
     gather: crate::arch::x86_64::avx2::gather,
     pool_plane,
+    conv_oc: F32_CONV_OC,
 };
 
 macro_rules! gemm_kernel {
@@ -213,3 +214,4 @@ crate::arch::wino_kernel!(
     "avx512f,avx2,fma",
     crate::arch::x86_64::avx2::HardwareGather
 );
+crate::arch::conv_oc_kernel!(Avx512, "f32_conv_oc_6x16__avx512", "avx512f,avx2,fma");

@@ -1,0 +1,170 @@
+//! `direct_oc`: the direct convolution vectorized over output channels.
+//!
+//! `direct` computes `C = W X` with the weights broadcast and the vectors along output
+//! pixels, so a tile is MR output channels by NR pixels of one row (or of the phase plane's
+//! padded row): a 28- or 55-wide output row wastes part of its last tile, and every tap's
+//! B row is a misaligned 16-float read from the image. Here the roles swap, `C^T = X^T W^T`:
+//! a tile is [`OC_MR`] output pixels (any pixels: each has its own image offset, so tiles
+//! run across row ends with nothing wasted), the pixels' input values are broadcast
+//! straight from the padded image, and the weights are packed once, K x OC_NR per channel
+//! panel. The tile is written channel by channel (OC_MR consecutive floats of each output
+//! plane).
+//!
+//! The image is padded but not split into stride phases (the [`PhaseLayout`] of the layer
+//! taken at stride 1): a tile's taps then lie on few rows. Split, alexnet.conv1's 363 taps
+//! fall on 144 phase-plane rows (3 channels x 16 phases x 3) instead of 33.
+//!
+//! Measured against `direct` side by side (one thread, AVX2, paired runs, 2026-11-29):
+//! googlenet.inc3a.5x5 0.84-0.92x its time (OW = 28 left direct's 16-wide row tiles 12%
+//! empty; here nothing is), alexnet.conv1 0.99-1.02x, resnet50.res3.3x3s2 0.97-1.04x,
+//! resnet50.conv1 1.14-1.30x (K = 147: the transposed store of each tile weighs more). A
+//! stand-alone loop over alexnet's shape (no bias, no pool, no bands) reached 68-77 GFLOP/s
+//! in some runs, 51-58 in others; the plan's version has not matched its best runs, and
+//! why is not settled.
+
+use super::direct::PhaseLayout;
+use crate::arch::{activate_tile, run_oc_tile, OffsetTable, SharedMut};
+use crate::geometry::Geometry;
+use crate::kernels::{OcUkernel, OC_MR, OC_NR};
+
+/// A planned `direct_oc` convolution.
+pub struct DirectOcPlan {
+    /// The tile kernel.
+    pub uk: OcUkernel,
+    /// The image layout: the layer's padded image at stride 1 (no phase split).
+    pub layout: PhaseLayout,
+    /// The layer at stride 1, which `layout` pads.
+    unit_stride: Geometry,
+    /// Weights per group: `ceil(Cout/g / OC_NR)` panels of K x OC_NR (zero past the group's
+    /// channels; denormals flushed to zero, as every packing does).
+    pub panels: Vec<Vec<f32>>,
+    /// Every tap's offset from a pixel's base, relative to the group's first channel.
+    pub offsets: OffsetTable,
+}
+
+impl DirectOcPlan {
+    /// Packs `weight` (OIHW) for `g`.
+    pub fn new(g: &Geometry, uk: OcUkernel, weight: &[f32]) -> Result<Self, String> {
+        let unit_stride = Geometry {
+            stride: [1, 1],
+            ..g.clone()
+        };
+        let layout = PhaseLayout::new(&unit_stride, OC_NR)?;
+        let k = g.cin_per_group * g.kernel_area();
+        let opg = g.cout_per_group;
+        let count = opg.div_ceil(OC_NR);
+        let panels = (0..g.groups)
+            .map(|grp| {
+                let mut packed = vec![0f32; count * k * OC_NR];
+                for (jp, panel) in packed.chunks_exact_mut(k * OC_NR).enumerate() {
+                    for (p, row) in panel.chunks_exact_mut(OC_NR).enumerate() {
+                        for (j, v) in row.iter_mut().enumerate() {
+                            let co = jp * OC_NR + j;
+                            if co < opg {
+                                *v = crate::gemm::flush_denormal(weight[(grp * opg + co) * k + p]);
+                            }
+                        }
+                    }
+                }
+                packed
+            })
+            .collect();
+        let offsets = OffsetTable::new(layout.offsets(&unit_stride));
+        Ok(DirectOcPlan {
+            uk,
+            layout,
+            unit_stride,
+            panels,
+            offsets,
+        })
+    }
+
+    /// Fills `xp` (`self.layout.image` floats) with one NCHW image, padded.
+    pub fn fill(&self, x: &[f32], xp: &mut [f32], gather: crate::algo::direct::Gather) {
+        self.layout.fill(&self.unit_stride, x, xp, gather)
+    }
+
+    /// Bytes of packed weights.
+    pub fn packed_bytes(&self) -> usize {
+        self.panels.iter().map(|p| p.len() * 4).sum()
+    }
+
+    /// Computes conv rows `r0..r1` of one image whose padded, phase-split copy is `xp`
+    /// (`self.fill`), into `out` laid out `[Cout][r1 - r0][OW]` (preloaded with the
+    /// residual rows when `pass.accumulate`).
+    pub fn run_rows(
+        &self,
+        g: &Geometry,
+        xp: &[f32],
+        r0: usize,
+        r1: usize,
+        out: &mut [f32],
+        pass: &super::OutputPass,
+    ) {
+        let super::OutputPass {
+            bias,
+            accumulate,
+            clamp,
+            activation,
+        } = *pass;
+        let ow = g.conv_out[1];
+        let band = (r1 - r0) * ow;
+        if band == 0 {
+            return;
+        }
+        let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
+        let (pw, chan) = (self.layout.pw, self.layout.chan);
+        let [sh, sw] = g.stride;
+        let k = self.offsets.len();
+        let tiles = band.div_ceil(OC_MR);
+        // Tasks: (group, chunk of pixel tiles), a few per thread.
+        let threads = crate::par::threads();
+        let chunks = (4 * threads).div_ceil(g.groups).clamp(1, tiles);
+        let per_chunk = tiles.div_ceil(chunks);
+        let chunks = tiles.div_ceil(per_chunk);
+        let shared = SharedMut::new(out);
+        let task = |t: usize| {
+            let (grp, chunk) = (t / chunks, t % chunks);
+            let grp_base = grp * cpg * chan;
+            let c_grp = grp * opg * band;
+            let panels = &self.panels[grp];
+            // Tile by tile, then panel: the tile's image lines stay in L1 while every panel's
+            // weights stream past. (Panel by panel, with each panel's weights in L1 and the
+            // image lines read again per panel, and K blocks of 128-256 taps, measured
+            // 1.03-1.14x slower on alexnet.conv1, googlenet.inc3a.5x5 and res3.3x3s2.)
+            for tile in chunk * per_chunk..((chunk + 1) * per_chunk).min(tiles) {
+                let q0 = tile * OC_MR;
+                let m = OC_MR.min(band - q0);
+                // Pixel slots past the band repeat its last pixel (read, never stored).
+                let bases: [usize; OC_MR] = std::array::from_fn(|i| {
+                    let q = (q0 + i).min(band - 1);
+                    grp_base + (r0 + q / ow) * sh * pw + (q % ow) * sw
+                });
+                for (jp, w) in panels.chunks_exact(k * OC_NR).enumerate() {
+                    let c0 = jp * OC_NR;
+                    let n = OC_NR.min(opg - c0);
+                    let c_off = c_grp + c0 * band + q0;
+                    run_oc_tile(
+                        &self.uk,
+                        xp,
+                        &bases,
+                        &self.offsets,
+                        w,
+                        &shared,
+                        c_off,
+                        band,
+                        m,
+                        n,
+                        accumulate,
+                        bias.map(|b| &b[grp * opg + c0..]),
+                        clamp,
+                    );
+                    if let Some((kernel, act)) = activation {
+                        activate_tile(&kernel, act, &shared, c_off, band, n, m);
+                    }
+                }
+            }
+        };
+        crate::par::for_each_index(g.groups * chunks, task);
+    }
+}
