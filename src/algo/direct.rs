@@ -241,10 +241,7 @@ impl DirectPlan {
         let flat = flat_tiles * 100 < row_tiles * 97;
         let tiles = if flat { flat_tiles } else { row_tiles };
         // Tasks: (group, chunk of tiles). Enough chunks for the pool, each a few rows' worth.
-        let threads = crate::par::threads();
-        let chunks = (4 * threads).div_ceil(g.groups).clamp(1, tiles);
-        let per_chunk = tiles.div_ceil(chunks);
-        let chunks = tiles.div_ceil(per_chunk);
+        let (chunks, per_chunk) = super::task_chunks(tiles, g.groups);
         let panels_m = opg.div_ceil(uk.mr);
         let mc_panels = self.blocking.mc_panels(uk.mr, panels_m);
         let shared = SharedMut::new(out);

@@ -89,9 +89,9 @@ impl DirectOcPlan {
         self.panels.iter().map(|p| p.len() * 4).sum()
     }
 
-    /// Computes conv rows `r0..r1` of one image whose padded, phase-split copy is `xp`
-    /// (`self.fill`), into `out` laid out `[Cout][r1 - r0][OW]` (preloaded with the
-    /// residual rows when `pass.accumulate`).
+    /// Computes conv rows `r0..r1` of one image whose padded copy is `xp` (`self.fill`), into
+    /// `out` laid out `[Cout][r1 - r0][OW]` (preloaded with the residual rows when
+    /// `pass.accumulate`).
     pub fn run_rows(
         &self,
         g: &Geometry,
@@ -118,10 +118,7 @@ impl DirectOcPlan {
         let k = self.offsets.len();
         let tiles = band.div_ceil(OC_MR);
         // Tasks: (group, chunk of pixel tiles), a few per thread.
-        let threads = crate::par::threads();
-        let chunks = (4 * threads).div_ceil(g.groups).clamp(1, tiles);
-        let per_chunk = tiles.div_ceil(chunks);
-        let chunks = tiles.div_ceil(per_chunk);
+        let (chunks, per_chunk) = super::task_chunks(tiles, g.groups);
         let shared = SharedMut::new(out);
         let task = |t: usize| {
             let (grp, chunk) = (t / chunks, t % chunks);

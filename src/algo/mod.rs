@@ -27,6 +27,16 @@ pub struct OutputPass<'a> {
 pub mod im2col;
 pub mod winograd;
 
+/// Splits `tiles` tiles of each of `groups` groups into chunks for the pool: about 4 tasks a
+/// thread in all, each a run of whole tiles. Returns `(chunks a group, tiles a chunk)`; task
+/// `t` is group `t / chunks`, tiles `(t % chunks) * per ..` (the last chunk may be short).
+pub fn task_chunks(tiles: usize, groups: usize) -> (usize, usize) {
+    let threads = crate::par::threads();
+    let chunks = (4 * threads).div_ceil(groups.max(1)).clamp(1, tiles.max(1));
+    let per_chunk = tiles.div_ceil(chunks).max(1);
+    (tiles.div_ceil(per_chunk), per_chunk)
+}
+
 pub use crate::arch::winograd::Variant as WinogradVariant;
 
 /// A convolution algorithm.

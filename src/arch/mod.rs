@@ -179,16 +179,7 @@ pub fn run_oc_tile(
             "tile reads past the image"
         );
     }
-    assert!(
-        m <= cs || n == 1,
-        "channel stride {cs} narrower than the tile"
-    );
-    let last = c_offset + (n - 1) * cs + m;
-    assert!(
-        last <= c.len,
-        "tile ends at {last}, past the buffer's {}",
-        c.len
-    );
+    c.assert_block(c_offset, cs, n, m);
     if let Some(b) = bias {
         assert!(b.len() >= n, "bias shorter than the tile");
     }
@@ -526,6 +517,25 @@ impl<'a> SharedMut<'a> {
     pub fn len(&self) -> usize {
         self.len
     }
+
+    /// Asserts that `rows` rows of `cols` elements from `offset`, `stride` apart, lie inside
+    /// the buffer and do not overlap (a kernel's block of C; nothing to check when empty).
+    /// Panics otherwise: an internal invariant of the drivers, not reachable from input.
+    fn assert_block(&self, offset: usize, stride: usize, rows: usize, cols: usize) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        assert!(
+            cols <= stride || rows == 1,
+            "stride {stride} narrower than the block's {cols}"
+        );
+        let end = offset + (rows - 1) * stride + cols;
+        assert!(
+            end <= self.len,
+            "block ends at {end}, past the buffer's {}",
+            self.len
+        );
+    }
     /// Whether the buffer is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -633,16 +643,7 @@ pub fn run_gemm_column(
         "packed A shorter than {tiles} panels of k = {k}"
     );
     let (b_ptr, b_off) = b.checked_parts(k, uk.nr);
-    assert!(
-        n <= rsc || rows == 1,
-        "row stride {rsc} narrower than the tile"
-    );
-    let last = c_offset + (rows - 1) * rsc + n;
-    assert!(
-        last <= c.len,
-        "C column ends at {last}, past the buffer's {}",
-        c.len
-    );
+    c.assert_block(c_offset, rsc, rows, n);
     let bias = match bias {
         GemmBias::None => TileBias::None,
         GemmBias::Row(s) => {
@@ -718,16 +719,7 @@ pub fn activate_tile(
     if m == 0 || n == 0 {
         return;
     }
-    let last = c_offset + (m - 1) * rsc + n;
-    assert!(
-        last <= c.len,
-        "tile ends at {last}, past the buffer's {}",
-        c.len
-    );
-    assert!(
-        n <= rsc || m == 1,
-        "row stride {rsc} narrower than the tile"
-    );
+    c.assert_block(c_offset, rsc, m, n);
     // SAFETY: every row lies inside the buffer (checked above), and the tile belongs to the
     // calling task, as for the microkernel that just wrote it (the SharedMut invariant); the
     // rows live only for this call.
