@@ -98,7 +98,10 @@ pub fn copy_floats(dst: &mut [f32], src: &[f32]) {
             block::<8>(dst, src, 0);
             block::<8>(dst, src, n - 8);
         }
-        16..=32 => {
+        // A whole panel row (NR = 16) once, not as two overlapping blocks at 0: this is the
+        // copy of most im2col runs.
+        16 => block::<16>(dst, src, 0),
+        17..=32 => {
             block::<16>(dst, src, 0);
             block::<16>(dst, src, n - 16);
         }
