@@ -173,6 +173,9 @@ pub struct KernelTable {
     pub gather: fn(&mut [f32], &[f32], usize),
     /// Pooling of one channel plane of a band (`algo::pool`).
     pub pool_plane: crate::algo::pool::PoolPlaneFn,
+    /// Both stride-2 phases of a row at once: `even[t] = src[2t]`, `odd[t] = src[2t + 1]`
+    /// (`src` checked to cover both): the phase split of stride-2 layers.
+    pub deinterleave2: crate::arch::Deinterleave2Fn,
     /// The `direct_oc` tile kernel.
     pub conv_oc: OcUkernel,
 }

@@ -1,6 +1,7 @@
 //! A plan: a layer with its chosen algorithm, ISA tier and prepacked weights, ready to run
 //! many times, from many threads at once (`Plan` is `Send + Sync`).
 
+use crate::algo::direct::Gather;
 use crate::algo::im2col::Im2colB;
 use crate::algo::Algo;
 use crate::arch::GatherFn;
@@ -618,13 +619,16 @@ impl Plan {
         for n in 0..g.batch {
             let x = &input[n * img_in..(n + 1) * img_in];
             match &self.prepared {
-                Prepared::Direct(d) => d.layout.fill(g, x, &mut xp, self.isa.kernels()?.gather),
-                Prepared::DirectOc(d) => d.fill(x, &mut xp, self.isa.kernels()?.gather),
+                Prepared::Direct(d) => {
+                    d.layout
+                        .fill(g, x, &mut xp, Gather::of(self.isa.kernels()?))
+                }
+                Prepared::DirectOc(d) => d.fill(x, &mut xp, Gather::of(self.isa.kernels()?)),
                 Prepared::Winograd(w) => w.fill(g, x, &mut xp),
                 Prepared::Gemm {
                     phases: Some((layout, _)),
                     ..
-                } => layout.fill(g, x, &mut xp, self.isa.kernels()?.gather),
+                } => layout.fill(g, x, &mut xp, Gather::of(self.isa.kernels()?)),
                 _ => {}
             }
             let res_img = residual.map(|r| &r[n * cout * area..(n + 1) * cout * area]);
@@ -836,7 +840,7 @@ impl Plan {
             g.input_area(),
         );
         let chan_len = layout.chan + crate::arch::dwconv::CHUNK + layout.pw;
-        let gather = self.isa.kernels()?.gather;
+        let gather = Gather::of(self.isa.kernels()?);
         // Channels per task: enough that a task has ~4K input floats of work. One task per
         // channel spent more on the task and its scratch than on a 7x7 plane
         // (mobilenetv2.dw7: 960 channels of 49 outputs each).

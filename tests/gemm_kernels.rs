@@ -302,6 +302,52 @@ fn strided_gather_on_every_tier() {
     }
 }
 
+/// The two-phase deinterleave of the stride-2 phase split, on every tier: both streams
+/// exact, for uneven lengths, with `src` exactly long enough or longer, nothing written past
+/// either output.
+#[test]
+fn deinterleave2_on_every_tier() {
+    let mut rng = Rng::new(8);
+    for isa in convkit::arch::available_isas() {
+        let deinterleave = isa.kernels().unwrap().deinterleave2;
+        for n in 0usize..40 {
+            for (ne, no, slack) in [
+                (n, n, 0),
+                (n, n, 17),
+                (n + 1, n, 0),
+                (n, n.saturating_sub(1), 0),
+            ] {
+                let len = (2 * ne).saturating_sub(1).max(2 * no) + slack;
+                let src = rand_vec(&mut rng, len);
+                let mut even = vec![f32::NAN; ne + 3];
+                let mut odd = vec![f32::NAN; no + 3];
+                deinterleave(&mut even[..ne], &mut odd[..no], &src);
+                for t in 0..ne {
+                    assert_eq!(
+                        even[t].to_bits(),
+                        src[2 * t].to_bits(),
+                        "{}: even {t} of {ne}",
+                        isa.name()
+                    );
+                }
+                for t in 0..no {
+                    assert_eq!(
+                        odd[t].to_bits(),
+                        src[2 * t + 1].to_bits(),
+                        "{}: odd {t} of {no}",
+                        isa.name()
+                    );
+                }
+                assert!(
+                    even[ne..].iter().chain(&odd[no..]).all(|v| v.is_nan()),
+                    "{}: wrote past an output",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
 /// `run_gemm_column` (LOOP 1 of the GEMM and of direct) must write exactly what one
 /// `run_gemm_tile` per MR panel writes: bitwise, with a short last panel, a row or column
 /// bias, packed or indirect B, strided C, and nothing outside the column touched. Narrow

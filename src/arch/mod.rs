@@ -206,6 +206,20 @@ pub fn run_oc_tile(
 /// A strided gather `dst[t] = src[t * stride]` (`KernelTable::gather`).
 pub type GatherFn = fn(&mut [f32], &[f32], usize);
 
+/// A two-phase deinterleave (`KernelTable::deinterleave2`).
+pub type Deinterleave2Fn = fn(&mut [f32], &mut [f32], &[f32]);
+
+/// `even[t] = src[2t]` and `odd[t] = src[2t + 1]`, element by element: the portable tier's
+/// deinterleave and every tier's tail. Panics if `src` is too short (an internal invariant).
+pub fn deinterleave2_scalar(even: &mut [f32], odd: &mut [f32], src: &[f32]) {
+    for (t, e) in even.iter_mut().enumerate() {
+        *e = src[2 * t];
+    }
+    for (t, o) in odd.iter_mut().enumerate() {
+        *o = src[2 * t + 1];
+    }
+}
+
 /// `dst[t] = src[t * stride]`, element by element: the portable tier's gather and every
 /// tier's tail.
 pub fn gather_scalar(dst: &mut [f32], src: &[f32], stride: usize) {

@@ -17,6 +17,7 @@ pub static TABLE: KernelTable = KernelTable {
     gather: crate::arch::gather_scalar,
     pool_plane: crate::algo::pool::pool_plane,
     conv_oc: F32_CONV_OC,
+    deinterleave2: crate::arch::deinterleave2_scalar,
 };
 
 /// 4x8 GEMM tile on `wide::f32x8` (4 accumulators: 8 xmm on SSE2, 8 q registers on NEON).

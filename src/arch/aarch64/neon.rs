@@ -15,6 +15,7 @@ pub static TABLE: KernelTable = KernelTable {
     gather: crate::arch::gather_scalar,
     pool_plane,
     conv_oc: F32_CONV_OC,
+    deinterleave2: crate::arch::deinterleave2_scalar,
 };
 
 macro_rules! gemm_kernel {

@@ -15,6 +15,7 @@ pub static TABLE: KernelTable = KernelTable {
     gather,
     pool_plane,
     conv_oc: F32_CONV_OC,
+    deinterleave2,
 };
 
 macro_rules! gemm_kernel {
@@ -635,6 +636,48 @@ pub fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
         done = blocks * 8;
     }
     crate::arch::gather_scalar(&mut dst[done..], &src[done * stride.max(1)..], stride);
+}
+
+/// Both stride-2 phases of a row in one pass: each 16 floats read give 8 of each phase (two
+/// shuffles and two lane permutes), where two stride-2 gathers read the row twice, each
+/// call with its own checks and tail. Whole blocks of 8 while both outputs and `src`
+/// allow, the rest element by element.
+pub fn deinterleave2(even: &mut [f32], odd: &mut [f32], src: &[f32]) {
+    let n = even.len().min(odd.len());
+    let mut done = 0;
+    if n >= 8 && Isa::Avx2.is_available() {
+        let blocks = (n / 8).min(src.len() / 16);
+        // SAFETY: AVX2 was checked; block b reads src[16b .. 16b + 16] (b < blocks <=
+        // src.len() / 16) and writes even[8b .. 8b + 8] and odd[8b .. 8b + 8] (b < n / 8).
+        unsafe { deinterleave2_avx2(even, odd, src, blocks) };
+        done = blocks * 8;
+    }
+    crate::arch::deinterleave2_scalar(&mut even[done..], &mut odd[done..], &src[2 * done..]);
+}
+
+/// `blocks` blocks of [`deinterleave2`].
+///
+/// # Safety
+/// AVX2 must be available, `src` must hold `16 * blocks` floats, `even` and `odd` `8 *
+/// blocks` each.
+#[target_feature(enable = "avx2")]
+unsafe fn deinterleave2_avx2(even: &mut [f32], odd: &mut [f32], src: &[f32], blocks: usize) {
+    let (s, e, o) = (src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
+    for b in 0..blocks {
+        // SAFETY: within the bounds the caller guarantees (16 floats read, 8 + 8 written).
+        unsafe {
+            let lo = _mm256_loadu_ps(s.add(16 * b));
+            let hi = _mm256_loadu_ps(s.add(16 * b + 8));
+            // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] (and the odd lanes), then the 64-bit lanes
+            // reordered 0 2 1 3.
+            let ev = _mm256_shuffle_ps::<0x88>(lo, hi);
+            let od = _mm256_shuffle_ps::<0xDD>(lo, hi);
+            let order =
+                |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(v)));
+            _mm256_storeu_ps(e.add(8 * b), order(ev));
+            _mm256_storeu_ps(o.add(8 * b), order(od));
+        }
+    }
 }
 
 /// `blocks` blocks of 8 floats at `stride` by `vgatherdps`.

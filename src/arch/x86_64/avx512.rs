@@ -15,6 +15,7 @@ pub static TABLE: KernelTable = KernelTable {
     gather: crate::arch::x86_64::avx2::gather,
     pool_plane,
     conv_oc: F32_CONV_OC,
+    deinterleave2: crate::arch::x86_64::avx2::deinterleave2,
 };
 
 macro_rules! gemm_kernel {
