@@ -78,15 +78,8 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
             packed(uk.mr)?.checked_add(image.checked_mul(4)?)?
         }
         Algo::DirectOc => {
-            let nr = crate::kernels::OC_NR;
-            let unit_stride = Geometry {
-                stride: [1, 1],
-                ..g.clone()
-            };
-            let image = crate::algo::direct::PhaseLayout::new(&unit_stride, nr)
-                .ok()?
-                .image;
-            packed(nr)?.checked_add(image.checked_mul(4)?)?
+            let (_, layout) = crate::algo::direct_oc::DirectOcPlan::padded_layout(g).ok()?;
+            packed(crate::kernels::OC_NR)?.checked_add(layout.image.checked_mul(4)?)?
         }
         Algo::Winograd(v) => {
             // alpha^2 (2-D) or alpha (1-D) transformed copies of the packed weights, and the

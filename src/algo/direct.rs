@@ -56,6 +56,12 @@ pub struct PhaseLayout {
     pub chan: usize,
     /// Floats per image, slack included.
     pub image: usize,
+    /// Per column phase: the phase-row columns `c0..c1` that hold input and the input column
+    /// of `c0` (the same for every row).
+    cols: Vec<(usize, usize, usize)>,
+    /// Stride 2 with both column phases fed by one deinterleave: `(phase of the first
+    /// stream, of the second, first input column, count)`.
+    paired: Option<(usize, usize, usize, usize)>,
 }
 
 impl PhaseLayout {
@@ -77,37 +83,11 @@ impl PhaseLayout {
                 "the padded image would hold {image} floats (more than {MAX_IMAGE_FLOATS}); use im2col"
             ));
         }
-        Ok(PhaseLayout {
-            ph,
-            pw,
-            chan,
-            image,
-        })
-    }
-
-    /// Fills `xp` (`self.image` floats) from one NCHW image `x`.
-    pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32], gather: Gather) {
-        let [ih, iw] = g.input;
-        let chans = &mut xp[..self.chan * g.in_channels];
-        crate::par::for_each_chunk_mut(chans, self.chan, |c, dst| {
-            self.fill_channel(g, &x[c * ih * iw..(c + 1) * ih * iw], dst, gather)
-        });
-        xp[self.chan * g.in_channels..].fill(0.0);
-    }
-
-    /// Fills one channel's phase planes (`self.chan` floats of `dst`) from its input plane.
-    pub fn fill_channel(&self, g: &Geometry, src: &[f32], dst: &mut [f32], gather: Gather) {
-        let [ih, iw] = g.input;
-        let (sh, sw) = (g.stride[0], g.stride[1]);
-        let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
-        let (ph, pw) = (self.ph, self.pw);
-        // Row by row, all column phases of an input row one after the other: the row is read
-        // sw times (once a phase) while it is in L1. (Phase by phase, each input row came
-        // back from L2 sw times: alexnet.conv1's stride-4 split.)
-        let plane_len = ph * pw;
+        let (pl, iw, sw) = (g.pad_before[1], g.input[1], g.stride[1]);
         // Per column phase px: the phase-row columns c0..c1 that hold input (pl <= cc*sw + px
-        // < pl + iw; the rest is padding) and the input column of c0. The same for every row:
-        // found once (four divisions a row had cost more than the row's copy).
+        // < pl + iw; the rest is padding) and the input column of c0. The same for every row
+        // and channel: found once per layout (four divisions a row had cost more than the
+        // row's copy).
         let cols: Vec<(usize, usize, usize)> = (0..sw)
             .map(|px| {
                 let c0 = pl.saturating_sub(px).div_ceil(sw).min(pw);
@@ -134,6 +114,38 @@ impl PhaseLayout {
                 })
             })
             .flatten();
+        Ok(PhaseLayout {
+            ph,
+            pw,
+            chan,
+            image,
+            cols,
+            paired,
+        })
+    }
+
+    /// Fills `xp` (`self.image` floats) from one NCHW image `x`.
+    pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32], gather: Gather) {
+        let [ih, iw] = g.input;
+        let chans = &mut xp[..self.chan * g.in_channels];
+        crate::par::for_each_chunk_mut(chans, self.chan, |c, dst| {
+            self.fill_channel(g, &x[c * ih * iw..(c + 1) * ih * iw], dst, gather)
+        });
+        xp[self.chan * g.in_channels..].fill(0.0);
+    }
+
+    /// Fills one channel's phase planes (`self.chan` floats of `dst`) from its input plane;
+    /// `g` is the geometry the layout was made for.
+    pub fn fill_channel(&self, g: &Geometry, src: &[f32], dst: &mut [f32], gather: Gather) {
+        let [ih, iw] = g.input;
+        let (sh, sw) = (g.stride[0], g.stride[1]);
+        let pt = g.pad_before[0];
+        let (ph, pw) = (self.ph, self.pw);
+        // Row by row, all column phases of an input row one after the other: the row is read
+        // sw times (once a phase) while it is in L1. (Phase by phase, each input row came
+        // back from L2 sw times: alexnet.conv1's stride-4 split.)
+        let plane_len = ph * pw;
+        let (cols, paired) = (&self.cols, self.paired);
         for py in 0..sh {
             for r in 0..ph {
                 let y = r * sh + py;

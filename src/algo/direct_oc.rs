@@ -43,13 +43,20 @@ pub struct DirectOcPlan {
 }
 
 impl DirectOcPlan {
-    /// Packs `weight` (OIHW) for `g`.
-    pub fn new(g: &Geometry, uk: OcUkernel, weight: &[f32]) -> Result<Self, String> {
+    /// The layer at stride 1 and the padded image layout it gives (no phase split), or why
+    /// not (too large).
+    pub fn padded_layout(g: &Geometry) -> Result<(Geometry, PhaseLayout), String> {
         let unit_stride = Geometry {
             stride: [1, 1],
             ..g.clone()
         };
         let layout = PhaseLayout::new(&unit_stride, OC_NR)?;
+        Ok((unit_stride, layout))
+    }
+
+    /// Packs `weight` (OIHW) for `g`.
+    pub fn new(g: &Geometry, uk: OcUkernel, weight: &[f32]) -> Result<Self, String> {
+        let (unit_stride, layout) = Self::padded_layout(g)?;
         let k = g.cin_per_group * g.kernel_area();
         let opg = g.cout_per_group;
         let count = opg.div_ceil(OC_NR);

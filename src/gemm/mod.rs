@@ -262,89 +262,104 @@ pub fn gemm_packed(
     // ran slower on 2 threads than on 1: 8 parallel sections of ~40 us each for a 0.3 ms
     // layer.)
     let blocks = &a.blocks;
-    let split = split_columns(n, blocking.nc.max(uk.nr), uk.nr, threads);
-    if let Split::Columns(col_blocks) = &split {
-        // Column mode.
-        let in_place = b
-            .in_place()
-            .filter(|_| read_b_in_place(blocks, panels_m))
-            .map(|(data, rs)| {
-                let offsets: Vec<OffsetTable> = blocks
-                    .iter()
-                    .map(|&(_, kc)| OffsetTable::new((0..kc).map(|p| p * rs).collect()))
-                    .collect();
-                (data, rs, offsets)
-            });
-        let task = |ct: usize| {
-            let (j0, ncur) = col_blocks[ct];
-            let panels_n = ncur.div_ceil(uk.nr);
-            PACK_B.with(|cell| {
-                let mut bp = cell.borrow_mut();
-                for (bi, &(p0, kc)) in blocks.iter().enumerate() {
-                    let need = panels_n * uk.nr * kc.max(1);
-                    if bp.len() < need {
-                        *bp = aligned_zeros(need);
-                    }
-                    let direct = in_place.as_ref().map(|(data, rs, offsets)| InPlaceB {
-                        data,
-                        row0: p0 * rs,
-                        offsets: &offsets[bi],
-                    });
-                    if kc > 0 {
-                        match &direct {
-                            // Only the panels the kernel cannot read in place are packed.
-                            Some(d) => {
-                                for jp in 0..panels_n {
-                                    let jj = j0 + jp * uk.nr;
-                                    let w = uk.nr.min(j0 + ncur - jj);
-                                    if !d.readable(jj, w, uk.nr) {
-                                        let panel = &mut bp[jp * uk.nr * kc..(jp + 1) * uk.nr * kc];
-                                        b.pack(p0, kc, jj, w, uk.nr, panel);
-                                    }
+    let col_blocks = match split_columns(n, blocking.nc.max(uk.nr), uk.nr, threads) {
+        Split::Columns(col_blocks) => col_blocks,
+        Split::Rows(nc) => return gemm_rows_mode(uk, blocking, a, b, n, nc, c, c_offset, rsc, epi),
+    };
+    // Column mode.
+    let in_place = b
+        .in_place()
+        .filter(|_| read_b_in_place(blocks, panels_m))
+        .map(|(data, rs)| {
+            let offsets: Vec<OffsetTable> = blocks
+                .iter()
+                .map(|&(_, kc)| OffsetTable::new((0..kc).map(|p| p * rs).collect()))
+                .collect();
+            (data, rs, offsets)
+        });
+    let task = |ct: usize| {
+        let (j0, ncur) = col_blocks[ct];
+        let panels_n = ncur.div_ceil(uk.nr);
+        PACK_B.with(|cell| {
+            let mut bp = cell.borrow_mut();
+            for (bi, &(p0, kc)) in blocks.iter().enumerate() {
+                let need = panels_n * uk.nr * kc.max(1);
+                if bp.len() < need {
+                    *bp = aligned_zeros(need);
+                }
+                let direct = in_place.as_ref().map(|(data, rs, offsets)| InPlaceB {
+                    data,
+                    row0: p0 * rs,
+                    offsets: &offsets[bi],
+                });
+                if kc > 0 {
+                    match &direct {
+                        // Only the panels the kernel cannot read in place are packed.
+                        Some(d) => {
+                            for jp in 0..panels_n {
+                                let jj = j0 + jp * uk.nr;
+                                let w = uk.nr.min(j0 + ncur - jj);
+                                if !d.readable(jj, w, uk.nr) {
+                                    let panel = &mut bp[jp * uk.nr * kc..(jp + 1) * uk.nr * kc];
+                                    b.pack(p0, kc, jj, w, uk.nr, panel);
                                 }
                             }
-                            None => b.pack(p0, kc, j0, ncur, uk.nr, &mut bp[..need]),
                         }
+                        None => b.pack(p0, kc, j0, ncur, uk.nr, &mut bp[..need]),
                     }
-                    let step = BlockStep {
-                        bi,
-                        kc,
-                        first: bi == 0,
-                        last: bi + 1 == blocks.len(),
-                    };
-                    block_tiles(
-                        uk,
-                        blocking,
-                        a,
-                        &bp[..need],
-                        direct.as_ref(),
-                        step,
-                        j0,
-                        ncur,
-                        0..panels_m,
-                        c,
-                        c_offset,
-                        rsc,
-                        &epi,
-                    );
                 }
-            });
-        };
-        if threads > 1 && col_blocks.len() > 1 {
-            (0..col_blocks.len()).into_par_iter().for_each(task);
-        } else {
-            (0..col_blocks.len()).for_each(task);
-        }
-        return;
+                let step = BlockStep {
+                    bi,
+                    kc,
+                    first: bi == 0,
+                    last: bi + 1 == blocks.len(),
+                };
+                block_tiles(
+                    uk,
+                    blocking,
+                    a,
+                    &bp[..need],
+                    direct.as_ref(),
+                    step,
+                    j0,
+                    ncur,
+                    0..panels_m,
+                    c,
+                    c_offset,
+                    rsc,
+                    &epi,
+                );
+            }
+        });
+    };
+    if threads > 1 && col_blocks.len() > 1 {
+        (0..col_blocks.len()).into_par_iter().for_each(task);
+    } else {
+        (0..col_blocks.len()).for_each(task);
     }
-    // Row mode: shared B per (column block, K block), rows split among tasks.
+}
+
+/// Row mode of [`gemm_packed`]: one B packed per (column block of `nc`, K block), its panels
+/// in parallel, into a shared buffer, and tasks over the rows.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows_mode(
+    uk: &GemmUkernel,
+    blocking: &Blocking,
+    a: &PackedA,
+    b: &(impl PackB + ?Sized),
+    n: usize,
+    nc: usize,
+    c: &SharedMut,
+    c_offset: usize,
+    rsc: usize,
+    epi: GemmEpilogue,
+) {
+    let blocks = &a.blocks;
+    let panels_m = a.m.div_ceil(uk.mr);
+    let threads = crate::par::threads();
     let row_tasks = (4 * threads).min(panels_m).max(1);
     let per = panels_m.div_ceil(row_tasks);
     let mut shared_b = aligned_zeros(0);
-    let nc = match split {
-        Split::Rows(nc) => nc,
-        Split::Columns(_) => unreachable!("column mode returned above"),
-    };
     for j0 in (0..n).step_by(nc) {
         let ncur = nc.min(n - j0);
         let panels_n = ncur.div_ceil(uk.nr);
