@@ -357,6 +357,32 @@ fn suite_like_layers_all_tiers_both_layouts() {
     }
 }
 
+/// The hand-written 3x3 channel-block kernels (AVX2: eight pixels a step, tails of 1..7):
+/// every output width 1..=17 at strides 1 and 2, a full and a partial block of channels,
+/// with and without a residual (which moves the clamp out of the kernel).
+#[test]
+fn depthwise_3x3_every_row_tail_and_stride() {
+    for s in [1usize, 2] {
+        for ow in 1..=17usize {
+            for residual in [false, true] {
+                let w = (ow - 1) * s + 1 + (ow % 2) * (s - 1);
+                let spec = ConvSpec::new(&[1, 13, 4, w], 13, &[3, 3])
+                    .with_groups(13)
+                    .with_stride(&[s, s])
+                    .with_padding(Padding::Symmetric(vec![1, 1]))
+                    .with_residual(residual)
+                    .with_activation(Activation::Relu6);
+                let g = Geometry::new(&spec).unwrap();
+                assert_eq!(g.conv_out[1], ow, "stride {s}, width {w}");
+                let case = make_case(spec, (s * 100 + ow) as u64);
+                for isa in convkit::arch::available_isas() {
+                    check(&case, Algo::Depthwise, isa, None, Layout::Nchw).unwrap();
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn bitwise_identical_across_thread_counts() {
     for (i, spec) in suite_like_cases().into_iter().enumerate() {

@@ -169,18 +169,35 @@ pub struct DwBlock<'a> {
 #[inline(always)]
 pub(crate) fn dw_block_generic(p: &mut DwBlock, fma: impl Fn(f32, f32, f32) -> f32 + Copy) {
     let [kh, kw] = p.kernel;
+    let oh = checked_block_rows(p);
+    if oh == 0 {
+        return;
+    }
+    // 3x3 (every depthwise layer of the suite) unrolls its taps with the weights in
+    // registers; other kernels loop.
+    match (kh == 3 && kw == 3, p.broadcast) {
+        (true, false) => rows_of_block::<true, false>(p, oh, fma),
+        (false, false) => rows_of_block::<false, false>(p, oh, fma),
+        (_, true) => rows_of_block::<false, true>(p, oh, fma),
+    }
+}
+
+/// The block's output rows, after asserting that every read of the kernel (the last pixel
+/// its taps reach, the last tap's weights) lies inside `input` and `weight`: an undersized
+/// buffer fails here and not mid-plane, and the unchecked loads of the kernels rely on it.
+/// Checked arithmetic throughout.
+pub(crate) fn checked_block_rows(p: &DwBlock) -> usize {
+    let [kh, kw] = p.kernel;
     let [sh, sw] = p.stride;
     let [dh, dw] = p.dilation;
     let ow = p.ow;
     if ow == 0 || kh == 0 || kw == 0 {
-        return;
+        return 0;
     }
     let oh = p.out.len() / (ow * CB);
     if oh == 0 {
-        return;
+        return 0;
     }
-    // The last pixel read, so that an undersized buffer fails here and not mid-plane.
-    // Checked, because the unchecked loads below rely on it.
     let last = (|| {
         let row = ((oh - 1).checked_mul(sh)?).checked_add((kh - 1).checked_mul(dh)?)?;
         let col = ((ow - 1).checked_mul(sw)?).checked_add((kw - 1).checked_mul(dw)?)?;
@@ -194,13 +211,7 @@ pub(crate) fn dw_block_generic(p: &mut DwBlock, fma: impl Fn(f32, f32, f32) -> f
         last.is_some_and(|l| l <= p.input.len()) && taps.is_some_and(|t| t <= p.weight.len()),
         "depthwise block shorter than its reads"
     );
-    // 3x3 (every depthwise layer of the suite) unrolls its taps with the weights in
-    // registers; other kernels loop.
-    match (kh == 3 && kw == 3, p.broadcast) {
-        (true, false) => rows_of_block::<true, false>(p, oh, fma),
-        (false, false) => rows_of_block::<false, false>(p, oh, fma),
-        (_, true) => rows_of_block::<false, true>(p, oh, fma),
-    }
+    oh
 }
 
 #[inline(always)]

@@ -18,6 +18,18 @@ pub(crate) use winograd::wino_kernel;
 /// the tier's target features, behind a safe entry that checks the tier is available.
 macro_rules! dw_plane_kernel {
     ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty) => {
+        crate::arch::dw_plane_kernel!(
+            $isa,
+            $name,
+            $block_name,
+            $features,
+            $interleave,
+            |_p: &mut crate::arch::dwconv::DwBlock| false
+        );
+    };
+    // `$fast` takes the blocks it has a hand-written kernel for (returns true), the generic
+    // body the rest.
+    ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty, $fast:expr) => {
         /// Depthwise kernels: the generic bodies vectorized under this tier's features.
         pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel =
             crate::arch::dwconv::DwUkernel {
@@ -38,7 +50,9 @@ macro_rules! dw_plane_kernel {
 
         #[target_feature(enable = $features)]
         fn dw_block_tf(p: &mut crate::arch::dwconv::DwBlock) {
-            crate::arch::dwconv::dw_block_generic(p, f32::mul_add)
+            if !($fast)(p) {
+                crate::arch::dwconv::dw_block_generic(p, f32::mul_add)
+            }
         }
 
         fn dw_plane(p: &mut crate::arch::dwconv::DwPlane) {
