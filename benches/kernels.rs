@@ -92,6 +92,8 @@ fn bench_winograd(c: &mut Criterion) {
                     tiles_w,
                     t0: 0,
                     n,
+                    phase_tiles: usize::MAX,
+                    phase_stride: 0,
                     out: &mut vbuf,
                     ld,
                 })
@@ -108,6 +110,8 @@ fn bench_winograd(c: &mut Criterion) {
                     tile_row0: 0,
                     t0: 0,
                     n,
+                    phase_tiles: usize::MAX,
+                    phase_stride: 0,
                     out: &mut y,
                     ow: tiles_w * m,
                     r0: 0,

@@ -433,7 +433,7 @@ pub unsafe extern "C" fn convkit_plan_algo(plan: *const ConvkitPlan) -> *const c
 }
 
 /// The algorithm names with their NUL terminators (static C strings).
-const ALGO_NAMES: [(&str, &str); 9] = [
+const ALGO_NAMES: [(&str, &str); 12] = [
     ("direct", "direct\0"),
     ("direct_oc", "direct_oc\0"),
     ("im2col", "im2col\0"),
@@ -442,6 +442,9 @@ const ALGO_NAMES: [(&str, &str); 9] = [
     ("winograd_f2x3", "winograd_f2x3\0"),
     ("winograd_f4x3", "winograd_f4x3\0"),
     ("winograd_f6x3", "winograd_f6x3\0"),
+    ("dilated_f2x3", "dilated_f2x3\0"),
+    ("dilated_f4x3", "dilated_f4x3\0"),
+    ("dilated_f6x3", "dilated_f6x3\0"),
     ("reference", "reference\0"),
 ];
 

@@ -81,22 +81,12 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
             let (_, layout) = crate::algo::direct_oc::DirectOcPlan::padded_layout(g).ok()?;
             packed(crate::kernels::OC_NR)?.checked_add(layout.image.checked_mul(4)?)?
         }
-        Algo::Winograd(v) => {
+        Algo::Winograd(v) | Algo::DilatedWinograd(v) => {
             // alpha^2 (2-D) or alpha (1-D) transformed copies of the packed weights, and the
-            // image padded to whole tiles.
-            let (m, a) = (v.m(), v.alpha());
+            // image padded to whole tiles (phase-split when dilated).
+            let a = v.alpha();
             let xi = if g.spatial_rank == 2 { a * a } else { a };
-            let mh = if g.spatial_rank == 2 { m } else { 1 };
-            let ah = if g.spatial_rank == 2 { a } else { 1 };
-            let rows = g.conv_out[0]
-                .div_ceil(mh)
-                .checked_mul(mh)?
-                .checked_add(ah - mh)?;
-            let cols = g.conv_out[1]
-                .div_ceil(m)
-                .checked_mul(m)?
-                .checked_add(a - m)?;
-            let image = rows.checked_mul(cols)?.checked_mul(g.in_channels)?;
+            let image = crate::algo::winograd::image_floats(g, v)?;
             packed(uk.mr)?
                 .checked_mul(xi)?
                 .checked_add(image.checked_mul(4)?)?
@@ -189,7 +179,8 @@ impl std::fmt::Debug for Plan {
 ///   those: vgg16.conv3_3 93-130 vs im2col 60; conv5_3 102-118 vs 70; res2 74 vs direct 48;
 ///   textcnn.k3 58 vs 53; res5 (7x7: 4 tiles of F(4,3), 16 of F(2,3)) F(2,3) 66 vs F(4,3) 29
 ///   vs im2col 44. With 4 channels a group (resnext grouped) the alpha^2 GEMMs are too thin:
-///   F(4,3) 7.6 vs direct 10.7.
+///   F(4,3) 7.6 vs direct 10.7. Dilated 3x3 layers the same on phase planes (`dilated_*`:
+///   deeplab.dilated3x3 F(4,3) 0.855x im2col's time).
 pub fn choose_algo(g: &Geometry) -> Algo {
     let k = g.cin_per_group * g.kernel_area();
     if let Some(w) = winograd_pick(g) {
@@ -230,10 +221,17 @@ fn winograd_pick(g: &Geometry) -> Option<Algo> {
         };
         rows * g.conv_out[1].div_ceil(m)
     };
-    [V::F4, V::F2].into_iter().map(Algo::Winograd).find(|a| {
-        let Algo::Winograd(v) = a else { return false };
-        a.accepts(g) && tiles(v.m()) >= 16
-    })
+    // Dilated layers: the same variants on phase planes (deeplab.dilated3x3, paired, one
+    // thread: dilated_f4x3 0.855x im2col's time, f6x3 0.90x, f2x3 0.98x).
+    let family = if g.dilation == [1, 1] {
+        Algo::Winograd
+    } else {
+        Algo::DilatedWinograd
+    };
+    [V::F4, V::F2]
+        .into_iter()
+        .find(|&v| family(v).accepts(g) && tiles(v.m()) >= 16)
+        .map(family)
 }
 
 /// The `auto` decision: the cache (and wisdom) first, then the configured mode. Measuring
@@ -345,7 +343,7 @@ impl Plan {
                         why,
                     })?,
             )),
-            Algo::Winograd(v) => Prepared::Winograd(
+            Algo::Winograd(v) | Algo::DilatedWinograd(v) => Prepared::Winograd(
                 crate::algo::winograd::WinogradPlan::new(&geom, isa.kernels()?, weight, v)
                     .map_err(|why| Error::AlgorithmRejects {
                         algo: algo.name().into(),

@@ -618,19 +618,27 @@ fn memory_budget_refuses_before_allocating() {
     assert!(Plan::new(&spec, &w, Some(&b), &PlanOptions::default()).is_ok());
 }
 
-/// Layers Winograd accepts: kernel 3, stride 1, dilation 1; odd sizes whose outputs are not
-/// multiples of any tile, every padding kind, groups, 1-D and 2-D, every epilogue.
+/// Layers Winograd accepts: kernel 3, stride 1, dilation 1 or 2 (phase planes); odd sizes
+/// whose outputs are not multiples of any tile, every padding kind, groups, 1-D and 2-D,
+/// every epilogue.
 fn winograd_spec_strategy() -> impl Strategy<Value = ConvSpec> {
     spec_strategy()
         .prop_map(|spec| {
             let rank = spec.kernel.len();
-            let mut spec = spec
-                .with_stride(&vec![1; rank])
-                .with_dilation(&vec![1; rank]);
+            let mut spec = spec.with_stride(&vec![1; rank]);
             spec.kernel = vec![3; rank];
             spec
         })
         .prop_filter("valid geometry", |s| Geometry::new(s).is_ok())
+}
+
+/// The Winograd algorithms for `g`: `winograd_*` at dilation 1 (SPEC), `dilated_*` above.
+fn winograd_names(g: &Geometry) -> [&'static str; 3] {
+    if g.dilation == [1, 1] {
+        ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"]
+    } else {
+        ["dilated_f2x3", "dilated_f4x3", "dilated_f6x3"]
+    }
 }
 
 proptest! {
@@ -640,7 +648,7 @@ proptest! {
         let case = make_case(spec, seed);
         let g = Geometry::new(&case.spec).unwrap();
         for isa in convkit::arch::available_isas() {
-            for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+            for name in winograd_names(&g) {
                 let al = Algo::parse(name).unwrap();
                 prop_assert!(al.accepts(&g), "{} must accept {}", name, case.spec.to_json());
                 for threads in [Some(1), Some(2)] {
@@ -653,8 +661,9 @@ proptest! {
     }
 }
 
-/// Every activation through every Winograd variant, 2-D and 1-D, with bias and residual, on
-/// a size that leaves partial tiles on both edges, and a pool band of each height.
+/// Every activation through every Winograd variant, 2-D and 1-D, undilated and dilated
+/// (2 x 3 in 2-D, 2 in 1-D: phase planes of unequal sizes), with bias and residual, on a
+/// size that leaves partial tiles on both edges, and a pool band of each height.
 #[test]
 fn winograd_fuses_every_epilogue() {
     let acts = [
@@ -673,9 +682,15 @@ fn winograd_fuses_every_epilogue() {
         Activation::Silu,
     ];
     for (i, act) in acts.into_iter().enumerate() {
-        for input in [vec![2, 5, 13, 11], vec![2, 5, 23]] {
+        for (input, dilation) in [
+            (vec![2, 5, 13, 11], vec![1, 1]),
+            (vec![2, 5, 23], vec![1]),
+            (vec![2, 5, 17, 19], vec![2, 3]),
+            (vec![2, 5, 29], vec![2]),
+        ] {
             let rank = input.len() - 2;
             let spec = ConvSpec::new(&input, 7, &vec![3; rank])
+                .with_dilation(&dilation)
                 .with_padding(Padding::Same)
                 .with_residual(true)
                 .with_activation(act);
@@ -686,8 +701,9 @@ fn winograd_fuses_every_epilogue() {
             })));
             for spec in [spec, pooled] {
                 let case = make_case(spec, i as u64);
+                let g = Geometry::new(&case.spec).unwrap();
                 for isa in convkit::arch::available_isas() {
-                    for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+                    for name in winograd_names(&g) {
                         let al = Algo::parse(name).unwrap();
                         for band in [None, Some(1), Some(3)] {
                             check_banded(&case, al, isa, Some(2), Layout::Nchw, band)
@@ -700,25 +716,52 @@ fn winograd_fuses_every_epilogue() {
     }
 }
 
-/// Winograd is refused, with the reason, where it does not apply.
+/// Winograd is refused, with the reason, where it does not apply: `winograd_*` outside
+/// kernel 3, stride 1, dilation 1 (SPEC), `dilated_*` outside kernel 3, stride 1, dilation
+/// above 1.
 #[test]
 fn winograd_refuses_what_it_cannot_run() {
-    for (spec, why) in [
-        (ConvSpec::new(&[1, 4, 9, 9], 4, &[5, 5]), "3x3"),
+    let dilated = ["dilated_f2x3", "dilated_f4x3", "dilated_f6x3"];
+    let undilated = ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"];
+    for (spec, why, names) in [
+        (ConvSpec::new(&[1, 4, 9, 9], 4, &[5, 5]), "3x3", undilated),
         (
             ConvSpec::new(&[1, 4, 9, 9], 4, &[3, 3]).with_stride(&[2, 2]),
             "stride",
+            undilated,
         ),
         (
             ConvSpec::new(&[1, 4, 9, 9], 4, &[3, 3]).with_dilation(&[2, 2]),
             "dilation",
+            undilated,
         ),
-        (ConvSpec::new(&[1, 4, 20], 4, &[5]), "kernel of 3"),
+        (
+            ConvSpec::new(&[1, 4, 20], 4, &[5]),
+            "kernel of 3",
+            undilated,
+        ),
+        (
+            ConvSpec::new(&[1, 4, 9, 9], 4, &[3, 3]),
+            "dilation above 1",
+            dilated,
+        ),
+        (
+            ConvSpec::new(&[1, 4, 13, 13], 4, &[3, 3])
+                .with_dilation(&[2, 2])
+                .with_stride(&[2, 2]),
+            "stride",
+            dilated,
+        ),
+        (
+            ConvSpec::new(&[1, 4, 20, 20], 4, &[5, 5]).with_dilation(&[2, 2]),
+            "3x3",
+            dilated,
+        ),
     ] {
         let g = Geometry::new(&spec).unwrap();
         let w = vec![0.0; g.weight_len()];
         let b = vec![0.0; g.out_channels];
-        for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+        for name in names {
             let opts = PlanOptions {
                 algo: Some(name.into()),
                 ..Default::default()

@@ -57,16 +57,23 @@ pub enum Algo {
     Depthwise,
     /// Winograd F(m, 3) (2-D: F(m x m, 3 x 3)): kernel 3, stride 1, dilation 1.
     Winograd(WinogradVariant),
+    /// Winograd F(m, 3) on the phase planes of a dilated layer (kernel 3, stride 1,
+    /// dilation above 1): dh x dw undilated convolutions whose tiles share the GEMMs.
+    /// Named apart from `winograd_*`, which SPEC keeps to dilation 1.
+    DilatedWinograd(WinogradVariant),
     /// The f64 oracle (never chosen by `auto`).
     Reference,
 }
 
 /// Every algorithm, in the order `auto` prefers them (best first); `reference` last.
-pub const ALL_ALGOS: [Algo; 9] = [
+pub const ALL_ALGOS: [Algo; 12] = [
     Algo::Depthwise,
     Algo::Winograd(WinogradVariant::F4),
     Algo::Winograd(WinogradVariant::F6),
     Algo::Winograd(WinogradVariant::F2),
+    Algo::DilatedWinograd(WinogradVariant::F4),
+    Algo::DilatedWinograd(WinogradVariant::F6),
+    Algo::DilatedWinograd(WinogradVariant::F2),
     Algo::Direct,
     Algo::DirectOc,
     Algo::Gemm1x1,
@@ -86,6 +93,9 @@ impl Algo {
             Algo::Winograd(WinogradVariant::F2) => "winograd_f2x3",
             Algo::Winograd(WinogradVariant::F4) => "winograd_f4x3",
             Algo::Winograd(WinogradVariant::F6) => "winograd_f6x3",
+            Algo::DilatedWinograd(WinogradVariant::F2) => "dilated_f2x3",
+            Algo::DilatedWinograd(WinogradVariant::F4) => "dilated_f4x3",
+            Algo::DilatedWinograd(WinogradVariant::F6) => "dilated_f6x3",
             Algo::Reference => "reference",
         }
     }
@@ -101,6 +111,9 @@ impl Algo {
             "winograd_f2x3" => Ok(Algo::Winograd(WinogradVariant::F2)),
             "winograd_f4x3" => Ok(Algo::Winograd(WinogradVariant::F4)),
             "winograd_f6x3" => Ok(Algo::Winograd(WinogradVariant::F6)),
+            "dilated_f2x3" => Ok(Algo::DilatedWinograd(WinogradVariant::F2)),
+            "dilated_f4x3" => Ok(Algo::DilatedWinograd(WinogradVariant::F4)),
+            "dilated_f6x3" => Ok(Algo::DilatedWinograd(WinogradVariant::F6)),
             "reference" => Ok(Algo::Reference),
             n => Err(Error::UnknownAlgorithm(n.to_string())),
         }
@@ -111,6 +124,7 @@ impl Algo {
         match self {
             Algo::Im2col | Algo::Reference => Ok(()),
             Algo::Winograd(_) => winograd::check(g),
+            Algo::DilatedWinograd(_) => winograd::check_dilated(g),
             // The widest tile of any tier bounds the slack; the check is on the image size.
             Algo::Direct | Algo::DirectOc => direct::PhaseLayout::new(g, 64).map(|_| ()),
             Algo::Depthwise => {

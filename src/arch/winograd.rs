@@ -338,6 +338,11 @@ pub struct WinoInput<'a> {
     pub t0: usize,
     /// Tiles to transform.
     pub n: usize,
+    /// Tiles a phase plane (a dilated layer's tiles run phase after phase; `usize::MAX`
+    /// when there is one plane).
+    pub phase_tiles: usize,
+    /// Floats from one phase plane to the next in `plane`.
+    pub phase_stride: usize,
     /// `[xi][ld]`: transformed position xi of tile `t0 + j` at `xi * ld + j`.
     pub out: &'a mut [f32],
     /// Row stride of `out`, at least `n` rounded up to [`LANES`].
@@ -364,7 +369,12 @@ pub struct WinoOutput<'a> {
     pub t0: usize,
     /// Tiles.
     pub n: usize,
-    /// The output plane of the band: rows `r0..r1` (global) of `ow` floats.
+    /// Tiles a phase (as in [`WinoInput`]; `usize::MAX` when there is one).
+    pub phase_tiles: usize,
+    /// Floats from one phase's output rows to the next in `out`.
+    pub phase_stride: usize,
+    /// The output plane of the band: rows `r0..r1` (global) of `ow` floats, a phase after
+    /// another `phase_stride` apart.
     pub out: &'a mut [f32],
     /// Output width.
     pub ow: usize,
@@ -473,10 +483,11 @@ fn as_columns<const A: usize>(row: &[Lanes; A]) -> &[[Lanes; 1]; A] {
     row.as_chunks::<1>().0.try_into().expect("A vectors")
 }
 
-/// Tile `t`'s first input float in the band's plane.
+/// Tile `t`'s first input float in the band's plane (phase planes `j.phase_stride` apart).
 #[inline(always)]
-fn tile_base(t: usize, tiles_w: usize, mh: usize, mw: usize, pw: usize) -> usize {
-    (t / tiles_w) * mh * pw + (t % tiles_w) * mw
+fn tile_base(t: usize, j: &WinoInput, mh: usize, mw: usize) -> usize {
+    let (phase, t) = (t / j.phase_tiles, t % j.phase_tiles);
+    phase * j.phase_stride + (t / j.tiles_w) * mh * j.pw + (t % j.tiles_w) * mw
 }
 
 // Index loops: the tile algebra reads clearer with explicit (row, column) indices.
@@ -498,7 +509,7 @@ fn input_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoInput,
         // Lanes past the last tile repeat it: in bounds, and their columns are not read.
         let mut base = [0usize; LANES];
         for (l, b) in base.iter_mut().enumerate() {
-            *b = tile_base(j.t0 + (t + l).min(j.n - 1), j.tiles_w, mh, M, j.pw);
+            *b = tile_base(j.t0 + (t + l).min(j.n - 1), j, mh, M);
         }
         let mut d = [[[0f32; LANES]; A]; A];
         G::gather(j.plane, &base, j.pw, ah, &mut d);
@@ -538,7 +549,20 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoOutpu
         j.ld >= j.n.div_ceil(LANES) * LANES,
         "ld below the lane-rounded tile count"
     );
-    assert!(j.out.len() >= (j.r1 - j.r0) * j.ow, "output band too short");
+    // The last tile's phase bounds the writes.
+    let phases = if j.n == 0 {
+        0
+    } else {
+        (j.t0 + j.n - 1) / j.phase_tiles + 1
+    };
+    assert!(
+        phases
+            .saturating_sub(1)
+            .saturating_mul(j.phase_stride)
+            .saturating_add((j.r1 - j.r0) * j.ow)
+            <= j.out.len(),
+        "output band too short"
+    );
     let (lo, hi) = j.clamp;
     let mut t = 0;
     while t < j.n {
@@ -578,8 +602,13 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoOutpu
         let lanes = LANES.min(j.n - t);
         // Where each lane's tile goes: (tile's first row, first band row, rows, first column,
         // columns), from a running tile counter (no division per lane).
+        // The column of `(r - r0) * ow + col0` is phase-shifted: `col0` carries the phase's
+        // offset in `out`.
         let mut place = [(0usize, 0usize, 0usize, 0usize, 0usize); LANES];
-        let (mut tr, mut tc) = ((j.t0 + t) / j.tiles_w, (j.t0 + t) % j.tiles_w);
+        let first = j.t0 + t;
+        let (mut phase, in_phase) = (first / j.phase_tiles, first % j.phase_tiles);
+        let (mut tr, mut tc) = (in_phase / j.tiles_w, in_phase % j.tiles_w);
+        let mut left = j.phase_tiles - in_phase;
         for pl in place.iter_mut().take(lanes) {
             let row0 = (j.tile_row0 + tr) * mh;
             let col0 = tc * M;
@@ -589,13 +618,17 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoOutpu
                 row0,
                 ra,
                 rb.saturating_sub(ra),
-                col0,
+                phase * j.phase_stride + col0,
                 M.min(j.ow.saturating_sub(col0)),
             );
             tc += 1;
             if tc == j.tiles_w {
                 tc = 0;
                 tr += 1;
+            }
+            left -= 1;
+            if left == 0 {
+                (phase, tr, tc, left) = (phase + 1, 0, 0, j.phase_tiles);
             }
         }
         let rows_used = &mut y[..mh];
@@ -839,6 +872,8 @@ mod tests {
                 let xi = ah * a;
                 let mut out = vec![0f32; xi * ld];
                 input_generic::<ScalarGather>(&mut WinoInput {
+                    phase_tiles: usize::MAX,
+                    phase_stride: 0,
                     variant: v,
                     two_d,
                     plane: &plane,
@@ -895,6 +930,8 @@ mod tests {
                 let mut out: Vec<f32> = (0..(r1 - r0) * ow).map(residual).collect();
                 let mut checked = 0;
                 output_generic::<ScalarGather>(&mut WinoOutput {
+                    phase_tiles: usize::MAX,
+                    phase_stride: 0,
                     variant: v,
                     two_d,
                     m: &mm,

@@ -1,5 +1,6 @@
 //! Winograd convolution F(2,3), F(4,3), F(6,3), 2-D (F(m x m, 3 x 3)) and 1-D (F(m, 3)):
-//! kernel 3, stride 1, dilation 1, any padding and groups.
+//! kernel 3, stride 1, any padding and groups; dilation 1 (`winograd_*`) or above, through
+//! phase planes (`dilated_*`, see [`tile_geometry`]).
 //!
 //! The pipeline, per block of tiles and per group (the algebra and the matrices are in
 //! [`crate::arch::winograd`]):
@@ -41,8 +42,28 @@ use std::time::Instant;
 /// The largest padded image (floats) Winograd builds per image: 1 Gi floats.
 const MAX_IMAGE_FLOATS: usize = 1 << 28;
 
-/// Why `g` cannot run on Winograd, or `Ok`.
+/// Why `g` cannot run on the `winograd_*` algorithms (SPEC: kernel 3, stride 1, dilation
+/// 1), or `Ok`.
 pub fn check(g: &Geometry) -> Result<(), String> {
+    check_shape(g)?;
+    if g.dilation != [1, 1] {
+        return Err("needs dilation 1 (dilated layers: dilated_f*x3)".into());
+    }
+    Ok(())
+}
+
+/// Why `g` cannot run on the `dilated_*` algorithms (kernel 3, stride 1, dilation above 1),
+/// or `Ok`.
+pub fn check_dilated(g: &Geometry) -> Result<(), String> {
+    check_shape(g)?;
+    if g.dilation == [1, 1] {
+        return Err("needs a dilation above 1 (undilated layers: winograd_f*x3)".into());
+    }
+    Ok(())
+}
+
+/// Kernel 3 and stride 1: what the tiles need (any dilation, through phase planes).
+fn check_shape(g: &Geometry) -> Result<(), String> {
     let kernel_ok = if g.spatial_rank == 2 {
         g.kernel == [3, 3]
     } else {
@@ -61,10 +82,39 @@ pub fn check(g: &Geometry) -> Result<(), String> {
     if g.stride != [1, 1] {
         return Err("needs stride 1".into());
     }
-    if g.dilation != [1, 1] {
-        return Err("needs dilation 1".into());
-    }
     Ok(())
+}
+
+/// The tile geometry of `g` under a variant with `m` outputs per tile and `alpha` inputs:
+/// `(mh, ah, tiles_h, tiles_w, ph, pw, phases)`. A dilated layer (dilation dh x dw) is dh x dw
+/// undilated convolutions, one per phase: output (oy, ox) = (dh a + py, dw b + px) reads
+///
+/// ```text
+///   xpad[oy + dh ky][ox + dw kx] = xpad[dh (a + ky) + py][dw (b + kx) + px] = P_(py,px)[a + ky][b + kx]
+/// ```
+///
+/// with `P_(py,px)[u][v] = xpad[dh u + py][dw v + px]`: a plain 3x3 convolution of the phase
+/// plane, computed here with the same tiles. Every phase gets the largest phase's tile grid
+/// (ceil(OH / dh) x ceil(OW / dw) outputs); a smaller phase's extra row or column is computed
+/// from zeros and not stored.
+fn tile_geometry(g: &Geometry, m: usize, alpha: usize) -> Option<[usize; 7]> {
+    let two_d = g.spatial_rank == 2;
+    let (mh, ah) = if two_d { (m, alpha) } else { (1, 1) };
+    let [dh, dw] = g.dilation;
+    let (ohp, owp) = (g.conv_out[0].div_ceil(dh), g.conv_out[1].div_ceil(dw));
+    let (tiles_h, tiles_w) = (ohp.div_ceil(mh), owp.div_ceil(m));
+    let ph = tiles_h.checked_mul(mh)?.checked_add(ah - mh)?;
+    let pw = tiles_w.checked_mul(m)?.checked_add(alpha - m)?;
+    Some([mh, ah, tiles_h, tiles_w, ph, pw, dh.checked_mul(dw)?])
+}
+
+/// Floats of the padded (and, dilated, phase-split) image of `g` under `variant`, or `None`
+/// when the size overflows.
+pub fn image_floats(g: &Geometry, variant: Variant) -> Option<usize> {
+    let [_, _, _, _, ph, pw, phases] = tile_geometry(g, variant.m(), variant.alpha())?;
+    ph.checked_mul(pw)?
+        .checked_mul(phases)?
+        .checked_mul(g.in_channels)
 }
 
 /// Wall-clock time of each phase, summed over runs (`Plan::run_profiled`).
@@ -104,6 +154,12 @@ pub struct WinogradPlan {
     /// Padded plane: rows and row length.
     ph: usize,
     pw: usize,
+    /// Dilation `[dh, dw]`: dh x dw phase planes a channel (see [`tile_geometry`]).
+    dilation: [usize; 2],
+    /// Output columns a phase computes: ceil(OW / dw).
+    ow_phase: usize,
+    /// The tier's strided gather (the phase split of a dilated layer).
+    gather: crate::arch::GatherFn,
     /// Floats of the padded image (all channels).
     pub image: usize,
     /// Tiles per block (a multiple of LANES and of the kernel's NR).
@@ -118,25 +174,18 @@ impl WinogradPlan {
         weight: &[f32],
         variant: Variant,
     ) -> Result<Self, String> {
-        check(g)?;
+        check_shape(g)?;
         let uk = kernels.gemm_default();
         let blocking = Blocking::derive(uk, crate::sysinfo::caches());
         let two_d = g.spatial_rank == 2;
-        let (m, alpha) = (variant.m(), variant.alpha());
-        let (mh, ah) = if two_d { (m, alpha) } else { (1, 1) };
-        let xi = ah * alpha;
-        let [oh, ow] = g.conv_out;
-        let tiles_h = oh.div_ceil(mh);
-        let tiles_w = ow.div_ceil(m);
-        let ph = tiles_h * mh + ah - mh;
-        let pw = tiles_w * m + alpha - m;
-        let image = ph
-            .checked_mul(pw)
-            .and_then(|v| v.checked_mul(g.in_channels))
+        let too_large =
+            || format!("the padded image would hold more than {MAX_IMAGE_FLOATS} floats");
+        let [mh, ah, tiles_h, tiles_w, ph, pw, _] =
+            tile_geometry(g, variant.m(), variant.alpha()).ok_or_else(too_large)?;
+        let xi = ah * variant.alpha();
+        let image = image_floats(g, variant)
             .filter(|&v| v <= MAX_IMAGE_FLOATS)
-            .ok_or_else(|| {
-                format!("the padded image would hold more than {MAX_IMAGE_FLOATS} floats")
-            })?;
+            .ok_or_else(too_large)?;
         let (cg, og) = (g.cin_per_group, g.cout_per_group);
         let packed = transform_weights(g, weight, variant)
             .iter()
@@ -176,6 +225,9 @@ impl WinogradPlan {
             tiles_w,
             ph,
             pw,
+            dilation: g.dilation,
+            ow_phase: g.conv_out[1].div_ceil(g.dilation[1]),
+            gather: kernels.gather,
             image,
             tiles_per_block,
         })
@@ -191,26 +243,44 @@ impl WinogradPlan {
         self.xi * self.tiles_per_block * (g.cin_per_group + g.cout_per_group)
     }
 
-    /// Fills `xp` (`self.image` floats) with one NCHW image, zero-padded to whole tiles.
+    /// Fills `xp` (`self.image` floats) with one NCHW image, zero-padded to whole tiles; a
+    /// dilated layer's channels as dh x dw phase planes, `[c][py * dw + px][ph][pw]`.
     pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32]) {
         let [ih, iw] = g.input;
         let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
         let (ph, pw) = (self.ph, self.pw);
+        let [dh, dw] = self.dilation;
+        let gather = self.gather;
         crate::par::for_each_chunk_zip(
             &mut xp[..self.image],
-            ph * pw,
+            dh * dw * ph * pw,
             x,
             ih * iw,
-            |_, plane, src| {
-                for (r, row) in plane.chunks_mut(pw).enumerate() {
-                    if r < pt || r - pt >= ih {
-                        row.fill(0.0);
-                        continue;
+            |_, planes, src| {
+                for (phase, plane) in planes.chunks_mut(ph * pw).enumerate() {
+                    let (py, px) = (phase / dw, phase % dw);
+                    // Phase columns v whose padded column dw v + px holds input: c0..c1,
+                    // the first at input column dw c0 + px - pl.
+                    let c0 = pl.saturating_sub(px).div_ceil(dw).min(pw);
+                    let c1 = (pl + iw).saturating_sub(px).div_ceil(dw).clamp(c0, pw);
+                    for (r, row) in plane.chunks_mut(pw).enumerate() {
+                        let y = dh * r + py;
+                        if y < pt || y - pt >= ih || c1 == c0 {
+                            row.fill(0.0);
+                            continue;
+                        }
+                        row[..c0].fill(0.0);
+                        row[c1..].fill(0.0);
+                        let at = (y - pt) * iw + dw * c0 + px - pl;
+                        if dw == 1 {
+                            crate::gemm::pack::copy_floats(
+                                &mut row[c0..c1],
+                                &src[at..at + c1 - c0],
+                            );
+                        } else {
+                            gather(&mut row[c0..c1], &src[at..], dw);
+                        }
                     }
-                    let s = &src[(r - pt) * iw..(r - pt + 1) * iw];
-                    row[..pl].fill(0.0);
-                    crate::gemm::pack::copy_floats(&mut row[pl..pl + iw], s);
-                    row[pl + iw..].fill(0.0);
                 }
             },
         );
@@ -233,23 +303,95 @@ impl WinogradPlan {
         if r1 <= r0 {
             return;
         }
+        let [dh, dw] = self.dilation;
         let ow = g.conv_out[1];
-        let band = (r1 - r0) * ow;
-        let tr0 = r0 / self.mh;
-        let tiles = (r1.div_ceil(self.mh) - tr0) * self.tiles_w;
+        if dh * dw == 1 {
+            let job = Band {
+                xp,
+                r0,
+                r1,
+                tr0: r0 / self.mh,
+                band: (r1 - r0) * ow,
+                ow,
+                phase_tiles: usize::MAX,
+                phases: 1,
+                pass,
+            };
+            self.run_band(g, &job, out, clock);
+            return;
+        }
+        // Dilated: the phases run as one band, their tiles side by side in the blocks (run
+        // one phase at a time, deeplab's 17 x 17-output phases gave the transformed-domain
+        // GEMMs 25 columns of F(4,3) tiles each, and streaming U once per phase held them
+        // to 46 GFLOP/s). Phase (py, px) needs rows a with r0 <= dh a + py < r1; every
+        // phase computes rows a0..a1 = floor(r0 / dh)..ceil(r1 / dh) into a buffer
+        // `[Cout][phase][a1 - a0][OW / dw]`, and those rows are scattered to their columns
+        // dw b + px. A residual (preloaded in `out`) goes the other way first.
+        let owp = self.ow_phase;
+        let (a0, a1) = (r0 / dh, r1.div_ceil(dh));
+        let (phases, cout, band) = (dh * dw, g.out_channels, (r1 - r0) * ow);
+        let pband = (a1 - a0) * owp;
+        let mut tmp_buf = crate::tensor::take_scratch(cout * phases * pband);
+        let tmp = &mut tmp_buf[..];
+        let each = |tmp: &mut [f32], out: &mut [f32], to_out: bool| {
+            for (co, t) in tmp.chunks_mut(phases * pband).enumerate() {
+                for (phase, tp) in t.chunks_mut(pband).enumerate() {
+                    let (py, px) = (phase / dw, phase % dw);
+                    // Phase columns that are output columns: dw b + px < OW.
+                    let cols = ow.saturating_sub(px).div_ceil(dw);
+                    for a in a0..a1 {
+                        let r = dh * a + py;
+                        if r < r0 || r >= r1 {
+                            continue;
+                        }
+                        let orow = co * band + (r - r0) * ow;
+                        let trow = &mut tp[(a - a0) * owp..(a - a0) * owp + cols];
+                        for (b, v) in trow.iter_mut().enumerate() {
+                            let o = &mut out[orow + dw * b + px];
+                            if to_out {
+                                *o = *v;
+                            } else {
+                                *v = *o;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if pass.accumulate {
+            each(tmp, out, false);
+        }
+        let tr0 = a0 / self.mh;
+        let job = Band {
+            xp,
+            r0: a0,
+            r1: a1,
+            tr0,
+            band: phases * pband,
+            ow: owp,
+            phase_tiles: (a1.div_ceil(self.mh) - tr0) * self.tiles_w,
+            phases,
+            pass,
+        };
+        self.run_band(g, &job, tmp, clock);
+        each(tmp, out, true);
+        crate::tensor::give_scratch(tmp_buf);
+    }
+
+    /// Conv rows `job.r0..job.r1` of one phase (the whole image when undilated) into `out`
+    /// (`[Cout][r1 - r0][job.ow]`).
+    fn run_band(&self, g: &Geometry, job: &Band, out: &mut [f32], clock: Option<&PhaseClock>) {
+        let band = job.band;
+        let tiles = if job.phases == 1 {
+            (job.r1.div_ceil(self.mh) - job.tr0) * self.tiles_w
+        } else {
+            job.phases * job.phase_tiles
+        };
         let og = g.cout_per_group;
         let blocks: Vec<(usize, usize)> = (0..tiles)
             .step_by(self.tiles_per_block)
             .map(|t0| (t0, self.tiles_per_block.min(tiles - t0)))
             .collect();
-        let job = Band {
-            xp,
-            r0,
-            r1,
-            tr0,
-            band,
-            pass,
-        };
         let threads = crate::par::threads();
         if clock.is_none() && threads > 1 && g.groups >= 2 * threads {
             out[..g.groups * og * band]
@@ -257,7 +399,7 @@ impl WinogradPlan {
                 .enumerate()
                 .for_each(|(grp, og_out)| {
                     for &(t0, n) in &blocks {
-                        self.block(g, &job, grp, t0, n, og_out, false, None);
+                        self.block(g, job, grp, t0, n, og_out, false, None);
                     }
                 });
         } else {
@@ -266,7 +408,7 @@ impl WinogradPlan {
                 .enumerate()
             {
                 for &(t0, n) in &blocks {
-                    self.block(g, &job, grp, t0, n, og_out, threads > 1, clock);
+                    self.block(g, job, grp, t0, n, og_out, threads > 1, clock);
                 }
             }
         }
@@ -288,17 +430,20 @@ impl WinogradPlan {
         let (cg, og, xi) = (g.cin_per_group, g.cout_per_group, self.xi);
         let ld = n.div_ceil(LANES) * LANES;
         let plane = self.ph * self.pw;
+        let phases = self.dilation[0] * self.dilation[1];
         let plane_off = job.tr0 * self.mh * self.pw;
         let mut v = crate::tensor::take_scratch(cg * xi * ld);
         let mut mm = crate::tensor::take_scratch(og * xi * ld);
 
         let start = Instant::now();
         let input = |(ci, slab): (usize, &mut [f32])| {
-            let c = grp * cg + ci;
+            let at = (grp * cg + ci) * phases * plane;
             (self.transforms.input)(&mut WinoInput {
                 variant: self.variant,
                 two_d: self.two_d,
-                plane: &job.xp[c * plane + plane_off..(c + 1) * plane],
+                plane: &job.xp[at + plane_off..at + phases * plane],
+                phase_tiles: job.phase_tiles,
+                phase_stride: plane,
                 pw: self.pw,
                 tiles_w: self.tiles_w,
                 t0,
@@ -326,12 +471,16 @@ impl WinogradPlan {
                     cs: 1,
                 };
                 // Each xi writes its own columns x*ld .. x*ld + n of every row of M.
+                // All `ld` columns (n rounded up to LANES; the input transform filled the
+                // extra ones by repeating the last tile, and no output reads them): a
+                // remainder of 1..4 columns past the last NR panel went to the narrow
+                // kernels, 11% of deeplab's F(4,3) time for 4% of its columns.
                 gemm_packed(
                     self.uk,
                     &self.blocking,
                     &self.packed[grp * xi + x],
                     &b,
-                    n,
+                    ld,
                     &shared,
                     x * ld,
                     xi * ld,
@@ -362,7 +511,9 @@ impl WinogradPlan {
                 t0,
                 n,
                 out: plane_out,
-                ow: g.conv_out[1],
+                ow: job.ow,
+                phase_tiles: job.phase_tiles,
+                phase_stride: (job.r1 - job.r0) * job.ow,
                 r0: job.r0,
                 r1: job.r1,
                 bias: pass.bias.map_or(0.0, |b| b[grp * og + co]),
@@ -402,6 +553,12 @@ struct Band<'a> {
     tr0: usize,
     /// Floats of one channel's band.
     band: usize,
+    /// Output columns a row.
+    ow: usize,
+    /// Tiles a phase (`usize::MAX` when undilated).
+    phase_tiles: usize,
+    /// Phase planes a channel (1 when undilated).
+    phases: usize,
     pass: &'a OutputPass<'a>,
 }
 
