@@ -357,9 +357,10 @@ fn suite_like_layers_all_tiers_both_layouts() {
     }
 }
 
-/// The hand-written 3x3 channel-block kernels (AVX2: eight pixels a step, tails of 1..7):
-/// every output width 1..=17 at strides 1 and 2, a full and a partial block of channels,
-/// with and without a residual (which moves the clamp out of the kernel).
+/// The hand-written channel-block kernels (AVX2: eight pixels a step, tails of 1..7): 3x3
+/// at every output width 1..=17 at strides 1 and 2, a full and a partial block of channels,
+/// with and without a residual (which moves the clamp out of the kernel); and multiplier
+/// blocks.
 #[test]
 fn depthwise_3x3_every_row_tail_and_stride() {
     for s in [1usize, 2] {
@@ -378,6 +379,23 @@ fn depthwise_3x3_every_row_tail_and_stride() {
                 for isa in convkit::arch::available_isas() {
                     check(&case, Algo::Depthwise, isa, None, Layout::Nchw).unwrap();
                 }
+            }
+        }
+    }
+    // The multiplier-block kernel (one input channel broadcast to 8 multipliers a block):
+    // wav2vec2.conv0's kernel 10, stride 5, every output length 1..=17, undilated and
+    // dilated, with and without a residual.
+    for ow in 1..=17usize {
+        for (d, residual) in [(1usize, false), (2, true)] {
+            let len = 9 * d + 1 + 5 * (ow - 1);
+            let spec = ConvSpec::new(&[1, 1, len], 16, &[10])
+                .with_stride(&[5])
+                .with_dilation(&[d])
+                .with_residual(residual)
+                .with_activation(Activation::Relu);
+            let case = make_case(spec, (1000 + ow * 10 + d) as u64);
+            for isa in convkit::arch::available_isas() {
+                check(&case, Algo::Depthwise, isa, None, Layout::Nchw).unwrap();
             }
         }
     }

@@ -356,7 +356,7 @@ crate::arch::dw_plane_kernel!(
     "avx2,fma",
     AvxInterleave,
     // Safe to call here: dw_block_tf runs under this tier's features.
-    |p| dw_block_3x3(p)
+    |p| dw_block_fast(p)
 );
 crate::arch::pool_kernel!(Avx2, "avx2,fma");
 crate::arch::act_kernel!(Avx2, "f32_act__avx2", "avx2,fma");
@@ -844,10 +844,18 @@ macro_rules! unroll {
 /// loaded once and fed to every (pixel, tap) that reads it: at stride 1 a row of the step
 /// is 10 loads for 24 FMAs (the generic body loaded per tap, 9 x 4 loads for 36 FMAs, and
 /// LLVM turned its [f32; 8] arrays into shuffles when asked for eight pixels).
+///
+/// Multiplier blocks (`broadcast`: one input channel, the lanes its multipliers) of any
+/// kernel go to [`dw_bcast_rows`].
 #[target_feature(enable = "avx2,fma")]
-pub(crate) fn dw_block_3x3(p: &mut crate::arch::dwconv::DwBlock) -> bool {
+pub(crate) fn dw_block_fast(p: &mut crate::arch::dwconv::DwBlock) -> bool {
+    if p.broadcast {
+        let oh = crate::arch::dwconv::checked_block_rows(p);
+        dw_bcast_rows(p, oh);
+        return true;
+    }
     let s = p.stride[0];
-    if p.kernel != [3, 3] || p.dilation != [1, 1] || p.broadcast || p.stride != [s, s] {
+    if p.kernel != [3, 3] || p.dilation != [1, 1] || p.stride != [s, s] || !(1..=2).contains(&s) {
         return false;
     }
     let oh = crate::arch::dwconv::checked_block_rows(p);
@@ -964,6 +972,111 @@ unsafe fn dw3x3_pixels<const J: usize, const S: usize>(
     }
     for (j, a) in acc.into_iter().enumerate() {
         // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
+        let v = match clamp {
+            Some((lo, hi)) => _mm256_min_ps(hi, _mm256_max_ps(lo, a)),
+            None => a,
+        };
+        // SAFETY: the caller's contract (J x CB floats at dst).
+        unsafe { _mm256_storeu_ps(dst.add(j * CB), v) };
+    }
+    J
+}
+
+/// Multiplier blocks: eight output pixels a step, one ymm accumulator each (eight FMA
+/// chains), every tap one weight vector and eight broadcast input pixels (the generic body
+/// ran four pixels, four chains, at half the FMA rate). wav2vec2.conv0: one input channel,
+/// 512 multipliers, kernel 10, stride 5.
+#[target_feature(enable = "avx2,fma")]
+fn dw_bcast_rows(p: &mut crate::arch::dwconv::DwBlock, oh: usize) {
+    use crate::arch::dwconv::CB;
+    let ow = p.ow;
+    // SAFETY: bias holds CB = 8 floats.
+    let bias = unsafe { _mm256_loadu_ps(p.bias.as_ptr()) };
+    let clamp = p
+        .clamp
+        .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi)));
+    assert!(
+        oh * ow * CB <= p.out.len(),
+        "depthwise block output too short"
+    );
+    let taps = BcastTaps {
+        pw: p.pw,
+        kernel: p.kernel,
+        stride_w: p.stride[1],
+        dilation: p.dilation,
+        w: p.weight.as_ptr(),
+    };
+    let (inp, out) = (p.input.as_ptr(), p.out.as_mut_ptr());
+    for oy in 0..oh {
+        let mut ox = 0;
+        while ox < ow {
+            // SAFETY: pixel (oy*SH + ky*DH, (ox + j)*SW + kx*DW) for taps (ky, kx) and
+            // ox + j < ow is read: checked_block_rows asserted the last one inside `input`
+            // and all taps' weights inside `weight`; output pixels ox..ox + J of row oy <
+            // oh are inside `out` (asserted above).
+            unsafe {
+                let at = inp.add(oy * p.stride[0] * p.pw + ox * p.stride[1]);
+                let dst = out.add((oy * ow + ox) * CB);
+                ox += match ow - ox {
+                    8.. => dw_bcast_pixels::<8>(at, &taps, bias, clamp, dst),
+                    7 => dw_bcast_pixels::<7>(at, &taps, bias, clamp, dst),
+                    6 => dw_bcast_pixels::<6>(at, &taps, bias, clamp, dst),
+                    5 => dw_bcast_pixels::<5>(at, &taps, bias, clamp, dst),
+                    4 => dw_bcast_pixels::<4>(at, &taps, bias, clamp, dst),
+                    3 => dw_bcast_pixels::<3>(at, &taps, bias, clamp, dst),
+                    2 => dw_bcast_pixels::<2>(at, &taps, bias, clamp, dst),
+                    _ => dw_bcast_pixels::<1>(at, &taps, bias, clamp, dst),
+                };
+            }
+        }
+    }
+}
+
+/// What the multiplier-block pixels share: the input row length, kernel, column stride,
+/// dilation and the interleaved weights (`[tap][CB]`).
+struct BcastTaps {
+    pw: usize,
+    kernel: [usize; 2],
+    stride_w: usize,
+    dilation: [usize; 2],
+    w: *const f32,
+}
+
+/// `J` multiplier-block output pixels from input pixel `at`; returns `J`.
+///
+/// # Safety
+/// Every tap's input pixel of the J outputs readable from `at`, KH x KW x CB weights at
+/// `taps.w`, J x CB floats writable at `dst`; AVX2+FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_bcast_pixels<const J: usize>(
+    at: *const f32,
+    taps: &BcastTaps,
+    bias: __m256,
+    clamp: Option<(__m256, __m256)>,
+    dst: *mut f32,
+) -> usize {
+    use crate::arch::dwconv::CB;
+    let [kh, kw] = taps.kernel;
+    let [dh, dw] = taps.dilation;
+    let sw = taps.stride_w;
+    let mut acc = [bias; J];
+    for ky in 0..kh {
+        for kx in 0..kw {
+            // SAFETY: the caller's contract.
+            unsafe {
+                let w = _mm256_loadu_ps(taps.w.add((ky * kw + kx) * CB));
+                let px = at.add(ky * dh * taps.pw + kx * dw);
+                unroll!(j in [0, 1, 2, 3, 4, 5, 6, 7] {
+                    if j < J {
+                        let x = _mm256_broadcast_ss(&*px.add(j * sw));
+                        acc[j] = _mm256_fmadd_ps(w, x, acc[j]);
+                    }
+                });
+            }
+        }
+    }
+    for (j, a) in acc.into_iter().enumerate() {
         let v = match clamp {
             Some((lo, hi)) => _mm256_min_ps(hi, _mm256_max_ps(lo, a)),
             None => a,

@@ -206,9 +206,9 @@ crate::arch::dw_plane_kernel!(
     "f32_dwconv_cb8__avx512",
     "avx512f,avx2,fma",
     crate::arch::x86_64::avx2::AvxInterleave,
-    // The AVX2 3x3 block kernel (blocks are 8 lanes, one ymm, on this tier too); safe to call
-    // here: dw_block_tf runs under a superset of its features.
-    |p| crate::arch::x86_64::avx2::dw_block_3x3(p)
+    // The AVX2 block kernels (blocks are 8 lanes, one ymm, on this tier too); safe to call
+    // here: dw_block_tf runs under a superset of their features.
+    |p| crate::arch::x86_64::avx2::dw_block_fast(p)
 );
 crate::arch::pool_kernel!(Avx512, "avx512f,avx2,fma");
 crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
