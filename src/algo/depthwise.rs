@@ -123,7 +123,6 @@ pub fn run_multiplier_blocks(
         // The padded rows of the block's input channel, `[n_in][pw]`, refilled only when
         // the channel changes.
         let mut xb = crate::tensor::take_scratch(n_in * pw);
-        let mut ob = crate::tensor::take_scratch(band * CB);
         let mut filled = None;
         for (j, planes) in task_out.chunks_mut(block_out).enumerate() {
             let b = task * per_task + j;
@@ -157,17 +156,17 @@ pub fn run_multiplier_blocks(
                 stride: [sh, sw],
                 dilation: [dh, dw],
                 bias: lanes,
-                clamp: (!accumulate).then_some(clamp),
+                clamp,
+                accumulate,
+                rows,
                 ow,
-                out: &mut ob[..band * CB],
+                // The block's planes are consecutive output channels.
+                out: planes,
+                plane_stride: band,
+                lanes: CB,
                 broadcast: true,
             };
             (uk.block)(&mut job);
-            // The block's planes are consecutive output channels.
-            (uk.deinterleave)(&ob[..band * CB], planes, CB, band, accumulate);
-            if accumulate {
-                clamp_planes(planes, clamp);
-            }
             if let Some((kernel, act)) = activation {
                 for plane in planes.chunks_mut(band) {
                     (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(plane));
@@ -175,15 +174,7 @@ pub fn run_multiplier_blocks(
             }
         }
         crate::tensor::give_scratch(xb);
-        crate::tensor::give_scratch(ob);
     });
-}
-
-/// The clamp after a residual was added (the kernels clamp in registers when there is none).
-fn clamp_planes(v: &mut [f32], (lo, hi): (f32, f32)) {
-    for x in v {
-        *x = crate::epilogue::clamp_nan(*x, lo, hi);
-    }
 }
 
 /// Interleaves the weights for the channel-block kernel: `[block][m][tap][CB]`, lane `c` of
@@ -261,7 +252,6 @@ pub fn run_channel_blocks(
     let block_out = CB * mult * band;
     crate::par::for_each_chunk_mut(out, per_task * block_out, |task, task_out| {
         let mut xb = crate::tensor::take_scratch(in_rows(strip.min(rows)) * pw * CB);
-        let mut ob = crate::tensor::take_scratch(strip.min(rows) * ow * CB);
         let mut run = crate::tensor::take_scratch(if iw < 16 {
             in_rows(strip.min(rows)).min(ih) * iw * CB
         } else {
@@ -332,23 +322,18 @@ pub fn run_channel_blocks(
                         stride: [sh, sw],
                         dilation: [dh, dw],
                         bias: lanes,
-                        clamp: (!accumulate).then_some(clamp),
+                        clamp,
+                        accumulate,
+                        rows: s1 - s0,
                         ow,
-                        out: &mut ob[..(s1 - s0) * ow * CB],
+                        // Output planes of lanes 0..nc: channel (b*CB + c)*mult + m is plane
+                        // c*mult + m of this block.
+                        out: &mut planes[m * band + s0 * ow..],
+                        plane_stride: mult * band,
+                        lanes: nc,
                         broadcast: false,
                     };
                     (uk.block)(&mut job);
-                    // Output planes of lanes 0..nc: channel (b*CB + c)*mult + m is plane
-                    // c*mult + m of this block.
-                    let stride = mult * band;
-                    let dst = &mut planes[m * band + s0 * ow..];
-                    let n_out = (s1 - s0) * ow;
-                    (uk.deinterleave)(&ob[..n_out * CB], dst, nc, stride, accumulate);
-                    if accumulate {
-                        for c in 0..nc {
-                            clamp_planes(&mut dst[c * stride..c * stride + n_out], clamp);
-                        }
-                    }
                 }
                 s0 = s1;
             }
@@ -359,7 +344,6 @@ pub fn run_channel_blocks(
             }
         }
         crate::tensor::give_scratch(xb);
-        crate::tensor::give_scratch(ob);
         crate::tensor::give_scratch(run);
     });
 }

@@ -39,7 +39,6 @@ macro_rules! dw_plane_kernel {
                 block_name: $block_name,
                 block: dw_block,
                 interleave: <$interleave as crate::arch::dwconv::Interleave>::interleave,
-                deinterleave: <$interleave as crate::arch::dwconv::Interleave>::deinterleave,
             };
 
         fn dw_block(p: &mut crate::arch::dwconv::DwBlock) {

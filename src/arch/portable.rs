@@ -81,8 +81,6 @@ pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv
     block: dw_block,
     interleave:
         <crate::arch::dwconv::ScalarInterleave as crate::arch::dwconv::Interleave>::interleave,
-    deinterleave:
-        <crate::arch::dwconv::ScalarInterleave as crate::arch::dwconv::Interleave>::deinterleave,
 };
 
 fn dw_block(p: &mut crate::arch::dwconv::DwBlock) {

@@ -526,25 +526,6 @@ impl crate::arch::dwconv::Interleave for AvxInterleave {
         }
         crate::arch::dwconv::interleave_scalar(src, nc, stride, dst, done);
     }
-
-    fn deinterleave(src: &[f32], dst: &mut [f32], nc: usize, stride: usize, add: bool) {
-        use crate::arch::dwconv::CB;
-        let n = src.len() / CB;
-        let mut done = 0;
-        if nc == CB && !add && n >= 8 && Isa::Avx2.is_available() {
-            assert!(
-                7usize
-                    .checked_mul(stride)
-                    .and_then(|v| v.checked_add(n))
-                    .is_some_and(|end| end <= dst.len()),
-                "planes shorter than the block"
-            );
-            // SAFETY: AVX2 was checked; the bounds of dst were checked just above, and src
-            // holds n * CB floats.
-            done = unsafe { deinterleave_avx2(src, dst, stride, n) };
-        }
-        crate::arch::dwconv::deinterleave_scalar(src, dst, nc, stride, add, done);
-    }
 }
 
 /// The 8x8 blocks of [`AvxInterleave::interleave`]; returns the pixels done (a multiple of
@@ -562,26 +543,6 @@ unsafe fn interleave_avx2(src: &[f32], stride: usize, dst: &mut [f32], n: usize)
         unsafe {
             let rows: [*const f32; 8] = std::array::from_fn(|c| s.add(c * stride + p));
             let out: [*mut f32; 8] = std::array::from_fn(|q| d.add((p + q) * 8));
-            transpose8x8(rows, out);
-        }
-        p += 8;
-    }
-    p
-}
-
-/// The 8x8 blocks of [`AvxInterleave::deinterleave`]; returns the pixels done.
-///
-/// # Safety
-/// AVX2 must be available, `src` must hold `8 * n` floats and `dst` `7 * stride + n`.
-#[target_feature(enable = "avx2")]
-unsafe fn deinterleave_avx2(src: &[f32], dst: &mut [f32], stride: usize, n: usize) -> usize {
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    let mut p = 0;
-    while p + 8 <= n {
-        // SAFETY: as in interleave_avx2, with the roles of src and dst exchanged.
-        unsafe {
-            let rows: [*const f32; 8] = std::array::from_fn(|q| s.add((p + q) * 8));
-            let out: [*mut f32; 8] = std::array::from_fn(|c| d.add(c * stride + p));
             transpose8x8(rows, out);
         }
         p += 8;
@@ -874,46 +835,125 @@ fn dw3x3_rows<const S: usize>(p: &mut crate::arch::dwconv::DwBlock, oh: usize) {
     let ow = p.ow;
     // SAFETY: bias holds CB = 8 floats.
     let bias = unsafe { _mm256_loadu_ps(p.bias.as_ptr()) };
-    let clamp = p
-        .clamp
-        .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi)));
-    // The writes: rows 0..oh of `ow` pixels of CB lanes.
-    assert!(
-        oh * ow * CB <= p.out.len(),
-        "depthwise block output too short"
-    );
-    let (inp, w, out) = (p.input.as_ptr(), p.weight.as_ptr(), p.out.as_mut_ptr());
+    let store = PlanarStore::of(p);
+    let (inp, w) = (p.input.as_ptr(), p.weight.as_ptr());
     for oy in 0..oh {
         let mut ox = 0;
         while ox < ow {
             // SAFETY: pixel (oy*S + ky, (ox + j)*S + kx) for ky, kx < 3 and ox + j < ow is
             // read; checked_block_rows asserted the last such pixel, and all 9 taps' weights,
-            // inside `input` and `weight`. Output pixels ox..ox + J of row oy < oh: inside
-            // `out` (asserted above).
+            // inside `input` and `weight`, and every lane's plane to its pixel (oh - 1, ow -
+            // 1) inside `out`.
             unsafe {
                 let at = inp.add((oy * S * p.pw + ox * S) * CB);
-                let dst = out.add((oy * ow + ox) * CB);
-                let step = match ow - ox {
-                    8.. => dw3x3_pixels::<8, S>(at, p.pw, w, bias, clamp, dst),
-                    7 => dw3x3_pixels::<7, S>(at, p.pw, w, bias, clamp, dst),
-                    6 => dw3x3_pixels::<6, S>(at, p.pw, w, bias, clamp, dst),
-                    5 => dw3x3_pixels::<5, S>(at, p.pw, w, bias, clamp, dst),
-                    4 => dw3x3_pixels::<4, S>(at, p.pw, w, bias, clamp, dst),
-                    3 => dw3x3_pixels::<3, S>(at, p.pw, w, bias, clamp, dst),
-                    2 => dw3x3_pixels::<2, S>(at, p.pw, w, bias, clamp, dst),
-                    _ => dw3x3_pixels::<1, S>(at, p.pw, w, bias, clamp, dst),
+                let o = oy * ow + ox;
+                ox += match ow - ox {
+                    8.. => store.put(dw3x3_pixels::<8, S>(at, p.pw, w, bias), o),
+                    7 => store.put(dw3x3_pixels::<7, S>(at, p.pw, w, bias), o),
+                    6 => store.put(dw3x3_pixels::<6, S>(at, p.pw, w, bias), o),
+                    5 => store.put(dw3x3_pixels::<5, S>(at, p.pw, w, bias), o),
+                    4 => store.put(dw3x3_pixels::<4, S>(at, p.pw, w, bias), o),
+                    3 => store.put(dw3x3_pixels::<3, S>(at, p.pw, w, bias), o),
+                    2 => store.put(dw3x3_pixels::<2, S>(at, p.pw, w, bias), o),
+                    _ => store.put(dw3x3_pixels::<1, S>(at, p.pw, w, bias), o),
                 };
-                ox += step;
             }
         }
     }
 }
 
-/// `J` output pixels from the block pixel at `at` (row stride `pw` pixels); returns `J`.
+/// A block kernel's output planes (see [`crate::arch::dwconv::DwBlock::out`]): where and how
+/// its pixels' lanes are stored.
+struct PlanarStore {
+    out: *mut f32,
+    plane_stride: usize,
+    lanes: usize,
+    accumulate: bool,
+    lo: f32,
+    hi: f32,
+}
+
+impl PlanarStore {
+    fn of(p: &mut crate::arch::dwconv::DwBlock) -> Self {
+        PlanarStore {
+            out: p.out.as_mut_ptr(),
+            plane_stride: p.plane_stride,
+            lanes: p.lanes,
+            accumulate: p.accumulate,
+            lo: p.clamp.0,
+            hi: p.clamp.1,
+        }
+    }
+
+    /// Stores `J` pixels (accumulator `j` holds pixel `o + j`'s CB lanes) into the lanes'
+    /// planes: an 8x8 transpose turns them into one vector of pixels per lane, then, the
+    /// residual added, clamped and stored: whole for 8 pixels, element by element for a
+    /// row's tail. Returns `J`.
+    ///
+    /// # Safety
+    /// Pixels `o..o + J` of planes `0..lanes` lie inside the output (as `checked_block_rows`
+    /// asserts for a row's pixels); AVX2+FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn put<const J: usize>(&self, acc: [__m256; J], o: usize) -> usize {
+        let rows = transpose8(std::array::from_fn(|j| {
+            if j < J {
+                acc[j]
+            } else {
+                _mm256_setzero_ps()
+            }
+        }));
+        let (lo, hi) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi));
+        for (c, &row) in rows.iter().enumerate().take(self.lanes) {
+            // SAFETY: the caller's contract: J floats of plane c from pixel o.
+            unsafe {
+                let dst = self.out.add(c * self.plane_stride + o);
+                if J == 8 {
+                    let mut v = row;
+                    if self.accumulate {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(dst));
+                    }
+                    // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
+                    _mm256_storeu_ps(dst, _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+                } else if !self.accumulate {
+                    // A row's tail: clamped in the vector, stored in 4-, 2- and 1-float
+                    // pieces (element by element, dw7's rows of 7 ran 0.86x the old
+                    // interleaved store and second pass).
+                    let v = _mm256_min_ps(hi, _mm256_max_ps(lo, row));
+                    let (mut part, mut at) = (_mm256_castps256_ps128(v), 0);
+                    if J >= 4 {
+                        _mm_storeu_ps(dst, part);
+                        part = _mm256_extractf128_ps::<1>(v);
+                        at = 4;
+                    }
+                    if J - at >= 2 {
+                        _mm_store_sd(dst.add(at).cast::<f64>(), _mm_castps_pd(part));
+                        part = _mm_movehl_ps(part, part);
+                        at += 2;
+                    }
+                    if J > at {
+                        _mm_store_ss(dst.add(at), part);
+                    }
+                } else {
+                    let mut lanes = [0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), row);
+                    for (j, &x) in lanes.iter().enumerate().take(J) {
+                        let d = dst.add(j);
+                        *d = crate::arch::clamp_nan(x + *d, self.lo, self.hi);
+                    }
+                }
+            }
+        }
+        J
+    }
+}
+
+/// The accumulators of `J` output pixels from the block pixel at `at` (row stride `pw`
+/// pixels), bias included.
 ///
 /// # Safety
 /// Rows `at + ky * pw` for ky < 3, pixels `0..(J - 1) * S + 3` of each, and 9 x CB weights
-/// readable; J x CB floats writable at `dst`; AVX2+FMA.
+/// readable; AVX2+FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dw3x3_pixels<const J: usize, const S: usize>(
@@ -921,9 +961,7 @@ unsafe fn dw3x3_pixels<const J: usize, const S: usize>(
     pw: usize,
     w: *const f32,
     bias: __m256,
-    clamp: Option<(__m256, __m256)>,
-    dst: *mut f32,
-) -> usize {
+) -> [__m256; J] {
     use crate::arch::dwconv::CB;
     let mut acc = [bias; J];
     for ky in 0..3 {
@@ -970,16 +1008,7 @@ unsafe fn dw3x3_pixels<const J: usize, const S: usize>(
             }
         }
     }
-    for (j, a) in acc.into_iter().enumerate() {
-        // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
-        let v = match clamp {
-            Some((lo, hi)) => _mm256_min_ps(hi, _mm256_max_ps(lo, a)),
-            None => a,
-        };
-        // SAFETY: the caller's contract (J x CB floats at dst).
-        unsafe { _mm256_storeu_ps(dst.add(j * CB), v) };
-    }
-    J
+    acc
 }
 
 /// Multiplier blocks: eight output pixels a step, one ymm accumulator each (eight FMA
@@ -988,17 +1017,10 @@ unsafe fn dw3x3_pixels<const J: usize, const S: usize>(
 /// 512 multipliers, kernel 10, stride 5.
 #[target_feature(enable = "avx2,fma")]
 fn dw_bcast_rows(p: &mut crate::arch::dwconv::DwBlock, oh: usize) {
-    use crate::arch::dwconv::CB;
     let ow = p.ow;
     // SAFETY: bias holds CB = 8 floats.
     let bias = unsafe { _mm256_loadu_ps(p.bias.as_ptr()) };
-    let clamp = p
-        .clamp
-        .map(|(lo, hi)| (_mm256_set1_ps(lo), _mm256_set1_ps(hi)));
-    assert!(
-        oh * ow * CB <= p.out.len(),
-        "depthwise block output too short"
-    );
+    let store = PlanarStore::of(p);
     let taps = BcastTaps {
         pw: p.pw,
         kernel: p.kernel,
@@ -1006,26 +1028,26 @@ fn dw_bcast_rows(p: &mut crate::arch::dwconv::DwBlock, oh: usize) {
         dilation: p.dilation,
         w: p.weight.as_ptr(),
     };
-    let (inp, out) = (p.input.as_ptr(), p.out.as_mut_ptr());
+    let inp = p.input.as_ptr();
     for oy in 0..oh {
         let mut ox = 0;
         while ox < ow {
             // SAFETY: pixel (oy*SH + ky*DH, (ox + j)*SW + kx*DW) for taps (ky, kx) and
-            // ox + j < ow is read: checked_block_rows asserted the last one inside `input`
-            // and all taps' weights inside `weight`; output pixels ox..ox + J of row oy <
-            // oh are inside `out` (asserted above).
+            // ox + j < ow is read: checked_block_rows asserted the last one inside `input`,
+            // all taps' weights inside `weight`, and every lane's plane to its pixel
+            // (oh - 1, ow - 1) inside `out`.
             unsafe {
                 let at = inp.add(oy * p.stride[0] * p.pw + ox * p.stride[1]);
-                let dst = out.add((oy * ow + ox) * CB);
+                let o = oy * ow + ox;
                 ox += match ow - ox {
-                    8.. => dw_bcast_pixels::<8>(at, &taps, bias, clamp, dst),
-                    7 => dw_bcast_pixels::<7>(at, &taps, bias, clamp, dst),
-                    6 => dw_bcast_pixels::<6>(at, &taps, bias, clamp, dst),
-                    5 => dw_bcast_pixels::<5>(at, &taps, bias, clamp, dst),
-                    4 => dw_bcast_pixels::<4>(at, &taps, bias, clamp, dst),
-                    3 => dw_bcast_pixels::<3>(at, &taps, bias, clamp, dst),
-                    2 => dw_bcast_pixels::<2>(at, &taps, bias, clamp, dst),
-                    _ => dw_bcast_pixels::<1>(at, &taps, bias, clamp, dst),
+                    8.. => store.put(dw_bcast_pixels::<8>(at, &taps, bias), o),
+                    7 => store.put(dw_bcast_pixels::<7>(at, &taps, bias), o),
+                    6 => store.put(dw_bcast_pixels::<6>(at, &taps, bias), o),
+                    5 => store.put(dw_bcast_pixels::<5>(at, &taps, bias), o),
+                    4 => store.put(dw_bcast_pixels::<4>(at, &taps, bias), o),
+                    3 => store.put(dw_bcast_pixels::<3>(at, &taps, bias), o),
+                    2 => store.put(dw_bcast_pixels::<2>(at, &taps, bias), o),
+                    _ => store.put(dw_bcast_pixels::<1>(at, &taps, bias), o),
                 };
             }
         }
@@ -1042,20 +1064,19 @@ struct BcastTaps {
     w: *const f32,
 }
 
-/// `J` multiplier-block output pixels from input pixel `at`; returns `J`.
+/// The accumulators of `J` multiplier-block output pixels from input pixel `at`, bias
+/// included.
 ///
 /// # Safety
 /// Every tap's input pixel of the J outputs readable from `at`, KH x KW x CB weights at
-/// `taps.w`, J x CB floats writable at `dst`; AVX2+FMA.
+/// `taps.w`; AVX2+FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dw_bcast_pixels<const J: usize>(
     at: *const f32,
     taps: &BcastTaps,
     bias: __m256,
-    clamp: Option<(__m256, __m256)>,
-    dst: *mut f32,
-) -> usize {
+) -> [__m256; J] {
     use crate::arch::dwconv::CB;
     let [kh, kw] = taps.kernel;
     let [dh, dw] = taps.dilation;
@@ -1076,13 +1097,5 @@ unsafe fn dw_bcast_pixels<const J: usize>(
             }
         }
     }
-    for (j, a) in acc.into_iter().enumerate() {
-        let v = match clamp {
-            Some((lo, hi)) => _mm256_min_ps(hi, _mm256_max_ps(lo, a)),
-            None => a,
-        };
-        // SAFETY: the caller's contract (J x CB floats at dst).
-        unsafe { _mm256_storeu_ps(dst.add(j * CB), v) };
-    }
-    J
+    acc
 }
