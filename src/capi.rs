@@ -433,12 +433,13 @@ pub unsafe extern "C" fn convkit_plan_algo(plan: *const ConvkitPlan) -> *const c
 }
 
 /// The algorithm names with their NUL terminators (static C strings).
-const ALGO_NAMES: [(&str, &str); 12] = [
+const ALGO_NAMES: [(&str, &str); 13] = [
     ("direct", "direct\0"),
     ("direct_oc", "direct_oc\0"),
     ("im2col", "im2col\0"),
     ("gemm1x1", "gemm1x1\0"),
     ("depthwise", "depthwise\0"),
+    ("grouped", "grouped\0"),
     ("winograd_f2x3", "winograd_f2x3\0"),
     ("winograd_f4x3", "winograd_f4x3\0"),
     ("winograd_f6x3", "winograd_f6x3\0"),

@@ -38,7 +38,7 @@ pub enum Error {
         msg: String,
     },
     /// An algorithm name that convkit does not know.
-    #[error("unknown algorithm `{0}` (known: direct, im2col, gemm1x1, depthwise, winograd_f2x3, winograd_f4x3, winograd_f6x3, dilated_f2x3, dilated_f4x3, dilated_f6x3, direct_oc, reference, auto)")]
+    #[error("unknown algorithm `{0}` (known: direct, im2col, gemm1x1, depthwise, grouped, winograd_f2x3, winograd_f4x3, winograd_f6x3, dilated_f2x3, dilated_f4x3, dilated_f6x3, direct_oc, reference, auto)")]
     UnknownAlgorithm(String),
     /// A known algorithm that cannot run this layer.
     #[error("algorithm `{algo}` does not accept this layer: {why}")]

@@ -401,6 +401,56 @@ fn depthwise_3x3_every_row_tail_and_stride() {
     }
 }
 
+/// The `grouped` algorithm: groups of 2, 4 and 8 channels, blocks full and partial, 3x3 at
+/// strides 1 and 2 over output widths that leave every tail of the eight-pixel steps, 5x5
+/// dilated, 1-D; with and without a residual.
+#[test]
+fn grouped_blocks_of_every_group_size() {
+    for (gs, groups) in [(2usize, 5usize), (4, 3), (4, 8), (8, 2)] {
+        let c = gs * groups;
+        let mut specs = Vec::new();
+        for s in [1usize, 2] {
+            for ow in [1usize, 5, 8, 11, 16, 17] {
+                let w = (ow - 1) * s + 1;
+                specs.push(
+                    ConvSpec::new(&[1, c, 3, w], c, &[3, 3])
+                        .with_stride(&[s, s])
+                        .with_padding(Padding::Symmetric(vec![1, 1]))
+                        .with_residual(ow % 2 == 1)
+                        .with_activation(Activation::Relu6),
+                );
+            }
+        }
+        specs.push(
+            ConvSpec::new(&[2, c, 11, 12], c, &[5, 5])
+                .with_dilation(&[2, 1])
+                .with_padding(Padding::Same)
+                .with_activation(Activation::Silu),
+        );
+        specs.push(ConvSpec::new(&[1, c, 30], c, &[3]).with_stride(&[2]));
+        for (i, spec) in specs.into_iter().enumerate() {
+            let case = make_case(spec.with_groups(groups), (gs * 100 + i) as u64);
+            let g = Geometry::new(&case.spec).unwrap();
+            assert!(Algo::Grouped.accepts(&g), "{}", case.spec.to_json());
+            for isa in convkit::arch::available_isas() {
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    check(&case, Algo::Grouped, isa, None, layout).unwrap();
+                }
+            }
+        }
+    }
+    // Refused, with the reason: other group sizes, unequal in and out, one group.
+    for spec in [
+        ConvSpec::new(&[1, 12, 5, 5], 12, &[3, 3]).with_groups(4),
+        ConvSpec::new(&[1, 8, 5, 5], 16, &[3, 3]).with_groups(2),
+        ConvSpec::new(&[1, 4, 5, 5], 4, &[3, 3]),
+    ] {
+        let g = Geometry::new(&spec).unwrap();
+        let why = Algo::Grouped.check(&g).unwrap_err();
+        assert!(why.contains("groups of 2, 4 or 8"), "{why}");
+    }
+}
+
 #[test]
 fn bitwise_identical_across_thread_counts() {
     for (i, spec) in suite_like_cases().into_iter().enumerate() {

@@ -45,10 +45,15 @@ fn heuristic_choices_follow_the_measured_rules() {
         convkit::plan::choose_algo(&geom(&googlenet)),
         Algo::DirectOc
     );
+    // Groups of 4 in and out (resnext): the grouped channel blocks; 4 in and 8 out, direct.
     let grouped = ConvSpec::new(&[1, 128, 56, 56], 128, &[3, 3])
         .with_padding(Padding::Same)
         .with_groups(32);
-    assert_eq!(convkit::plan::choose_algo(&geom(&grouped)), Algo::Direct);
+    assert_eq!(convkit::plan::choose_algo(&geom(&grouped)), Algo::Grouped);
+    let widening = ConvSpec::new(&[1, 128, 56, 56], 256, &[3, 3])
+        .with_padding(Padding::Same)
+        .with_groups(32);
+    assert_eq!(convkit::plan::choose_algo(&geom(&widening)), Algo::Direct);
     let strided_1x1 = ConvSpec::new(&[1, 64, 56, 56], 128, &[1, 1]).with_stride(&[2, 2]);
     assert_eq!(
         convkit::plan::choose_algo(&geom(&strided_1x1)),

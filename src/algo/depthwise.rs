@@ -165,6 +165,7 @@ pub fn run_multiplier_blocks(
                 plane_stride: band,
                 lanes: CB,
                 broadcast: true,
+                group: 1,
             };
             (uk.block)(&mut job);
             if let Some((kernel, act)) = activation {
@@ -197,6 +198,39 @@ pub fn block_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Interleaves the weights of a grouped layer (`group` = C/g = Cout/g channels a group, 2, 4
+/// or 8) for the channel-block kernel: `[block][tap][i][CB]`, lane `l` of block `b` at input
+/// `i` holding the weight of output channel `b * CB + l` for its group's input `i`; lanes
+/// past the last channel are zero.
+pub fn grouped_block_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+    let (c, gs, ka) = (g.out_channels, g.cin_per_group, g.kernel_area());
+    let blocks = c.div_ceil(CB);
+    let mut out = vec![0f32; blocks * ka * gs * CB];
+    for (co, w) in weight.chunks_exact(gs * ka).enumerate().take(c) {
+        let (b, lane) = (co / CB, co % CB);
+        for i in 0..gs {
+            for t in 0..ka {
+                out[((b * ka + t) * gs + i) * CB + lane] = w[i * ka + t];
+            }
+        }
+    }
+    out
+}
+
+/// Why `g` cannot run on the `grouped` algorithm, or `Ok`: it needs groups of 2, 4 or 8
+/// input channels with as many outputs each (so that a block of 8 lanes holds whole
+/// groups, in and out).
+pub fn check_grouped(g: &Geometry) -> Result<(), String> {
+    if g.groups < 2 || !matches!(g.cin_per_group, 2 | 4 | 8) || g.cout_per_group != g.cin_per_group
+    {
+        return Err(format!(
+            "needs groups of 2, 4 or 8 channels in and out; the layer has {} in and {} out a group ({} groups)",
+            g.cin_per_group, g.cout_per_group, g.groups
+        ));
+    }
+    Ok(())
+}
+
 /// Conv rows `r0..r1` of one image into `out` (`[Cout][r1 - r0][OW]`) by channel blocks.
 #[allow(clippy::too_many_arguments)]
 pub fn run_channel_blocks(
@@ -221,12 +255,14 @@ pub fn run_channel_blocks(
     let [dh, dw] = g.dilation;
     let [pt, pl] = g.pad_before;
     let ow = g.conv_out[1];
-    let (c_in, mult, ka, in_area) = (
-        g.in_channels,
-        g.cout_per_group,
-        g.kernel_area(),
-        g.input_area(),
-    );
+    // Depthwise: one input channel a group, `mult` outputs of each. Grouped (the `grouped`
+    // algorithm): `group` inputs and as many outputs a group, one output a lane (mult 1).
+    let (group, mult) = if g.is_depthwise() {
+        (1, g.cout_per_group)
+    } else {
+        (g.cin_per_group, 1)
+    };
+    let (c_in, ka, in_area) = (g.in_channels, g.kernel_area(), g.input_area());
     let rows = r1 - r0;
     let band = rows * ow;
     if band == 0 {
@@ -313,11 +349,11 @@ pub fn run_channel_blocks(
                             *l = bias[(b * CB + c) * mult + m];
                         }
                     }
-                    let w0 = (b * mult + m) * ka * CB;
+                    let w0 = (b * mult + m) * ka * CB * group;
                     let mut job = DwBlock {
                         input: &xb[..n_in * pw * CB],
                         pw,
-                        weight: &blocked[w0..w0 + ka * CB],
+                        weight: &blocked[w0..w0 + ka * CB * group],
                         kernel: [kh, kw],
                         stride: [sh, sw],
                         dilation: [dh, dw],
@@ -332,6 +368,7 @@ pub fn run_channel_blocks(
                         plane_stride: mult * band,
                         lanes: nc,
                         broadcast: false,
+                        group,
                     };
                     (uk.block)(&mut job);
                 }

@@ -55,6 +55,10 @@ pub enum Algo {
     /// One input channel per group (groups == C), any channel multiplier: a plane kernel
     /// vectorized along the output row.
     Depthwise,
+    /// Groups of 2, 4 or 8 channels in and out (resnext's 4): channel blocks of 8 lanes
+    /// holding whole groups, each output lane summing its group's inputs; any kernel,
+    /// stride, dilation.
+    Grouped,
     /// Winograd F(m, 3) (2-D: F(m x m, 3 x 3)): kernel 3, stride 1, dilation 1.
     Winograd(WinogradVariant),
     /// Winograd F(m, 3) on the phase planes of a dilated layer (kernel 3, stride 1,
@@ -66,8 +70,9 @@ pub enum Algo {
 }
 
 /// Every algorithm, in the order `auto` prefers them (best first); `reference` last.
-pub const ALL_ALGOS: [Algo; 12] = [
+pub const ALL_ALGOS: [Algo; 13] = [
     Algo::Depthwise,
+    Algo::Grouped,
     Algo::Winograd(WinogradVariant::F4),
     Algo::Winograd(WinogradVariant::F6),
     Algo::Winograd(WinogradVariant::F2),
@@ -90,6 +95,7 @@ impl Algo {
             Algo::Im2col => "im2col",
             Algo::Gemm1x1 => "gemm1x1",
             Algo::Depthwise => "depthwise",
+            Algo::Grouped => "grouped",
             Algo::Winograd(WinogradVariant::F2) => "winograd_f2x3",
             Algo::Winograd(WinogradVariant::F4) => "winograd_f4x3",
             Algo::Winograd(WinogradVariant::F6) => "winograd_f6x3",
@@ -108,6 +114,7 @@ impl Algo {
             "im2col" => Ok(Algo::Im2col),
             "gemm1x1" => Ok(Algo::Gemm1x1),
             "depthwise" => Ok(Algo::Depthwise),
+            "grouped" => Ok(Algo::Grouped),
             "winograd_f2x3" => Ok(Algo::Winograd(WinogradVariant::F2)),
             "winograd_f4x3" => Ok(Algo::Winograd(WinogradVariant::F4)),
             "winograd_f6x3" => Ok(Algo::Winograd(WinogradVariant::F6)),
@@ -125,6 +132,7 @@ impl Algo {
             Algo::Im2col | Algo::Reference => Ok(()),
             Algo::Winograd(_) => winograd::check(g),
             Algo::DilatedWinograd(_) => winograd::check_dilated(g),
+            Algo::Grouped => depthwise::check_grouped(g),
             // The widest tile of any tier bounds the slack; the check is on the image size.
             Algo::Direct | Algo::DirectOc => direct::PhaseLayout::new(g, 64).map(|_| ()),
             Algo::Depthwise => {

@@ -173,6 +173,12 @@ pub struct DwBlock<'a> {
     /// The input is one channel, `[rows][pw]`, shared by every lane (the lanes are `CB`
     /// channel multipliers of it): each tap broadcasts its pixel.
     pub broadcast: bool,
+    /// Channels a group (1: depthwise). Above 1 (2, 4 or 8, with as many output channels a
+    /// group), the block holds `CB / group` whole groups and output lane `l` sums input
+    /// lanes `l / group * group + i` for `i < group`, each with its own weights: `weight`
+    /// is `[KH * KW][group][CB]`, entry `[t][i][l]` the weight of output lane `l` for its
+    /// group's input `i` at tap `t`.
+    pub group: usize,
 }
 
 /// The block kernel's portable body; tiers inline it under their features (see
@@ -182,6 +188,10 @@ pub(crate) fn dw_block_generic(p: &mut DwBlock, fma: impl Fn(f32, f32, f32) -> f
     let [kh, kw] = p.kernel;
     let oh = checked_block_rows(p);
     if oh == 0 {
+        return;
+    }
+    if p.group > 1 {
+        grouped_rows(p, oh, fma);
         return;
     }
     // 3x3 (every depthwise layer of the suite) unrolls its taps with the weights in
@@ -221,7 +231,14 @@ pub(crate) fn checked_block_rows(p: &DwBlock) -> usize {
             .checked_add(1)?
             .checked_mul(if p.broadcast { 1 } else { CB })
     })();
-    let taps = kh.checked_mul(kw).and_then(|t| t.checked_mul(CB));
+    assert!(
+        p.group == 1 || (matches!(p.group, 2 | 4 | 8) && !p.broadcast),
+        "block groups of 1, 2, 4 or 8 channels (no broadcast)"
+    );
+    let taps = kh
+        .checked_mul(kw)
+        .and_then(|t| t.checked_mul(CB))
+        .and_then(|t| t.checked_mul(p.group));
     assert!(
         last.is_some_and(|l| l <= p.input.len()) && taps.is_some_and(|t| t <= p.weight.len()),
         "depthwise block shorter than its reads"
@@ -248,6 +265,42 @@ fn rows_of_block<const K3: bool, const BCAST: bool>(
             1 => block_pixels::<1, K3, BCAST>(p, oy, ox, fma),
             2 => block_pixels::<2, K3, BCAST>(p, oy, ox, fma),
             _ => block_pixels::<3, K3, BCAST>(p, oy, ox, fma),
+        }
+    }
+}
+
+/// Grouped blocks (`group` > 1), pixel by pixel: the portable body behind the tiers' fast
+/// kernels, and every tier's kernel for shapes they do not take.
+#[inline(always)]
+fn grouped_rows(p: &mut DwBlock, oh: usize, fma: impl Fn(f32, f32, f32) -> f32) {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [dh, dw] = p.dilation;
+    let gs = p.group;
+    let (lo, hi) = p.clamp;
+    for oy in 0..oh {
+        for ox in 0..p.ow {
+            let mut acc = p.bias;
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let pixel = ((oy * sh + ky * dh) * p.pw + ox * sw + kx * dw) * CB;
+                    let x = &p.input[pixel..pixel + CB];
+                    let t = (ky * kw + kx) * gs;
+                    for i in 0..gs {
+                        let w = &p.weight[(t + i) * CB..(t + i + 1) * CB];
+                        for (l, a) in acc.iter_mut().enumerate() {
+                            *a = fma(w[l], x[l / gs * gs + i], *a);
+                        }
+                    }
+                }
+            }
+            for (c, &a) in acc.iter().enumerate().take(p.lanes) {
+                let d = &mut p.out[c * p.plane_stride + oy * p.ow + ox];
+                let v = if p.accumulate { a + *d } else { a };
+                // Two selects so NaN passes (as in the plane kernel).
+                let t = if v < lo { lo } else { v };
+                *d = if t > hi { hi } else { t };
+            }
         }
     }
 }
