@@ -756,6 +756,14 @@ fn winograd_fuses_every_epilogue() {
             (vec![2, 5, 17, 19], vec![2, 3]),
             (vec![2, 5, 29], vec![2]),
         ] {
+            // Dilated, a clamp and a band activation suffice (the phases change where the
+            // rows go, not how the epilogue works): every activation doubled this test's
+            // time, a minute and a half of CI under valgrind.
+            if dilation.iter().any(|&d| d > 1)
+                && !matches!(act, Activation::Relu6 | Activation::Gelu)
+            {
+                continue;
+            }
             let rank = input.len() - 2;
             let spec = ConvSpec::new(&input, 7, &vec![3; rank])
                 .with_dilation(&dilation)

@@ -795,80 +795,141 @@ macro_rules! unroll {
     };
 }
 
-/// The depthwise channel-block kernel for 3x3 taps, stride 1 or 2 (both directions alike),
-/// no dilation: every depthwise layer of the suite. `false` (nothing done) for any other
-/// block, which the generic body takes.
+/// The channel-block kernels by hand: depthwise 3x3 at stride 1 or 2 (both directions
+/// alike) without dilation ([`dw3x3_pixels`]: every depthwise layer of the suite),
+/// multiplier blocks of any kernel ([`dw_bcast_pixels`]), grouped blocks of 2, 4 or 8
+/// channels ([`grouped_pixels`]). `false` (nothing done) for any other block, which the
+/// generic body takes.
 ///
-/// Eight pixels a step, one ymm accumulator each (eight FMA chains: Zen 3 issues two FMAs a
-/// cycle at four cycles' latency, so the generic body's four chains ran at half rate). A
-/// kernel row's three weight vectors sit in registers and each input pixel of the row is
-/// loaded once and fed to every (pixel, tap) that reads it: at stride 1 a row of the step
-/// is 10 loads for 24 FMAs (the generic body loaded per tap, 9 x 4 loads for 36 FMAs, and
-/// LLVM turned its [f32; 8] arrays into shuffles when asked for eight pixels).
-///
-/// Multiplier blocks (`broadcast`: one input channel, the lanes its multipliers) of any
-/// kernel go to [`dw_bcast_rows`].
+/// Each steps eight pixels with one ymm accumulator each: eight FMA chains (Zen 3 issues two
+/// FMAs a cycle at four cycles' latency, so the generic body's four chains ran at half
+/// rate).
 #[target_feature(enable = "avx2,fma")]
 pub(crate) fn dw_block_fast(p: &mut crate::arch::dwconv::DwBlock) -> bool {
-    if p.broadcast {
-        let oh = crate::arch::dwconv::checked_block_rows(p);
-        dw_bcast_rows(p, oh);
-        return true;
-    }
-    if p.group > 1 {
-        let oh = crate::arch::dwconv::checked_block_rows(p);
-        match p.group {
-            2 => grouped_rows::<2>(p, oh),
-            4 => grouped_rows::<4>(p, oh),
-            8 => grouped_rows::<8>(p, oh),
-            _ => return false,
-        }
-        return true;
-    }
+    let taps = Taps::of(p);
     let s = p.stride[0];
-    if p.kernel != [3, 3] || p.dilation != [1, 1] || p.stride != [s, s] || !(1..=2).contains(&s) {
+    let dw3x3 = p.kernel == [3, 3] && p.dilation == [1, 1] && p.stride == [s, s];
+    // What the generic body keeps: other group sizes, and depthwise blocks other than 3x3
+    // at stride 1 or 2.
+    let taken = match (p.broadcast, p.group) {
+        (true, _) => true,
+        (false, 2 | 4 | 8) => true,
+        (false, 1) => dw3x3 && (1..=2).contains(&s),
+        _ => false,
+    };
+    if !taken {
         return false;
     }
     let oh = crate::arch::dwconv::checked_block_rows(p);
-    match s {
-        1 => dw3x3_rows::<1>(p, oh),
-        2 => dw3x3_rows::<2>(p, oh),
-        _ => return false,
+    match (p.broadcast, p.group, s) {
+        (true, _, _) => block_rows(p, oh, &Broadcast(taps)),
+        (false, 2, _) => block_rows(p, oh, &Grouped::<2>(taps)),
+        (false, 4, _) => block_rows(p, oh, &Grouped::<4>(taps)),
+        (false, 8, _) => block_rows(p, oh, &Grouped::<8>(taps)),
+        (false, _, 1) => block_rows(p, oh, &Dw3x3::<1>(taps)),
+        _ => block_rows(p, oh, &Dw3x3::<2>(taps)),
     }
     true
 }
 
-/// `oh` rows of a 3x3 block at stride `S`, `checked_block_rows` having vouched for the reads.
+/// The step loop every block kernel shares: `oh` rows, eight pixels a step (the row's last
+/// 1..7 in one step), each step's accumulators from `kernel` and stored by [`PlanarStore`].
+/// `checked_block_rows` must have vouched for the block (the kernels' reads and the stores).
 #[target_feature(enable = "avx2,fma")]
-fn dw3x3_rows<const S: usize>(p: &mut crate::arch::dwconv::DwBlock, oh: usize) {
-    use crate::arch::dwconv::CB;
-    let ow = p.ow;
+fn block_rows<K: BlockPixels>(p: &mut crate::arch::dwconv::DwBlock, oh: usize, kernel: &K) {
+    let (ow, [sh, sw], pixel) = (p.ow, p.stride, K::PIXEL_FLOATS);
     // SAFETY: bias holds CB = 8 floats.
     let bias = unsafe { _mm256_loadu_ps(p.bias.as_ptr()) };
     let store = PlanarStore::of(p);
-    let (inp, w) = (p.input.as_ptr(), p.weight.as_ptr());
+    let inp = p.input.as_ptr();
     for oy in 0..oh {
         let mut ox = 0;
         while ox < ow {
-            // SAFETY: pixel (oy*S + ky, (ox + j)*S + kx) for ky, kx < 3 and ox + j < ow is
-            // read; checked_block_rows asserted the last such pixel, and all 9 taps' weights,
-            // inside `input` and `weight`, and every lane's plane to its pixel (oh - 1, ow -
-            // 1) inside `out`.
+            // SAFETY: the step reads input pixels (oy*SH + ky*DH, (ox + j)*SW + kx*DW) for the
+            // kernel's taps and ox + j < ow, and its taps' weights: checked_block_rows
+            // asserted the last of each inside `input` and `weight`, and every lane's plane
+            // to its pixel (oh - 1, ow - 1) inside `out`.
             unsafe {
-                let at = inp.add((oy * S * p.pw + ox * S) * CB);
+                let at = inp.add((oy * sh * p.pw + ox * sw) * pixel);
                 let o = oy * ow + ox;
                 ox += match ow - ox {
-                    8.. => store.put(dw3x3_pixels::<8, S>(at, p.pw, w, bias), o),
-                    7 => store.put(dw3x3_pixels::<7, S>(at, p.pw, w, bias), o),
-                    6 => store.put(dw3x3_pixels::<6, S>(at, p.pw, w, bias), o),
-                    5 => store.put(dw3x3_pixels::<5, S>(at, p.pw, w, bias), o),
-                    4 => store.put(dw3x3_pixels::<4, S>(at, p.pw, w, bias), o),
-                    3 => store.put(dw3x3_pixels::<3, S>(at, p.pw, w, bias), o),
-                    2 => store.put(dw3x3_pixels::<2, S>(at, p.pw, w, bias), o),
-                    _ => store.put(dw3x3_pixels::<1, S>(at, p.pw, w, bias), o),
+                    8.. => store.put(kernel.pixels::<8>(at, bias), o),
+                    7 => store.put(kernel.pixels::<7>(at, bias), o),
+                    6 => store.put(kernel.pixels::<6>(at, bias), o),
+                    5 => store.put(kernel.pixels::<5>(at, bias), o),
+                    4 => store.put(kernel.pixels::<4>(at, bias), o),
+                    3 => store.put(kernel.pixels::<3>(at, bias), o),
+                    2 => store.put(kernel.pixels::<2>(at, bias), o),
+                    _ => store.put(kernel.pixels::<1>(at, bias), o),
                 };
             }
         }
+    }
+}
+
+/// A block kernel's accumulators for `J` output pixels from the input pixel at `at`.
+trait BlockPixels {
+    /// Floats of one input pixel.
+    const PIXEL_FLOATS: usize;
+    /// # Safety
+    /// Every input pixel and weight the `J` pixels' taps read is readable from `at` and the
+    /// kernel's weights; AVX2+FMA.
+    unsafe fn pixels<const J: usize>(&self, at: *const f32, bias: __m256) -> [__m256; J];
+}
+
+/// The taps of a block: the input row length, kernel, column stride, dilation and the
+/// interleaved weights.
+struct Taps {
+    pw: usize,
+    kernel: [usize; 2],
+    stride_w: usize,
+    dilation: [usize; 2],
+    w: *const f32,
+}
+
+impl Taps {
+    fn of(p: &crate::arch::dwconv::DwBlock) -> Self {
+        Taps {
+            pw: p.pw,
+            kernel: p.kernel,
+            stride_w: p.stride[1],
+            dilation: p.dilation,
+            w: p.weight.as_ptr(),
+        }
+    }
+}
+
+/// 3x3 at stride `S` (both directions), no dilation: [`dw3x3_pixels`].
+struct Dw3x3<const S: usize>(Taps);
+/// Multiplier blocks: [`dw_bcast_pixels`].
+struct Broadcast(Taps);
+/// Grouped blocks of `G` channels: [`grouped_pixels`].
+struct Grouped<const G: usize>(Taps);
+
+impl<const S: usize> BlockPixels for Dw3x3<S> {
+    const PIXEL_FLOATS: usize = crate::arch::dwconv::CB;
+    #[inline(always)]
+    unsafe fn pixels<const J: usize>(&self, at: *const f32, bias: __m256) -> [__m256; J] {
+        // SAFETY: the trait's contract is dw3x3_pixels's.
+        unsafe { dw3x3_pixels::<J, S>(at, self.0.pw, self.0.w, bias) }
+    }
+}
+
+impl BlockPixels for Broadcast {
+    const PIXEL_FLOATS: usize = 1;
+    #[inline(always)]
+    unsafe fn pixels<const J: usize>(&self, at: *const f32, bias: __m256) -> [__m256; J] {
+        // SAFETY: the trait's contract is dw_bcast_pixels's.
+        unsafe { dw_bcast_pixels::<J>(at, &self.0, bias) }
+    }
+}
+
+impl<const G: usize> BlockPixels for Grouped<G> {
+    const PIXEL_FLOATS: usize = crate::arch::dwconv::CB;
+    #[inline(always)]
+    unsafe fn pixels<const J: usize>(&self, at: *const f32, bias: __m256) -> [__m256; J] {
+        // SAFETY: the trait's contract is grouped_pixels's.
+        unsafe { grouped_pixels::<J, G>(at, &self.0, bias) }
     }
 }
 
@@ -902,20 +963,20 @@ impl PlanarStore {
     ///
     /// # Safety
     /// Pixels `o..o + J` of planes `0..lanes` lie inside the output (as `checked_block_rows`
-    /// asserts for a row's pixels); AVX2+FMA.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    /// asserts for a row's pixels); AVX2+FMA. Inlined into [`block_rows`] (always: called as
+    /// a function, its accumulators went through memory and it was a quarter of
+    /// mobilenetv2.dw112's time; `inline(always)` rules out `target_feature`, so it takes
+    /// its caller's).
+    #[inline(always)]
     unsafe fn put<const J: usize>(&self, acc: [__m256; J], o: usize) -> usize {
-        let rows = transpose8(std::array::from_fn(|j| {
-            if j < J {
-                acc[j]
-            } else {
-                _mm256_setzero_ps()
-            }
-        }));
-        let (lo, hi) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi));
+        // SAFETY: AVX2+FMA are available (the caller's contract).
+        let (rows, lo, hi) = unsafe {
+            let zero = _mm256_setzero_ps();
+            let rows = transpose8(std::array::from_fn(|j| if j < J { acc[j] } else { zero }));
+            (rows, _mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi))
+        };
         for (c, &row) in rows.iter().enumerate().take(self.lanes) {
-            // SAFETY: the caller's contract: J floats of plane c from pixel o.
+            // SAFETY: the caller's contract: J floats of plane c from pixel o, and AVX2+FMA.
             unsafe {
                 let dst = self.out.add(c * self.plane_stride + o);
                 if J == 8 {
@@ -959,7 +1020,11 @@ impl PlanarStore {
 }
 
 /// The accumulators of `J` output pixels from the block pixel at `at` (row stride `pw`
-/// pixels), bias included.
+/// pixels), bias included. A kernel row's three weight vectors sit in registers and each
+/// input pixel of the row is loaded once and fed to every (pixel, tap) that reads it: at
+/// stride 1 a row of the step is 10 loads for 24 FMAs (the generic body loaded per tap, 9 x
+/// 4 loads for 36 FMAs, and LLVM turned its [f32; 8] arrays into shuffles when asked for
+/// eight pixels).
 ///
 /// # Safety
 /// Rows `at + ky * pw` for ky < 3, pixels `0..(J - 1) * S + 3` of each, and 9 x CB weights
@@ -1025,55 +1090,7 @@ unsafe fn dw3x3_pixels<const J: usize, const S: usize>(
 /// chains), every tap one weight vector and eight broadcast input pixels (the generic body
 /// ran four pixels, four chains, at half the FMA rate). wav2vec2.conv0: one input channel,
 /// 512 multipliers, kernel 10, stride 5.
-#[target_feature(enable = "avx2,fma")]
-fn dw_bcast_rows(p: &mut crate::arch::dwconv::DwBlock, oh: usize) {
-    let ow = p.ow;
-    // SAFETY: bias holds CB = 8 floats.
-    let bias = unsafe { _mm256_loadu_ps(p.bias.as_ptr()) };
-    let store = PlanarStore::of(p);
-    let taps = BcastTaps {
-        pw: p.pw,
-        kernel: p.kernel,
-        stride_w: p.stride[1],
-        dilation: p.dilation,
-        w: p.weight.as_ptr(),
-    };
-    let inp = p.input.as_ptr();
-    for oy in 0..oh {
-        let mut ox = 0;
-        while ox < ow {
-            // SAFETY: pixel (oy*SH + ky*DH, (ox + j)*SW + kx*DW) for taps (ky, kx) and
-            // ox + j < ow is read: checked_block_rows asserted the last one inside `input`,
-            // all taps' weights inside `weight`, and every lane's plane to its pixel
-            // (oh - 1, ow - 1) inside `out`.
-            unsafe {
-                let at = inp.add(oy * p.stride[0] * p.pw + ox * p.stride[1]);
-                let o = oy * ow + ox;
-                ox += match ow - ox {
-                    8.. => store.put(dw_bcast_pixels::<8>(at, &taps, bias), o),
-                    7 => store.put(dw_bcast_pixels::<7>(at, &taps, bias), o),
-                    6 => store.put(dw_bcast_pixels::<6>(at, &taps, bias), o),
-                    5 => store.put(dw_bcast_pixels::<5>(at, &taps, bias), o),
-                    4 => store.put(dw_bcast_pixels::<4>(at, &taps, bias), o),
-                    3 => store.put(dw_bcast_pixels::<3>(at, &taps, bias), o),
-                    2 => store.put(dw_bcast_pixels::<2>(at, &taps, bias), o),
-                    _ => store.put(dw_bcast_pixels::<1>(at, &taps, bias), o),
-                };
-            }
-        }
-    }
-}
-
-/// What the multiplier-block pixels share: the input row length, kernel, column stride,
-/// dilation and the interleaved weights (`[tap][CB]`).
-struct BcastTaps {
-    pw: usize,
-    kernel: [usize; 2],
-    stride_w: usize,
-    dilation: [usize; 2],
-    w: *const f32,
-}
-
+///
 /// The accumulators of `J` multiplier-block output pixels from input pixel `at`, bias
 /// included.
 ///
@@ -1084,7 +1101,7 @@ struct BcastTaps {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dw_bcast_pixels<const J: usize>(
     at: *const f32,
-    taps: &BcastTaps,
+    taps: &Taps,
     bias: __m256,
 ) -> [__m256; J] {
     use crate::arch::dwconv::CB;
@@ -1110,51 +1127,6 @@ unsafe fn dw_bcast_pixels<const J: usize>(
     acc
 }
 
-/// Grouped blocks (`G` = 2, 4 or 8 channels a group in and out, `CB / G` groups a block):
-/// eight output pixels a step, one accumulator each; every tap's input pixel is loaded once
-/// and each of its group's `G` inputs spread across the group's lanes by an in-register
-/// shuffle, then one FMA with that input's weight vector (all eight lanes useful: each is
-/// an output channel). Any kernel, stride and dilation.
-#[target_feature(enable = "avx2,fma")]
-fn grouped_rows<const G: usize>(p: &mut crate::arch::dwconv::DwBlock, oh: usize) {
-    use crate::arch::dwconv::CB;
-    let ow = p.ow;
-    // SAFETY: bias holds CB = 8 floats.
-    let bias = unsafe { _mm256_loadu_ps(p.bias.as_ptr()) };
-    let store = PlanarStore::of(p);
-    let taps = BcastTaps {
-        pw: p.pw,
-        kernel: p.kernel,
-        stride_w: p.stride[1],
-        dilation: p.dilation,
-        w: p.weight.as_ptr(),
-    };
-    let inp = p.input.as_ptr();
-    for oy in 0..oh {
-        let mut ox = 0;
-        while ox < ow {
-            // SAFETY: pixel (oy*SH + ky*DH, (ox + j)*SW + kx*DW) of the block for taps (ky,
-            // kx) and ox + j < ow is read (CB floats): checked_block_rows asserted the last
-            // one inside `input`, all taps' G x CB weights inside `weight`, and every lane's
-            // plane to its pixel (oh - 1, ow - 1) inside `out`.
-            unsafe {
-                let at = inp.add((oy * p.stride[0] * p.pw + ox * p.stride[1]) * CB);
-                let o = oy * ow + ox;
-                ox += match ow - ox {
-                    8.. => store.put(grouped_pixels::<8, G>(at, &taps, bias), o),
-                    7 => store.put(grouped_pixels::<7, G>(at, &taps, bias), o),
-                    6 => store.put(grouped_pixels::<6, G>(at, &taps, bias), o),
-                    5 => store.put(grouped_pixels::<5, G>(at, &taps, bias), o),
-                    4 => store.put(grouped_pixels::<4, G>(at, &taps, bias), o),
-                    3 => store.put(grouped_pixels::<3, G>(at, &taps, bias), o),
-                    2 => store.put(grouped_pixels::<2, G>(at, &taps, bias), o),
-                    _ => store.put(grouped_pixels::<1, G>(at, &taps, bias), o),
-                };
-            }
-        }
-    }
-}
-
 /// Input `i` of each `G`-lane group of `x`, spread across the group's lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -1170,6 +1142,12 @@ fn group_lanes<const G: usize>(x: __m256, i: usize) -> __m256 {
     }
 }
 
+/// Grouped blocks (`G` = 2, 4 or 8 channels a group in and out, `CB / G` groups a block):
+/// eight output pixels a step, one accumulator each; every tap's input pixel is loaded once
+/// and each of its group's `G` inputs spread across the group's lanes by an in-register
+/// shuffle, then one FMA with that input's weight vector (all eight lanes useful: each is
+/// an output channel). Any kernel, stride and dilation.
+///
 /// The accumulators of `J` grouped-block output pixels from the block pixel at `at`, bias
 /// included.
 ///
@@ -1180,7 +1158,7 @@ fn group_lanes<const G: usize>(x: __m256, i: usize) -> __m256 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn grouped_pixels<const J: usize, const G: usize>(
     at: *const f32,
-    taps: &BcastTaps,
+    taps: &Taps,
     bias: __m256,
 ) -> [__m256; J] {
     use crate::arch::dwconv::CB;
