@@ -486,7 +486,12 @@ fn as_columns<const A: usize>(row: &[Lanes; A]) -> &[[Lanes; 1]; A] {
 /// Tile `t`'s first input float in the band's plane (phase planes `j.phase_stride` apart).
 #[inline(always)]
 fn tile_base(t: usize, j: &WinoInput, mh: usize, mw: usize) -> usize {
-    let (phase, t) = (t / j.phase_tiles, t % j.phase_tiles);
+    // One plane (every undilated layer): no second division per tile.
+    let (phase, t) = if j.phase_tiles == usize::MAX {
+        (0, t)
+    } else {
+        (t / j.phase_tiles, t % j.phase_tiles)
+    };
     phase * j.phase_stride + (t / j.tiles_w) * mh * j.pw + (t % j.tiles_w) * mw
 }
 
