@@ -188,10 +188,11 @@ impl std::fmt::Debug for Plan {
 ///   those: vgg16.conv3_3 93-130 vs im2col 60; conv5_3 102-118 vs 70; res2 74 vs direct 48;
 ///   textcnn.k3 58 vs 53; res5 (7x7: 4 tiles of F(4,3), 16 of F(2,3)) F(2,3) 66 vs F(4,3) 29
 ///   vs im2col 44. With 4 channels a group (resnext grouped) the alpha^2 GEMMs are too thin:
-///   F(4,3) 7.6 vs direct 10.7.
+///   F(4,3) 7.6 vs direct 10.7. Dilated 3x3 layers the same on phase planes (`dilated_*`:
+///   deeplab.dilated3x3 F(4,3) 0.855x im2col's time). F(6,3) where F(4,3)'s tiles waste a
+///   quarter more multiplications (deeplab's 17 x 17 phase planes: F(4,3) 1.16x F(6,3)).
 /// - groups of 2, 4 or 8 channels in and out: `grouped` (resnext50.grouped3x3: 0.71-0.76 ms
-///   against direct's 1.03-1.13 in the same minutes, one thread). Dilated 3x3 layers the same on phase planes (`dilated_*`:
-///   deeplab.dilated3x3 F(4,3) 0.855x im2col's time).
+///   against direct's 1.03-1.13 in the same minutes, one thread).
 pub fn choose_algo(g: &Geometry) -> Algo {
     let k = g.cin_per_group * g.kernel_area();
     if let Some(w) = winograd_pick(g) {
@@ -241,10 +242,28 @@ fn winograd_pick(g: &Geometry) -> Option<Algo> {
     } else {
         Algo::DilatedWinograd
     };
-    [V::F4, V::F2]
+    let pick = [V::F4, V::F2]
         .into_iter()
-        .find(|&v| family(v).accepts(g) && tiles(v.m()) >= 16)
-        .map(family)
+        .find(|&v| family(v).accepts(g) && tiles(v.m()) >= 16)?;
+    // F(6,3) instead of F(4,3) when F(4,3)'s tiles waste so much of the (phase) plane that
+    // its multiplications, alpha^2 / m^2 per output times the tiled area over the real one,
+    // exceed F(6,3)'s by a quarter: deeplab's 17 x 17 phase planes (F(4,3) tiles 20 x 20,
+    // F(6,3) 18 x 18): F(6,3) fastest, F(4,3) 1.16x. Where the two are within that (28, 56,
+    // 112, 224 wide, 1-D), their order changed from run to run (res3.3x3 F(6,3) 0.92x of
+    // F(4,3) in one, 1.08x in another), and F(4,3) stays.
+    let cost = |v: V| {
+        let (m, a) = (v.m() as f64, v.alpha() as f64);
+        let dims = if g.spatial_rank == 2 { 0..2 } else { 1..2 };
+        dims.map(|d| {
+            let n = g.conv_out[d].div_ceil(g.dilation[d]) as f64;
+            a / m * (n / m).ceil() * m / n
+        })
+        .product::<f64>()
+    };
+    if pick == V::F4 && family(V::F6).accepts(g) && cost(V::F6) < 0.8 * cost(V::F4) {
+        return Some(family(V::F6));
+    }
+    Some(family(pick))
 }
 
 /// The `auto` decision: the cache (and wisdom) first, then the configured mode. Measuring

@@ -29,6 +29,22 @@ fn heuristic_choices_follow_the_measured_rules() {
         convkit::plan::choose_algo(&geom(&vgg)).name(),
         "winograd_f4x3"
     );
+    // Dilated: the same on phase planes, F(6,3) where F(4,3)'s tiles waste a quarter more
+    // multiplications (deeplab's 17 x 17 phases), F(4,3) where they fit (16 x 16 phases).
+    let deeplab = ConvSpec::new(&[1, 256, 33, 33], 256, &[3, 3])
+        .with_dilation(&[2, 2])
+        .with_padding(Padding::Symmetric(vec![2, 2]));
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&deeplab)).name(),
+        "dilated_f6x3"
+    );
+    let even = ConvSpec::new(&[1, 64, 32, 32], 64, &[3, 3])
+        .with_dilation(&[2, 2])
+        .with_padding(Padding::Symmetric(vec![2, 2]));
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&even)).name(),
+        "dilated_f4x3"
+    );
     let res5 = ConvSpec::new(&[1, 512, 7, 7], 512, &[3, 3]).with_padding(Padding::Same);
     assert_eq!(
         convkit::plan::choose_algo(&geom(&res5)).name(),
