@@ -211,7 +211,8 @@ impl WinogradPlan {
             } else {
                 l2_tiles.max(128)
             });
-        let all_tiles = tiles_h * tiles_w;
+        // All phases of a dilated layer share the blocks (run_rows batches them).
+        let all_tiles = tiles_h * tiles_w * g.dilation[0] * g.dilation[1];
         let tiles_per_block = (budget / unit).max(1).min(all_tiles.div_ceil(unit).max(1)) * unit;
         Ok(WinogradPlan {
             variant,
