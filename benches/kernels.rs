@@ -10,7 +10,7 @@
 //!   `cargo bench --bench kernels -- quick --save-baseline main` on main, then
 //!   `cargo bench --bench kernels -- quick --baseline main` on the change.
 
-use convkit::arch::winograd::{Variant, WinoInput, WinoOutput, LANES};
+use convkit::arch::winograd::{VLayout, Variant, WinoInput, WinoOutput, LANES};
 use convkit::arch::{available_isas, run_gemm_tile, BPanel, GemmBias, SharedMut};
 use convkit::backward::{backward_data_into, backward_weights_into, DataWeights};
 use convkit::init::Rng;
@@ -84,6 +84,7 @@ fn bench_winograd(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new(format!("{v:?}"), "input"), |bch| {
             bch.iter(|| {
+                let out = convkit::arch::SharedMut::new(&mut vbuf);
                 (kernels.winograd.input)(&mut WinoInput {
                     variant: v,
                     two_d: true,
@@ -94,8 +95,8 @@ fn bench_winograd(c: &mut Criterion) {
                     n,
                     phase_tiles: usize::MAX,
                     phase_stride: 0,
-                    out: &mut vbuf,
-                    ld,
+                    out: &out,
+                    layout: VLayout::rows(0, ld),
                 })
             })
         });

@@ -643,12 +643,12 @@ impl Plan {
                 phases: Some((layout, _)),
                 ..
             } => crate::tensor::take_scratch(layout.image),
-            _ => Vec::new(),
+            _ => crate::tensor::Scratch::default(),
         };
         let bands = self.bands();
         let mut band_buf = match g.epilogue.pool {
             Some(_) => crate::tensor::take_scratch(self.band_rows_max() * cout * ow),
-            None => Vec::new(),
+            None => crate::tensor::Scratch::default(),
         };
         let mut global = vec![0f32; if g.epilogue.pool.is_some() { cout } else { 0 }];
         for n in 0..g.batch {

@@ -71,11 +71,35 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A scratch buffer of at least `len` floats (contents unspecified), recycled per thread:
-/// plans run many times, and a fresh multi-megabyte `vec!` per run cost page faults and
-/// zeroing on every call (a fifth of mobilenetv2.dw112). Return it with [`give_scratch`].
-pub fn take_scratch(len: usize) -> Vec<f32> {
-    let mut v = SCRATCH.with(|s| {
+/// A recycled scratch buffer of `len` floats (contents unspecified): derefs to exactly
+/// `len` floats, while the buffer behind it keeps every float it ever held initialized.
+/// (Handed out as a `Vec` resized to `len`, a buffer shrunk for a short block was zeroed
+/// again up to the next long one: `memset` was 2-5% of the Winograd layers, whose last block
+/// of a run is short and first one long.)
+#[derive(Default)]
+pub struct Scratch {
+    buf: Vec<f32>,
+    len: usize,
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[..self.len]
+    }
+}
+
+/// A scratch buffer of `len` floats (contents unspecified), recycled per thread: plans run
+/// many times, and a fresh multi-megabyte `vec!` per run cost page faults and zeroing on
+/// every call (a fifth of mobilenetv2.dw112). Return it with [`give_scratch`].
+pub fn take_scratch(len: usize) -> Scratch {
+    let mut buf = SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         // Best fit: the smallest buffer that holds `len`. (First fit handed a Winograd block
         // the padded image's buffer, and the image then came from a fresh allocation, zeroed
@@ -83,24 +107,30 @@ pub fn take_scratch(len: usize) -> Vec<f32> {
         let fit = s
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
+            .filter(|(_, b)| b.len() >= len)
+            .min_by_key(|(_, b)| b.len())
             .map(|(i, _)| i);
         match fit {
             Some(i) => s.swap_remove(i),
             None => s.pop().unwrap_or_default(),
         }
     });
-    v.resize(len, 0.0);
-    v
+    if buf.len() < len {
+        // Only floats this buffer never held are written.
+        buf.resize(len, 0.0);
+    }
+    Scratch { buf, len }
 }
 
 /// Returns a buffer from [`take_scratch`] for reuse by this thread (at most 4 are kept).
-pub fn give_scratch(v: Vec<f32>) {
+pub fn give_scratch(v: Scratch) {
+    if v.buf.is_empty() {
+        return;
+    }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < 4 {
-            s.push(v);
+            s.push(v.buf);
         }
     });
 }

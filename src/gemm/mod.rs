@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 pub mod pack;
-pub use pack::{PackB, StridedB};
+pub use pack::{PackB, PrepackedB, StridedB};
 
 /// Cache blocking: BLIS's MC, KC, NC.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -284,15 +284,21 @@ pub fn gemm_packed(
             let mut bp = cell.borrow_mut();
             for (bi, &(p0, kc)) in blocks.iter().enumerate() {
                 let need = panels_n * uk.nr * kc.max(1);
-                if bp.len() < need {
-                    *bp = aligned_zeros(need);
-                }
                 let direct = in_place.as_ref().map(|(data, rs, offsets)| InPlaceB {
                     data,
                     row0: p0 * rs,
                     offsets: &offsets[bi],
                 });
-                if kc > 0 {
+                // B the source holds already packed (Winograd's V) is read where it lies.
+                let held = if kc > 0 && direct.is_none() {
+                    b.prepacked(p0, kc, j0, ncur, uk.nr)
+                } else {
+                    None
+                };
+                if held.is_none() && bp.len() < need {
+                    *bp = aligned_zeros(need);
+                }
+                if kc > 0 && held.is_none() {
                     match &direct {
                         // Only the panels the kernel cannot read in place are packed.
                         Some(d) => {
@@ -318,7 +324,10 @@ pub fn gemm_packed(
                     uk,
                     blocking,
                     a,
-                    &bp[..need],
+                    match held {
+                        Some(panels) => panels,
+                        None => &bp[..need],
+                    },
                     direct.as_ref(),
                     step,
                     j0,

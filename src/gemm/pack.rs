@@ -16,6 +16,76 @@ pub trait PackB: Sync {
     fn in_place(&self) -> Option<(&[f32], usize)> {
         None
     }
+
+    /// The packed panels of rows `p0..p0+kc`, columns `j0..j0+n` (panels of `nr`), when the
+    /// source already holds them in the packed layout (`None` by default: call
+    /// [`PackB::pack`]). Columns past `n` in the last panel may hold anything: the
+    /// microkernels compute them but never store them.
+    fn prepacked(
+        &self,
+        _p0: usize,
+        _kc: usize,
+        _j0: usize,
+        _n: usize,
+        _nr: usize,
+    ) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// B held already packed, as its producer wrote it (the Winograd input transform writes V
+/// this way, so the transformed-domain GEMMs pack nothing). Rows are grouped in the GEMM's
+/// K blocks; block `(p0, kc)` starts at `p0 * cols`, holds `cols / nr` panels of `kc * nr`
+/// floats, and row `p` of panel `jp` is at `p0 * cols + jp * kc * nr + (p - p0) * nr`.
+pub struct PrepackedB<'a> {
+    /// The panels.
+    pub data: &'a [f32],
+    /// Columns, a multiple of `nr`.
+    pub cols: usize,
+    /// Panel width.
+    pub nr: usize,
+    /// The K blocks `(p0, kc)`, in order, covering the rows.
+    pub blocks: &'a [(usize, usize)],
+}
+
+impl PrepackedB<'_> {
+    /// Where element (row `p`, column `j`) lies, for the layout of `blocks` and `cols`.
+    pub fn offset(blocks: &[(usize, usize)], cols: usize, nr: usize, p: usize, j: usize) -> usize {
+        let &(p0, kc) = blocks
+            .iter()
+            .find(|&&(p0, kc)| p >= p0 && p < p0 + kc)
+            .expect("row inside the K blocks");
+        p0 * cols + (j / nr) * kc * nr + (p - p0) * nr + j % nr
+    }
+}
+
+impl PackB for PrepackedB<'_> {
+    fn prepacked(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize) -> Option<&[f32]> {
+        let whole = nr == self.nr
+            && j0.is_multiple_of(nr)
+            && j0 + n <= self.cols
+            && self.blocks.contains(&(p0, kc));
+        let start = p0 * self.cols + j0 / nr * kc * nr;
+        let end = start + n.div_ceil(nr) * kc * nr;
+        (whole && end <= self.data.len()).then(|| &self.data[start..end])
+    }
+
+    /// Repacks from the held layout (for a split the held panels do not match).
+    fn pack(&self, p0: usize, kc: usize, j0: usize, n: usize, nr: usize, out: &mut [f32]) {
+        for jp in 0..n.div_ceil(nr) {
+            for p in 0..kc {
+                let row = &mut out[(jp * kc + p) * nr..(jp * kc + p + 1) * nr];
+                for (j, d) in row.iter_mut().enumerate() {
+                    let col = jp * nr + j;
+                    *d = if col < n {
+                        self.data[Self::offset(self.blocks, self.cols, self.nr, p0 + p, j0 + col)]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// A strided matrix B[p][j] = data[p * rs + j * cs].
@@ -122,7 +192,65 @@ pub fn copy_floats(dst: &mut [f32], src: &[f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::copy_floats;
+    use super::{copy_floats, PackB, PrepackedB, StridedB};
+
+    /// B held in the packed layout of uneven K blocks: the panels it hands out are the ones
+    /// packing the plain matrix gives (on the real columns), and its own packing for a
+    /// split that does not match is the plain matrix's, zero tail included.
+    #[test]
+    fn prepacked_b_hands_out_the_panels_packing_would_make() {
+        let (k, n, nr) = (37usize, 40usize, 16usize);
+        let blocks = [(0, 20), (20, 17)];
+        let cols = n.div_ceil(nr) * nr;
+        let b: Vec<f32> = (0..k * n).map(|i| i as f32 * 0.5 - 3.0).collect();
+        // Floats outside the real columns hold NaN: nothing may copy them into a packing.
+        let mut held = vec![f32::NAN; k * cols];
+        for p in 0..k {
+            for j in 0..n {
+                held[PrepackedB::offset(&blocks, cols, nr, p, j)] = b[p * n + j];
+            }
+        }
+        let pre = PrepackedB {
+            data: &held,
+            cols,
+            nr,
+            blocks: &blocks,
+        };
+        let plain = StridedB {
+            data: &b,
+            rs: n,
+            cs: 1,
+        };
+        for &(p0, kc) in &blocks {
+            for j0 in [0, 16, 32] {
+                let w = n - j0;
+                let len = w.div_ceil(nr) * kc * nr;
+                let mut want = vec![0f32; len];
+                plain.pack(p0, kc, j0, w, nr, &mut want);
+                let got = pre.prepacked(p0, kc, j0, w, nr).expect("held panels");
+                assert_eq!(got.len(), len);
+                for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    let col = j0 + i / (kc * nr) * nr + i % nr;
+                    if col < n {
+                        assert_eq!(g, e, "block {p0}, j0 {j0}, float {i}");
+                    }
+                }
+                let mut repacked = vec![f32::NAN; len];
+                pre.pack(p0, kc, j0, w, nr, &mut repacked);
+                assert_eq!(repacked, want, "repacked block {p0}, j0 {j0}");
+            }
+        }
+        // Splits the held panels do not match are not handed out.
+        assert!(
+            pre.prepacked(0, 20, 8, 16, nr).is_none(),
+            "column inside a panel"
+        );
+        assert!(pre.prepacked(0, 10, 0, 16, nr).is_none(), "another K block");
+        assert!(
+            pre.prepacked(0, 20, 0, 16, 8).is_none(),
+            "another panel width"
+        );
+    }
 
     #[test]
     fn copy_floats_copies_every_length_exactly() {
