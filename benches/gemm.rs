@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 
 fn shapes() -> Vec<(String, usize, usize, usize)> {
-    let mut v: Vec<(String, usize, usize, usize)> = [256, 512, 1024]
+    let mut v: Vec<(String, usize, usize, usize)> = [256, 512, 1024, 2048]
         .iter()
         .map(|&s| (format!("sq{s}"), s, s, s))
         .collect();
@@ -57,6 +57,44 @@ fn bench_gemm(c: &mut Criterion) {
                     })
                 });
             }
+        }
+        // Two threads on the tier's default kernel for the large squares (issue target:
+        // 2048 on 2 threads >= 1.85x one thread), in a private pool of 2.
+        if m >= 1024 {
+            let uk = convkit::arch::best_isa()
+                .kernels()
+                .expect("detected")
+                .gemm_default();
+            let bl = Blocking::derive(uk, convkit::sysinfo::caches());
+            let pa = PackedA::from_row_major(&a, m, k, k, uk.mr, &bl);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .expect("a pool of 2");
+            g.bench_function(BenchmarkId::new(uk.name, "2t"), |bch| {
+                bch.iter(|| {
+                    pool.install(|| {
+                        let src = StridedB {
+                            data: black_box(&b),
+                            rs: n,
+                            cs: 1,
+                        };
+                        let sc = SharedMut::new(&mut out);
+                        gemm_packed(
+                            uk,
+                            &bl,
+                            &pa,
+                            &src,
+                            n,
+                            &sc,
+                            0,
+                            n,
+                            GemmEpilogue::default(),
+                            true,
+                        );
+                    })
+                })
+            });
         }
         #[cfg(feature = "bench-peers")]
         {
