@@ -6,6 +6,7 @@
 
 use convkit::arch::{available_isas, SharedMut};
 use convkit::gemm::{gemm_packed, Blocking, GemmEpilogue, PackedA, StridedB};
+use convkit::kernels::GemmUkernel;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 
@@ -19,6 +20,37 @@ fn shapes() -> Vec<(String, usize, usize, usize)> {
     v.push(("resnet50.res4.1x1".into(), 256, 196, 1024));
     v.push(("wav2vec2.conv1".into(), 512, 1599, 1536));
     v
+}
+
+/// `out = A B` with A prepacked and B (row-major, `n` columns) packed inside the call, as in
+/// a plan; in parallel on the current pool when `parallel`.
+fn run_packed(
+    uk: &GemmUkernel,
+    bl: &Blocking,
+    pa: &PackedA,
+    b: &[f32],
+    n: usize,
+    out: &mut [f32],
+    parallel: bool,
+) {
+    let src = StridedB {
+        data: black_box(b),
+        rs: n,
+        cs: 1,
+    };
+    let sc = SharedMut::new(out);
+    gemm_packed(
+        uk,
+        bl,
+        pa,
+        &src,
+        n,
+        &sc,
+        0,
+        n,
+        GemmEpilogue::default(),
+        parallel,
+    );
 }
 
 fn bench_gemm(c: &mut Criterion) {
@@ -35,26 +67,7 @@ fn bench_gemm(c: &mut Criterion) {
                 // Weights are prepacked as in a plan: A is packed outside the timing.
                 let pa = PackedA::from_row_major(&a, m, k, k, uk.mr, &bl);
                 g.bench_function(BenchmarkId::new(uk.name, "1t"), |bch| {
-                    bch.iter(|| {
-                        let src = StridedB {
-                            data: black_box(&b),
-                            rs: n,
-                            cs: 1,
-                        };
-                        let sc = SharedMut::new(&mut out);
-                        gemm_packed(
-                            uk,
-                            &bl,
-                            &pa,
-                            &src,
-                            n,
-                            &sc,
-                            0,
-                            n,
-                            GemmEpilogue::default(),
-                            false,
-                        );
-                    })
+                    bch.iter(|| run_packed(uk, &bl, &pa, &b, n, &mut out, false))
                 });
             }
         }
@@ -72,28 +85,7 @@ fn bench_gemm(c: &mut Criterion) {
                 .build()
                 .expect("a pool of 2");
             g.bench_function(BenchmarkId::new(uk.name, "2t"), |bch| {
-                bch.iter(|| {
-                    pool.install(|| {
-                        let src = StridedB {
-                            data: black_box(&b),
-                            rs: n,
-                            cs: 1,
-                        };
-                        let sc = SharedMut::new(&mut out);
-                        gemm_packed(
-                            uk,
-                            &bl,
-                            &pa,
-                            &src,
-                            n,
-                            &sc,
-                            0,
-                            n,
-                            GemmEpilogue::default(),
-                            true,
-                        );
-                    })
-                })
+                bch.iter(|| pool.install(|| run_packed(uk, &bl, &pa, &b, n, &mut out, true)))
             });
         }
         #[cfg(feature = "bench-peers")]

@@ -940,6 +940,39 @@ mod tests {
         }
     }
 
+    /// The tiles of a test plane that an input transform reads.
+    struct PlaneTiles<'a> {
+        plane: &'a [f32],
+        pw: usize,
+        tiles_w: usize,
+        t0: usize,
+        n: usize,
+    }
+
+    /// The scalar input transform of `tiles` into `buf` with `layout`.
+    fn transform_into(
+        v: Variant,
+        two_d: bool,
+        tiles: &PlaneTiles,
+        buf: &mut [f32],
+        layout: VLayout,
+    ) {
+        let shared = crate::arch::SharedMut::new(buf);
+        input_generic::<ScalarGather>(&mut WinoInput {
+            phase_tiles: usize::MAX,
+            phase_stride: 0,
+            variant: v,
+            two_d,
+            plane: tiles.plane,
+            pw: tiles.pw,
+            tiles_w: tiles.tiles_w,
+            t0: tiles.t0,
+            n: tiles.n,
+            out: &shared,
+            layout,
+        });
+    }
+
     /// V written in the GEMM's packed layout holds, element for element, what the plain
     /// `[xi][ld]` slab holds, and nothing else in the buffer is written.
     #[test]
@@ -958,22 +991,15 @@ mod tests {
                 let cols = ld.div_ceil(nr) * nr;
                 let xi = ah * a;
                 let xi_stride = 5 * cols + 16;
-                // Transforms into `buf` with `layout`.
                 let transform = |buf: &mut [f32], layout: VLayout| {
-                    let shared = crate::arch::SharedMut::new(buf);
-                    input_generic::<ScalarGather>(&mut WinoInput {
-                        phase_tiles: usize::MAX,
-                        phase_stride: 0,
-                        variant: v,
-                        two_d,
+                    let tiles = PlaneTiles {
                         plane: &plane,
                         pw,
                         tiles_w,
                         t0: 2,
                         n,
-                        out: &shared,
-                        layout,
-                    });
+                    };
+                    transform_into(v, two_d, &tiles, buf, layout)
                 };
                 let mut rows = vec![0f32; xi * ld];
                 transform(&mut rows, VLayout::rows(0, ld));
@@ -1027,20 +1053,14 @@ mod tests {
                 let ld = n.div_ceil(LANES) * LANES;
                 let xi = ah * a;
                 let mut out = vec![0f32; xi * ld];
-                let shared = crate::arch::SharedMut::new(&mut out);
-                input_generic::<ScalarGather>(&mut WinoInput {
-                    phase_tiles: usize::MAX,
-                    phase_stride: 0,
-                    variant: v,
-                    two_d,
+                let tiles = PlaneTiles {
                     plane: &plane,
                     pw,
                     tiles_w,
                     t0: 1,
                     n,
-                    out: &shared,
-                    layout: VLayout::rows(0, ld),
-                });
+                };
+                transform_into(v, two_d, &tiles, &mut out, VLayout::rows(0, ld));
                 let bt = v.bt();
                 for j in 0..n {
                     let t = j + 1;
