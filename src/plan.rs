@@ -190,7 +190,9 @@ impl std::fmt::Debug for Plan {
 ///   vs im2col 44. With 4 channels a group (resnext grouped) the alpha^2 GEMMs are too thin:
 ///   F(4,3) 7.6 vs direct 10.7. Dilated 3x3 layers the same on phase planes (`dilated_*`:
 ///   deeplab.dilated3x3 F(4,3) 0.855x im2col's time). F(6,3) where F(4,3)'s tiles waste a
-///   quarter more multiplications (deeplab's 17 x 17 phase planes: F(4,3) 1.16x F(6,3)).
+///   quarter more multiplications (deeplab's 17 x 17 phase planes: F(4,3) 1.16x F(6,3)),
+///   and on undilated images of 40 or more F(6,3) tiles (56 x 56 and up, textcnn's 254:
+///   F(4,3) 1.03-1.09x F(6,3)'s time; on 28 x 28, F(6,3) 1.03-1.11x F(4,3)'s).
 /// - groups of 2, 4 or 8 channels in and out: `grouped` (resnext50.grouped3x3: 0.71-0.76 ms
 ///   against direct's 1.03-1.13 in the same minutes, one thread).
 pub fn choose_algo(g: &Geometry) -> Algo {
@@ -261,6 +263,15 @@ fn winograd_pick(g: &Geometry) -> Option<Algo> {
         .product::<f64>()
     };
     if pick == V::F4 && family(V::F6).accepts(g) && cost(V::F6) < 0.8 * cost(V::F4) {
+        return Some(family(V::F6));
+    }
+    // F(6,3) on undilated images of 40 or more F(6,3) tiles. Paired one-thread runs since V
+    // is written in the GEMM's packed layout (F(4,3) time over F(6,3) time, 6 alternations):
+    // res2.3x3 (56 x 56, 100 tiles) 1.09, vgg16.conv1_2 1.06, conv2_2 1.09, conv3_3 1.03,
+    // textcnn.k3 (1-D, 43 tiles) 1.05; on 28 x 28 (25 tiles) res3.3x3 0.94, res3.3x3.b8
+    // 0.97, conv4_3 0.90, and on 14 x 14 res4.3x3 0.52: F(6,3)'s 64 GEMMs of 25 columns or
+    // fewer run two partly empty 16-wide panels each.
+    if pick == V::F4 && g.dilation == [1, 1] && family(V::F6).accepts(g) && tiles(6) >= 40 {
         return Some(family(V::F6));
     }
     Some(family(pick))

@@ -22,11 +22,16 @@ fn heuristic_choices_follow_the_measured_rules() {
     assert_eq!(convkit::plan::choose_algo(&geom(&small_k)), Algo::Direct);
     let big_k = ConvSpec::new(&[1, 256, 56, 56], 256, &[5, 5]).with_padding(Padding::Same); // K = 6400
     assert_eq!(convkit::plan::choose_algo(&geom(&big_k)), Algo::Im2col);
-    // 3x3 stride 1: Winograd F(4,3), or F(2,3) on images of fewer than 16 F(4,3) tiles;
-    // none with few channels a group.
+    // 3x3 stride 1: Winograd F(6,3) on images of 40 or more F(6,3) tiles, else F(4,3), or
+    // F(2,3) on images of fewer than 16 F(4,3) tiles; none with few channels a group.
     let vgg = ConvSpec::new(&[1, 256, 56, 56], 256, &[3, 3]).with_padding(Padding::Same);
     assert_eq!(
         convkit::plan::choose_algo(&geom(&vgg)).name(),
+        "winograd_f6x3"
+    );
+    let res3 = ConvSpec::new(&[1, 128, 28, 28], 128, &[3, 3]).with_padding(Padding::Same);
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&res3)).name(),
         "winograd_f4x3"
     );
     // Dilated: the same on phase planes, F(6,3) where F(4,3)'s tiles waste a quarter more
@@ -53,6 +58,11 @@ fn heuristic_choices_follow_the_measured_rules() {
     let text = ConvSpec::new(&[1, 300, 256], 100, &[3]).with_padding(Padding::Same);
     assert_eq!(
         convkit::plan::choose_algo(&geom(&text)).name(),
+        "winograd_f6x3"
+    );
+    let short_text = ConvSpec::new(&[1, 300, 128], 100, &[3]).with_padding(Padding::Same);
+    assert_eq!(
+        convkit::plan::choose_algo(&geom(&short_text)).name(),
         "winograd_f4x3"
     );
     // Small K at stride 1 with rows that leave 16-wide tiles 10% empty (OW = 28): direct_oc.
