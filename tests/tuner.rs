@@ -267,3 +267,42 @@ fn measure_remember_save_load_and_reuse_without_measuring() {
     assert!(tune::load_wisdom(&path).unwrap() >= 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A challenger that beats the heuristic's pick only while the pick's runs hit a slow burst
+/// is timed against it again, and the pick keeps the layer; a challenger that is faster
+/// throughout wins. (Scripted times, no real measurement: the budget of 0 ms gives the
+/// minimum of 3 rounds after the warm-up.)
+#[test]
+fn measuring_rechecks_a_challenger_against_the_first_candidate() {
+    let script = |burst_calls: usize| {
+        let mut calls_a = 0;
+        move |algo: Algo| -> Option<f64> {
+            Some(match algo {
+                Algo::Direct => {
+                    calls_a += 1;
+                    // Slow (1.3 ms) in a burst, 1.0 ms after it.
+                    if calls_a <= burst_calls {
+                        1.3
+                    } else {
+                        1.0
+                    }
+                }
+                _ => 1.1,
+            })
+        }
+    };
+    let mode = TuneMode::Measure { budget_ms: 0 };
+    let cands = [Algo::Direct, Algo::Im2col];
+    // The warm-up and the 3 rounds (4 calls) fall in the burst; the recheck does not.
+    let choice = tune::measure(&cands, &mode, script(4)).unwrap();
+    assert_eq!(choice.algo, Algo::Direct, "times {:?}", choice.times_ms);
+    let direct = choice
+        .times_ms
+        .iter()
+        .find(|r| r.0 == Algo::Direct)
+        .unwrap();
+    assert_eq!(direct.1, 1.0, "the recheck's runs count");
+    // Slow throughout: the challenger is really faster and wins.
+    let choice = tune::measure(&cands, &mode, script(usize::MAX)).unwrap();
+    assert_eq!(choice.algo, Algo::Im2col, "times {:?}", choice.times_ms);
+}

@@ -216,7 +216,9 @@ pub fn remember(key: String, choice: Choice) {
 /// Every candidate gets a warm-up run; then the candidates run in rounds, one run each per
 /// round (A B C A B C ...), at least 3 rounds and at most 50, until the budget (per
 /// candidate) is spent; each keeps its fastest run. In `Measure` mode a candidate whose first
-/// timed run is 3x slower than the best first run is dropped after that round.
+/// timed run is 3x slower than the best first run is dropped after that round. The first
+/// candidate keeps the layer unless another is more than 5% faster, and such a challenger is
+/// timed against it for [`RECHECK_ROUNDS`] more alternating rounds before it wins.
 ///
 /// Rounds, not one candidate after the other: this host's interference comes in bursts of
 /// seconds, and measured one after the other a candidate could spend its whole budget inside
@@ -265,6 +267,38 @@ pub fn measure(
     }
     // A candidate that failed in every timed run has no time: not a choice.
     results.retain(|r| r.1.is_finite());
+    let mut winner = pick_winner(&results)?;
+    // A challenger that beat the first candidate (the heuristic's pick) is timed against it
+    // again, the two alternating for RECHECK_ROUNDS more rounds, each keeping its fastest
+    // run: a quiet moment that fell on the challenger alone had chosen it (the suite's
+    // tuning picked F(6,3) for resnet50.res3.3x3.b8, 1.09x slower than F(4,3) in the timing
+    // after it, and F(4,3) for res2.3x3, 1.04x).
+    if results.first().is_some_and(|f| f.0 != winner) {
+        let challenger = results.iter().position(|r| r.0 == winner).unwrap_or(0);
+        for _ in 0..RECHECK_ROUNDS {
+            for i in [0, challenger] {
+                if let Some(ms) = time(results[i].0) {
+                    results[i].1 = results[i].1.min(ms);
+                }
+            }
+        }
+        winner = pick_winner(&results)?;
+    }
+    Ok(Choice {
+        algo: winner,
+        source: Source::Measured,
+        times_ms: results,
+    })
+}
+
+/// Extra alternating rounds of [`measure`] when a challenger beats the first candidate.
+const RECHECK_ROUNDS: usize = 3;
+
+/// The choice among timed candidates: the first (the heuristic's pick) unless another is more
+/// than 5% faster. On this noisy host near-ties flipped with the noise: choosing the fastest
+/// outright was within 5% of the best forced time on 21-23 of 27 layers, the heuristic alone
+/// within 15% on 26.
+fn pick_winner(results: &[(Algo, f64)]) -> Result<Algo> {
     let fastest = results
         .iter()
         .min_by(|x, y| x.1.total_cmp(&y.1))
@@ -272,18 +306,9 @@ pub fn measure(
         .ok_or_else(|| {
             Error::InvalidArgument("no candidate algorithm could run this layer".into())
         })?;
-    // Hysteresis: the first candidate (the heuristic's pick) keeps the layer unless another is
-    // more than 5% faster. On this noisy host near-ties flipped with the noise: choosing the
-    // fastest outright was within 5% of the best forced time on 21-23 of 27 layers, the
-    // heuristic alone within 15% on 26.
-    let winner = match results.first() {
+    Ok(match results.first() {
         Some(&(first, t)) if t <= 1.05 * fastest.1 => first,
         _ => fastest.0,
-    };
-    Ok(Choice {
-        algo: winner,
-        source: Source::Measured,
-        times_ms: results,
     })
 }
 
