@@ -8,6 +8,11 @@ fn geom(spec: &ConvSpec) -> Geometry {
     Geometry::new(spec).unwrap()
 }
 
+/// The heuristic's pick for `spec`, by name.
+fn picks(spec: &ConvSpec) -> &'static str {
+    convkit::plan::choose_algo(&geom(spec)).name()
+}
+
 #[test]
 fn heuristic_choices_follow_the_measured_rules() {
     let pw = ConvSpec::new(&[1, 144, 56, 56], 24, &[1, 1]);
@@ -25,46 +30,25 @@ fn heuristic_choices_follow_the_measured_rules() {
     // 3x3 stride 1: Winograd F(6,3) on images of 40 or more F(6,3) tiles, else F(4,3), or
     // F(2,3) on images of fewer than 16 F(4,3) tiles; none with few channels a group.
     let vgg = ConvSpec::new(&[1, 256, 56, 56], 256, &[3, 3]).with_padding(Padding::Same);
-    assert_eq!(
-        convkit::plan::choose_algo(&geom(&vgg)).name(),
-        "winograd_f6x3"
-    );
+    assert_eq!(picks(&vgg), "winograd_f6x3");
     let res3 = ConvSpec::new(&[1, 128, 28, 28], 128, &[3, 3]).with_padding(Padding::Same);
-    assert_eq!(
-        convkit::plan::choose_algo(&geom(&res3)).name(),
-        "winograd_f4x3"
-    );
+    assert_eq!(picks(&res3), "winograd_f4x3");
     // Dilated: the same on phase planes, F(6,3) where F(4,3)'s tiles waste a quarter more
     // multiplications (deeplab's 17 x 17 phases), F(4,3) where they fit (16 x 16 phases).
     let deeplab = ConvSpec::new(&[1, 256, 33, 33], 256, &[3, 3])
         .with_dilation(&[2, 2])
         .with_padding(Padding::Symmetric(vec![2, 2]));
-    assert_eq!(
-        convkit::plan::choose_algo(&geom(&deeplab)).name(),
-        "dilated_f6x3"
-    );
+    assert_eq!(picks(&deeplab), "dilated_f6x3");
     let even = ConvSpec::new(&[1, 64, 32, 32], 64, &[3, 3])
         .with_dilation(&[2, 2])
         .with_padding(Padding::Symmetric(vec![2, 2]));
-    assert_eq!(
-        convkit::plan::choose_algo(&geom(&even)).name(),
-        "dilated_f4x3"
-    );
+    assert_eq!(picks(&even), "dilated_f4x3");
     let res5 = ConvSpec::new(&[1, 512, 7, 7], 512, &[3, 3]).with_padding(Padding::Same);
-    assert_eq!(
-        convkit::plan::choose_algo(&geom(&res5)).name(),
-        "winograd_f2x3"
-    );
+    assert_eq!(picks(&res5), "winograd_f2x3");
     let text = ConvSpec::new(&[1, 300, 256], 100, &[3]).with_padding(Padding::Same);
-    assert_eq!(
-        convkit::plan::choose_algo(&geom(&text)).name(),
-        "winograd_f6x3"
-    );
+    assert_eq!(picks(&text), "winograd_f6x3");
     let short_text = ConvSpec::new(&[1, 300, 128], 100, &[3]).with_padding(Padding::Same);
-    assert_eq!(
-        convkit::plan::choose_algo(&geom(&short_text)).name(),
-        "winograd_f4x3"
-    );
+    assert_eq!(picks(&short_text), "winograd_f4x3");
     // Small K at stride 1 with rows that leave 16-wide tiles 10% empty (OW = 28): direct_oc.
     let googlenet = ConvSpec::new(&[1, 16, 28, 28], 32, &[5, 5]).with_padding(Padding::Same);
     assert_eq!(

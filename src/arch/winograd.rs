@@ -389,16 +389,12 @@ impl VLayout {
         nr: usize,
         xi_stride: usize,
     ) -> Self {
-        let (p0, kc) = blocks
-            .iter()
-            .copied()
-            .find(|&(p0, kc)| c >= p0 && c < p0 + kc)
-            .expect("channel inside the K blocks");
+        let (base, panel_stride) = crate::gemm::PrepackedB::row_place(blocks, cols, nr, c);
         VLayout {
-            base: p0 * cols + (c - p0) * nr,
+            base,
             xi_stride,
             panel: nr,
-            panel_stride: kc * nr,
+            panel_stride,
         }
     }
 

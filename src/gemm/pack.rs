@@ -49,13 +49,26 @@ pub struct PrepackedB<'a> {
 }
 
 impl PrepackedB<'_> {
-    /// Where element (row `p`, column `j`) lies, for the layout of `blocks` and `cols`.
-    pub fn offset(blocks: &[(usize, usize)], cols: usize, nr: usize, p: usize, j: usize) -> usize {
+    /// Where row `p` lies, for the layout of `blocks` and `cols`: the offset of its column 0
+    /// and the floats from one of its panels to the next (the panel stride of its K block).
+    /// Column `j` is then at `start + (j / nr) * panel_stride + j % nr`.
+    pub fn row_place(
+        blocks: &[(usize, usize)],
+        cols: usize,
+        nr: usize,
+        p: usize,
+    ) -> (usize, usize) {
         let &(p0, kc) = blocks
             .iter()
             .find(|&&(p0, kc)| p >= p0 && p < p0 + kc)
             .expect("row inside the K blocks");
-        p0 * cols + (j / nr) * kc * nr + (p - p0) * nr + j % nr
+        (p0 * cols + (p - p0) * nr, kc * nr)
+    }
+
+    /// Where element (row `p`, column `j`) lies, for the layout of `blocks` and `cols`.
+    pub fn offset(blocks: &[(usize, usize)], cols: usize, nr: usize, p: usize, j: usize) -> usize {
+        let (start, panel_stride) = Self::row_place(blocks, cols, nr, p);
+        start + (j / nr) * panel_stride + j % nr
     }
 }
 
