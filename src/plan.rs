@@ -858,6 +858,7 @@ impl Plan {
         pass: &crate::algo::OutputPass,
     ) -> Result<()> {
         use crate::algo::direct::PhaseLayout;
+        use crate::arch::dwconv::PLANES;
         let crate::algo::OutputPass {
             bias,
             accumulate,
@@ -889,40 +890,59 @@ impl Plan {
         let gather = Gather::of(self.isa.kernels()?);
         // Channels per task: enough that a task has ~4K input floats of work. One task per
         // channel spent more on the task and its scratch than on a 7x7 plane
-        // (mobilenetv2.dw7: 960 channels of 49 outputs each).
+        // (mobilenetv2.dw7: 960 channels of 49 outputs each). A channel with many
+        // multipliers is split between tasks, in whole groups of planes, so that each thread
+        // gets at least four (wav2vec2.conv0's one channel of 512 ran on one thread).
         let per_task = (4096 / in_area.max(1)).clamp(1, 64);
+        let threads = crate::par::threads().max(1);
+        let c_out = g.out_channels;
+        let planes_per_task = (per_task * mult)
+            .min(c_out.div_ceil(4 * threads).next_multiple_of(PLANES))
+            .max(1);
         // Each task pads its channels, one at a time, into a buffer that stays in L1/L2,
-        // then computes their `mult` output planes from it. (Padding the whole image first
-        // wrote and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
-        crate::par::for_each_chunk_mut(out, per_task * mult * band, |task, planes_of_task| {
+        // then computes their output planes from it, up to `PLANES` at a time. (Padding the
+        // whole image first wrote and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
+        crate::par::for_each_chunk_mut(out, planes_per_task * band, |task, planes_of_task| {
             let mut xp = crate::tensor::take_scratch(chan_len);
             xp[layout.chan..].fill(0.0);
-            for (j, planes) in planes_of_task.chunks_mut(mult * band).enumerate() {
-                let ci = task * per_task + j;
-                layout.fill_channel(
-                    g,
-                    &x[ci * in_area..(ci + 1) * in_area],
-                    &mut xp[..layout.chan],
-                    gather,
-                );
-                for (m, plane) in planes.chunks_mut(band).enumerate() {
-                    let co = ci * mult + m;
-                    let mut p = crate::arch::dwconv::DwPlane {
-                        input: &xp[r0 * layout.pw..],
-                        offsets: &offsets,
-                        weight: &weight[co * ka..(co + 1) * ka],
-                        pw: layout.pw,
-                        ow,
-                        out: &mut *plane,
-                        bias: bias.map_or(0.0, |b| b[co]),
-                        accumulate,
-                        clamp,
-                    };
-                    (uk.run)(&mut p);
-                    if let Some((kernel, act)) = activation {
-                        (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(plane));
-                    }
+            let first = task * planes_per_task;
+            let count = planes_of_task.len() / band.max(1);
+            let mut filled = None;
+            let mut done = 0;
+            while done < count {
+                let co = first + done;
+                let ci = co / mult;
+                if filled != Some(ci) {
+                    layout.fill_channel(
+                        g,
+                        &x[ci * in_area..(ci + 1) * in_area],
+                        &mut xp[..layout.chan],
+                        gather,
+                    );
+                    filled = Some(ci);
                 }
+                // Planes of this input channel in this task, at most `PLANES` together.
+                let n = PLANES.min(count - done).min((ci + 1) * mult - co);
+                let planes = &mut planes_of_task[done * band..(done + n) * band];
+                let mut lanes = [0f32; PLANES];
+                if let Some(b) = bias {
+                    lanes[..n].copy_from_slice(&b[co..co + n]);
+                }
+                let mut p = crate::arch::dwconv::DwPlane {
+                    input: &xp[r0 * layout.pw..],
+                    offsets: &offsets,
+                    weight: &weight[co * ka..(co + n) * ka],
+                    pw: layout.pw,
+                    ow,
+                    out: &mut *planes,
+                    planes: n,
+                    bias: lanes,
+                    accumulate,
+                    clamp,
+                    activation,
+                };
+                (uk.run)(&mut p);
+                done += n;
             }
             crate::tensor::give_scratch(xp);
         });

@@ -401,6 +401,55 @@ fn depthwise_3x3_every_row_tail_and_stride() {
     }
 }
 
+/// Channel multipliers in the plane layout: up to four planes of one input channel are
+/// computed together, and a non-clamp activation runs over segments of 256 outputs as they
+/// finish. Multipliers 1, 3, 6 (a group of four and one of two) and 9, on rows longer than
+/// a segment (1-D, 600 outputs; 2-D, 300 columns) and on planes of several row groups (2-D,
+/// 40 columns), with gelu, and with a residual and relu6; every tier and thread counts 1
+/// and 2 (tasks split a channel's multipliers).
+#[test]
+fn depthwise_planes_of_many_multipliers_and_long_rows() {
+    let shapes: [&[usize]; 3] = [&[1, 2, 1205], &[1, 2, 3, 302], &[1, 2, 17, 42]];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        for mult in [1usize, 3, 6, 9] {
+            for (act, residual) in [(Activation::Gelu, false), (Activation::Relu6, true)] {
+                let kernel: &[usize] = if shape.len() == 3 { &[5] } else { &[3, 3] };
+                let spec = ConvSpec::new(shape, 2 * mult, kernel)
+                    .with_groups(2)
+                    .with_stride(&vec![if shape.len() == 3 { 2 } else { 1 }; kernel.len()])
+                    .with_residual(residual)
+                    .with_activation(act);
+                let case = make_case(spec, (i * 100 + mult) as u64);
+                let g = Geometry::new(&case.spec).unwrap();
+                let ops = Operands {
+                    input: &case.x,
+                    weight: &case.w,
+                    bias: case.b.as_deref(),
+                    residual: case.r.as_deref(),
+                };
+                let want = reference::forward_f64(&g, &ops).unwrap();
+                let s = reference::magnitude(&g, &ops).unwrap();
+                for isa in convkit::arch::available_isas() {
+                    for threads in [1, 2] {
+                        let opts = PlanOptions {
+                            algo: Some("depthwise".into()),
+                            isa: Some(isa.name().into()),
+                            threads: Some(threads),
+                            depthwise_layout: DwLayout::Planes,
+                            ..Default::default()
+                        };
+                        run_checked(&case, &g, Algo::Depthwise, &opts, &want, s)
+                            .map_err(|e| {
+                                format!("{shape:?} x{mult} {act:?} {isa:?} {threads}t: {e}")
+                            })
+                            .unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The `grouped` algorithm: groups of 2, 4 and 8 channels, blocks full and partial, 3x3 at
 /// strides 1 and 2 over output widths that leave every tail of the eight-pixel steps, 5x5
 /// dilated, 1-D; with and without a residual.

@@ -20,93 +20,217 @@
 /// about a third of peak).
 pub const CHUNK: usize = 32;
 
-/// One depthwise output plane.
+/// Output planes one plane call computes together from the same input: the channel
+/// multipliers of one input channel (wav2vec2.conv0: 1 channel x 512). Each input chunk is
+/// loaded once for the four, and four planes x two vectors are eight independent FMA chains
+/// (one plane's four chains at a time were latency-bound: 4 cycles a tap for 32 outputs).
+pub const PLANES: usize = 4;
+
+/// Up to [`PLANES`] depthwise output planes of one input channel.
 pub struct DwPlane<'a> {
     /// The padded, phase-split input channel, from its first float to the end of the image
     /// buffer (at least `max(off) + (OH - 1) * PW + OW + CHUNK` floats, checked).
     pub input: &'a [f32],
     /// Per-tap offsets into `input`.
     pub offsets: &'a [usize],
-    /// The plane's kernel, one weight per tap.
+    /// The planes' kernels, one after the other, one weight per tap.
     pub weight: &'a [f32],
     /// Phase-plane row length.
     pub pw: usize,
     /// Output width.
     pub ow: usize,
-    /// The output plane, `OH * OW` floats.
+    /// The output planes, one after the other, `OH * OW` floats each.
     pub out: &'a mut [f32],
-    /// The plane's bias (0 for none).
-    pub bias: f32,
+    /// Planes in `out` (1..=[`PLANES`]).
+    pub planes: usize,
+    /// Each plane's bias (0 for none); entries past `planes` are ignored.
+    pub bias: [f32; PLANES],
     /// Add to what `out` holds (a preloaded residual).
     pub accumulate: bool,
-    /// Clamp applied last.
+    /// Clamp applied after the residual.
     pub clamp: (f32, f32),
+    /// An activation that is not a clamp, applied last, a segment of about [`SEGMENT`]
+    /// outputs of each plane at a time while they are in L1.
+    pub activation: Option<(
+        crate::arch::activation::ActUkernel,
+        crate::epilogue::Activation,
+    )>,
 }
+
+/// Outputs of a plane computed before the activation runs over them: the `PLANES` planes'
+/// segments (4 KiB) stay in L1. Applied to whole planes afterwards, gelu read wav2vec2.conv0's
+/// four 3199-float planes back from L2 and took longer than the convolution.
+pub const SEGMENT: usize = 256;
 
 /// The portable body; tiers inline it under their target features, passing `fma` (a fused
 /// `f32::mul_add` where the tier has FMA, `a * b + c` where it does not: there `mul_add` is a
 /// libm call).
 #[inline(always)]
-pub(crate) fn dw_plane_generic(p: &mut DwPlane, fma: impl Fn(f32, f32, f32) -> f32) {
+pub(crate) fn dw_plane_generic(p: &mut DwPlane, fma: impl Fn(f32, f32, f32) -> f32 + Copy) {
     // The chunk follows the row: narrow rows (mobilenetv2.dw7: 7 columns) filled 7 of 32
-    // lanes with the widest chunk.
-    match p.ow {
-        0 => {}
-        1..=8 => dw_rows::<8>(p, fma),
-        9..=16 => dw_rows::<16>(p, fma),
-        _ => dw_rows::<CHUNK>(p, fma),
+    // lanes with the widest chunk. Several planes take 16 outputs each (two AVX2 vectors a
+    // plane, eight accumulators for four planes: no spills).
+    match (p.planes, p.ow) {
+        (_, 0) => {}
+        (1, 1..=8) => dw_rows::<8, 1>(p, fma),
+        (1, 9..=16) => dw_rows::<16, 1>(p, fma),
+        (1, _) => dw_rows::<CHUNK, 1>(p, fma),
+        (2, 1..=8) => dw_rows::<8, 2>(p, fma),
+        (2, _) => dw_rows::<16, 2>(p, fma),
+        (3, 1..=8) => dw_rows::<8, 3>(p, fma),
+        (3, _) => dw_rows::<16, 3>(p, fma),
+        (4, 1..=8) => dw_rows::<8, 4>(p, fma),
+        (4, _) => dw_rows::<16, 4>(p, fma),
+        (n, _) => panic!("{n} planes in one depthwise call (1..={PLANES})"),
     }
 }
 
-/// The plane, `C` outputs at a time (`C` <= `CHUNK`, so the layout's slack covers the reads).
+/// `M` planes, `C` outputs of each at a time (`C` <= `CHUNK`, so the layout's slack covers
+/// the reads).
 #[inline(always)]
-fn dw_rows<const C: usize>(p: &mut DwPlane, fma: impl Fn(f32, f32, f32) -> f32) {
-    let (ow, pw) = (p.ow, p.pw);
-    let oh = p.out.len() / ow;
+fn dw_rows<const C: usize, const M: usize>(
+    p: &mut DwPlane,
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
+    let (ow, pw, taps) = (p.ow, p.pw, p.offsets.len());
+    let plane = p.out.len() / M;
+    let oh = plane / ow;
     let max_off = p.offsets.iter().copied().max().unwrap_or(0);
-    assert!(p.weight.len() == p.offsets.len(), "one weight per tap");
+    assert!(p.weight.len() == M * taps, "one weight per tap and plane");
+    assert!(plane * M == p.out.len() && oh * ow == plane, "whole planes");
     assert!(
         max_off + (oh.max(1) - 1) * pw + ow.div_ceil(C) * C <= p.input.len(),
         "depthwise input shorter than its reads"
     );
-    let (lo, hi) = p.clamp;
-    for oy in 0..oh {
-        let out_row = &mut p.out[oy * ow..(oy + 1) * ow];
-        let mut ox = 0;
-        while ox < ow {
-            let n = C.min(ow - ox);
-            let mut acc = [0f32; C];
-            let base = oy * pw + ox;
-            for (&off, &w) in p.offsets.iter().zip(p.weight) {
-                let src: &[f32; C] = p.input[base + off..base + off + C]
-                    .try_into()
-                    .expect("CHUNK floats");
+    // Segments: whole rows while a row is shorter than `SEGMENT`, else `SEGMENT` columns of
+    // one row (a multiple of every chunk width).
+    let seg_rows = (SEGMENT / ow).max(1);
+    let seg_cols = if seg_rows > 1 { ow } else { SEGMENT };
+    for oy0 in (0..oh).step_by(seg_rows) {
+        let oy1 = (oy0 + seg_rows).min(oh);
+        for x0 in (0..ow).step_by(seg_cols) {
+            let x1 = (x0 + seg_cols).min(ow);
+            for oy in oy0..oy1 {
+                chunks_of_row::<C, M>(p, oy, x0, x1, plane, fma);
+            }
+            if let Some((kernel, act)) = p.activation {
+                // The segment of each plane: rows oy0..oy1 (whole rows) or columns x0..x1
+                // of row oy0; either way `len` consecutive floats of each plane.
+                let start = oy0 * ow + x0;
+                let len = if seg_rows > 1 {
+                    (oy1 - oy0) * ow
+                } else {
+                    x1 - x0
+                };
+                assert!((M - 1) * plane + start + len <= p.out.len());
+                // SAFETY: the M rows (plane m's floats start + m * plane .. + len) lie inside
+                // `p.out` (asserted) and do not overlap (len <= plane); `p.out` is borrowed
+                // mutably here and not touched while the rows are in use.
+                let rows = unsafe {
+                    crate::arch::activation::RowsMut::from_raw(
+                        p.out.as_mut_ptr().add(start),
+                        plane,
+                        M,
+                        len,
+                    )
+                };
+                (kernel.run)(act, rows);
+            }
+        }
+    }
+}
+
+/// Columns `x0..x1` of output row `oy` of the `M` planes, `C` at a time.
+#[inline(always)]
+fn chunks_of_row<const C: usize, const M: usize>(
+    p: &mut DwPlane,
+    oy: usize,
+    x0: usize,
+    x1: usize,
+    plane: usize,
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
+    let (ow, pw, taps) = (p.ow, p.pw, p.offsets.len());
+    // Plane k's taps (planes past M repeat the last; their sums are never stored).
+    let w = |k: usize| &p.weight[k.min(M - 1) * taps..][..taps];
+    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
+    let mut ox = x0;
+    while ox < x1 {
+        let n = C.min(x1 - ox);
+        // One local array per plane, each updated by its own flat loop: one
+        // `[[f32; C]; M]` indexed by plane was not vectorized at all (scalar FMAs
+        // through the stack, 10x slower).
+        let (mut a0, mut a1, mut a2, mut a3) = ([0f32; C], [0f32; C], [0f32; C], [0f32; C]);
+        let base = oy * pw + ox;
+        for (t, &off) in p.offsets.iter().enumerate() {
+            let src: &[f32; C] = p.input[base + off..base + off + C]
+                .try_into()
+                .expect("CHUNK floats");
+            let (k0, k1, k2, k3) = (w0[t], w1[t], w2[t], w3[t]);
+            for j in 0..C {
+                a0[j] = fma(k0, src[j], a0[j]);
+            }
+            if M > 1 {
                 for j in 0..C {
-                    acc[j] = fma(w, src[j], acc[j]);
+                    a1[j] = fma(k1, src[j], a1[j]);
                 }
             }
-            // The epilogue over a fixed-size chunk vectorizes (a variable-length loop ran
-            // scalar, a branch per lane); full chunks load and store as fixed arrays.
-            let mut res = [0f32; C];
-            let mut prev = [0f32; C];
-            if p.accumulate {
-                prev[..n].copy_from_slice(&out_row[ox..ox + n]);
+            if M > 2 {
+                for j in 0..C {
+                    a2[j] = fma(k2, src[j], a2[j]);
+                }
             }
-            // Two selects (not an if/else-if chain) so the clamp vectorizes; NaN fails both
-            // comparisons and passes through.
-            for j in 0..C {
-                let v = acc[j] + p.bias + prev[j];
-                let v = if v < lo { lo } else { v };
-                res[j] = if v > hi { hi } else { v };
+            if M > 3 {
+                for j in 0..C {
+                    a3[j] = fma(k3, src[j], a3[j]);
+                }
             }
-            if n == C {
-                let dst: &mut [f32; C] =
-                    (&mut out_row[ox..ox + C]).try_into().expect("CHUNK floats");
-                *dst = res;
-            } else {
-                out_row[ox..ox + n].copy_from_slice(&res[..n]);
-            }
-            ox += n;
+        }
+        let at = oy * ow + ox;
+        store_chunk(p, at, n, &a0, 0);
+        if M > 1 {
+            store_chunk(p, plane + at, n, &a1, 1);
+        }
+        if M > 2 {
+            store_chunk(p, 2 * plane + at, n, &a2, 2);
+        }
+        if M > 3 {
+            store_chunk(p, 3 * plane + at, n, &a3, 3);
+        }
+        ox += n;
+    }
+}
+
+/// Stores `n` of the sums `acc` at `out[at..]` through plane `m`'s epilogue: bias, the
+/// preloaded residual, the clamp.
+#[inline(always)]
+fn store_chunk<const C: usize>(p: &mut DwPlane, at: usize, n: usize, acc: &[f32; C], m: usize) {
+    let (lo, hi) = p.clamp;
+    let bias = p.bias[m];
+    // Two selects (not an if/else-if chain) so the clamp vectorizes; NaN fails both
+    // comparisons and passes through.
+    let finish = |v: f32| {
+        let v = if v < lo { lo } else { v };
+        if v > hi {
+            hi
+        } else {
+            v
+        }
+    };
+    if n == C {
+        // Full chunks: fixed-size loads and stores, no partial copies (those spilled the
+        // sums to the stack on every chunk).
+        let dst: &mut [f32; C] = (&mut p.out[at..at + C]).try_into().expect("C floats");
+        let prev = if p.accumulate { *dst } else { [0f32; C] };
+        let mut res = [0f32; C];
+        for j in 0..C {
+            res[j] = finish(acc[j] + bias + prev[j]);
+        }
+        *dst = res;
+    } else {
+        for (j, o) in p.out[at..at + n].iter_mut().enumerate() {
+            let prev = if p.accumulate { *o } else { 0.0 };
+            *o = finish(acc[j] + bias + prev);
         }
     }
 }
