@@ -68,7 +68,7 @@ pub fn nchw_to_nhwc(src: &[f32], dst: &mut [f32], n: usize, c: usize, hw: usize)
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<Vec<AlignedBuf>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A recycled scratch buffer of `len` floats (contents unspecified): derefs to exactly
@@ -76,10 +76,22 @@ thread_local! {
 /// (Handed out as a `Vec` resized to `len`, a buffer shrunk for a short block was zeroed
 /// again up to the next long one: `memset` was 2-5% of the Winograd layers, whose last block
 /// of a run is short and first one long.)
-#[derive(Default)]
+///
+/// The buffer is 64-byte aligned, like the GEMM's own packing buffers: Winograd's V is read
+/// in place as the GEMM's packed B panels, and from a `Vec` (16 bytes past a page for large
+/// allocations) every other 32-byte load of a 64-byte panel row crossed a cache line.
 pub struct Scratch {
-    buf: Vec<f32>,
+    buf: AlignedBuf,
     len: usize,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            buf: aligned_zeros(0),
+            len: 0,
+        }
+    }
 }
 
 impl std::ops::Deref for Scratch {
@@ -112,7 +124,7 @@ pub fn take_scratch(len: usize) -> Scratch {
             .map(|(i, _)| i);
         match fit {
             Some(i) => s.swap_remove(i),
-            None => s.pop().unwrap_or_default(),
+            None => s.pop().unwrap_or_else(|| aligned_zeros(0)),
         }
     });
     if buf.len() < len {
@@ -133,4 +145,22 @@ pub fn give_scratch(v: Scratch) {
             s.push(v.buf);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scratch buffers start on a cache line, fresh or recycled, grown or shrunk (Winograd's
+    /// V is read from one as the GEMM's packed panels, with 32-byte loads).
+    #[test]
+    fn scratch_buffers_are_cache_line_aligned() {
+        for len in [1usize, 7, 1000, 100_000, 3_000_000, 10, 2_000_000] {
+            let mut s = take_scratch(len);
+            assert_eq!(s.len(), len);
+            assert_eq!(s.as_ptr() as usize % 64, 0, "scratch of {len} floats");
+            s[len - 1] = 1.0;
+            give_scratch(s);
+        }
+    }
 }
