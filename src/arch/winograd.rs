@@ -92,12 +92,9 @@ impl Variant {
 
 /// Declares a matrix twice, in f64 (kernel transform at plan time, tests) and in f32 (the
 /// run-time transforms), from one list of entries.
+// The f64 matrices define the transforms: plan time builds U from G in f64, and the unit
+// tests hold the hand-factored B^T and A^T below to them.
 macro_rules! matrix {
-    ($n64:ident, $n32:ident, $len:literal, [$($v:expr),* $(,)?]) => {
-        const $n64: [f64; $len] = [$(($v) as f64),*];
-        const $n32: [f32; $len] = [$(($v) as f32),*];
-    };
-    // G is only used at plan time, in f64.
     ($n64:ident, $len:literal, [$($v:expr),* $(,)?]) => {
         const $n64: [f64; $len] = [$(($v) as f64),*];
     };
@@ -106,7 +103,6 @@ macro_rules! matrix {
 // F(2,3), points 0, 1, -1, inf.
 matrix!(
     BT2_64,
-    BT2,
     16,
     [1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 1.0, 0.0, -1.0,]
 );
@@ -115,12 +111,11 @@ matrix!(
     12,
     [1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.0, 0.0, 1.0,]
 );
-matrix!(AT2_64, AT2, 8, [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0, -1.0,]);
+matrix!(AT2_64, 8, [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0, -1.0,]);
 
 // F(4,3), points 0, 1, -1, 2, -2, inf.
 matrix!(
     BT4_64,
-    BT4,
     36,
     [
         4.0, 0.0, -5.0, 0.0, 1.0, 0.0, 0.0, -4.0, -4.0, 1.0, 1.0, 0.0, 0.0, 4.0, -4.0, -1.0, 1.0,
@@ -154,7 +149,6 @@ matrix!(
 );
 matrix!(
     AT4_64,
-    AT4,
     24,
     [
         1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, -1.0, 2.0, -2.0, 0.0, 0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
@@ -165,7 +159,6 @@ matrix!(
 // F(6,3), points 0, 1, -1, 2, -2, 1/2, -1/2, inf.
 matrix!(
     BT6_64,
-    BT6,
     64,
     [
         1.0,
@@ -266,7 +259,6 @@ matrix!(
 );
 matrix!(
     AT6_64,
-    AT6,
     48,
     [
         1.0,
@@ -466,83 +458,180 @@ pub struct WinoUkernel {
     pub output: fn(&mut WinoOutput),
 }
 
-/// `out[r] = sum_c mat[r][c] src[c]`, where each element is `W` vectors of lanes (a whole
-/// tile row when `W = alpha`, one value when `W = 1`), fully unrolled: `mat` is a constant
-/// of the caller, so once inlined every entry is a constant, the zero entries vanish and +-1
-/// become adds. Rows of a tile are elements of the column pass and values of the row pass,
-/// so neither pass transposes. (Left to LLVM's unroller, the 8 x 8 loops of F(6,3) stayed
-/// rolled: its input transform ran 2.6x slower than with `-unroll-threshold=2000`.)
+// ---------------------------------------------------------------------------------------
+// The 1-D transforms, factored by hand.
+//
+// The rows of B^T come in pairs that differ only in the sign of their odd columns (the
+// interpolation points +-p), and the columns of A^T in pairs whose sum or difference every
+// row takes. So each pair of B^T rows is `e +- o` with `e` the even columns' sum and `o` the
+// odd columns', and A^T works on the sums and differences of column pairs, as in Lavin &
+// Gray's and NNPACK's transforms. F(6,3)'s B^T takes 26 vector operations here, against 80
+// multiplies and adds for its 8 x 8 matrix term by term (which the input and output
+// transforms did until now: 205 and 226 cycles a tile on this machine). Every function is
+// checked against its matrix in the unit tests (exactly, on integers).
+// ---------------------------------------------------------------------------------------
+
 #[inline(always)]
-fn apply<const R: usize, const C: usize, const W: usize>(
-    mat: &[f32],
-    src: &[[Lanes; W]; C],
-    out: &mut [[Lanes; W]; R],
-) {
-    match (R, C) {
-        (4, 4) => apply_4x4(mat, src, out),
-        (6, 6) => apply_6x6(mat, src, out),
-        (8, 8) => apply_8x8(mat, src, out),
-        (2, 4) => apply_2x4(mat, src, out),
-        (4, 6) => apply_4x6(mat, src, out),
-        (6, 8) => apply_6x8(mat, src, out),
-        _ => unreachable!("no transform of {R} x {C}"),
+fn vadd(a: &Lanes, b: &Lanes) -> Lanes {
+    let mut r = [0f32; LANES];
+    for l in 0..LANES {
+        r[l] = a[l] + b[l];
     }
+    r
 }
 
-/// One row of [`apply`]: `out[r] = sum mat[r][c] src[c]` over the listed columns.
-macro_rules! apply_row {
-    ($out:ident, $mat:ident, $src:ident, $r:literal, $cols:literal, [$($c:literal)*]) => {
-        // The first non-zero term initializes the sum (0 + x cannot fold away: -0.0).
-        let mut acc = [[0f32; LANES]; W];
-        let mut first = true;
-        $({
-            let k = $mat[$r * $cols + $c];
-            if k != 0.0 {
-                for w in 0..W {
-                    for l in 0..LANES {
-                        let term = k * $src[$c][w][l];
-                        acc[w][l] = if first { term } else { acc[w][l] + term };
-                    }
-                }
-                first = false;
-            }
-        })*
-        let _ = first;
-        $out[$r] = acc;
-    };
-}
-
-/// A fixed-size [`apply`]: every (row, column) pair written out.
-macro_rules! apply_fixed {
-    ($name:ident, $rows:literal, $cols:literal, [$($r:literal)*], $cs:tt) => {
-        #[inline(always)]
-        fn $name<const W: usize>(mat: &[f32], src: &[[Lanes; W]], out: &mut [[Lanes; W]]) {
-            let (src, out): (&[[Lanes; W]; $cols], &mut [[Lanes; W]; $rows]) = (
-                src.try_into().expect("columns"),
-                out.try_into().expect("rows"),
-            );
-            $({ apply_row!(out, mat, src, $r, $cols, $cs); })*
-        }
-    };
-}
-
-apply_fixed!(apply_4x4, 4, 4, [0 1 2 3], [0 1 2 3]);
-apply_fixed!(apply_6x6, 6, 6, [0 1 2 3 4 5], [0 1 2 3 4 5]);
-apply_fixed!(apply_8x8, 8, 8, [0 1 2 3 4 5 6 7], [0 1 2 3 4 5 6 7]);
-apply_fixed!(apply_2x4, 2, 4, [0 1], [0 1 2 3]);
-apply_fixed!(apply_4x6, 4, 6, [0 1 2 3], [0 1 2 3 4 5]);
-apply_fixed!(apply_6x8, 6, 8, [0 1 2 3 4 5], [0 1 2 3 4 5 6 7]);
-
-/// A row of `A` lane vectors seen as `A` one-vector elements (same layout), without a copy.
 #[inline(always)]
-fn as_columns<const A: usize>(row: &[Lanes; A]) -> &[[Lanes; 1]; A] {
-    row.as_chunks::<1>().0.try_into().expect("A vectors")
+fn vsub(a: &Lanes, b: &Lanes) -> Lanes {
+    let mut r = [0f32; LANES];
+    for l in 0..LANES {
+        r[l] = a[l] - b[l];
+    }
+    r
+}
+
+#[inline(always)]
+fn vscale(k: f32, a: &Lanes) -> Lanes {
+    let mut r = [0f32; LANES];
+    for l in 0..LANES {
+        r[l] = k * a[l];
+    }
+    r
+}
+
+/// `k * a + c` lane by lane, with the tier's `fma`.
+#[inline(always)]
+fn vfma(k: f32, a: &Lanes, c: &Lanes, fma: impl Fn(f32, f32, f32) -> f32) -> Lanes {
+    let mut r = [0f32; LANES];
+    for l in 0..LANES {
+        r[l] = fma(k, a[l], c[l]);
+    }
+    r
+}
+
+/// B^T x, F(2,3).
+#[inline(always)]
+fn bt2(x: &[Lanes; 4]) -> [Lanes; 4] {
+    [
+        vsub(&x[0], &x[2]),
+        vadd(&x[1], &x[2]),
+        vsub(&x[2], &x[1]),
+        vsub(&x[1], &x[3]),
+    ]
+}
+
+/// B^T x, F(4,3): rows 1, 2 and 3, 4 are `e +- o`.
+#[inline(always)]
+fn bt4(x: &[Lanes; 6], f: impl Fn(f32, f32, f32) -> f32 + Copy) -> [Lanes; 6] {
+    let (e1, o1) = (vfma(-4.0, &x[2], &x[4], f), vfma(-4.0, &x[1], &x[3], f));
+    let (e2, o2) = (vsub(&x[4], &x[2]), vscale(2.0, &vsub(&x[3], &x[1])));
+    [
+        vfma(4.0, &x[0], &vfma(-5.0, &x[2], &x[4], f), f),
+        vadd(&e1, &o1),
+        vsub(&e1, &o1),
+        vadd(&e2, &o2),
+        vsub(&e2, &o2),
+        vfma(4.0, &x[1], &vfma(-5.0, &x[3], &x[5], f), f),
+    ]
+}
+
+/// B^T x, F(6,3): rows 1, 2 / 3, 4 / 5, 6 are `e +- o`.
+#[inline(always)]
+fn bt6(x: &[Lanes; 8], f: impl Fn(f32, f32, f32) -> f32 + Copy) -> [Lanes; 8] {
+    let e1 = vfma(-4.25, &x[4], &vadd(&x[2], &x[6]), f);
+    let o1 = vfma(-4.25, &x[3], &vadd(&x[1], &x[5]), f);
+    let e2 = vfma(0.25, &x[2], &vfma(-1.25, &x[4], &x[6], f), f);
+    let o2 = vfma(0.5, &x[1], &vfma(-2.5, &x[3], &vadd(&x[5], &x[5]), f), f);
+    let e3 = vfma(4.0, &x[2], &vfma(-5.0, &x[4], &x[6], f), f);
+    let o3 = vfma(2.0, &x[1], &vfma(-2.5, &x[3], &vscale(0.5, &x[5]), f), f);
+    [
+        vfma(5.25, &vsub(&x[4], &x[2]), &vsub(&x[0], &x[6]), f),
+        vadd(&e1, &o1),
+        vsub(&e1, &o1),
+        vadd(&e2, &o2),
+        vsub(&e2, &o2),
+        vadd(&e3, &o3),
+        vsub(&e3, &o3),
+        vfma(5.25, &vsub(&x[3], &x[5]), &vsub(&x[7], &x[1]), f),
+    ]
+}
+
+/// A^T x, F(2,3).
+#[inline(always)]
+fn at2(x: &[Lanes; 4]) -> [Lanes; 2] {
+    [
+        vadd(&vadd(&x[0], &x[1]), &x[2]),
+        vsub(&vsub(&x[1], &x[2]), &x[3]),
+    ]
+}
+
+/// A^T x, F(4,3), on the sums and differences of columns 1, 2 and 3, 4.
+#[inline(always)]
+fn at4(x: &[Lanes; 6], f: impl Fn(f32, f32, f32) -> f32 + Copy) -> [Lanes; 4] {
+    let (s1, d1) = (vadd(&x[1], &x[2]), vsub(&x[1], &x[2]));
+    let (s2, d2) = (vadd(&x[3], &x[4]), vsub(&x[3], &x[4]));
+    [
+        vadd(&vadd(&x[0], &s1), &s2),
+        vfma(2.0, &d2, &d1, f),
+        vfma(4.0, &s2, &s1, f),
+        vfma(8.0, &d2, &vadd(&d1, &x[5]), f),
+    ]
+}
+
+/// A^T x, F(6,3), on the sums and differences of columns 1, 2 / 3, 4 / 5, 6.
+#[inline(always)]
+fn at6(x: &[Lanes; 8], f: impl Fn(f32, f32, f32) -> f32 + Copy) -> [Lanes; 6] {
+    let (s1, d1) = (vadd(&x[1], &x[2]), vsub(&x[1], &x[2]));
+    let (s2, d2) = (vadd(&x[3], &x[4]), vsub(&x[3], &x[4]));
+    let (s3, d3) = (vadd(&x[5], &x[6]), vsub(&x[5], &x[6]));
+    [
+        vadd(&vadd(&x[0], &s1), &vadd(&s2, &s3)),
+        vfma(2.0, &d2, &vfma(0.5, &d3, &d1, f), f),
+        vfma(4.0, &s2, &vfma(0.25, &s3, &s1, f), f),
+        vfma(8.0, &d2, &vfma(0.125, &d3, &d1, f), f),
+        vfma(16.0, &s2, &vfma(0.0625, &s3, &s1, f), f),
+        vfma(32.0, &d2, &vfma(0.03125, &d3, &vadd(&d1, &x[7]), f), f),
+    ]
+}
+
+/// B^T x for the variant of `A` points.
+#[inline(always)]
+pub(crate) fn bt_1d<const A: usize>(
+    x: &[Lanes; A],
+    f: impl Fn(f32, f32, f32) -> f32 + Copy,
+) -> [Lanes; A] {
+    let mut out = [[0f32; LANES]; A];
+    match A {
+        4 => out.copy_from_slice(&bt2(x.as_slice().try_into().expect("4 points"))),
+        6 => out.copy_from_slice(&bt4(x.as_slice().try_into().expect("6 points"), f)),
+        8 => out.copy_from_slice(&bt6(x.as_slice().try_into().expect("8 points"), f)),
+        _ => unreachable!("no B^T of {A} points"),
+    }
+    out
+}
+
+/// A^T x for the variant of `A` points and `M` outputs.
+#[inline(always)]
+fn at_1d<const A: usize, const M: usize>(
+    x: &[Lanes; A],
+    f: impl Fn(f32, f32, f32) -> f32 + Copy,
+) -> [Lanes; M] {
+    let mut out = [[0f32; LANES]; M];
+    match (A, M) {
+        (4, 2) => out.copy_from_slice(&at2(x.as_slice().try_into().expect("4 points"))),
+        (6, 4) => out.copy_from_slice(&at4(x.as_slice().try_into().expect("6 points"), f)),
+        (8, 6) => out.copy_from_slice(&at6(x.as_slice().try_into().expect("8 points"), f)),
+        _ => unreachable!("no A^T of {A} points to {M}"),
+    }
+    out
 }
 
 // Index loops: the tile algebra reads clearer with explicit (row, column) indices.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn input_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoInput, bt: &[f32]) {
+fn input_tiles<G: TileGather, const A: usize, const M: usize>(
+    j: &mut WinoInput,
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
     let (ah, mh) = if j.two_d { (A, M) } else { (1, 1) };
     assert!(
         j.layout.panel > 0 && j.layout.panel.is_multiple_of(LANES),
@@ -551,6 +640,11 @@ fn input_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoInput,
     if j.n == 0 {
         return;
     }
+    // The row-transformed tiles of a lane group, reused by every group: declared in the
+    // loop, the array was zeroed (a memset call) and returned by copy (a memcpy) for each
+    // group, a fifth of the transform.
+    let mut t1 = [[[0f32; LANES]; A]; A];
+    let mut t1_1d = [[[0f32; LANES]; A]; 1];
     let mut t = 0;
     while t < j.n {
         // Lanes past the last tile repeat it: in bounds, and their columns are not read.
@@ -594,27 +688,22 @@ fn input_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoInput,
         // This lane group's column of V; xi steps add `xi_stride` (one division a group).
         let col = j.layout.at(0, t);
         let xs = j.layout.xi_stride;
-        let mut d = [[[0f32; LANES]; A]; A];
-        G::gather(j.plane, &base, j.pw, ah, &mut d);
         if j.two_d {
-            // Columns first, whole rows as elements: t1 = B^T d; then each row: V = t1 B.
-            let mut t1 = [[[0f32; LANES]; A]; A];
-            apply::<A, A, A>(bt, &d, &mut t1);
-            for (p, row) in t1.iter().enumerate() {
-                let src: &[[Lanes; 1]; A] = as_columns(row);
-                let mut v = [[[0f32; LANES]; 1]; A];
-                apply::<A, A, 1>(bt, src, &mut v);
-                for (q, vq) in v.iter().enumerate() {
+            // Rows first, each as it is gathered (along its columns), then each column of
+            // that: V = B^T (d B).
+            G::gather_rows::<A, A>(j.plane, &base, j.pw, fma, &mut t1);
+            for q in 0..A {
+                let column: [Lanes; A] = std::array::from_fn(|i| t1[i][q]);
+                let v = bt_1d::<A>(&column, fma);
+                for (p, vp) in v.iter().enumerate() {
                     // Bounds-checked: a layout past the buffer panics, never writes.
-                    j.out.write_array(col + (p * A + q) * xs, &vq[0]);
+                    j.out.write_array(col + (p * A + q) * xs, vp);
                 }
             }
         } else {
-            let src: &[[Lanes; 1]; A] = as_columns(&d[0]);
-            let mut v = [[[0f32; LANES]; 1]; A];
-            apply::<A, A, 1>(bt, src, &mut v);
-            for (q, vq) in v.iter().enumerate() {
-                j.out.write_array(col + q * xs, &vq[0]);
+            G::gather_rows::<A, 1>(j.plane, &base, j.pw, fma, &mut t1_1d);
+            for (q, vq) in t1_1d[0].iter().enumerate() {
+                j.out.write_array(col + q * xs, vq);
             }
         }
         t += LANES;
@@ -623,7 +712,10 @@ fn input_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoInput,
 
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn output_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoOutput, at: &[f32]) {
+fn output_tiles<G: TileGather, const A: usize, const M: usize>(
+    j: &mut WinoOutput,
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
     let (ah, mh) = if j.two_d { (A, M) } else { (1, 1) };
     let xi = ah * A;
     assert!(j.m.len() >= xi * j.ld, "M slab too short");
@@ -646,40 +738,34 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoOutpu
         "output band too short"
     );
     let (lo, hi) = j.clamp;
+    // Working arrays reused by every lane group (see `input_tiles`).
+    let mut y = [[[0f32; LANES]; M]; M];
+    let mut ty = [[[0f32; LANES]; LANES]; M];
+    let mut t1 = [[[0f32; LANES]; M]; A];
     let mut t = 0;
     while t < j.n {
         // y[a][b] lanes: output row a, column b of each of LANES tiles.
-        let mut y = [[[0f32; LANES]; M]; M];
+        let load = |xi: usize| -> Lanes {
+            let o = xi * j.ld + t;
+            j.m[o..o + LANES].try_into().expect("LANES floats")
+        };
         if j.two_d {
-            let mut mt = [[[0f32; LANES]; A]; A];
-            for (p, row) in mt.iter_mut().enumerate() {
-                for (q, v) in row.iter_mut().enumerate() {
-                    let o = (p * A + q) * j.ld + t;
-                    v.copy_from_slice(&j.m[o..o + LANES]);
-                }
+            // Rows first (row p of M along its columns), then each column of that:
+            // Y = A^T (M A).
+            for (p, tp) in t1.iter_mut().enumerate() {
+                let row: [Lanes; A] = std::array::from_fn(|q| load(p * A + q));
+                *tp = at_1d::<A, M>(&row, fma);
             }
-            // Columns first, whole rows as elements: t1 = A^T M; then each row: y = t1 A.
-            let mut t1 = [[[0f32; LANES]; A]; M];
-            apply::<M, A, A>(at, &mt, &mut t1);
-            for (a, row) in t1.iter().enumerate() {
-                let src: &[[Lanes; 1]; A] = as_columns(row);
-                let mut v = [[[0f32; LANES]; 1]; M];
-                apply::<M, A, 1>(at, src, &mut v);
-                for b in 0..M {
-                    y[a][b] = v[b][0];
+            for b in 0..M {
+                let column: [Lanes; A] = std::array::from_fn(|p| t1[p][b]);
+                let yb = at_1d::<A, M>(&column, fma);
+                for (a, ya) in yb.iter().enumerate() {
+                    y[a][b] = *ya;
                 }
             }
         } else {
-            let mut mq = [[[0f32; LANES]; 1]; A];
-            for (q, v) in mq.iter_mut().enumerate() {
-                let o = q * j.ld + t;
-                v[0].copy_from_slice(&j.m[o..o + LANES]);
-            }
-            let mut v = [[[0f32; LANES]; 1]; M];
-            apply::<M, A, 1>(at, &mq, &mut v);
-            for b in 0..M {
-                y[0][b] = v[b][0];
-            }
+            let row: [Lanes; A] = std::array::from_fn(load);
+            y[0] = at_1d::<A, M>(&row, fma);
         }
         let lanes = LANES.min(j.n - t);
         // Where each lane's tile goes: (tile's first row, first band row, rows, first column,
@@ -739,10 +825,9 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoOutpu
         // Each output row of the 8 tiles turned lane-major, ty[a][l][b] = y[a][b][l], by the
         // tier's 8x8 transpose, so that each tile row is one copy of M floats. (Element by
         // element from the lanes, with a bounds check each, was most of the output transform.)
-        let mut ty = [[[0f32; LANES]; LANES]; M];
-        for (a, t) in ty.iter_mut().enumerate().take(mh) {
+        for (t, ya) in ty.iter_mut().zip(&y).take(mh) {
             let mut src = [[0f32; LANES]; LANES];
-            src[..M].copy_from_slice(&y[a]);
+            src[..M].copy_from_slice(ya);
             *t = G::transpose(&src);
         }
         for (l, &(row0, ra, rows, col0, cols)) in place.iter().enumerate().take(lanes) {
@@ -767,24 +852,29 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(j: &mut WinoOutpu
 /// The input transform for any variant (the body each tier compiles), gathering tiles with
 /// `G`.
 #[inline(always)]
-pub fn input_generic<G: TileGather>(j: &mut WinoInput) {
+pub fn input_generic<G: TileGather>(j: &mut WinoInput, fma: impl Fn(f32, f32, f32) -> f32 + Copy) {
     match j.variant {
-        Variant::F2 => input_tiles::<G, 4, 2>(j, &BT2),
-        Variant::F4 => input_tiles::<G, 6, 4>(j, &BT4),
-        Variant::F6 => input_tiles::<G, 8, 6>(j, &BT6),
+        Variant::F2 => input_tiles::<G, 4, 2>(j, fma),
+        Variant::F4 => input_tiles::<G, 6, 4>(j, fma),
+        Variant::F6 => input_tiles::<G, 8, 6>(j, fma),
     }
 }
 
-/// Loads `LANES` input tiles into lanes: `d[i][q][l] = plane[base[l] + i * pw + q]` for rows
-/// `i < rows`. Implementations check every read against `plane` once per call.
+/// Loads `LANES` input tiles into lanes, a tile row at a time, and applies B^T along each
+/// row as it arrives: `out[i] = B^T row_i` with `row_i[q][l] = plane[base[l] + i * pw + q]`,
+/// for rows `i < rows`. Implementations check every read against `plane` once per call.
+/// (Each row is transformed while it is in registers; the whole gathered tile went through
+/// the stack twice before, most of the input transform's loads and stores. A callback in
+/// place of [`bt_1d`] was not inlined and lost the tier's FMA.)
 pub trait TileGather {
-    /// Gathers the tiles starting at `base` (one per lane).
-    fn gather<const A: usize>(
+    /// Gathers the tiles starting at `base` (one per lane), transforming row by row.
+    /// `R` tile rows of `A` columns, into `out` (every element written).
+    fn gather_rows<const A: usize, const R: usize>(
         plane: &[f32],
         base: &[usize; LANES],
         pw: usize,
-        rows: usize,
-        d: &mut [[Lanes; A]; A],
+        fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+        out: &mut [[Lanes; A]; R],
     );
 
     /// The 8x8 transpose `out[l][b] = src[b][l]` (element by element unless the tier has a
@@ -803,29 +893,35 @@ pub struct ScalarGather;
 
 impl TileGather for ScalarGather {
     #[inline(always)]
-    fn gather<const A: usize>(
+    fn gather_rows<const A: usize, const R: usize>(
         plane: &[f32],
         base: &[usize; LANES],
         pw: usize,
-        rows: usize,
-        d: &mut [[Lanes; A]; A],
+        fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+        out: &mut [[Lanes; A]; R],
     ) {
-        for (i, di) in d.iter_mut().enumerate().take(rows) {
-            for (q, v) in di.iter_mut().enumerate() {
-                let off = i * pw + q;
-                *v = std::array::from_fn(|l| plane[base[l] + off]);
+        for (i, o) in out.iter_mut().enumerate() {
+            let mut row = [[0f32; LANES]; A];
+            for (q, v) in row.iter_mut().enumerate() {
+                for (l, x) in v.iter_mut().enumerate() {
+                    *x = plane[base[l] + i * pw + q];
+                }
             }
+            *o = bt_1d(&row, fma);
         }
     }
 }
 
 /// The output transform for any variant (the body each tier compiles).
 #[inline(always)]
-pub fn output_generic<G: TileGather>(j: &mut WinoOutput) {
+pub fn output_generic<G: TileGather>(
+    j: &mut WinoOutput,
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
     match j.variant {
-        Variant::F2 => output_tiles::<G, 4, 2>(j, &AT2),
-        Variant::F4 => output_tiles::<G, 6, 4>(j, &AT4),
-        Variant::F6 => output_tiles::<G, 8, 6>(j, &AT6),
+        Variant::F2 => output_tiles::<G, 4, 2>(j, fma),
+        Variant::F4 => output_tiles::<G, 6, 4>(j, fma),
+        Variant::F6 => output_tiles::<G, 8, 6>(j, fma),
     }
 }
 
@@ -850,7 +946,7 @@ macro_rules! wino_kernel {
 
         #[target_feature(enable = $features)]
         fn wino_input_tf(j: &mut crate::arch::winograd::WinoInput) {
-            crate::arch::winograd::input_generic::<$gather>(j)
+            crate::arch::winograd::input_generic::<$gather>(j, f32::mul_add)
         }
 
         fn wino_output(j: &mut crate::arch::winograd::WinoOutput) {
@@ -861,7 +957,7 @@ macro_rules! wino_kernel {
 
         #[target_feature(enable = $features)]
         fn wino_output_tf(j: &mut crate::arch::winograd::WinoOutput) {
-            crate::arch::winograd::output_generic::<$gather>(j)
+            crate::arch::winograd::output_generic::<$gather>(j, f32::mul_add)
         }
     };
 }
@@ -871,9 +967,19 @@ pub(crate) use wino_kernel;
 pub const F32_WINOGRAD_PORTABLE: WinoUkernel = WinoUkernel {
     name: "f32_winograd__portable",
     isa: crate::arch::Isa::Portable,
-    input: input_generic::<ScalarGather>,
-    output: output_generic::<ScalarGather>,
+    input: input_portable,
+    output: output_portable,
 };
+
+/// The input transform at the build's baseline (no FMA: there `mul_add` is a libm call).
+fn input_portable(j: &mut WinoInput) {
+    input_generic::<ScalarGather>(j, |a, b, c| a * b + c)
+}
+
+/// The output transform at the build's baseline.
+fn output_portable(j: &mut WinoOutput) {
+    output_generic::<ScalarGather>(j, |a, b, c| a * b + c)
+}
 
 #[cfg(test)]
 mod tests {
@@ -920,20 +1026,42 @@ mod tests {
         }
     }
 
+    /// Each hand-factored 1-D transform is its matrix: applied to the unit vectors (lane
+    /// `l` scaled by `l + 1`, so that a lane mix-up shows), it returns the matrix's columns,
+    /// exactly, with and without a fused multiply-add.
     #[test]
-    fn f32_matrices_are_the_f64_ones() {
-        for (a, b) in [
-            (&BT2[..], &BT2_64[..]),
-            (&AT2, &AT2_64),
-            (&BT4, &BT4_64),
-            (&AT4, &AT4_64),
-            (&BT6, &BT6_64),
-            (&AT6, &AT6_64),
-        ] {
-            for (x, y) in a.iter().zip(b) {
-                assert_eq!(*x, *y as f32);
+    fn factored_transforms_are_their_matrices() {
+        fn check<const C: usize, const R: usize>(
+            name: &str,
+            mat: &[f64],
+            f: impl Fn(&[Lanes; C]) -> [Lanes; R],
+        ) {
+            for k in 0..C {
+                let mut x = [[0f32; LANES]; C];
+                for (l, v) in x[k].iter_mut().enumerate() {
+                    *v = (l + 1) as f32;
+                }
+                let y = f(&x);
+                for (r, yr) in y.iter().enumerate() {
+                    for (l, &v) in yr.iter().enumerate() {
+                        let want = mat[r * C + k] * (l + 1) as f64;
+                        assert_eq!(v as f64, want, "{name}[{r}][{k}] lane {l}");
+                    }
+                }
             }
         }
+        let fused = f32::mul_add;
+        let plain = |a: f32, b: f32, c: f32| a * b + c;
+        check::<4, 4>("BT2", &BT2_64, bt2);
+        check::<4, 2>("AT2", &AT2_64, at2);
+        check::<6, 6>("BT4", &BT4_64, |x| bt4(x, fused));
+        check::<6, 6>("BT4", &BT4_64, |x| bt4(x, plain));
+        check::<6, 4>("AT4", &AT4_64, |x| at4(x, fused));
+        check::<6, 4>("AT4", &AT4_64, |x| at4(x, plain));
+        check::<8, 8>("BT6", &BT6_64, |x| bt6(x, fused));
+        check::<8, 8>("BT6", &BT6_64, |x| bt6(x, plain));
+        check::<8, 6>("AT6", &AT6_64, |x| at6(x, fused));
+        check::<8, 6>("AT6", &AT6_64, |x| at6(x, plain));
     }
 
     /// The tiles of a test plane that an input transform reads.
@@ -954,7 +1082,7 @@ mod tests {
         layout: VLayout,
     ) {
         let shared = crate::arch::SharedMut::new(buf);
-        input_generic::<ScalarGather>(&mut WinoInput {
+        input_portable(&mut WinoInput {
             phase_tiles: usize::MAX,
             phase_stride: 0,
             variant: v,
@@ -1102,7 +1230,7 @@ mod tests {
                 let residual = |o: usize| (o % 3) as f32 * 10.0;
                 let mut out: Vec<f32> = (0..(r1 - r0) * ow).map(residual).collect();
                 let mut checked = 0;
-                output_generic::<ScalarGather>(&mut WinoOutput {
+                output_portable(&mut WinoOutput {
                     phase_tiles: usize::MAX,
                     phase_stride: 0,
                     variant: v,

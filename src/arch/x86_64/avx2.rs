@@ -368,62 +368,74 @@ pub struct HardwareGather;
 
 impl crate::arch::winograd::TileGather for HardwareGather {
     #[inline(always)]
-    fn gather<const A: usize>(
+    fn gather_rows<const A: usize, const R: usize>(
         plane: &[f32],
         base: &[usize; crate::arch::winograd::LANES],
         pw: usize,
-        rows: usize,
-        d: &mut [[[f32; crate::arch::winograd::LANES]; A]; A],
+        fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+        out: &mut [[[f32; crate::arch::winograd::LANES]; A]; R],
     ) {
         assert!(Isa::Avx2.is_available(), "AVX2 gather on a CPU without it");
-        // Every read is base[l] + i * pw + q with i < rows, q < A: bounded by the largest base.
+        assert!(A <= 8 && R > 0, "tiles of 1 to 8 rows of at most 8 columns");
+        // Every read is base[l] + i * pw + q with i < R, q < A: bounded by the largest base.
         let top = base.iter().copied().max().unwrap_or(0);
-        let end = rows
-            .checked_sub(1)
-            .and_then(|r| r.checked_mul(pw))
+        let end = (R - 1)
+            .checked_mul(pw)
             .and_then(|v| v.checked_add(top))
             .and_then(|v| v.checked_add(A));
         assert!(
-            rows > 0 && end.is_some_and(|e| e <= plane.len() && e <= i32::MAX as usize),
+            end.is_some_and(|e| e <= plane.len() && e <= i32::MAX as usize),
             "tile gather past the plane"
         );
-        // Tiles evenly spaced along one row of tiles (every full group but those that wrap to
-        // the next tile row): each lane's row i is 8 contiguous floats, so 8 loads and an 8x8
-        // transpose give the 8 columns, instead of A gathers that each wait on 8 loads. The
-        // gathers were 70% of the F(6,3) input transform (vgg16.conv1_2: that transform 37% of
-        // the layer).
-        let step = base[1].wrapping_sub(base[0]);
-        let even = step > 0 && (1..8).all(|l| base[l] == base[0] + l * step);
-        let wide_end = (rows - 1) * pw + base[7] + 8;
-        if even && wide_end <= plane.len() {
-            let mut wide = [[0f32; 8]; 8];
-            for (i, di) in d.iter_mut().enumerate().take(rows) {
-                let src: [*const f32; 8] =
-                    std::array::from_fn(|l| plane[base[l] + i * pw..].as_ptr());
-                let dst: [*mut f32; 8] = std::array::from_fn(|q| wide[q].as_mut_ptr());
-                // SAFETY: AVX2 was checked above; each source row has 8 floats in the plane
-                // (base[l] + i * pw + 8 <= wide_end <= plane.len()), each destination is 8.
-                unsafe { transpose8x8(src, dst) };
-                for (v, w) in di.iter_mut().zip(&wide) {
-                    *v = *w;
+        // Loops over arrays written in place, not `array::from_fn`: its closures were not
+        // inlined, and outside the tier's features each `mul_add` became a libm call.
+        // Each lane's tile row i is 8 contiguous floats (wherever the tile lies: lanes of a
+        // group may wrap to the next tile row), so 8 loads and an 8x8 transpose give the 8
+        // columns, instead of A gathers that each wait on 8 loads. The gathers were 70% of
+        // the F(6,3) input transform (vgg16.conv1_2: that transform 37% of the layer); taken
+        // only for evenly spaced lanes, the groups that wrap (most of them with 10 tiles a
+        // row, as on resnet50.res2.3x3 and vgg16.conv3_3) still gathered.
+        if (R - 1) * pw + top + 8 <= plane.len() {
+            for (i, o) in out.iter_mut().enumerate() {
+                let at = |l: usize| plane[base[l] + i * pw..].as_ptr();
+                // SAFETY: AVX2 was checked above; each lane's row has 8 floats in the plane
+                // (base[l] + i * pw + 8 <= (R - 1) * pw + top + 8 <= plane.len()).
+                let t = unsafe {
+                    transpose8([
+                        _mm256_loadu_ps(at(0)),
+                        _mm256_loadu_ps(at(1)),
+                        _mm256_loadu_ps(at(2)),
+                        _mm256_loadu_ps(at(3)),
+                        _mm256_loadu_ps(at(4)),
+                        _mm256_loadu_ps(at(5)),
+                        _mm256_loadu_ps(at(6)),
+                        _mm256_loadu_ps(at(7)),
+                    ])
+                };
+                let mut row = [[0f32; 8]; A];
+                for (q, v) in row.iter_mut().enumerate() {
+                    // SAFETY: `v` holds 8 floats.
+                    unsafe { _mm256_storeu_ps(v.as_mut_ptr(), t[q]) };
                 }
+                *o = crate::arch::winograd::bt_1d(&row, fma);
             }
             return;
         }
         let idx: [i32; 8] = std::array::from_fn(|l| base[l] as i32);
         // SAFETY: AVX2 was checked above; `idx` is 8 i32 (32 bytes, unaligned load).
         let vidx = unsafe { _mm256_loadu_si256(idx.as_ptr().cast()) };
-        for (i, di) in d.iter_mut().enumerate().take(rows) {
-            for (q, v) in di.iter_mut().enumerate() {
+        for (i, o) in out.iter_mut().enumerate() {
+            let mut row = [[0f32; 8]; A];
+            for (q, v) in row.iter_mut().enumerate() {
                 // SAFETY: plane[base[l] + i * pw + q] is in bounds for every lane (the assert
-                // above: base[l] + i * pw + q < top + (rows - 1) * pw + A <= plane.len()),
-                // and the offsets fit in i32; `v` holds 8 floats.
+                // above: base[l] + i * pw + q < top + (R - 1) * pw + A <= plane.len()), and
+                // the offsets fit in i32; `v` holds 8 floats.
                 unsafe {
-                    let row = plane.as_ptr().add(i * pw + q);
-                    let g = _mm256_i32gather_ps::<4>(row, vidx);
-                    _mm256_storeu_ps(v.as_mut_ptr(), g);
+                    let at = plane.as_ptr().add(i * pw + q);
+                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_i32gather_ps::<4>(at, vidx));
                 }
             }
+            *o = crate::arch::winograd::bt_1d(&row, fma);
         }
     }
 
