@@ -14,6 +14,23 @@ pub mod dwconv;
 pub mod winograd;
 pub(crate) use winograd::wino_kernel;
 
+/// Hints that the floats `from..to` of `data` will be read soon: a software prefetch of each
+/// cache line into L1 (nothing where the target has none; the range is clipped to `data`).
+#[inline]
+pub fn prefetch_read(data: &[f32], from: usize, to: usize) {
+    let to = to.min(data.len());
+    let mut at = from;
+    while at < to {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults and changes no memory; `at` lies inside `data`.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(at) as *const i8);
+        }
+        at += 16;
+    }
+}
+
 /// Declares a tier's depthwise plane kernel: the generic body of [`dwconv`] compiled under
 /// the tier's target features, behind a safe entry that checks the tier is available.
 macro_rules! dw_plane_kernel {

@@ -453,8 +453,33 @@ impl WinogradPlan {
         let v_out = SharedMut::new(&mut v);
         // Channel by channel. (Panel by panel, every channel for each, so that consecutive
         // channels' V rows are consecutive lines, measured 0.93-1.02x this order's speed.)
+        // The block's input rows of a channel: tile rows tr_a..=tr_b of the band, and their
+        // columns when the block lies within one tile row.
+        let (tr_a, tr_b) = (t0 / self.tiles_w, (t0 + n - 1) / self.tiles_w);
+        let (mh, m) = (self.mh, self.variant.m());
+        let ah = if self.two_d { self.variant.alpha() } else { 1 };
+        let rows_in = (tr_b - tr_a) * mh + ah;
+        let (c_a, c_b) = if tr_a == tr_b {
+            (
+                (t0 % self.tiles_w) * m,
+                ((t0 + n - 1) % self.tiles_w + 1) * m + 2,
+            )
+        } else {
+            (0, self.pw)
+        };
         let input = |ci: usize| {
             let at = (grp * cg + ci) * phases * plane;
+            // Fetch the next channel's rows of this block while this one is transformed: a
+            // block reads a few short row pieces of each channel's plane, too short for the
+            // hardware prefetchers (vgg16.conv1_2's 13 MB padded image: 85 ns a tile in the
+            // layer against 30-40 with the plane in cache).
+            if phases == 1 && ci + 1 < cg {
+                let next = at + plane + plane_off + tr_a * mh * self.pw;
+                for r in 0..rows_in {
+                    let row = next + r * self.pw;
+                    crate::arch::prefetch_read(job.xp, row + c_a, row + c_b);
+                }
+            }
             let layout = if held {
                 VLayout::panels(ci, kblocks, cols, nr, xi_stride)
             } else {
