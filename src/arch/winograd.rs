@@ -738,6 +738,21 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(
         "output band too short"
     );
     let (lo, hi) = j.clamp;
+    // Without a residual, bias and clamp are applied as each column of Y is made, while it
+    // is in registers (two more passes over the tile through the stack otherwise); the
+    // residual must come before the clamp, so then they stay separate passes.
+    let fused = !j.accumulate;
+    let bias = j.bias;
+    let finish = |v: &Lanes| -> Lanes {
+        let mut r = [0f32; LANES];
+        for l in 0..LANES {
+            // Two selects, so NaN passes through (as crate::arch::clamp_nan).
+            let x = v[l] + bias;
+            let c = if x < lo { lo } else { x };
+            r[l] = if c > hi { hi } else { c };
+        }
+        r
+    };
     // Working arrays reused by every lane group (see `input_tiles`).
     let mut y = [[[0f32; LANES]; M]; M];
     let mut ty = [[[0f32; LANES]; LANES]; M];
@@ -760,12 +775,17 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(
                 let column: [Lanes; A] = std::array::from_fn(|p| t1[p][b]);
                 let yb = at_1d::<A, M>(&column, fma);
                 for (a, ya) in yb.iter().enumerate() {
-                    y[a][b] = *ya;
+                    y[a][b] = if fused { finish(ya) } else { *ya };
                 }
             }
         } else {
             let row: [Lanes; A] = std::array::from_fn(load);
             y[0] = at_1d::<A, M>(&row, fma);
+            if fused {
+                for yb in y[0].iter_mut() {
+                    *yb = finish(yb);
+                }
+            }
         }
         let lanes = LANES.min(j.n - t);
         // Where each lane's tile goes: (tile's first row, first band row, rows, first column,
@@ -799,9 +819,11 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(
                 (phase, tr, tc, left) = (phase + 1, 0, 0, j.phase_tiles);
             }
         }
-        let rows_used = &mut y[..mh];
-        for x in rows_used.as_flattened_mut().as_flattened_mut() {
-            *x += j.bias;
+        if !fused {
+            let rows_used = &mut y[..mh];
+            for x in rows_used.as_flattened_mut().as_flattened_mut() {
+                *x += j.bias;
+            }
         }
         if j.accumulate {
             for (l, &(row0, ra, rows, col0, cols)) in place.iter().enumerate().take(lanes) {
@@ -814,10 +836,12 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(
             }
         }
         let flat = y[..mh].as_flattened_mut().as_flattened_mut();
-        for x in flat.iter_mut() {
-            // Two selects, so NaN passes through (as crate::arch::clamp_nan).
-            let c = if *x < lo { lo } else { *x };
-            *x = if c > hi { hi } else { c };
+        if !fused {
+            for x in flat.iter_mut() {
+                // Two selects, so NaN passes through (as crate::arch::clamp_nan).
+                let c = if *x < lo { lo } else { *x };
+                *x = if c > hi { hi } else { c };
+            }
         }
         if let Some((kernel, act)) = j.activation {
             (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(flat));
@@ -1214,7 +1238,8 @@ mod tests {
     #[test]
     fn output_transform_matches_its_matrix_and_stores_only_the_band() {
         for v in [Variant::F2, Variant::F4, Variant::F6] {
-            for two_d in [false, true] {
+            for (two_d, accumulate) in [(false, true), (true, true), (false, false), (true, false)]
+            {
                 let (m, a) = (v.m(), v.alpha());
                 let (mh, ah) = if two_d { (m, a) } else { (1, 1) };
                 let xi = ah * a;
@@ -1246,7 +1271,7 @@ mod tests {
                     r0,
                     r1,
                     bias: 0.5,
-                    accumulate: true,
+                    accumulate,
                     clamp: (f32::NEG_INFINITY, f32::INFINITY),
                     activation: None,
                 });
@@ -1271,7 +1296,8 @@ mod tests {
                                 (0..a).map(|q| at[x * a + q] * mm[q * ld + t] as f64).sum()
                             };
                             let o = (gr - r0) * ow + gc;
-                            let want = want + 0.5 + residual(o) as f64;
+                            let prev = if accumulate { residual(o) as f64 } else { 0.0 };
+                            let want = want + 0.5 + prev;
                             // Dyadic entries on small integers: exact up to f32 rounding of
                             // the largest partial sums.
                             assert!(
