@@ -42,6 +42,20 @@ fn tolerance(algo: Algo) -> f64 {
     }
 }
 
+/// The case's geometry, its f64 reference output and SPEC's magnitude S.
+fn reference_of(case: &Case) -> (Geometry, Vec<f64>, f64) {
+    let g = Geometry::new(&case.spec).unwrap();
+    let ops = Operands {
+        input: &case.x,
+        weight: &case.w,
+        bias: case.b.as_deref(),
+        residual: case.r.as_deref(),
+    };
+    let want = reference::forward_f64(&g, &ops).unwrap();
+    let s = reference::magnitude(&g, &ops).unwrap();
+    (g, want, s)
+}
+
 /// Runs `algo` on `isa` and checks against the reference; returns the output.
 fn check(
     case: &Case,
@@ -63,15 +77,7 @@ fn check_banded(
     layout: Layout,
     band_rows: Option<usize>,
 ) -> Result<Vec<f32>, String> {
-    let g = Geometry::new(&case.spec).unwrap();
-    let ops = Operands {
-        input: &case.x,
-        weight: &case.w,
-        bias: case.b.as_deref(),
-        residual: case.r.as_deref(),
-    };
-    let want = reference::forward_f64(&g, &ops).unwrap();
-    let s = reference::magnitude(&g, &ops).unwrap();
+    let (g, want, s) = reference_of(case);
     // Depthwise runs in both of its channel layouts.
     let dw_layouts: &[DwLayout] = if algo == Algo::Depthwise {
         &[
@@ -420,15 +426,7 @@ fn depthwise_planes_of_many_multipliers_and_long_rows() {
                     .with_residual(residual)
                     .with_activation(act);
                 let case = make_case(spec, (i * 100 + mult) as u64);
-                let g = Geometry::new(&case.spec).unwrap();
-                let ops = Operands {
-                    input: &case.x,
-                    weight: &case.w,
-                    bias: case.b.as_deref(),
-                    residual: case.r.as_deref(),
-                };
-                let want = reference::forward_f64(&g, &ops).unwrap();
-                let s = reference::magnitude(&g, &ops).unwrap();
+                let (g, want, s) = reference_of(&case);
                 for isa in convkit::arch::available_isas() {
                     for threads in [1, 2] {
                         let opts = PlanOptions {
