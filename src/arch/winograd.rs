@@ -90,10 +90,8 @@ impl Variant {
     }
 }
 
-/// Declares a matrix twice, in f64 (kernel transform at plan time, tests) and in f32 (the
-/// run-time transforms), from one list of entries.
-// The f64 matrices define the transforms: plan time builds U from G in f64, and the unit
-// tests hold the hand-factored B^T and A^T below to them.
+/// Declares a transform matrix in f64. These define the transforms: plan time builds U from
+/// G in f64, and the unit tests hold the hand-factored B^T and A^T below to them.
 macro_rules! matrix {
     ($n64:ident, $len:literal, [$($v:expr),* $(,)?]) => {
         const $n64: [f64; $len] = [$(($v) as f64),*];
@@ -467,8 +465,8 @@ pub struct WinoUkernel {
 // odd columns', and A^T works on the sums and differences of column pairs, as in Lavin &
 // Gray's and NNPACK's transforms. F(6,3)'s B^T takes 26 vector operations here, against 80
 // multiplies and adds for its 8 x 8 matrix term by term (which the input and output
-// transforms did until now: 205 and 226 cycles a tile on this machine). Every function is
-// checked against its matrix in the unit tests (exactly, on integers).
+// transforms did before: 205 and 226 cycles a tile on this machine, 89-117 and 84-146 now).
+// Every function is checked against its matrix in the unit tests (exactly, on integers).
 // ---------------------------------------------------------------------------------------
 
 #[inline(always)]
@@ -1119,6 +1117,85 @@ mod tests {
             out: &shared,
             layout,
         });
+    }
+
+    /// Every tier's transforms give exactly the portable tier's results on integer data
+    /// (every intermediate is exact, so FMA or not does not matter): 1-D and 2-D, every
+    /// variant, planes that end right after the last tile (the last lane group cannot load
+    /// whole 8-float rows there and takes the element-by-element path) and groups that
+    /// wrap a tile row. (The AVX2 tier's 1-D F(2,3) and F(4,3) once differed under qemu's
+    /// Haswell model only, through a hardware gather.)
+    #[test]
+    fn every_tier_transforms_like_the_portable_one() {
+        for isa in crate::arch::available_isas() {
+            let k = isa.kernels().expect("available tier").winograd;
+            for v in [Variant::F2, Variant::F4, Variant::F6] {
+                for two_d in [false, true] {
+                    let (m, a) = (v.m(), v.alpha());
+                    let (mh, ah) = if two_d { (m, a) } else { (1, 1) };
+                    let (tiles_w, tiles_h) = (5, if two_d { 3 } else { 1 });
+                    let n = tiles_w * tiles_h;
+                    let pw = tiles_w * m + a - m;
+                    let ph = tiles_h * mh + ah - mh;
+                    let plane: Vec<f32> =
+                        (0..pw * ph).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+                    let ld = n.div_ceil(LANES) * LANES;
+                    let xi = ah * a;
+                    let mut want = vec![0f32; xi * ld];
+                    let mut got = vec![0f32; xi * ld];
+                    for (f, buf) in [
+                        (input_portable as fn(&mut WinoInput), &mut want),
+                        (k.input, &mut got),
+                    ] {
+                        let shared = crate::arch::SharedMut::new(buf);
+                        f(&mut WinoInput {
+                            variant: v,
+                            two_d,
+                            plane: &plane,
+                            pw,
+                            tiles_w,
+                            t0: 0,
+                            n,
+                            phase_tiles: usize::MAX,
+                            phase_stride: 0,
+                            out: &shared,
+                            layout: VLayout::rows(0, ld),
+                        });
+                    }
+                    assert_eq!(got, want, "{isa:?} input {v:?} 2d={two_d}");
+                    let mm: Vec<f32> = (0..xi * ld).map(|i| ((i * 5) % 9) as f32 - 4.0).collect();
+                    let (ow, oh) = (tiles_w * m, tiles_h * mh);
+                    let mut want = vec![0.5f32; oh * ow];
+                    let mut got = want.clone();
+                    for (f, out) in [
+                        (output_portable as fn(&mut WinoOutput), &mut want),
+                        (k.output, &mut got),
+                    ] {
+                        f(&mut WinoOutput {
+                            variant: v,
+                            two_d,
+                            m: &mm,
+                            ld,
+                            tiles_w,
+                            tile_row0: 0,
+                            t0: 0,
+                            n,
+                            phase_tiles: usize::MAX,
+                            phase_stride: 0,
+                            out,
+                            ow,
+                            r0: 0,
+                            r1: oh,
+                            bias: 0.5,
+                            accumulate: two_d,
+                            clamp: (-40.0, 40.0),
+                            activation: None,
+                        });
+                    }
+                    assert_eq!(got, want, "{isa:?} output {v:?} 2d={two_d}");
+                }
+            }
+        }
     }
 
     /// V written in the GEMM's packed layout holds, element for element, what the plain

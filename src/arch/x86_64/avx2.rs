@@ -421,18 +421,15 @@ impl crate::arch::winograd::TileGather for HardwareGather {
             }
             return;
         }
-        let idx: [i32; 8] = std::array::from_fn(|l| base[l] as i32);
-        // SAFETY: AVX2 was checked above; `idx` is 8 i32 (32 bytes, unaligned load).
-        let vidx = unsafe { _mm256_loadu_si256(idx.as_ptr().cast()) };
+        // Tiles whose 8-float rows would run past the plane (the last group of a plane, in
+        // 1-D mostly): element by element. (A `vgatherdps` here returned lane 0's value in
+        // every lane under qemu's Haswell model, which CI runs; natively it was right. The
+        // path is rare enough that scalar loads cost nothing measurable.)
         for (i, o) in out.iter_mut().enumerate() {
             let mut row = [[0f32; 8]; A];
             for (q, v) in row.iter_mut().enumerate() {
-                // SAFETY: plane[base[l] + i * pw + q] is in bounds for every lane (the assert
-                // above: base[l] + i * pw + q < top + (R - 1) * pw + A <= plane.len()), and
-                // the offsets fit in i32; `v` holds 8 floats.
-                unsafe {
-                    let at = plane.as_ptr().add(i * pw + q);
-                    _mm256_storeu_ps(v.as_mut_ptr(), _mm256_i32gather_ps::<4>(at, vidx));
+                for (l, x) in v.iter_mut().enumerate() {
+                    *x = plane[base[l] + i * pw + q];
                 }
             }
             *o = crate::arch::winograd::bt_1d(&row, fma);
