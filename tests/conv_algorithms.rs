@@ -682,8 +682,10 @@ fn fused_pool_bands_of_every_height_match_the_reference() {
             }
         }
     }
-    // The fused plan never holds the pre-pool tensor: its scratch is a band.
-    let spec = ConvSpec::new(&[1, 64, 224, 224], 64, &[3, 3])
+    // The fused plan never holds the pre-pool tensor: its scratch is a band. The band budget
+    // is at most 4 MiB whatever the caches (a 2 MiB L2 reaches it), so the image is large
+    // enough (a 51 MB pre-pool tensor) for the band to be a small part of it on any machine.
+    let spec = ConvSpec::new(&[1, 64, 448, 448], 64, &[3, 3])
         .with_padding(Padding::Same)
         .with_activation(Activation::Relu)
         .with_pool(Some(Pool::Max(PoolWindow {
@@ -705,9 +707,8 @@ fn fused_pool_bands_of_every_height_match_the_reference() {
     )
     .unwrap();
     let pre_pool = 4 * g.conv_output_len();
-    // The band budget is at most 4 MiB; the pre-pool tensor here is 12.8 MB.
     assert!(
-        plan.scratch_bytes() <= 4 << 20 && plan.scratch_bytes() * 4 < pre_pool,
+        plan.scratch_bytes() <= 4 << 20 && plan.scratch_bytes() * 8 < pre_pool,
         "scratch {} vs pre-pool {pre_pool}",
         plan.scratch_bytes()
     );
