@@ -500,7 +500,7 @@ pub unsafe extern "C" fn convkit_wisdom_export(
         }
         // SAFETY: `buf` has `capacity > text.len()` writable bytes by the contract.
         unsafe {
-            std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, text.len());
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
             *buf.add(text.len()) = 0;
         }
         Ok(())

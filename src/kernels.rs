@@ -115,15 +115,18 @@ pub struct OcTile {
     pub bases: [usize; OC_MR],
     /// Tap `p`'s offset from a pixel's base, `k` of them.
     pub offsets: *const usize,
-    /// Packed weights, `k * OC_NR` floats (row `p`: the tile's channels at tap `p`).
+    /// Packed weights, `panels` panels of `k * OC_NR` floats one after another (row `p` of a
+    /// panel: its channels at tap `p`).
     pub w: *const f32,
+    /// Channel panels of this call, 1..=the kernel's `panels`.
+    pub panels: usize,
     /// Output (channel 0, pixel 0 of the tile); channel `j` pixel `i` at `c + j * cs + i`.
     pub c: *mut f32,
     /// Stride between output channels.
     pub cs: usize,
     /// Pixels to store, 1..=OC_MR.
     pub m: usize,
-    /// Channels to store, 1..=OC_NR.
+    /// Channels to store: more than `(panels - 1) * OC_NR`, at most `panels * OC_NR`.
     pub n: usize,
     /// Add the product to what the output holds (a preloaded residual).
     pub load_c: bool,
@@ -144,12 +147,15 @@ pub struct OcUkernel {
     pub name: &'static str,
     /// The tier it needs.
     pub isa: Isa,
+    /// The most channel panels (of `OC_NR`) one call covers: 2 lets an AVX-512 tile reuse
+    /// each broadcast image value for 32 channels.
+    pub panels: usize,
     /// The kernel.
     ///
     /// # Safety
     /// The CPU supports `isa`; every field of the tile is as documented on [`OcTile`]: the
     /// image readable at `bases[i] + offsets[p]` for every pixel slot and tap, `w` holding
-    /// `k * OC_NR` floats, the output valid for `n` channels of `m` floats at stride `cs`
+    /// `panels * k * OC_NR` floats, the output valid for `n` channels of `m` floats at stride `cs`
     /// and touched by no one else meanwhile, `bias` null or `n` floats.
     pub run: unsafe fn(&OcTile),
 }

@@ -144,9 +144,12 @@ impl DirectOcPlan {
                     let q = (q0 + i).min(band - 1);
                     grp_base + (r0 + q / ow) * sh * pw + (q % ow) * sw
                 });
-                for (jp, w) in panels.chunks_exact(k * OC_NR).enumerate() {
-                    let c0 = jp * OC_NR;
-                    let n = OC_NR.min(opg - c0);
+                // As many channel panels a call as the kernel takes (AVX-512: 2, each
+                // broadcast image value then feeds 32 channels).
+                let group = self.uk.panels;
+                for (jg, w) in panels.chunks(group * k * OC_NR).enumerate() {
+                    let c0 = jg * group * OC_NR;
+                    let n = (group * OC_NR).min(opg - c0);
                     let c_off = c_grp + c0 * band + q0;
                     run_oc_tile(
                         &self.uk,
@@ -154,6 +157,7 @@ impl DirectOcPlan {
                         &bases,
                         &self.offsets,
                         w,
+                        n.div_ceil(OC_NR),
                         &shared,
                         c_off,
                         band,

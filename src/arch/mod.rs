@@ -85,13 +85,16 @@ macro_rules! dw_plane_kernel {
 }
 pub(crate) use dw_plane_kernel;
 
-/// Declares a tier's `direct_oc` tile kernel: [`conv_oc_generic`] under the tier's features.
+/// Declares a tier's `direct_oc` tile kernel: [`conv_oc_generic`] under the tier's features
+/// (NEON's; the x86 tiers have kernels by hand).
+#[cfg(target_arch = "aarch64")]
 macro_rules! conv_oc_kernel {
     ($isa:ident, $name:literal, $features:literal) => {
         /// `direct_oc` tile kernel: the generic body under this tier's features.
         pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
             name: $name,
             isa: Isa::$isa,
+            panels: 1,
             run: conv_oc,
         };
 
@@ -103,6 +106,7 @@ macro_rules! conv_oc_kernel {
         }
     };
 }
+#[cfg(target_arch = "aarch64")]
 pub(crate) use conv_oc_kernel;
 
 /// The `direct_oc` tile in plain Rust (LLVM vectorizes the channel loop): the body of the
@@ -171,7 +175,7 @@ pub(crate) unsafe fn store_oc_tile(
 
 /// Runs one `direct_oc` tile after checking everything it touches: `m` pixels whose image
 /// offsets are `bases` (slots past `m` repeat a real pixel), all `k` taps of `offsets`,
-/// weights `w` (`k * OC_NR` floats), and `n` output channels of `m` floats from `c_offset`
+/// weights `w` (`panels` panels of `k * OC_NR` floats), and `n` output channels of `m` floats from `c_offset`
 /// at stride `cs`; `load_c` adds what the output holds. Panics on a violated bound (an internal invariant, as for the GEMM doors).
 #[allow(clippy::too_many_arguments)]
 pub fn run_oc_tile(
@@ -180,6 +184,7 @@ pub fn run_oc_tile(
     bases: &[usize; crate::kernels::OC_MR],
     offsets: &OffsetTable,
     w: &[f32],
+    panels: usize,
     c: &SharedMut,
     c_offset: usize,
     cs: usize,
@@ -192,15 +197,23 @@ pub fn run_oc_tile(
     use crate::kernels::{OC_MR, OC_NR};
     let k = offsets.len();
     assert!(
+        (1..=uk.panels).contains(&panels),
+        "{panels} panels for a kernel of {}",
+        uk.panels
+    );
+    assert!(
         uk.isa.is_available(),
         "kernel {} needs a tier this CPU lacks",
         uk.name
     );
     assert!(
-        (1..=OC_MR).contains(&m) && (1..=OC_NR).contains(&n),
-        "tile {m} x {n} out of range"
+        (1..=OC_MR).contains(&m) && ((panels - 1) * OC_NR + 1..=panels * OC_NR).contains(&n),
+        "tile {m} x {n} out of range for {panels} panels"
     );
-    assert!(w.len() >= k * OC_NR, "packed weights shorter than k = {k}");
+    assert!(
+        w.len() >= panels * k * OC_NR,
+        "packed weights shorter than {panels} panels of k = {k}"
+    );
     if k > 0 {
         let top = bases.iter().max().copied().unwrap_or(0);
         assert!(
@@ -219,6 +232,7 @@ pub fn run_oc_tile(
         bases: *bases,
         offsets: offsets.offsets().as_ptr(),
         w: w.as_ptr(),
+        panels,
         c: c.ptr.wrapping_add(c_offset),
         cs,
         m,

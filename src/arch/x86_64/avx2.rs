@@ -722,6 +722,7 @@ unsafe fn gather2_avx2(dst: &mut [f32], src: &[f32], blocks: usize) {
 pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
     name: "f32_conv_oc_6x16__avx2",
     isa: Isa::Avx2,
+    panels: 1,
     run: conv_oc,
 };
 
@@ -748,6 +749,22 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
             w = w.add(OC_NR);
         }
     }
+    // SAFETY: forwarded output contract.
+    unsafe { store_oc_acc(&acc, t) }
+}
+
+/// Stores a `direct_oc` accumulator tile held as two ymm halves of 8 channels per pixel:
+/// C (when `load_c`), bias, clamp, as [`crate::arch::store_oc_tile`] does. Shared by the
+/// AVX-512 kernel, which splits its zmm accumulators into these halves.
+///
+/// # Safety
+/// AVX2 is available, and the output part of [`crate::kernels::OcUkernel::run`]'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn store_oc_acc(
+    acc: &[[__m256; 2]; crate::kernels::OC_MR],
+    t: &crate::kernels::OcTile,
+) {
+    use crate::kernels::{OC_MR, OC_NR};
     if t.m == OC_MR && t.n == OC_NR && !t.load_c {
         // A whole tile: bias and clamp on the accumulators (lanes are channels), then two
         // 8x8 transposes (pixel rows 6 and 7 empty) give each channel's 6 pixels, stored as
@@ -785,7 +802,7 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
         return;
     }
     let mut tile = [[0f32; OC_NR]; OC_MR];
-    for (dst, row) in tile.iter_mut().zip(&acc) {
+    for (dst, row) in tile.iter_mut().zip(acc) {
         // SAFETY: 16 floats per row.
         unsafe {
             _mm256_storeu_ps(dst.as_mut_ptr(), row[0]);
