@@ -351,7 +351,7 @@ fn deinterleave2_on_every_tier() {
 /// `run_gemm_column` (LOOP 1 of the GEMM and of direct) must write exactly what one
 /// `run_gemm_tile` per MR panel writes: bitwise, with a short last panel, a row or column
 /// bias, packed or indirect B, strided C, and nothing outside the column touched. Narrow
-/// columns (n up to 5) over many tiles take the tier's narrow kernel where it has one
+/// columns (n up to 5, and half a panel) over many tiles take the tier's narrow kernel where it has one
 /// (several tiles side by side), which must give the tile kernel's bits.
 #[test]
 fn a_column_of_tiles_matches_tile_by_tile_calls() {
@@ -364,8 +364,9 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
                 (64, 2 * uk.mr + 1, uk.nr - 3),
                 (5, 1, 1),
             ];
-            // 11 tiles, the last short: a group of 8 side by side and 3 one by one.
-            for n in 1..=5 {
+            // 11 tiles, the last short: a group of 8 side by side and 3 one by one. Half a
+            // panel and one more: AVX-512's narrow edge takes up to 16 of 32 columns.
+            for n in [1, 2, 3, 4, 5, uk.nr / 2, uk.nr / 2 + 1] {
                 cases.push((33, 11 * uk.mr - 2, n));
             }
             for (case, &(k, rows, n)) in cases.iter().enumerate() {

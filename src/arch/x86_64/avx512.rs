@@ -27,12 +27,12 @@ macro_rules! gemm_kernel {
             mr: $mr,
             nr: $nv * 16,
             run: $fn,
-            narrow: None,
+            narrow: Some((16, narrow_column::<$mr, $nv>)),
         };
         unsafe fn $fn(t: &GemmTile) {
             // SAFETY: the descriptor is reached only through TABLE after the CPU was found to
             // support AVX-512F (Isa::kernels), and the caller upholds the tile contract.
-            unsafe { gemm_tile::<$mr, $nv>(t) }
+            unsafe { gemm_tile::<$mr, $nv, $nv>(t) }
         }
     };
 }
@@ -48,14 +48,43 @@ gemm_kernel!(F32_GEMM_8X48, f32_gemm_8x48, "f32_gemm_8x48__avx512", 8, 3);
 gemm_kernel!(F32_GEMM_8X32, f32_gemm_8x32, "f32_gemm_8x32__avx512", 8, 2);
 gemm_kernel!(F32_GEMM_6X64, f32_gemm_6x64, "f32_gemm_6x64__avx512", 6, 4);
 
-/// `C[MR x 16 NV] (+)= A~ B~`, then bias and clamp. Accumulators live in registers: the
-/// loops over `MR` and `NV` have constant trip counts and unroll completely.
+/// Edge columns of `n <= 16` down a whole column of tiles: each tile through [`gemm_tile`]
+/// with one vector of B (of the panel's `BS` vectors a row), where the full-width kernel
+/// multiplied the zero padding of its other vectors. The Winograd GEMMs of 7x7 and 14x14
+/// outputs have N = 16 tiles (resnet50.res4.3x3 at F(4,3), res5.3x3 at F(2,3)), half of a
+/// 32-wide panel. The same FMA chain per element as the full tile: the same bits.
+///
+/// # Safety
+/// AVX-512F is available; `t` satisfies [`GemmUkernel::narrow`]'s contract for `mr = MR`,
+/// `nr = 16 BS` and `n <= 16`.
+unsafe fn narrow_column<const MR: usize, const BS: usize>(t: &GemmTile) {
+    let tiles = t.m.div_ceil(MR);
+    for i in 0..tiles {
+        let i0 = i * MR;
+        let tile = GemmTile {
+            a: t.a.wrapping_add(i * t.k * MR),
+            c: t.c.wrapping_add(i0 * t.rsc),
+            m: MR.min(t.m - i0),
+            bias: match t.bias {
+                TileBias::Row(p) => TileBias::Row(p.wrapping_add(i0)),
+                other => other,
+            },
+            ..*t
+        };
+        // SAFETY: tile i of the column (the contract covers all of them), n <= 16.
+        unsafe { gemm_tile::<MR, 1, BS>(&tile) };
+    }
+}
+
+/// `C[MR x 16 NV] (+)= A~ B~`, then bias and clamp, B's rows `16 BS` floats apart (`BS >=
+/// NV`: the narrow edge reads one vector of a wider panel). Accumulators live in registers:
+/// the loops over `MR` and `NV` have constant trip counts and unroll completely.
 ///
 /// # Safety
 /// AVX-512F is available and `t` satisfies the contract of `GemmUkernel::run` with
-/// `mr = MR`, `nr = 16 NV`.
+/// `mr = MR`, `nr = 16 BS`, and `n <= 16 NV`.
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
+unsafe fn gemm_tile<const MR: usize, const NV: usize, const BS: usize>(t: &GemmTile) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     // Prefetch the C tile: it is read (load_c) and written after the K loop, and between K
     // blocks it has usually left L2; without this the final loads and stores stalled on
@@ -94,16 +123,16 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
                 step(
                     &mut acc,
                     a.wrapping_add(u * MR),
-                    b.wrapping_add(u * 16 * NV),
+                    b.wrapping_add(u * 16 * BS),
                 );
             }
             a = a.wrapping_add(unroll * MR);
-            b = b.wrapping_add(unroll * 16 * NV);
+            b = b.wrapping_add(unroll * 16 * BS);
         }
         for _ in 0..t.k % unroll {
             step(&mut acc, a, b);
             a = a.wrapping_add(MR);
-            b = b.wrapping_add(16 * NV);
+            b = b.wrapping_add(16 * BS);
         }
     } else {
         // Indirect B: row p at b + off[p].
