@@ -11,7 +11,11 @@ pub static TABLE: KernelTable = KernelTable {
     gemm: &[F32_GEMM_14X32, F32_GEMM_8X48, F32_GEMM_8X32, F32_GEMM_6X64],
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
-    winograd: F32_WINOGRAD,
+    // The AVX2 transforms (8-lane groups, ymm): compiled under AVX-512, LLVM moved the
+    // lane arrays in zmm pairs and the F(4,3) and F(6,3) transforms stalled on the stack
+    // (store forwarding); paired runs, one thread, old/new time: vgg16.conv1_2 F(6,3) 1.15,
+    // resnet50.res2.3x3 F(6,3) 1.12, F(4,3) 1.06, res3.3x3 F(4,3) 1.07.
+    winograd: crate::arch::x86_64::avx2::F32_WINOGRAD,
     gather: crate::arch::x86_64::avx2::gather,
     pool_plane,
     conv_oc: F32_CONV_OC,
@@ -240,12 +244,6 @@ crate::arch::dw_plane_kernel!(
 );
 crate::arch::pool_kernel!(Avx512, "avx512f,avx2,fma");
 crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
-crate::arch::wino_kernel!(
-    Avx512,
-    "f32_winograd__avx512",
-    "avx512f,avx2,fma",
-    crate::arch::x86_64::avx2::HardwareGather
-);
 
 /// `direct_oc` tile kernel: 6 pixels x 32 output channels (two weight panels), two zmm
 /// accumulators a pixel: each tap loads two weight vectors and broadcasts 6 image values
