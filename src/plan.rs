@@ -195,7 +195,28 @@ impl std::fmt::Debug for Plan {
 ///   F(4,3) 1.03-1.09x F(6,3)'s time; on 28 x 28, F(6,3) 1.03-1.11x F(4,3)'s).
 /// - groups of 2, 4 or 8 channels in and out: `grouped` (resnext50.grouped3x3: 0.71-0.76 ms
 ///   against direct's 1.03-1.13 in the same minutes, one thread).
+///
+/// Those rules were measured on AVX2 (16-column GEMM panels). On AVX-512 (32-column panels)
+/// `direct`, whose B rows are two lines of an image row read in place, ran about half as
+/// fast as the alternatives, and `direct_oc` takes its place (tuner table, one thread, time
+/// over the fastest: resnet50.conv1 direct 2.22x, direct_oc fastest; alexnet.conv1 direct
+/// 2.21x, direct_oc 1.05x).
+pub fn choose_algo_for(g: &Geometry, isa: Isa) -> Algo {
+    let pick = choose_algo_avx2(g);
+    if isa == Isa::Avx512 && pick == Algo::Direct && Algo::DirectOc.accepts(g) {
+        return Algo::DirectOc;
+    }
+    pick
+}
+
+/// The heuristic for the tier `auto` resolves to (`CONVKIT_ISA`, else the best detected):
+/// [`choose_algo_for`].
 pub fn choose_algo(g: &Geometry) -> Algo {
+    choose_algo_for(g, resolve_isa(None).unwrap_or(Isa::Portable))
+}
+
+/// The rules measured on AVX2 (see [`choose_algo_for`]).
+fn choose_algo_avx2(g: &Geometry) -> Algo {
     let k = g.cin_per_group * g.kernel_area();
     if let Some(w) = winograd_pick(g) {
         return w;
@@ -296,7 +317,7 @@ fn tune_choice(
     }
     if opts.tune == TuneMode::Heuristic {
         return Ok(Choice {
-            algo: choose_algo(geom),
+            algo: choose_algo_for(geom, isa),
             source: Source::Heuristic,
             times_ms: Vec::new(),
         });

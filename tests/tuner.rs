@@ -8,25 +8,37 @@ fn geom(spec: &ConvSpec) -> Geometry {
     Geometry::new(spec).unwrap()
 }
 
-/// The heuristic's pick for `spec`, by name.
+/// The heuristic's pick for `spec` on the AVX2 tier (where its rules were measured), by name.
 fn picks(spec: &ConvSpec) -> &'static str {
-    convkit::plan::choose_algo(&geom(spec)).name()
+    convkit::plan::choose_algo_for(&geom(spec), Isa::Avx2).name()
 }
 
 #[test]
 fn heuristic_choices_follow_the_measured_rules() {
     let pw = ConvSpec::new(&[1, 144, 56, 56], 24, &[1, 1]);
-    assert_eq!(convkit::plan::choose_algo(&geom(&pw)), Algo::Gemm1x1);
+    assert_eq!(
+        convkit::plan::choose_algo_for(&geom(&pw), Isa::Avx2),
+        Algo::Gemm1x1
+    );
     let dw = ConvSpec::new(&[1, 32, 112, 112], 32, &[3, 3])
         .with_groups(32)
         .with_padding(Padding::Same);
-    assert_eq!(convkit::plan::choose_algo(&geom(&dw)), Algo::Depthwise);
+    assert_eq!(
+        convkit::plan::choose_algo_for(&geom(&dw), Isa::Avx2),
+        Algo::Depthwise
+    );
     let small_k = ConvSpec::new(&[1, 64, 56, 56], 64, &[3, 3])
         .with_padding(Padding::Same)
         .with_stride(&[2, 2]); // K = 576, no Winograd at stride 2
-    assert_eq!(convkit::plan::choose_algo(&geom(&small_k)), Algo::Direct);
+    assert_eq!(
+        convkit::plan::choose_algo_for(&geom(&small_k), Isa::Avx2),
+        Algo::Direct
+    );
     let big_k = ConvSpec::new(&[1, 256, 56, 56], 256, &[5, 5]).with_padding(Padding::Same); // K = 6400
-    assert_eq!(convkit::plan::choose_algo(&geom(&big_k)), Algo::Im2col);
+    assert_eq!(
+        convkit::plan::choose_algo_for(&geom(&big_k), Isa::Avx2),
+        Algo::Im2col
+    );
     // 3x3 stride 1: Winograd F(6,3) on images of 40 or more F(6,3) tiles, else F(4,3), or
     // F(2,3) on images of fewer than 16 F(4,3) tiles; none with few channels a group.
     let vgg = ConvSpec::new(&[1, 256, 56, 56], 256, &[3, 3]).with_padding(Padding::Same);
@@ -52,23 +64,42 @@ fn heuristic_choices_follow_the_measured_rules() {
     // Small K at stride 1 with rows that leave 16-wide tiles 10% empty (OW = 28): direct_oc.
     let googlenet = ConvSpec::new(&[1, 16, 28, 28], 32, &[5, 5]).with_padding(Padding::Same);
     assert_eq!(
-        convkit::plan::choose_algo(&geom(&googlenet)),
+        convkit::plan::choose_algo_for(&geom(&googlenet), Isa::Avx2),
         Algo::DirectOc
     );
     // Groups of 4 in and out (resnext): the grouped channel blocks; 4 in and 8 out, direct.
     let grouped = ConvSpec::new(&[1, 128, 56, 56], 128, &[3, 3])
         .with_padding(Padding::Same)
         .with_groups(32);
-    assert_eq!(convkit::plan::choose_algo(&geom(&grouped)), Algo::Grouped);
+    assert_eq!(
+        convkit::plan::choose_algo_for(&geom(&grouped), Isa::Avx2),
+        Algo::Grouped
+    );
     let widening = ConvSpec::new(&[1, 128, 56, 56], 256, &[3, 3])
         .with_padding(Padding::Same)
         .with_groups(32);
-    assert_eq!(convkit::plan::choose_algo(&geom(&widening)), Algo::Direct);
-    let strided_1x1 = ConvSpec::new(&[1, 64, 56, 56], 128, &[1, 1]).with_stride(&[2, 2]);
     assert_eq!(
-        convkit::plan::choose_algo(&geom(&strided_1x1)),
+        convkit::plan::choose_algo_for(&geom(&widening), Isa::Avx2),
         Algo::Direct
     );
+    let strided_1x1 = ConvSpec::new(&[1, 64, 56, 56], 128, &[1, 1]).with_stride(&[2, 2]);
+    assert_eq!(
+        convkit::plan::choose_algo_for(&geom(&strided_1x1), Isa::Avx2),
+        Algo::Direct
+    );
+    // AVX-512: direct_oc where the AVX2 rules say direct (direct's in-place B rows ran at
+    // half speed with 32-wide panels); the other picks stand.
+    for (spec, avx2, avx512) in [
+        (&small_k, Algo::Direct, Algo::DirectOc),
+        (&widening, Algo::Direct, Algo::DirectOc),
+        (&big_k, Algo::Im2col, Algo::Im2col),
+        (&pw, Algo::Gemm1x1, Algo::Gemm1x1),
+        (&googlenet, Algo::DirectOc, Algo::DirectOc),
+    ] {
+        let g = geom(spec);
+        assert_eq!(convkit::plan::choose_algo_for(&g, Isa::Avx2), avx2);
+        assert_eq!(convkit::plan::choose_algo_for(&g, Isa::Avx512), avx512);
+    }
     // The candidate list leads with the heuristic's pick and never holds the reference.
     let c = tune::candidates(&geom(&big_k));
     assert_eq!(c[0], Algo::Im2col);

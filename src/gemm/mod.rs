@@ -269,7 +269,7 @@ pub fn gemm_packed(
     // Column mode.
     let in_place = b
         .in_place()
-        .filter(|_| read_b_in_place(blocks, panels_m))
+        .filter(|_| read_b_in_place(blocks, panels_m, uk.nr))
         .map(|(data, rs)| {
             let offsets: Vec<OffsetTable> = blocks
                 .iter()
@@ -458,15 +458,20 @@ fn split_columns(n: usize, nc: usize, nr: usize, threads: usize) -> Split {
 /// 1.49-2.11 against 1.60-1.87; res4.1x1 (K = 1024 in 4 blocks) 1.40-1.51 against 1.39-1.78.
 /// Paired runs (in place / packed, median of 100 alternations): pw56 0.78, res2.1x1a 1.07,
 /// res2.1x1b 1.21, res4.1x1 1.15, res5.1x1 1.42. So: in place for a single K block feeding
-/// at most 8 A panels.
-fn read_b_in_place(blocks: &[(usize, usize)], panels_m: usize) -> bool {
+/// at most 8 A panels, with panels of at most 16 columns.
+///
+/// With AVX-512's 32-column panels (a Xeon with 48 KiB L1, 2 MiB L2), in place ran at about
+/// half speed everywhere: paired runs, one thread, in place / packed time: pw56 2.23,
+/// res2.1x1a 2.11, res2.1x1b 2.09, res4.1x1 2.50, res5.1x1 1.85 (each row of the panel is two
+/// lines of a different image row, a plane apart).
+fn read_b_in_place(blocks: &[(usize, usize)], panels_m: usize, nr: usize) -> bool {
     static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = FORCED.get_or_init(|| match std::env::var("CONVKIT_B_IN_PLACE").as_deref() {
         Ok("1") => Some(true),
         Ok("0") => Some(false),
         _ => None,
     });
-    forced.unwrap_or(blocks.len() == 1 && panels_m <= 8)
+    forced.unwrap_or(nr <= 16 && blocks.len() == 1 && panels_m <= 8)
 }
 
 /// B rows read in place for one K block: row `p` of the block at `data[row0 + offsets[p] + j]`.
