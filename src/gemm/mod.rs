@@ -420,7 +420,10 @@ enum Split {
 /// The split of `n` columns (NC `nc`, panels of `nr`) on `threads`. One thread, or enough
 /// NC blocks for 4 tasks a thread: NC blocks. Otherwise the panels are dealt evenly to 4
 /// tasks a thread if each gets 16 or more, else to 2 a thread if each gets 4 or more, else
-/// row mode. Paired 2-thread runs, column tasks against row mode (time ratio, median of
+/// to one a thread if each gets 3 or more, else row mode. (The last step came with
+/// AVX-512's 32-column panels, which halve the panel counts: 14 x 14 outputs have 7.
+/// Paired 2-thread runs, row mode / one task a thread: im2col on res4.3x3 1.08, on
+/// vgg16.conv5_3 1.06, gemm1x1 on res4.1x1 0.99.) Paired 2-thread runs, column tasks against row mode (time ratio, median of
 /// 20-40 alternations, the geometric mean of both orders, as the second of a pair ran up to
 /// 15% slower whatever it was): resnet50.res3.3x3s2 (49 panels) 0.82, deeplab.dilated3x3
 /// (69) 0.79, res4.1x1 (13) 0.95, wav2vec2.conv1 (100) 0.93. Layers of 196 panels keep 4
@@ -434,7 +437,7 @@ fn split_columns(n: usize, nc: usize, nr: usize, threads: usize) -> Split {
         return Split::Columns(blocks);
     }
     let panels = n.div_ceil(nr);
-    for (per_thread, min_panels) in [(4, 16), (2, 4)] {
+    for (per_thread, min_panels) in [(4, 16), (2, 4), (1, 3)] {
         let tasks = per_thread * threads;
         if panels.div_ceil(tasks) >= min_panels {
             let bounds = |t: usize| (t * panels / tasks * nr).min(n);
