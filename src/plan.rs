@@ -60,7 +60,8 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
     } else {
         0
     };
-    let uk = isa.kernels().ok()?.gemm_default();
+    let kernels = isa.kernels().ok()?;
+    let uk = kernels.gemm_default();
     let bytes = match algo {
         Algo::Reference => g.weight_len().checked_mul(8)?,
         // The weights, and their channel-block copy (channels rounded up to a block).
@@ -81,7 +82,7 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
             .checked_mul(g.kernel_area())?
             .checked_add(g.weight_len())?
             .checked_mul(4)?,
-        Algo::Im2col | Algo::Gemm1x1 => packed(uk.mr)?,
+        Algo::Im2col | Algo::Gemm1x1 => packed(kernels.gemm_for_rows(g.cout_per_group).mr)?,
         Algo::Direct => {
             let image = crate::algo::direct::PhaseLayout::new(g, uk.nr).ok()?.image;
             packed(uk.mr)?.checked_add(image.checked_mul(4)?)?
@@ -451,7 +452,7 @@ impl Plan {
                 weight: weight.to_vec(),
             },
             Algo::Im2col | Algo::Gemm1x1 => {
-                let uk = isa.kernels()?.gemm_default();
+                let uk = isa.kernels()?.gemm_for_rows(geom.cout_per_group);
                 let blocking = Blocking::derive(uk, crate::sysinfo::caches());
                 let k = geom.cin_per_group * geom.kernel_area();
                 let opg = geom.cout_per_group;
