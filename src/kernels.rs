@@ -96,8 +96,11 @@ pub struct GemmUkernel {
     pub narrow: Option<(usize, TileFn)>,
 }
 
-/// Pixels of a [`OcTile`] (the broadcast side).
+/// Pixels of a [`OcTile`] (the broadcast side) for the kernels of 6 pixels (AVX2, NEON,
+/// portable), and the unit of the transposing stores.
 pub const OC_MR: usize = 6;
+/// The most pixels a `direct_oc` kernel takes ([`OcUkernel::mr`]).
+pub const OC_MR_MAX: usize = 12;
 /// Output channels of a [`OcTile`] (the vector side).
 pub const OC_NR: usize = 16;
 
@@ -111,8 +114,8 @@ pub struct OcTile {
     pub k: usize,
     /// The padded, phase-split image.
     pub img: *const f32,
-    /// Each pixel's offset in the image (all `OC_MR` readable, also past `m`).
-    pub bases: [usize; OC_MR],
+    /// Each pixel's offset in the image (the kernel's `mr` of them readable, also past `m`).
+    pub bases: [usize; OC_MR_MAX],
     /// Tap `p`'s offset from a pixel's base, `k` of them.
     pub offsets: *const usize,
     /// Packed weights, `panels` panels of `k * OC_NR` floats one after another (row `p` of a
@@ -124,7 +127,7 @@ pub struct OcTile {
     pub c: *mut f32,
     /// Stride between output channels.
     pub cs: usize,
-    /// Pixels to store, 1..=OC_MR.
+    /// Pixels to store, 1..=the kernel's `mr`.
     pub m: usize,
     /// Channels to store: more than `(panels - 1) * OC_NR`, at most `panels * OC_NR`.
     pub n: usize,
@@ -147,6 +150,8 @@ pub struct OcUkernel {
     pub name: &'static str,
     /// The tier it needs.
     pub isa: Isa,
+    /// Pixels a tile (at most [`OC_MR_MAX`]).
+    pub mr: usize,
     /// The most channel panels (of `OC_NR`) one call covers: 2 lets an AVX-512 tile reuse
     /// each broadcast image value for 32 channels.
     pub panels: usize,

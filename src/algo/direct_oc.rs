@@ -4,11 +4,11 @@
 //! pixels, so a tile is MR output channels by NR pixels of one row (or of the phase plane's
 //! padded row): a 28- or 55-wide output row wastes part of its last tile, and every tap's
 //! B row is a misaligned 16-float read from the image. Here the roles swap, `C^T = X^T W^T`:
-//! a tile is [`OC_MR`] output pixels (any pixels: each has its own image offset, so tiles
-//! run across row ends with nothing wasted), the pixels' input values are broadcast
-//! straight from the padded image, and the weights are packed once, K x OC_NR per channel
-//! panel. The tile is written channel by channel (OC_MR consecutive floats of each output
-//! plane).
+//! a tile is the kernel's `mr` output pixels (6; 8 on AVX-512) by one or two panels of
+//! OC_NR channels (any pixels: each has its own image offset, so tiles run across row ends
+//! with nothing wasted), the pixels' input values are broadcast straight from the padded
+//! image, and the weights are packed once, K x OC_NR per channel panel. The tile is written
+//! channel by channel (`mr` consecutive floats of each output plane).
 //!
 //! The image is padded but not split into stride phases (the [`PhaseLayout`] of the layer
 //! taken at stride 1): a tile's taps then lie on few rows. Split, alexnet.conv1's 363 taps
@@ -25,7 +25,7 @@
 use super::direct::PhaseLayout;
 use crate::arch::{activate_tile, run_oc_tile, OffsetTable, SharedMut};
 use crate::geometry::Geometry;
-use crate::kernels::{OcUkernel, OC_MR, OC_NR};
+use crate::kernels::{OcUkernel, OC_MR_MAX, OC_NR};
 
 /// A planned `direct_oc` convolution.
 pub struct DirectOcPlan {
@@ -123,7 +123,8 @@ impl DirectOcPlan {
         let (pw, chan) = (self.layout.pw, self.layout.chan);
         let [sh, sw] = g.stride;
         let k = self.offsets.len();
-        let tiles = band.div_ceil(OC_MR);
+        let mr = self.uk.mr;
+        let tiles = band.div_ceil(mr);
         // Tasks: (group, chunk of pixel tiles), a few per thread.
         let (chunks, per_chunk) = super::task_chunks(tiles, g.groups);
         let shared = SharedMut::new(out);
@@ -137,10 +138,10 @@ impl DirectOcPlan {
             // image lines read again per panel, and K blocks of 128-256 taps, measured
             // 1.03-1.14x slower on alexnet.conv1, googlenet.inc3a.5x5 and res3.3x3s2.)
             for tile in chunk * per_chunk..((chunk + 1) * per_chunk).min(tiles) {
-                let q0 = tile * OC_MR;
-                let m = OC_MR.min(band - q0);
+                let q0 = tile * mr;
+                let m = mr.min(band - q0);
                 // Pixel slots past the band repeat its last pixel (read, never stored).
-                let bases: [usize; OC_MR] = std::array::from_fn(|i| {
+                let bases: [usize; OC_MR_MAX] = std::array::from_fn(|i| {
                     let q = (q0 + i).min(band - 1);
                     grp_base + (r0 + q / ow) * sh * pw + (q % ow) * sw
                 });

@@ -94,6 +94,7 @@ macro_rules! conv_oc_kernel {
         pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
             name: $name,
             isa: Isa::$isa,
+            mr: crate::kernels::OC_MR,
             panels: 1,
             run: conv_oc,
         };
@@ -181,7 +182,7 @@ pub(crate) unsafe fn store_oc_tile(
 pub fn run_oc_tile(
     uk: &crate::kernels::OcUkernel,
     img: &[f32],
-    bases: &[usize; crate::kernels::OC_MR],
+    bases: &[usize; crate::kernels::OC_MR_MAX],
     offsets: &OffsetTable,
     w: &[f32],
     panels: usize,
@@ -194,7 +195,7 @@ pub fn run_oc_tile(
     bias: Option<&[f32]>,
     clamp: (f32, f32),
 ) {
-    use crate::kernels::{OC_MR, OC_NR};
+    use crate::kernels::OC_NR;
     let k = offsets.len();
     assert!(
         (1..=uk.panels).contains(&panels),
@@ -207,7 +208,7 @@ pub fn run_oc_tile(
         uk.name
     );
     assert!(
-        (1..=OC_MR).contains(&m) && ((panels - 1) * OC_NR + 1..=panels * OC_NR).contains(&n),
+        (1..=uk.mr).contains(&m) && ((panels - 1) * OC_NR + 1..=panels * OC_NR).contains(&n),
         "tile {m} x {n} out of range for {panels} panels"
     );
     assert!(
@@ -215,7 +216,7 @@ pub fn run_oc_tile(
         "packed weights shorter than {panels} panels of k = {k}"
     );
     if k > 0 {
-        let top = bases.iter().max().copied().unwrap_or(0);
+        let top = bases[..uk.mr].iter().max().copied().unwrap_or(0);
         assert!(
             top.checked_add(offsets.max())
                 .is_some_and(|e| e < img.len()),

@@ -102,6 +102,7 @@ pub const F32_ACT: crate::arch::activation::ActUkernel = crate::arch::activation
 pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
     name: "f32_conv_oc_6x16__portable",
     isa: Isa::Portable,
+    mr: crate::kernels::OC_MR,
     panels: 1,
     run: conv_oc,
 };

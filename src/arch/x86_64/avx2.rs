@@ -722,6 +722,7 @@ unsafe fn gather2_avx2(dst: &mut [f32], src: &[f32], blocks: usize) {
 pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
     name: "f32_conv_oc_6x16__avx2",
     isa: Isa::Avx2,
+    mr: crate::kernels::OC_MR,
     panels: 1,
     run: conv_oc,
 };

@@ -257,114 +257,150 @@ crate::arch::dw_plane_kernel!(
 crate::arch::pool_kernel!(Avx512, "avx512f,avx2,fma");
 crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
 
-/// `direct_oc` tile kernel: 6 pixels x 32 output channels (two weight panels), two zmm
-/// accumulators a pixel: each tap loads two weight vectors and broadcasts 6 image values
-/// for 12 FMAs, 12 independent chains (two pipes of 4-cycle FMAs need 8). A group's last
-/// panel alone (16 channels) splits even and odd taps into two accumulator sets instead, to
-/// keep 12 chains. (The generic body passed `f32::mul_add` through a closure here and ran
-/// at 9 GFLOP/s: libm calls.)
+/// `direct_oc` tile kernel: 8 pixels x 32 output channels (two weight panels), two zmm
+/// accumulators a pixel, 16 chains: each tap loads two weight vectors and broadcasts 8 image
+/// values for 16 FMAs. A group's last panel alone (16 channels) runs 8 chains. (The generic
+/// body passed `f32::mul_add` through a closure here and ran at 9 GFLOP/s: libm calls.)
+/// Paired runs, one thread, 6 pixels' time over 8's: googlenet.inc3a.5x5 1.14, alexnet.conv1
+/// 1.10, res3.3x3s2 1.11, textcnn.k3 1.11, resnet50.conv1 0.99; 10 pixels measured 1.00-1.03x
+/// 8's, and 12 spilled accumulators (0.77-0.82x).
 pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
-    name: "f32_conv_oc_6x32__avx512",
+    name: "f32_conv_oc_8x32__avx512",
     isa: Isa::Avx512,
+    mr: OC_PIXELS,
     panels: 2,
     run: conv_oc,
 };
 
+/// Pixels of the AVX-512 `direct_oc` tile.
+const OC_PIXELS: usize = 8;
+
+/// The tile's accumulators, pixel by pixel: channels 0..16 then 16..32.
+type OcSpill = [[f32; 32]; OC_PIXELS];
+
 /// # Safety
-/// The contract of [`crate::kernels::OcUkernel::run`] on a CPU with AVX-512F.
+/// The contract of [`crate::kernels::OcUkernel::run`] on a CPU with AVX-512F, `mr = 8`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn conv_oc(t: &crate::kernels::OcTile) {
     use crate::kernels::{OC_MR, OC_NR};
-    // Sets of accumulators: [panel 0 | even taps][panel 1 | odd taps] per pixel.
-    let mut acc0 = [_mm512_setzero_ps(); OC_MR];
-    let mut acc1 = [_mm512_setzero_ps(); OC_MR];
-    let px: [*const f32; OC_MR] = [
-        t.img.wrapping_add(t.bases[0]),
-        t.img.wrapping_add(t.bases[1]),
-        t.img.wrapping_add(t.bases[2]),
-        t.img.wrapping_add(t.bases[3]),
-        t.img.wrapping_add(t.bases[4]),
-        t.img.wrapping_add(t.bases[5]),
-    ];
-    let mut w = t.w;
-    if t.panels == 2 {
-        let second = t.k * OC_NR;
-        for p in 0..t.k {
-            // SAFETY: offsets holds k entries, w two panels of k rows of 16 floats, and
-            // every pixel slot's taps are readable (the contract).
-            unsafe {
-                let o = *t.offsets.add(p);
-                let w0 = _mm512_loadu_ps(w);
-                let w1 = _mm512_loadu_ps(w.add(second));
-                for i in 0..OC_MR {
-                    let a = _mm512_set1_ps(*px[i].add(o));
-                    acc0[i] = _mm512_fmadd_ps(a, w0, acc0[i]);
-                    acc1[i] = _mm512_fmadd_ps(a, w1, acc1[i]);
-                }
-                w = w.add(OC_NR);
-            }
-        }
-    } else {
-        let mut p = 0;
-        while p + 2 <= t.k {
-            // SAFETY: as above with one panel; p + 1 < k.
-            unsafe {
-                let (o0, o1) = (*t.offsets.add(p), *t.offsets.add(p + 1));
-                let w0 = _mm512_loadu_ps(w);
-                let w1 = _mm512_loadu_ps(w.add(OC_NR));
-                for i in 0..OC_MR {
-                    acc0[i] = _mm512_fmadd_ps(_mm512_set1_ps(*px[i].add(o0)), w0, acc0[i]);
-                    acc1[i] = _mm512_fmadd_ps(_mm512_set1_ps(*px[i].add(o1)), w1, acc1[i]);
-                }
-                w = w.add(2 * OC_NR);
-            }
-            p += 2;
-        }
-        if p < t.k {
-            // SAFETY: as above, for the last tap p < k.
-            unsafe {
-                let o = *t.offsets.add(p);
-                let w0 = _mm512_loadu_ps(w);
-                for i in 0..OC_MR {
-                    acc0[i] = _mm512_fmadd_ps(_mm512_set1_ps(*px[i].add(o)), w0, acc0[i]);
-                }
-            }
-        }
-        for i in 0..OC_MR {
-            acc0[i] = _mm512_add_ps(acc0[i], acc1[i]);
+    // The K loops run in functions of their own and leave the accumulators in memory: kept
+    // in registers into the ymm store below, all of them were confined to zmm0-15 (ymm16-31
+    // need AVX512VL) and the loop spilled.
+    let mut spill: OcSpill = [[0f32; 32]; OC_PIXELS];
+    // SAFETY: forwarded contract.
+    unsafe {
+        if t.panels == 2 {
+            oc_two_panels(t, &mut spill);
+        } else {
+            oc_one_panel(t, &mut spill);
         }
     }
-    // Each panel's 16 channels per pixel as two ymm halves, for the AVX2 transposing store.
-    let halves = |v: &[__m512; OC_MR]| {
-        let mut h = [[_mm256_setzero_ps(); 2]; OC_MR];
-        for i in 0..OC_MR {
-            h[i][0] = _mm512_castps512_ps256(v[i]);
-            h[i][1] = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v[i])));
+    for half in 0..OC_PIXELS.div_ceil(OC_MR) {
+        let m = t.m.saturating_sub(half * OC_MR).min(OC_MR);
+        if m == 0 {
+            break;
         }
-        h
-    };
-    let first = crate::kernels::OcTile {
-        panels: 1,
-        n: t.n.min(OC_NR),
-        ..*t
-    };
-    // SAFETY: AVX2 is implied by this function's features; the first panel's channels are
-    // the tile's first min(n, 16) (the contract).
-    unsafe { crate::arch::x86_64::avx2::store_oc_acc(&halves(&acc0), &first) };
-    if t.panels == 2 {
-        let second = crate::kernels::OcTile {
-            panels: 1,
-            n: t.n - OC_NR,
-            c: t.c.wrapping_add(OC_NR * t.cs),
-            bias: if t.bias.is_null() {
-                t.bias
-            } else {
-                t.bias.wrapping_add(OC_NR)
-            },
-            ..*t
-        };
-        // SAFETY: channels 16..n of the tile (n > 16 with two panels): their output
-        // rows and bias follow the first panel's (the contract).
-        unsafe { crate::arch::x86_64::avx2::store_oc_acc(&halves(&acc1), &second) };
+        for panel in 0..t.panels {
+            let mut h = [[_mm256_setzero_ps(); 2]; OC_MR];
+            for (i, slot) in h.iter_mut().enumerate().take(OC_PIXELS - half * OC_MR) {
+                let row = &spill[half * OC_MR + i][panel * OC_NR..];
+                // SAFETY: 16 floats from the panel's start in a row of 32.
+                unsafe {
+                    slot[0] = _mm256_loadu_ps(row.as_ptr());
+                    slot[1] = _mm256_loadu_ps(row.as_ptr().add(8));
+                }
+            }
+            let part = crate::kernels::OcTile {
+                m,
+                n: (t.n - panel * OC_NR).min(OC_NR),
+                panels: 1,
+                c: t.c.wrapping_add(panel * OC_NR * t.cs + half * OC_MR),
+                bias: if t.bias.is_null() {
+                    t.bias
+                } else {
+                    t.bias.wrapping_add(panel * OC_NR)
+                },
+                ..*t
+            };
+            // SAFETY: AVX2 is implied by this function's features; `part` is pixels
+            // 6 half.. and channels 16 panel.. of the tile (n > 16 when there are two
+            // panels), inside the output and bias the contract covers.
+            unsafe { crate::arch::x86_64::avx2::store_oc_acc(&h, &part) };
+        }
+    }
+}
+
+/// The image pointers of the tile's pixels.
+#[inline(always)]
+fn oc_pixels(t: &crate::kernels::OcTile) -> [*const f32; OC_PIXELS] {
+    let mut px = [t.img; OC_PIXELS];
+    for (p, &b) in px.iter_mut().zip(&t.bases) {
+        *p = t.img.wrapping_add(b);
+    }
+    px
+}
+
+/// The K loop of a two-panel tile into `spill`.
+///
+/// # Safety
+/// As [`conv_oc`], with `t.panels == 2`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline(never)]
+unsafe fn oc_two_panels(t: &crate::kernels::OcTile, spill: &mut OcSpill) {
+    use crate::kernels::OC_NR;
+    let mut acc0 = [_mm512_setzero_ps(); OC_PIXELS];
+    let mut acc1 = [_mm512_setzero_ps(); OC_PIXELS];
+    let px = oc_pixels(t);
+    let second = t.k * OC_NR;
+    let mut w = t.w;
+    for p in 0..t.k {
+        // SAFETY: offsets holds k entries, w two panels of k rows of 16 floats, and every
+        // pixel slot's taps are readable (the contract).
+        unsafe {
+            let o = *t.offsets.add(p);
+            let w0 = _mm512_loadu_ps(w);
+            let w1 = _mm512_loadu_ps(w.add(second));
+            for i in 0..OC_PIXELS {
+                let a = _mm512_set1_ps(*px[i].add(o));
+                acc0[i] = _mm512_fmadd_ps(a, w0, acc0[i]);
+                acc1[i] = _mm512_fmadd_ps(a, w1, acc1[i]);
+            }
+            w = w.add(OC_NR);
+        }
+    }
+    for (row, (&a0, &a1)) in spill.iter_mut().zip(acc0.iter().zip(&acc1)) {
+        // SAFETY: each row holds 32 floats.
+        unsafe {
+            _mm512_storeu_ps(row.as_mut_ptr(), a0);
+            _mm512_storeu_ps(row.as_mut_ptr().add(OC_NR), a1);
+        }
+    }
+}
+
+/// The K loop of a one-panel tile into the first 16 floats of each row of `spill`.
+///
+/// # Safety
+/// As [`conv_oc`], with `t.panels == 1`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline(never)]
+unsafe fn oc_one_panel(t: &crate::kernels::OcTile, spill: &mut OcSpill) {
+    use crate::kernels::OC_NR;
+    let mut acc = [_mm512_setzero_ps(); OC_PIXELS];
+    let px = oc_pixels(t);
+    let mut w = t.w;
+    for p in 0..t.k {
+        // SAFETY: as in `oc_two_panels`, one panel.
+        unsafe {
+            let o = *t.offsets.add(p);
+            let w0 = _mm512_loadu_ps(w);
+            for i in 0..OC_PIXELS {
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*px[i].add(o)), w0, acc[i]);
+            }
+            w = w.add(OC_NR);
+        }
+    }
+    for (row, &a) in spill.iter_mut().zip(&acc) {
+        // SAFETY: each row holds 32 floats.
+        unsafe { _mm512_storeu_ps(row.as_mut_ptr(), a) };
     }
 }
