@@ -61,6 +61,23 @@ pub struct GemmTile {
     pub hi: f32,
 }
 
+impl GemmTile {
+    /// Rows `i0..` of this tile (or column of tiles), at most `mr` of them: C and a row bias
+    /// moved to row `i0`, the row count cut; A is the caller's to move (its panels' layout
+    /// depends on the kernel). Pointer arithmetic only (`wrapping_add`): nothing is read.
+    pub fn rows_from(&self, i0: usize, mr: usize) -> GemmTile {
+        GemmTile {
+            c: self.c.wrapping_add(i0 * self.rsc),
+            m: mr.min(self.m - i0),
+            bias: match self.bias {
+                TileBias::Row(p) => TileBias::Row(p.wrapping_add(i0)),
+                other => other,
+            },
+            ..*self
+        }
+    }
+}
+
 /// A microkernel entry: one tile (or, for a narrow kernel, one column of tiles).
 pub type TileFn = unsafe fn(&GemmTile);
 

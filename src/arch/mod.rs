@@ -744,22 +744,22 @@ pub fn run_gemm_column(
             TileBias::Col(s.as_ptr())
         }
     };
+    let column = GemmTile {
+        k,
+        a: a.as_ptr(),
+        b: b_ptr,
+        b_off,
+        c: c.ptr.wrapping_add(c_offset),
+        rsc,
+        m: rows,
+        n,
+        load_c,
+        finish,
+        bias,
+        lo: clamp.0,
+        hi: clamp.1,
+    };
     if let Some((width, narrow)) = uk.narrow.filter(|&(width, _)| n <= width && tiles > 1) {
-        let column = GemmTile {
-            k,
-            a: a.as_ptr(),
-            b: b_ptr,
-            b_off,
-            c: c.ptr.wrapping_add(c_offset),
-            rsc,
-            m: rows,
-            n,
-            load_c,
-            finish,
-            bias,
-            lo: clamp.0,
-            hi: clamp.1,
-        };
         debug_assert!(n <= width);
         // SAFETY: as for the tiles below (the checks above cover the whole column), and n is
         // within the narrow kernel's width.
@@ -767,24 +767,9 @@ pub fn run_gemm_column(
         return;
     }
     for t in 0..tiles {
-        let i0 = t * uk.mr;
         let tile = GemmTile {
-            k,
-            a: a.as_ptr().wrapping_add(t * k * uk.mr),
-            b: b_ptr,
-            b_off,
-            c: c.ptr.wrapping_add(c_offset + i0 * rsc),
-            rsc,
-            m: uk.mr.min(rows - i0),
-            n,
-            load_c,
-            finish,
-            bias: match bias {
-                TileBias::Row(p) => TileBias::Row(p.wrapping_add(i0)),
-                other => other,
-            },
-            lo: clamp.0,
-            hi: clamp.1,
+            a: column.a.wrapping_add(t * k * uk.mr),
+            ..column.rows_from(t * uk.mr, uk.mr)
         };
         // SAFETY: the tier is available and, for every tile of the column (checked above for
         // the whole column): its A panel lies inside `a`, every B row inside its buffer, its

@@ -301,15 +301,7 @@ unsafe fn narrow_group<const AS: usize, const NR: usize, const NC: usize, const 
                 tile[i * NC + j] = lanes[j][i];
             }
         }
-        let one = GemmTile {
-            c: t.c.wrapping_add(i0 * t.rsc),
-            m: AS.min(t.m - i0),
-            bias: match t.bias {
-                TileBias::Row(p) => TileBias::Row(p.wrapping_add(i0)),
-                other => other,
-            },
-            ..*t
-        };
+        let one = t.rows_from(i0, AS);
         // SAFETY: the tile's rows lie inside the column the caller vouches for, n = NC.
         unsafe { store_tile_scalar(&tile, NC, &one) };
     }

@@ -67,13 +67,7 @@ unsafe fn narrow_column<const MR: usize, const BS: usize>(t: &GemmTile) {
         let i0 = i * MR;
         let tile = GemmTile {
             a: t.a.wrapping_add(i * t.k * MR),
-            c: t.c.wrapping_add(i0 * t.rsc),
-            m: MR.min(t.m - i0),
-            bias: match t.bias {
-                TileBias::Row(p) => TileBias::Row(p.wrapping_add(i0)),
-                other => other,
-            },
-            ..*t
+            ..t.rows_from(i0, MR)
         };
         // SAFETY: tile i of the column (the contract covers all of them), n <= 16.
         unsafe { gemm_tile::<MR, 1, BS>(&tile) };
