@@ -201,11 +201,22 @@ impl std::fmt::Debug for Plan {
 /// `direct`, whose B rows are two lines of an image row read in place, ran about half as
 /// fast as the alternatives, and `direct_oc` takes its place (tuner table, one thread, time
 /// over the fastest: resnet50.conv1 direct 2.22x, direct_oc fastest; alexnet.conv1 direct
-/// 2.21x, direct_oc 1.05x).
+/// 2.21x, direct_oc 1.05x). A depthwise layer of a large channel multiplier (one input
+/// channel, 64 or more outputs from it) is a GEMM of K = the kernel area there: `im2col`
+/// (wav2vec2.conv0, multiplier 512: depthwise 1.29-1.30x im2col's time in two tuner runs).
 pub fn choose_algo_for(g: &Geometry, isa: Isa) -> Algo {
     let pick = choose_algo_avx2(g);
-    if isa == Isa::Avx512 && pick == Algo::Direct && Algo::DirectOc.accepts(g) {
-        return Algo::DirectOc;
+    if isa == Isa::Avx512 {
+        if pick == Algo::Direct && Algo::DirectOc.accepts(g) {
+            return Algo::DirectOc;
+        }
+        if pick == Algo::Depthwise
+            && g.groups == 1
+            && g.cout_per_group >= 64
+            && Algo::Im2col.accepts(g)
+        {
+            return Algo::Im2col;
+        }
     }
     pick
 }

@@ -88,13 +88,17 @@ fn heuristic_choices_follow_the_measured_rules() {
         Algo::Direct
     );
     // AVX-512: direct_oc where the AVX2 rules say direct (direct's in-place B rows ran at
-    // half speed with 32-wide panels); the other picks stand.
+    // half speed with 32-wide panels), im2col for one input channel spread to 512 outputs
+    // (wav2vec2.conv0); the other picks stand.
+    let wav2vec_conv0 = ConvSpec::new(&[1, 1, 16000], 512, &[10]).with_stride(&[5]);
     for (spec, avx2, avx512) in [
         (&small_k, Algo::Direct, Algo::DirectOc),
         (&widening, Algo::Direct, Algo::DirectOc),
         (&big_k, Algo::Im2col, Algo::Im2col),
         (&pw, Algo::Gemm1x1, Algo::Gemm1x1),
         (&googlenet, Algo::DirectOc, Algo::DirectOc),
+        (&dw, Algo::Depthwise, Algo::Depthwise),
+        (&wav2vec_conv0, Algo::Depthwise, Algo::Im2col),
     ] {
         let g = geom(spec);
         assert_eq!(convkit::plan::choose_algo_for(&g, Isa::Avx2), avx2);
