@@ -338,6 +338,11 @@ fn suite_like_cases() -> Vec<ConvSpec> {
             .with_padding(Padding::Same)
             .with_residual(true)
             .with_activation(Activation::Relu6),
+        // 64 output channels with a bias and a clamp, no residual: whole two-panel tiles of
+        // `direct_oc` (32 channels by 8 pixels on AVX-512, stored by 8x8 transposes).
+        ConvSpec::new(&[1, 6, 12, 11], 64, &[3, 3])
+            .with_padding(Padding::Same)
+            .with_activation(Activation::Relu6),
         // 110 output channels: more A panels than `direct` feeds from B in place, so its
         // tiles' B rows are packed first (stride 2 and a residual on the way).
         ConvSpec::new(&[1, 5, 11, 13], 110, &[3, 3])

@@ -476,7 +476,7 @@ unsafe fn transpose8x8(rows: [*const f32; 8], out: [*mut f32; 8]) {
 /// The 8x8 transpose of eight row vectors.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(crate) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped:
     // t = (r0 r1 lo/hi), u = 4x4 transposes within each half, o = halves joined.
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);

@@ -289,6 +289,38 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
             oc_one_panel(t, &mut spill);
         }
     }
+    if t.m == OC_PIXELS && t.n == 2 * OC_NR && !t.load_c {
+        // A whole tile: each group of 8 channels is an 8x8 transpose of the 8 pixels' rows,
+        // giving each channel's 8 pixels as one vector: bias and clamp on it, one store.
+        // (The 6-pixel store below took the 2 pixels left over one float at a time.)
+        let (lo, hi) = (_mm256_set1_ps(t.lo), _mm256_set1_ps(t.hi));
+        for group in 0..2 * OC_NR / 8 {
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (r, row) in rows.iter_mut().zip(&spill) {
+                // SAFETY: 8 floats from 8 group, inside a row of 32.
+                *r = unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * group)) };
+            }
+            let columns = crate::arch::x86_64::avx2::transpose8(rows);
+            for (q, &v) in columns.iter().enumerate() {
+                let ch = 8 * group + q;
+                let bias = if t.bias.is_null() {
+                    0.0
+                } else {
+                    // SAFETY: a bias holds n = 32 floats, ch < 32.
+                    unsafe { *t.bias.add(ch) }
+                };
+                // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
+                let x = _mm256_min_ps(
+                    hi,
+                    _mm256_max_ps(lo, _mm256_add_ps(v, _mm256_set1_ps(bias))),
+                );
+                // SAFETY: channel ch < n and pixels 0..8 = m: inside the output the caller
+                // vouches for.
+                unsafe { _mm256_storeu_ps(t.c.add(ch * t.cs), x) };
+            }
+        }
+        return;
+    }
     for half in 0..OC_PIXELS.div_ceil(OC_MR) {
         let m = t.m.saturating_sub(half * OC_MR).min(OC_MR);
         if m == 0 {
