@@ -74,6 +74,20 @@ unsafe fn narrow_column<const MR: usize, const BS: usize>(t: &GemmTile) {
     }
 }
 
+/// Prefetches the first and last line of each of the tile's `t.m` rows of C (`width`
+/// floats a row) with hint `HINT`.
+#[inline(always)]
+fn prefetch_rows<const HINT: i32>(t: &GemmTile, width: usize) {
+    for i in 0..t.m {
+        let row = t.c.wrapping_add(i * t.rsc);
+        // SAFETY: a prefetch reads nothing architecturally and never faults; SSE is baseline.
+        unsafe {
+            _mm_prefetch::<HINT>(row as *const i8);
+            _mm_prefetch::<HINT>(row.wrapping_add(width - 1) as *const i8);
+        }
+    }
+}
+
 /// `C[MR x 16 NV] (+)= A~ B~`, then bias and clamp, B's rows `16 BS` floats apart (`BS >=
 /// NV`: the narrow edge reads one vector of a wider panel). Accumulators live in registers:
 /// the loops over `MR` and `NV` have constant trip counts and unroll completely.
@@ -92,17 +106,9 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize, const BS: usize>(t: &GemmT
     // go to L2 (16 ways, 2048 sets) instead. Paired runs, 14x32, GFLOP/s T0 -> T1: 1024^3
     // 134 -> 142, 2048^3 130 -> 134; T1 everywhere lost 2-4% on the conv shapes.
     if (t.rsc * 4).is_multiple_of(4096) {
-        for i in 0..t.m {
-            let row = t.c.wrapping_add(i * t.rsc);
-            _mm_prefetch::<_MM_HINT_T1>(row as *const i8);
-            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(16 * NV - 1) as *const i8);
-        }
+        prefetch_rows::<_MM_HINT_T1>(t, 16 * NV);
     } else {
-        for i in 0..t.m {
-            let row = t.c.wrapping_add(i * t.rsc);
-            _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16 * NV - 1) as *const i8);
-        }
+        prefetch_rows::<_MM_HINT_T0>(t, 16 * NV);
     }
     let step = |acc: &mut [[__m512; NV]; MR], a: *const f32, b: *const f32| {
         let mut bv = [_mm512_set1_ps(0.0); NV];
@@ -118,7 +124,7 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize, const BS: usize>(t: &GemmT
             }
         }
     };
-    // The K loop, unrolled by UNROLL steps so the pointer updates and the branch are
+    // The K loop, unrolled by `unroll` steps so the pointer updates and the branch are
     // amortized. Tiles of more than 16 accumulators are not unrolled: with 28 (14x32) LLVM
     // kept the unrolled loop's accumulators in memory, a store after every FMA, and the
     // kernel ran at 31% of peak (69 GFLOP/s at 1024^3 on a Xeon with 226 GFLOP/s peak);
@@ -284,9 +290,9 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
     // SAFETY: forwarded contract.
     unsafe {
         if t.panels == 2 {
-            oc_two_panels(t, &mut spill);
+            oc_panels::<2>(t, &mut spill);
         } else {
-            oc_one_panel(t, &mut spill);
+            oc_panels::<1>(t, &mut spill);
         }
     }
     if t.m == OC_PIXELS && t.n == 2 * OC_NR && !t.load_c {
@@ -366,67 +372,41 @@ fn oc_pixels(t: &crate::kernels::OcTile) -> [*const f32; OC_PIXELS] {
     px
 }
 
-/// The K loop of a two-panel tile into `spill`.
+/// The K loop of a tile of `P` channel panels (1 or 2) into `spill` (panel `q` of pixel `i`
+/// at `spill[i][16 q..]`).
 ///
 /// # Safety
-/// As [`conv_oc`], with `t.panels == 2`.
+/// As [`conv_oc`], with `t.panels == P`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline(never)]
-unsafe fn oc_two_panels(t: &crate::kernels::OcTile, spill: &mut OcSpill) {
+unsafe fn oc_panels<const P: usize>(t: &crate::kernels::OcTile, spill: &mut OcSpill) {
     use crate::kernels::OC_NR;
-    let mut acc0 = [_mm512_setzero_ps(); OC_PIXELS];
-    let mut acc1 = [_mm512_setzero_ps(); OC_PIXELS];
+    let mut acc = [[_mm512_setzero_ps(); P]; OC_PIXELS];
     let px = oc_pixels(t);
-    let second = t.k * OC_NR;
+    let panel_stride = t.k * OC_NR;
     let mut w = t.w;
     for p in 0..t.k {
-        // SAFETY: offsets holds k entries, w two panels of k rows of 16 floats, and every
+        // SAFETY: offsets holds k entries, w P panels of k rows of 16 floats, and every
         // pixel slot's taps are readable (the contract).
         unsafe {
             let o = *t.offsets.add(p);
-            let w0 = _mm512_loadu_ps(w);
-            let w1 = _mm512_loadu_ps(w.add(second));
+            let mut wv = [_mm512_setzero_ps(); P];
+            for (q, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(w.add(q * panel_stride));
+            }
             for i in 0..OC_PIXELS {
                 let a = _mm512_set1_ps(*px[i].add(o));
-                acc0[i] = _mm512_fmadd_ps(a, w0, acc0[i]);
-                acc1[i] = _mm512_fmadd_ps(a, w1, acc1[i]);
+                for q in 0..P {
+                    acc[i][q] = _mm512_fmadd_ps(a, wv[q], acc[i][q]);
+                }
             }
             w = w.add(OC_NR);
         }
     }
-    for (row, (&a0, &a1)) in spill.iter_mut().zip(acc0.iter().zip(&acc1)) {
-        // SAFETY: each row holds 32 floats.
-        unsafe {
-            _mm512_storeu_ps(row.as_mut_ptr(), a0);
-            _mm512_storeu_ps(row.as_mut_ptr().add(OC_NR), a1);
+    for (row, a) in spill.iter_mut().zip(&acc) {
+        for (q, &v) in a.iter().enumerate() {
+            // SAFETY: each row holds 32 floats, q < P <= 2.
+            unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(q * OC_NR), v) };
         }
-    }
-}
-
-/// The K loop of a one-panel tile into the first 16 floats of each row of `spill`.
-///
-/// # Safety
-/// As [`conv_oc`], with `t.panels == 1`.
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline(never)]
-unsafe fn oc_one_panel(t: &crate::kernels::OcTile, spill: &mut OcSpill) {
-    use crate::kernels::OC_NR;
-    let mut acc = [_mm512_setzero_ps(); OC_PIXELS];
-    let px = oc_pixels(t);
-    let mut w = t.w;
-    for p in 0..t.k {
-        // SAFETY: as in `oc_two_panels`, one panel.
-        unsafe {
-            let o = *t.offsets.add(p);
-            let w0 = _mm512_loadu_ps(w);
-            for i in 0..OC_PIXELS {
-                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*px[i].add(o)), w0, acc[i]);
-            }
-            w = w.add(OC_NR);
-        }
-    }
-    for (row, &a) in spill.iter_mut().zip(&acc) {
-        // SAFETY: each row holds 32 floats.
-        unsafe { _mm512_storeu_ps(row.as_mut_ptr(), a) };
     }
 }
