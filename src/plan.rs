@@ -613,8 +613,14 @@ impl Plan {
             residual,
             g.conv_output_len(),
         )?;
-        self.runner
-            .run(|| self.run_nchw_or_convert(input, residual, output, clock))
+        self.runner.run(|| {
+            let mut body = || self.run_nchw_or_convert(input, residual, output, clock);
+            match self.prepared {
+                // Three parallel loops a block: on all of the pool's threads (par::in_pool).
+                Prepared::Winograd(_) => crate::par::in_pool(body),
+                _ => body(),
+            }
+        })
     }
 
     fn run_nchw_or_convert(

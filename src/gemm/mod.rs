@@ -17,7 +17,6 @@ use crate::arch::{activate_tile, run_gemm_column, BPanel, GemmBias, OffsetTable,
 use crate::kernels::GemmUkernel;
 use crate::sysinfo::Caches;
 use crate::tensor::{aligned_zeros, AlignedBuf};
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 pub mod pack;
@@ -342,7 +341,7 @@ pub fn gemm_packed(
         });
     };
     if threads > 1 && col_blocks.len() > 1 {
-        (0..col_blocks.len()).into_par_iter().for_each(task);
+        crate::par::for_each_index(col_blocks.len(), task);
     } else {
         (0..col_blocks.len()).for_each(task);
     }
@@ -380,14 +379,15 @@ fn gemm_rows_mode(
             if kc > 0 {
                 // Panels are independent: pack groups of them in parallel.
                 let group = panels_n.div_ceil(2 * threads).max(1);
-                shared_b[..need]
-                    .par_chunks_mut(group * uk.nr * kc)
-                    .enumerate()
-                    .for_each(|(gi, chunk)| {
+                crate::par::for_each_chunk_mut(
+                    &mut shared_b[..need],
+                    group * uk.nr * kc,
+                    |gi, chunk| {
                         let c0 = gi * group * uk.nr;
                         let w = (group * uk.nr).min(ncur - c0);
                         b.pack(p0, kc, j0 + c0, w, uk.nr, chunk);
-                    });
+                    },
+                );
             }
             let bp = &shared_b[..need];
             let step = BlockStep {
@@ -396,7 +396,7 @@ fn gemm_rows_mode(
                 first: bi == 0,
                 last: bi + 1 == blocks.len(),
             };
-            (0..panels_m.div_ceil(per)).into_par_iter().for_each(|rt| {
+            crate::par::for_each_index(panels_m.div_ceil(per), |rt| {
                 let rows = rt * per..((rt + 1) * per).min(panels_m);
                 block_tiles(
                     uk, blocking, a, bp, None, step, j0, ncur, rows, c, c_offset, rsc, &epi,

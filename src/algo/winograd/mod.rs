@@ -35,7 +35,6 @@ use crate::arch::SharedMut;
 use crate::gemm::{gemm_packed, Blocking, GemmEpilogue, PackB, PackedA, PrepackedB, StridedB};
 use crate::geometry::Geometry;
 use crate::kernels::{GemmUkernel, KernelTable};
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -407,14 +406,15 @@ impl WinogradPlan {
             .collect();
         let threads = crate::par::threads();
         if clock.is_none() && threads > 1 && g.groups >= 2 * threads {
-            out[..g.groups * og * band]
-                .par_chunks_mut(og * band)
-                .enumerate()
-                .for_each(|(grp, og_out)| {
+            crate::par::for_each_chunk_mut(
+                &mut out[..g.groups * og * band],
+                og * band,
+                |grp, og_out| {
                     for &(t0, n) in &blocks {
                         self.block(g, job, grp, t0, n, og_out, false, None);
                     }
-                });
+                },
+            );
         } else {
             for (grp, og_out) in out[..g.groups * og * band]
                 .chunks_mut(og * band)
@@ -512,7 +512,7 @@ impl WinogradPlan {
             })
         };
         if parallel {
-            (0..cg).into_par_iter().for_each(input);
+            crate::par::for_each_index(cg, input);
         } else {
             (0..cg).for_each(input);
         }
@@ -555,7 +555,7 @@ impl WinogradPlan {
                 );
             };
             if parallel {
-                (0..xi).into_par_iter().for_each(gemm);
+                crate::par::for_each_index(xi, gemm);
             } else {
                 (0..xi).for_each(gemm);
             }
@@ -590,11 +590,13 @@ impl WinogradPlan {
         };
         let band = job.band;
         if parallel {
-            out[..og * band]
-                .par_chunks_mut(band)
-                .zip(mm.par_chunks(xi * ld))
-                .enumerate()
-                .for_each(output);
+            crate::par::for_each_chunk_zip(
+                &mut out[..og * band],
+                band,
+                &mm,
+                xi * ld,
+                |co, o, m| output((co, (o, m))),
+            );
         } else {
             out[..og * band]
                 .chunks_mut(band)
