@@ -211,9 +211,11 @@ impl WinogradPlan {
         let l2_tiles = l2 / 4 / tile_bytes;
         // All phases of a dilated layer share the blocks (run_rows batches them).
         let all_tiles = tiles_h * tiles_w * g.dilation[0] * g.dilation[1];
-        // A layer whose V and M fit in L2 whole runs as one block: U streams once.
-        // (textcnn.k3, 64 tiles: one block 0.33 ms, two of 32 0.35.)
-        let whole = all_tiles.saturating_mul(tile_bytes) <= l2;
+        // A layer whose V and M fit in half of L2 whole runs as one block: U streams once.
+        // (textcnn.k3, 64 tiles, 0.6 MB: one block 0.33 ms, two of 32 0.35. Up to all of L2
+        // was too far: resnet50.res3.3x3's 49 tiles, 1.8 MB, in one block of 64 ran 0.80-0.85x
+        // two of 32, on one thread and on two.)
+        let whole = all_tiles.saturating_mul(tile_bytes) <= l2 / 2;
         let budget = std::env::var("CONVKIT_WINO_TILES")
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
