@@ -121,6 +121,26 @@ pub(crate) struct Team {
 }
 
 impl Team {
+    /// The team of `threads`, shared by every plan of that thread count (started on first
+    /// use, kept for the life of the process). A team per plan left the helpers of the
+    /// layer just run spinning while the next layer's team worked: in tuning, where each
+    /// candidate is a plan of its own, two threads' Winograd candidates timed 1.5-4x their
+    /// steady speed, and the tuner chose im2col for deeplab.dilated3x3 (1.56x slower than
+    /// F(6,3)). One pool per thread count is also what onnxruntime keeps per session.
+    fn shared(threads: usize) -> Result<Arc<Self>> {
+        static TEAMS: OnceLock<Mutex<Vec<Arc<Team>>>> = OnceLock::new();
+        let teams = TEAMS.get_or_init(|| Mutex::new(Vec::new()));
+        // A panic while the list was held cannot leave it inconsistent (push is the only
+        // change), so a poisoned lock is still usable.
+        let mut list = teams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = list.iter().find(|t| t.threads == threads) {
+            return Ok(Arc::clone(t));
+        }
+        let team = Arc::new(Team::new(threads)?);
+        list.push(Arc::clone(&team));
+        Ok(team)
+    }
+
     fn new(threads: usize) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -294,7 +314,7 @@ impl Runner {
         match threads {
             Some(0) => Err(Error::InvalidArgument("threads must be >= 1".into())),
             Some(1) => Ok(Runner::Serial),
-            Some(n) => Ok(Runner::Team(Arc::new(Team::new(n)?))),
+            Some(n) => Ok(Runner::Team(Team::shared(n)?)),
             None => Ok(Runner::Current),
         }
     }
