@@ -76,6 +76,22 @@ impl GemmTile {
             ..*self
         }
     }
+
+    /// Columns `j0..j0 + n` of this tile (or column of tiles): C and a column bias moved to
+    /// column `j0`, B to its column `j0` (packed B: rows keep their stride). Pointer
+    /// arithmetic only (`wrapping_add`): nothing is read.
+    pub fn cols_from(&self, j0: usize, n: usize) -> GemmTile {
+        GemmTile {
+            b: self.b.wrapping_add(j0),
+            c: self.c.wrapping_add(j0),
+            n,
+            bias: match self.bias {
+                TileBias::Col(p) => TileBias::Col(p.wrapping_add(j0)),
+                other => other,
+            },
+            ..*self
+        }
+    }
 }
 
 /// A microkernel entry: one tile (or, for a narrow kernel, one column of tiles).
@@ -213,23 +229,31 @@ impl KernelTable {
     pub fn gemm_default(&self) -> &'static GemmUkernel {
         &self.gemm[0]
     }
-    /// The GEMM microkernel for `m` rows of A (output channels a group): the default, unless
-    /// its last MR panel leaves more than a tenth of the rows empty and a kernel of the same
-    /// NR (so the same columns, edges and B layout) wastes fewer. On AVX-512 the 14x32 tile
-    /// pads M = 24 to 28 and M = 32 to 42; the 8x32 tile fits both. M = 64 and 128 (9% in
-    /// the 14x32's last panel) keep the default, which is the faster tile when full (202-207
-    /// GFLOP/s alone against 188).
+    /// The GEMM microkernel for `m` rows of A (output channels a group), among the kernels
+    /// of the default's NR (so the same columns, edges and B layout):
+    /// - the tile of at least 12 rows that pads `m` least (the default on a tie), if it
+    ///   pads by at most 5%. Those run as fast as the default when full; on AVX-512 the
+    ///   13x32 pads M = 64, 128 and 256 to 65, 130 and 260 where the 14x32 pads to 70, 140
+    ///   and 266. Paired, one thread: resnet50.res2.1x1a 1.13x, res4.1x1 1.07x (with the
+    ///   lane-major edge: res5.1x1 1.17x), Winograd res2.3x3 and res3.3x3 1.09x, vgg16.conv2_2
+    ///   1.04x, res3.3x3s2 1.03x;
+    /// - else the default if it pads by at most a tenth;
+    /// - else the kernel that pads least: the 8x32 for M = 16, 24 and 32 (the 13x32 padded
+    ///   pw56's M = 24 to 26 and ran 0.95x the 8x32).
     pub fn gemm_for_rows(&self, m: usize) -> &'static GemmUkernel {
         let default = self.gemm_default();
-        let padded = |k: &GemmUkernel| m.max(1).div_ceil(k.mr) * k.mr;
-        if padded(default) * 10 <= m.max(1) * 11 {
+        let m = m.max(1);
+        let padded = |k: &GemmUkernel| m.div_ceil(k.mr) * k.mr;
+        let same_nr = || self.gemm.iter().filter(|k| k.nr == default.nr);
+        if let Some(tall) = same_nr().filter(|k| k.mr >= 12).min_by_key(|k| padded(k)) {
+            if padded(tall) * 20 <= m * 21 {
+                return tall;
+            }
+        }
+        if padded(default) * 10 <= m * 11 {
             return default;
         }
-        self.gemm
-            .iter()
-            .filter(|k| k.nr == default.nr)
-            .min_by_key(|k| padded(k))
-            .unwrap_or(default)
+        same_nr().min_by_key(|k| padded(k)).unwrap_or(default)
     }
     /// A GEMM microkernel by canonical name.
     pub fn gemm_by_name(&self, name: &str) -> Option<&'static GemmUkernel> {
@@ -240,8 +264,9 @@ impl KernelTable {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     /// The row-fit choice (read off the static tables: no kernel runs, so any x86 CPU
-    /// checks it): AVX-512 trades its 14x32 default for the 8x32 only where the last 14-row
-    /// panel wastes over a tenth; AVX2 has one kernel of its NR and always keeps it.
+    /// checks it): AVX-512 takes the 13x32 where it pads least, the 14x32 default where that
+    /// does, the 8x32 where every tall tile pads over 5% and the default over a tenth; AVX2
+    /// has one kernel of its NR and always keeps it.
     #[test]
     fn gemm_kernel_for_rows_fits_small_m_only() {
         let avx512 = &crate::arch::x86_64::avx512::TABLE;
@@ -249,10 +274,13 @@ mod tests {
             (24, 8),
             (32, 8),
             (16, 8),
-            (64, 14),
-            (128, 14),
-            (256, 14),
+            (64, 13),
+            (100, 13),
+            (128, 13),
+            (256, 13),
             (512, 14),
+            (98, 14),
+            (2048, 13),
         ] {
             assert_eq!(avx512.gemm_for_rows(m).mr, mr, "m = {m}");
             assert_eq!(avx512.gemm_for_rows(m).nr, 32);

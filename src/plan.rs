@@ -98,7 +98,7 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
             let a = v.alpha();
             let xi = if g.spatial_rank == 2 { a * a } else { a };
             let image = crate::algo::winograd::image_floats(g, v)?;
-            packed(uk.mr)?
+            packed(kernels.gemm_for_rows(g.cout_per_group).mr)?
                 .checked_mul(xi)?
                 .checked_add(image.checked_mul(4)?)?
         }

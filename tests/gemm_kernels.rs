@@ -351,7 +351,8 @@ fn deinterleave2_on_every_tier() {
 /// `run_gemm_column` (LOOP 1 of the GEMM and of direct) must write exactly what one
 /// `run_gemm_tile` per MR panel writes: bitwise, with a short last panel, a row or column
 /// bias, packed or indirect B, strided C, and nothing outside the column touched. Narrow
-/// columns (n up to 5, and half a panel) over many tiles take the tier's narrow kernel where it has one
+/// columns (n up to 5, half a panel, and a vector short of a panel plus 1 to 5) over many
+/// tiles take the tier's narrow kernel where it has one
 /// (several tiles side by side), which must give the tile kernel's bits.
 #[test]
 fn a_column_of_tiles_matches_tile_by_tile_calls() {
@@ -368,6 +369,13 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
             // panel and one more: AVX-512's narrow edge takes up to 16 of 32 columns.
             for n in [1, 2, 3, 4, 5, uk.nr / 2, uk.nr / 2 + 1] {
                 cases.push((33, 11 * uk.mr - 2, n));
+            }
+            // AVX-512's partial panels: whole vectors and an edge of 1 to 4 columns past
+            // them (lane-major), or of 5 (one more vector).
+            if uk.nr > 16 {
+                for n in [uk.nr - 15, uk.nr - 14, uk.nr - 12, uk.nr - 11, 17, 20, 21] {
+                    cases.push((33, 11 * uk.mr - 2, n));
+                }
             }
             for (case, &(k, rows, n)) in cases.iter().enumerate() {
                 let tiles = rows.div_ceil(uk.mr);

@@ -174,7 +174,8 @@ impl WinogradPlan {
         variant: Variant,
     ) -> Result<Self, String> {
         check_shape(g)?;
-        let uk = kernels.gemm_default();
+        // The transformed-domain GEMMs have Cout/g rows: the tile that pads them least.
+        let uk = kernels.gemm_for_rows(g.cout_per_group);
         let blocking = Blocking::derive(uk, crate::sysinfo::caches());
         let two_d = g.spatial_rank == 2;
         let too_large =

@@ -8,7 +8,13 @@ use core::arch::x86_64::*;
 /// The AVX-512 kernel table.
 pub static TABLE: KernelTable = KernelTable {
     isa: Isa::Avx512,
-    gemm: &[F32_GEMM_14X32, F32_GEMM_8X48, F32_GEMM_8X32, F32_GEMM_6X64],
+    gemm: &[
+        F32_GEMM_14X32,
+        F32_GEMM_13X32,
+        F32_GEMM_8X48,
+        F32_GEMM_8X32,
+        F32_GEMM_6X64,
+    ],
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
     // The AVX2 transforms (8-lane groups, ymm): compiled under AVX-512, LLVM moved the
@@ -31,7 +37,7 @@ macro_rules! gemm_kernel {
             mr: $mr,
             nr: $nv * 16,
             run: $fn,
-            narrow: Some((16, narrow_column::<$mr, $nv>)),
+            narrow: Some((16 * ($nv - 1) + EDGE_MAX, narrow_column::<$mr, $nv>)),
         };
         unsafe fn $fn(t: &GemmTile) {
             // SAFETY: the descriptor is reached only through TABLE after the CPU was found to
@@ -48,29 +54,155 @@ gemm_kernel!(
     14,
     2
 );
+// 13 rows: M = 64, 128 and 256 pad to 65, 130 and 260 (1.6%) where 14 pads to 70, 140 and
+// 266 (9.4%, 9.4%, 3.9%); see KernelTable::gemm_for_rows.
+gemm_kernel!(
+    F32_GEMM_13X32,
+    f32_gemm_13x32,
+    "f32_gemm_13x32__avx512",
+    13,
+    2
+);
 gemm_kernel!(F32_GEMM_8X48, f32_gemm_8x48, "f32_gemm_8x48__avx512", 8, 3);
 gemm_kernel!(F32_GEMM_8X32, f32_gemm_8x32, "f32_gemm_8x32__avx512", 8, 2);
 gemm_kernel!(F32_GEMM_6X64, f32_gemm_6x64, "f32_gemm_6x64__avx512", 6, 4);
 
-/// Edge columns of `n <= 16` down a whole column of tiles: each tile through [`gemm_tile`]
-/// with one vector of B (of the panel's `BS` vectors a row), where the full-width kernel
-/// multiplied the zero padding of its other vectors. The Winograd GEMMs of 7x7 and 14x14
-/// outputs have N = 16 tiles (resnet50.res4.3x3 at F(4,3), res5.3x3 at F(2,3)), half of a
-/// 32-wide panel. The same FMA chain per element as the full tile: the same bits.
+/// Columns past a panel's last whole vector that [`narrow_column`] takes lane-major, rows as
+/// the vector lanes.
+const EDGE_MAX: usize = 4;
+
+/// A partial panel of `n <= 16 (BS - 1) + EDGE_MAX` columns down a whole column of tiles:
+/// its `n / 16` whole vectors through [`gemm_tile`] (one to `BS - 1` vectors of the panel's
+/// `BS`, where the full-width kernel multiplied the zero padding of the others: the Winograd
+/// GEMMs of 7x7 and 14x14 outputs have N = 16 tiles), and an edge of up to [`EDGE_MAX`]
+/// columns past them by [`edge_tiles`]; an edge of 5 to 15 as one more vector.
+/// resnet50.res5.1x1 (N = 49 = 32 + 16 + 1) took two full panels, 64 columns of work for
+/// 49, and res4.1x1 (N = 196 = 6 x 32 + 4) a vector for its last 4.
 ///
 /// # Safety
 /// AVX-512F is available; `t` satisfies [`GemmUkernel::narrow`]'s contract for `mr = MR`,
-/// `nr = 16 BS` and `n <= 16`.
+/// `nr = 16 BS` and `n <= 16 (BS - 1) + EDGE_MAX`.
 unsafe fn narrow_column<const MR: usize, const BS: usize>(t: &GemmTile) {
+    let (whole, edge) = (t.n / 16, t.n % 16);
+    let (vectors, edge) = if edge > EDGE_MAX || !t.b_off.is_null() {
+        (t.n.div_ceil(16), 0)
+    } else {
+        (whole, edge)
+    };
+    if vectors > 0 {
+        let n = t.n.min(16 * vectors);
+        let tiles = t.m.div_ceil(MR);
+        for i in 0..tiles {
+            let tile = GemmTile {
+                a: t.a.wrapping_add(i * t.k * MR),
+                n,
+                ..t.rows_from(i * MR, MR)
+            };
+            // SAFETY: tile i of the column (the contract covers all of them), n <= 16
+            // vectors <= 16 BS (vectors <= BS: n <= 16 BS); each arm reads `vectors` of
+            // the panel's BS vectors a row.
+            unsafe {
+                match vectors {
+                    1 => gemm_tile::<MR, 1, BS>(&tile),
+                    2 => gemm_tile::<MR, 2, BS>(&tile),
+                    3 => gemm_tile::<MR, 3, BS>(&tile),
+                    _ => gemm_tile::<MR, 4, BS>(&tile),
+                }
+            }
+        }
+    }
+    if edge > 0 {
+        let cols = t.cols_from(16 * whole, edge);
+        // SAFETY: columns 16 whole .. n of the same column of tiles, packed B (b_off null),
+        // n = edge <= EDGE_MAX.
+        unsafe {
+            match edge {
+                1 => edge_tiles::<MR, BS, 1, 8>(&cols),
+                2 => edge_tiles::<MR, BS, 2, 4>(&cols),
+                3 => edge_tiles::<MR, BS, 3, 3>(&cols),
+                _ => edge_tiles::<MR, BS, 4, 2>(&cols),
+            }
+        }
+    }
+}
+
+/// `NC` columns of a column of tiles with rows as the vector lanes (an A panel's MR values
+/// of one k, one masked load) and each column a broadcast B value, `G` tiles side by side
+/// (`G * NC` independent FMA chains; a tile of one column through [`gemm_tile`] is one chain,
+/// 4 cycles a k step for 1/16 of a vector's work). Each element is still one FMA chain over
+/// k in order from zero, then C, bias and clamp as in [`store_tile_scalar`]: the same bits
+/// as the tile kernel. (The AVX2 tier's `narrow_column`, on zmm.)
+///
+/// # Safety
+/// AVX-512F is available; `t` satisfies the narrow contract for `mr = MR`, `nr = 16 BS`,
+/// with packed B (`b_off` null) and `t.n == NC`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn edge_tiles<const MR: usize, const BS: usize, const NC: usize, const G: usize>(
+    t: &GemmTile,
+) {
     let tiles = t.m.div_ceil(MR);
-    for i in 0..tiles {
-        let i0 = i * MR;
-        let tile = GemmTile {
-            a: t.a.wrapping_add(i * t.k * MR),
-            ..t.rows_from(i0, MR)
-        };
-        // SAFETY: tile i of the column (the contract covers all of them), n <= 16.
-        unsafe { gemm_tile::<MR, 1, BS>(&tile) };
+    let mut done = 0;
+    while done + G <= tiles {
+        // SAFETY: tiles done..done + G exist (the contract's m.div_ceil(MR) panels).
+        unsafe { edge_group::<MR, BS, NC, G>(t, done) };
+        done += G;
+    }
+    while done < tiles {
+        // SAFETY: as above, one tile.
+        unsafe { edge_group::<MR, BS, NC, 1>(t, done) };
+        done += 1;
+    }
+}
+
+/// Tiles `first..first + G` of [`edge_tiles`].
+///
+/// # Safety
+/// As [`edge_tiles`], with `first + G <= t.m.div_ceil(MR)`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn edge_group<const MR: usize, const BS: usize, const NC: usize, const G: usize>(
+    t: &GemmTile,
+    first: usize,
+) {
+    // The first MR lanes: an A panel's values for one k (lanes past MR are not read).
+    let mask: __mmask16 = ((1u32 << MR) - 1) as __mmask16;
+    let mut acc = [[_mm512_setzero_ps(); NC]; G];
+    let a0 = t.a.wrapping_add(first * t.k * MR);
+    for p in 0..t.k {
+        let b_row = t.b.wrapping_add(p * 16 * BS);
+        let mut bv = [_mm512_setzero_ps(); NC];
+        for (j, v) in bv.iter_mut().enumerate() {
+            // SAFETY: B row p holds the panel's 16 BS floats, of which the tile's NC columns
+            // are readable (the tile contract).
+            *v = _mm512_set1_ps(unsafe { *b_row.add(j) });
+        }
+        for (g, row) in acc.iter_mut().enumerate() {
+            // SAFETY: panel first + g holds k * MR floats and the mask reads MR of them at
+            // p * MR (the contract: m.div_ceil(MR) panels).
+            let av = unsafe { _mm512_maskz_loadu_ps(mask, a0.wrapping_add((g * t.k + p) * MR)) };
+            for j in 0..NC {
+                row[j] = _mm512_fmadd_ps(av, bv[j], row[j]);
+            }
+        }
+    }
+    for (g, cols) in acc.iter().enumerate() {
+        let i0 = (first + g) * MR;
+        let mut lanes = [[0f32; 16]; NC];
+        for (dst, &v) in lanes.iter_mut().zip(cols) {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
+        }
+        // Row i of the tile is lanes[j][i] for its NC columns: the layout store_tile_scalar
+        // reads (row stride NC).
+        let mut tile = [0f32; 16 * EDGE_MAX];
+        for i in 0..MR {
+            for j in 0..NC {
+                tile[i * NC + j] = lanes[j][i];
+            }
+        }
+        let one = t.rows_from(i0, MR);
+        // SAFETY: the tile's rows lie inside the column the caller vouches for, n = NC.
+        unsafe { store_tile_scalar(&tile, NC, &one) };
     }
 }
 
