@@ -206,7 +206,13 @@ impl std::fmt::Debug for Plan {
 /// channel, 64 or more outputs from it) is a GEMM of K = the kernel area there: `im2col`
 /// (wav2vec2.conv0, multiplier 512: depthwise 1.29-1.30x im2col's time in two tuner runs).
 pub fn choose_algo_for(g: &Geometry, isa: Isa) -> Algo {
-    let pick = choose_algo_avx2(g);
+    // F(6,3) over F(4,3) on 2-D images of this many F(6,3) tiles (see `winograd_pick`). On
+    // AVX-512 F(4,3) stayed ahead up to vgg16.conv2_2's 361 tiles (paired side by side, one
+    // thread, F(6,3) time over F(4,3): res2.3x3 1.16-1.19, conv2_2 1.12, conv3_3 1.23-1.25,
+    // res3.3x3.b8 1.10-1.13, textcnn.k3 0.98-0.99) and F(6,3) led on vgg16.conv1_2's 1444
+    // (0.94-0.95).
+    let f6_tiles = if isa == Isa::Avx512 { 400 } else { 40 };
+    let pick = choose_algo_rules(g, f6_tiles);
     if isa == Isa::Avx512 {
         if pick == Algo::Direct && Algo::DirectOc.accepts(g) {
             return Algo::DirectOc;
@@ -228,10 +234,10 @@ pub fn choose_algo(g: &Geometry) -> Algo {
     choose_algo_for(g, resolve_isa(None).unwrap_or(Isa::Portable))
 }
 
-/// The rules measured on AVX2 (see [`choose_algo_for`]).
-fn choose_algo_avx2(g: &Geometry) -> Algo {
+/// The rules measured on AVX2 (see [`choose_algo_for`]), F(6,3) from `f6_tiles` tiles.
+fn choose_algo_rules(g: &Geometry, f6_tiles: usize) -> Algo {
     let k = g.cin_per_group * g.kernel_area();
-    if let Some(w) = winograd_pick(g) {
+    if let Some(w) = winograd_pick(g, f6_tiles) {
         return w;
     }
     let candidates = if g.is_depthwise() {
@@ -258,7 +264,7 @@ fn choose_algo_avx2(g: &Geometry) -> Algo {
 }
 
 /// The Winograd variant the heuristic picks for `g`, if any (see [`choose_algo`]).
-fn winograd_pick(g: &Geometry) -> Option<Algo> {
+fn winograd_pick(g: &Geometry, f6_tiles: usize) -> Option<Algo> {
     use crate::algo::WinogradVariant as V;
     if g.is_depthwise() || g.cin_per_group < 16 || g.cout_per_group < 16 {
         return None;
@@ -299,13 +305,14 @@ fn winograd_pick(g: &Geometry) -> Option<Algo> {
     if pick == V::F4 && family(V::F6).accepts(g) && cost(V::F6) < 0.8 * cost(V::F4) {
         return Some(family(V::F6));
     }
-    // F(6,3) on undilated images of 40 or more F(6,3) tiles. Paired one-thread runs since V
+    // F(6,3) on undilated images of `f6_tiles` or more F(6,3) tiles (40 on AVX2; AVX-512 in
+    // `choose_algo_for`). AVX2, paired one-thread runs since V
     // is written in the GEMM's packed layout (F(4,3) time over F(6,3) time, 6 alternations):
     // res2.3x3 (56 x 56, 100 tiles) 1.09, vgg16.conv1_2 1.06, conv2_2 1.09, conv3_3 1.03,
     // textcnn.k3 (1-D, 43 tiles) 1.05; on 28 x 28 (25 tiles) res3.3x3 0.94, res3.3x3.b8
     // 0.97, conv4_3 0.90, and on 14 x 14 res4.3x3 0.52: F(6,3)'s 64 GEMMs of 25 columns or
     // fewer run two partly empty 16-wide panels each.
-    if pick == V::F4 && g.dilation == [1, 1] && family(V::F6).accepts(g) && tiles(6) >= 40 {
+    if pick == V::F4 && g.dilation == [1, 1] && family(V::F6).accepts(g) && tiles(6) >= f6_tiles {
         return Some(family(V::F6));
     }
     Some(family(pick))

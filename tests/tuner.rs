@@ -91,7 +91,18 @@ fn heuristic_choices_follow_the_measured_rules() {
     // half speed with 32-wide panels), im2col for one input channel spread to 512 outputs
     // (wav2vec2.conv0); the other picks stand.
     let wav2vec_conv0 = ConvSpec::new(&[1, 1, 16000], 512, &[10]).with_stride(&[5]);
+    // And F(4,3) up to 400 F(6,3) tiles (vgg16.conv3_3's 100, conv2_2's 361), F(6,3) from
+    // there (conv1_2's 1444); 1-D likewise.
+    let conv1_2 = ConvSpec::new(&[1, 64, 224, 224], 64, &[3, 3]).with_padding(Padding::Same);
+    let conv2_2 = ConvSpec::new(&[1, 128, 112, 112], 128, &[3, 3]).with_padding(Padding::Same);
+    let f4 = Algo::Winograd(convkit::algo::WinogradVariant::F4);
+    let f6 = Algo::Winograd(convkit::algo::WinogradVariant::F6);
     for (spec, avx2, avx512) in [
+        (&vgg, f6, f4),
+        (&conv2_2, f6, f4),
+        (&conv1_2, f6, f6),
+        (&res3, f4, f4),
+        (&text, f6, f4),
         (&small_k, Algo::Direct, Algo::DirectOc),
         (&widening, Algo::Direct, Algo::DirectOc),
         (&big_k, Algo::Im2col, Algo::Im2col),
