@@ -198,25 +198,27 @@ impl WinogradPlan {
         // - vgg16.conv3_3 (U = 9.4 MB): T = 16: 27.6 ms, 48: 30.7, 128: 22.6, 512: 28.2;
         // - vgg16.conv4_3 (U = 37 MB): T = 16: 28.5, 48: 27.1, 128: 20.3, 512: 25.0;
         // - vgg16.conv1_2 (U = 0.6 MB): T = 16: 45.6, 48: 50.3, 128: 48.2, 512: 86.9.
-        // So: V + M within a quarter of L2 when U fits in two L2s, else at least 128 tiles.
-        // (Within all of L2 before; on a 2 MiB L2 that gave the 64-channel layers 96 tiles,
-        // and their input transform ran at half speed: writing V into lines that had left
-        // L2 since the last block. Intel Xeon, one thread, F(4,3), input transform / layer:
+        // So (measured on a 512 KiB L2): V + M within L2 when U fits in two L2s, else at
+        // least 128 tiles. On a 2 MiB L2 that gave the 64-channel layers 96 tiles, and their
+        // input transform ran at half speed, writing V into lines that had left L2 since the
+        // last block (Intel Xeon, one thread, F(4,3), input transform / layer:
         // resnet50.res2.3x3 T = 32: 0.18 / 0.90 ms, T = 96: 0.42 / 1.14; vgg16.conv1_2
         // T = 32: 3.75 / 17.7, T = 96: 6.67 / 20.8; resnet50.res3.3x3.b8 T = 32: 1.21 /
-        // 8.8, T = 64: 2.42 / 8.8. On a 512 KiB L2 both rules give the smallest block.)
+        // 8.8, T = 64: 2.42 / 8.8). So from 1 MiB of L2, V + M within a quarter of it.
         let unit = lcm(LANES, uk.nr);
         let l2 = crate::sysinfo::caches().l2;
+        let share = if l2 >= 1 << 20 { l2 / 4 } else { l2 };
         let u_bytes = xi * cg * og * 4;
         let tile_bytes = (4 * xi * (cg + og)).max(1);
-        let l2_tiles = l2 / 4 / tile_bytes;
+        let l2_tiles = share / tile_bytes;
         // All phases of a dilated layer share the blocks (run_rows batches them).
         let all_tiles = tiles_h * tiles_w * g.dilation[0] * g.dilation[1];
-        // A layer whose V and M fit in half of L2 whole runs as one block: U streams once.
-        // (textcnn.k3, 64 tiles, 0.6 MB: one block 0.33 ms, two of 32 0.35. Up to all of L2
-        // was too far: resnet50.res3.3x3's 49 tiles, 1.8 MB, in one block of 64 ran 0.80-0.85x
-        // two of 32, on one thread and on two.)
-        let whole = all_tiles.saturating_mul(tile_bytes) <= l2 / 2;
+        // A layer whose V and M fit in half of a large L2 whole runs as one block: U
+        // streams once. (textcnn.k3, 64 tiles, 0.6 MB: one block 0.33 ms, two of 32 0.35.
+        // Up to all of L2 was too far: resnet50.res3.3x3's 49 tiles, 1.8 MB, in one block of
+        // 64 ran 0.80-0.85x two of 32, on one thread and on two.) On a small L2 the rule
+        // above already gives one block to what fits.
+        let whole = l2 >= 1 << 20 && all_tiles.saturating_mul(tile_bytes) <= l2 / 2;
         let budget = std::env::var("CONVKIT_WINO_TILES")
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
