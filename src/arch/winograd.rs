@@ -844,6 +844,29 @@ fn output_tiles<G: TileGather, const A: usize, const M: usize>(
         if let Some((kernel, act)) = j.activation {
             (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(flat));
         }
+        // The 8 tiles whole and side by side in one tile row (most groups inside an image):
+        // each output row of theirs is 8 M contiguous floats, which a tier may build from
+        // the M column vectors directly (AVX2, F(4,3): 10 shuffles and 4 stores a row, where
+        // the transpose below takes 24 and 8).
+        let side_by_side = lanes == LANES
+            && place.iter().enumerate().all(|(l, p)| {
+                (p.0, p.1, p.2) == (place[0].0, place[0].1, place[0].2)
+                    && p.3 == place[0].3 + l * M
+                    && p.4 == M
+            });
+        if side_by_side {
+            let (row0, ra, rows, col0, _) = place[0];
+            let mut done = true;
+            for r in ra..ra + rows {
+                let o = (r - j.r0) * j.ow + col0;
+                // Bounds-checked: the 8 tiles' row lies inside the band.
+                done &= G::interleave(&y[r - row0], &mut j.out[o..o + LANES * M]);
+            }
+            if done {
+                t += LANES;
+                continue;
+            }
+        }
         // Each output row of the 8 tiles turned lane-major, ty[a][l][b] = y[a][b][l], by the
         // tier's 8x8 transpose, so that each tile row is one copy of M floats. (Element by
         // element from the lanes, with a bounds check each, was most of the output transform.)
@@ -904,6 +927,15 @@ pub trait TileGather {
     #[inline(always)]
     fn transpose(src: &[Lanes; LANES]) -> [Lanes; LANES] {
         std::array::from_fn(|l| std::array::from_fn(|b| src[b][l]))
+    }
+
+    /// `dst[l * M + b] = columns[b][l]` (`dst` holds `LANES * M` floats): one output row of
+    /// 8 side-by-side tiles from its M column vectors, where the tier has a fast way for
+    /// this M; returns whether it wrote (by default it does not, and the caller transposes).
+    #[inline(always)]
+    fn interleave<const M: usize>(columns: &[Lanes; M], dst: &mut [f32]) -> bool {
+        let _ = (columns, dst);
+        false
     }
 }
 
@@ -1129,11 +1161,16 @@ mod tests {
     fn every_tier_transforms_like_the_portable_one() {
         for isa in crate::arch::available_isas() {
             let k = isa.kernels().expect("available tier").winograd;
-            for v in [Variant::F2, Variant::F4, Variant::F6] {
-                for two_d in [false, true] {
+            // Rows of 5 tiles (every group of 8 wraps a row) and of 17 (groups side by side
+            // in a row: the tiers' interleaved row stores).
+            for (v, two_d, tiles_w) in [Variant::F2, Variant::F4, Variant::F6]
+                .into_iter()
+                .flat_map(|v| [(v, false, 5), (v, true, 5), (v, false, 17), (v, true, 17)])
+            {
+                {
                     let (m, a) = (v.m(), v.alpha());
                     let (mh, ah) = if two_d { (m, a) } else { (1, 1) };
-                    let (tiles_w, tiles_h) = (5, if two_d { 3 } else { 1 });
+                    let tiles_h = if two_d { 3 } else { 1 };
                     let n = tiles_w * tiles_h;
                     let pw = tiles_w * m + a - m;
                     let ph = tiles_h * mh + ah - mh;

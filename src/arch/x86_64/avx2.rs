@@ -432,6 +432,49 @@ impl crate::arch::winograd::TileGather for HardwareGather {
     fn transpose(src: &[[f32; 8]; 8]) -> [[f32; 8]; 8] {
         Self::transpose_avx(src)
     }
+
+    #[inline(always)]
+    fn interleave<const M: usize>(columns: &[[f32; 8]; M], dst: &mut [f32]) -> bool {
+        if M != 4 {
+            return false;
+        }
+        assert!(
+            Isa::Avx2.is_available(),
+            "AVX2 interleave on a CPU without it"
+        );
+        assert!(dst.len() >= 32, "a row of 8 tiles of 4");
+        // SAFETY: AVX2 was checked; M = 4 columns of 8 floats in, 32 floats out (checked).
+        unsafe { interleave4x8(columns.as_ptr().cast(), dst.as_mut_ptr()) };
+        true
+    }
+}
+
+/// `dst[4 l + b] = col[b][l]` for the 4 column vectors of 8 floats at `cols` (32 floats, row
+/// after row): pairs of columns interleaved, then pairs of pairs (each 128-bit half then
+/// holds one tile's 4), then the halves put in tile order.
+///
+/// # Safety
+/// AVX2 must be available; `cols` must be readable and `dst` writable for 32 floats.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn interleave4x8(cols: *const f32, dst: *mut f32) {
+    // SAFETY: the caller guarantees 32 readable floats at `cols`, 32 writable at `dst`.
+    unsafe {
+        let v: [__m256; 4] = std::array::from_fn(|b| _mm256_loadu_ps(cols.add(8 * b)));
+        let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+        let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+        let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+        let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+        // u_i: tiles i (low half) and i + 4 (high half), their 4 columns each.
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        _mm256_storeu_ps(dst, _mm256_permute2f128_ps::<0x20>(u0, u1));
+        _mm256_storeu_ps(dst.add(8), _mm256_permute2f128_ps::<0x20>(u2, u3));
+        _mm256_storeu_ps(dst.add(16), _mm256_permute2f128_ps::<0x31>(u0, u1));
+        _mm256_storeu_ps(dst.add(24), _mm256_permute2f128_ps::<0x31>(u2, u3));
+    }
 }
 
 impl HardwareGather {
