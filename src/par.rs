@@ -167,11 +167,19 @@ impl Team {
         I: Iterator + Send,
         I::Item: Send,
     {
-        let items: Vec<Option<I::Item>> = items.map(Some).collect();
-        let len = items.len();
+        // Each item sits in a mutex of its own that exactly one thread ever locks, without
+        // contention.
+        let slots: Vec<Mutex<Option<I::Item>>> = items.map(|x| Mutex::new(Some(x))).collect();
+        let len = slots.len();
         let helpers = (self.threads - 1).min(len.saturating_sub(1));
-        if helpers == 0 {
-            serial(|| items.into_iter().flatten().for_each(&f));
+        if helpers == 0 || len >= u32::MAX as usize {
+            serial(|| {
+                for slot in slots {
+                    if let Some(item) = slot.into_inner().ok().flatten() {
+                        f(item);
+                    }
+                }
+            });
             return;
         }
         // Wake the spinning helpers: their spin loops end and they take the jobs below.
@@ -180,19 +188,12 @@ impl Team {
         // Share k: items lo..hi, packed (lo << 32 | hi) in one atomic, so that a thread takes
         // its next item from the front, or one from the back of another share, with one
         // compare-exchange. (Behind one mutex the two threads collided, and a collision
-        // parks a thread in the kernel: 0.9% of the samples, and the helper slept.) Each
-        // item sits in a mutex of its own that exactly one thread ever locks, without
-        // contention.
-        if len >= u32::MAX as usize {
-            serial(|| items.into_iter().flatten().for_each(&f));
-            return;
-        }
+        // parks a thread in the kernel: 0.9% of the samples, and the helper slept.)
         let pack = |lo: usize, hi: usize| ((lo as u64) << 32) | hi as u64;
         let unpack = |v: u64| ((v >> 32) as usize, (v & 0xffff_ffff) as usize);
         let bounds: Vec<AtomicU64> = (0..shares)
             .map(|k| AtomicU64::new(pack(k * len / shares, (k + 1) * len / shares)))
             .collect();
-        let slots: Vec<Mutex<Option<I::Item>>> = items.into_iter().map(Mutex::new).collect();
         let claim = |k: usize| -> Option<usize> {
             // Own share, from the front.
             let own = &bounds[k];

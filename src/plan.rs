@@ -363,26 +363,13 @@ fn tune_choice(
             plans.push((a, Plan::new(spec, weight, bias, &forced).ok()?));
         }
         let plan = &plans.iter().find(|(p, _)| *p == a)?.1;
-        // Back-to-back runs of the same plan until one is no more than 5% faster than the
-        // best before it (at most 4), as a plan runs in use. After the other candidates'
-        // runs its weights and scratch had left the caches, and one run each round timed
-        // the candidates with the largest weights (Winograd's, 37-65 MB on vgg16.conv5_3)
-        // at 2-4x their steady time: the tuner chose im2col for deeplab.dilated3x3 on two
-        // threads, 1.56x slower than F(6,3). (One untimed run before the timed one still
-        // left vgg16.conv5_3's F(4,3) at 1.8-2.3x: a pass over its weights did not bring
-        // them back into L3 to stay.)
-        let mut best = f64::INFINITY;
-        for _ in 0..4 {
+        // Settled runs (see tune::settled): at most 4, back to back.
+        crate::tune::settled(4, || {
             let t = std::time::Instant::now();
-            plan.run(&x, r.as_deref(), &mut y).ok()?;
-            let ms = t.elapsed().as_secs_f64() * 1e3;
-            let improved = ms < 0.95 * best;
-            best = best.min(ms);
-            if !improved {
-                break;
-            }
-        }
-        Some(best)
+            plan.run(&x, r.as_deref(), &mut y)?;
+            Ok::<f64, Error>(t.elapsed().as_secs_f64() * 1e3)
+        })
+        .ok()
     })?;
     crate::tune::remember(key, choice.clone());
     Ok(choice)

@@ -279,10 +279,11 @@ pub fn measure(
         rounds += 1;
     }
     // A candidate that failed in every timed run has no time: not a choice.
-    let timed: Vec<bool> = results.iter().map(|r| r.1.is_finite()).collect();
-    let (mut keep_result, mut keep_runs) = (timed.iter(), timed.iter());
-    results.retain(|_| keep_result.next().copied().unwrap_or(false));
-    runs.retain(|_| keep_runs.next().copied().unwrap_or(false));
+    let (mut results, mut runs): (Vec<_>, Vec<_>) = results
+        .into_iter()
+        .zip(runs)
+        .filter(|(r, _)| r.1.is_finite())
+        .unzip();
     let mut winner = pick_winner(&results)?;
     // A challenger that beat the first candidate (the heuristic's pick) is timed against it
     // again, the two alternating for RECHECK_ROUNDS more rounds (their medians updated): a
@@ -306,6 +307,31 @@ pub fn measure(
         source: Source::Measured,
         times_ms: results,
     })
+}
+
+/// Runs `run` (which returns the ms of one run) back to back until a run is no more than 5%
+/// faster than the best before it, at most `max` times, and returns the best: a plan's time
+/// once it has settled, as it runs in use. The tuner times candidates this way, and
+/// `convkit bench` warms plans this way when it times several side by side: right after
+/// other plans' runs, a plan's weights and scratch had left the caches, and one run timed the
+/// candidates with the largest weights (Winograd's, 37-65 MB on vgg16.conv5_3) at 2-4x their
+/// steady time (the two-thread tuning chose im2col for deeplab.dilated3x3, 1.56x slower than
+/// F(6,3)). One untimed run before the timed one still left vgg16.conv5_3's F(4,3) at
+/// 1.8-2.3x: one pass over its weights did not bring them back into L3 to stay.
+pub fn settled<E>(
+    max: usize,
+    mut run: impl FnMut() -> std::result::Result<f64, E>,
+) -> std::result::Result<f64, E> {
+    let mut best = f64::INFINITY;
+    for _ in 0..max.max(1) {
+        let ms = run()?;
+        let improved = ms < 0.95 * best;
+        best = best.min(ms);
+        if !improved {
+            break;
+        }
+    }
+    Ok(best)
 }
 
 /// The lower median of `times` (not empty).

@@ -143,20 +143,12 @@ pub fn time_plans(
             plan.run(x, r, &mut y).map_err(|e| e.to_string())?;
             Ok(t.elapsed().as_secs_f64() * 1e3)
         };
-        // Side by side, each timed run comes after untimed runs of the same plan until one
-        // is no more than 5% faster than the one before (at most 3), as the tuner times
-        // (convkit::tune): right after the other plans, one with tens of MB of weights
-        // (Winograd's on vgg16.conv4_3, conv5_3) ran up to 2-4x its time when run alone,
-        // and `--algo all` named other algorithms fastest than a layer run alone would.
+        // Side by side, each timed run comes after the plan has settled (convkit::tune::
+        // settled, at most 3 runs): right after the other plans, one with tens of MB of
+        // weights (Winograd's on vgg16.conv4_3, conv5_3) ran up to 2-4x its time alone, and
+        // `--algo all` named other algorithms fastest than a layer run alone would.
         if alternating {
-            let mut before = f64::INFINITY;
-            for _ in 0..3 {
-                let ms = once()?;
-                if ms > 0.95 * before {
-                    break;
-                }
-                before = ms;
-            }
+            convkit::tune::settled(3, &mut once)?;
         }
         once()
     };

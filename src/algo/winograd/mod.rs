@@ -207,7 +207,8 @@ impl WinogradPlan {
         // 8.8, T = 64: 2.42 / 8.8). So from 1 MiB of L2, V + M within a quarter of it.
         let unit = lcm(LANES, uk.nr);
         let l2 = crate::sysinfo::caches().l2;
-        let share = if l2 >= 1 << 20 { l2 / 4 } else { l2 };
+        let large_l2 = l2 >= 1 << 20;
+        let share = if large_l2 { l2 / 4 } else { l2 };
         let u_bytes = xi * cg * og * 4;
         let tile_bytes = (4 * xi * (cg + og)).max(1);
         let l2_tiles = share / tile_bytes;
@@ -218,7 +219,7 @@ impl WinogradPlan {
         // Up to all of L2 was too far: resnet50.res3.3x3's 49 tiles, 1.8 MB, in one block of
         // 64 ran 0.80-0.85x two of 32, on one thread and on two.) On a small L2 the rule
         // above already gives one block to what fits.
-        let whole = l2 >= 1 << 20 && all_tiles.saturating_mul(tile_bytes) <= l2 / 2;
+        let whole = large_l2 && all_tiles.saturating_mul(tile_bytes) <= l2 / 2;
         let budget = std::env::var("CONVKIT_WINO_TILES")
             .ok()
             .and_then(|s| s.parse::<usize>().ok())

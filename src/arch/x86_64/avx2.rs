@@ -461,15 +461,8 @@ unsafe fn interleave4x8(cols: *const f32, dst: *mut f32) {
     // SAFETY: the caller guarantees 32 readable floats at `cols`, 32 writable at `dst`.
     unsafe {
         let v: [__m256; 4] = std::array::from_fn(|b| _mm256_loadu_ps(cols.add(8 * b)));
-        let t0 = _mm256_unpacklo_ps(v[0], v[1]);
-        let t1 = _mm256_unpackhi_ps(v[0], v[1]);
-        let t2 = _mm256_unpacklo_ps(v[2], v[3]);
-        let t3 = _mm256_unpackhi_ps(v[2], v[3]);
         // u_i: tiles i (low half) and i + 4 (high half), their 4 columns each.
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let [u0, u1, u2, u3] = transpose4_halves(v);
         _mm256_storeu_ps(dst, _mm256_permute2f128_ps::<0x20>(u0, u1));
         _mm256_storeu_ps(dst.add(8), _mm256_permute2f128_ps::<0x20>(u2, u3));
         _mm256_storeu_ps(dst.add(16), _mm256_permute2f128_ps::<0x31>(u0, u1));
@@ -516,28 +509,32 @@ unsafe fn transpose8x8(rows: [*const f32; 8], out: [*mut f32; 8]) {
     }
 }
 
+/// The 4x4 transposes within each 128-bit half of four row vectors: output `i` holds column
+/// `i` of the low halves and column `i + 4` of the high halves (pairs of rows interleaved,
+/// then pairs of pairs).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose4_halves(r: [__m256; 4]) -> [__m256; 4] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    [
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xEE>(t0, t2),
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xEE>(t1, t3),
+    ]
+}
+
 /// The 8x8 transpose of eight row vectors.
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(crate) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped:
     // t = (r0 r1 lo/hi), u = 4x4 transposes within each half, o = halves joined.
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    let [u0, u1, u2, u3] = transpose4_halves([r[0], r[1], r[2], r[3]]);
+    let [u4, u5, u6, u7] = transpose4_halves([r[4], r[5], r[6], r[7]]);
     [
         _mm256_permute2f128_ps::<0x20>(u0, u4),
         _mm256_permute2f128_ps::<0x20>(u1, u5),
