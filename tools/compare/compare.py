@@ -123,7 +123,11 @@ def build_model(l):
     nodes.append(helper.make_node("Identity", [cur], ["Y"]))
     graph = helper.make_graph(nodes, l["name"], [helper.make_tensor_value_info("X", TensorProto.FLOAT, l["input"])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    # IR version 9 (ONNX 1.13+, enough for opset 17): newer onnx packages write a newer IR
+    # than the onnxruntime beside them may read (onnx 1.23 wrote IR 14, which onnxruntime 1.30
+    # refused: "max supported IR version: 13").
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    return model.SerializeToString()
 
 
 def time_ort(l, threads, min_s=0.3):
