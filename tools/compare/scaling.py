@@ -3,19 +3,23 @@
 
 Made for a machine with more cores than the development host (the 16-core device machine),
 where PyTorch and onnxruntime are installed and Rust is not: the `convkit` binary is built
-elsewhere in release and passed with `--binary`. For each thread count, in this order:
-  1. `convkit bench --threads N --format json --wisdom FILE` over the whole suite (tuned by the
-     measured mode for that thread count, the README's main job);
-  2. PyTorch: `torch.nn.functional` conv, then the layer's activation and pool, eager mode
-     under `torch.inference_mode()`, NCHW, `torch.set_num_threads(N)`;
-  3. onnxruntime on the one-layer ONNX model of compare.py (graph optimizations on).
-Each peer reports the median of repeated runs after warm-up (at least 5 runs and `--min-s`
+elsewhere in release and passed with `--binary`. First some GiB of memory are touched (a fresh
+VM backs its pages on first touch). Then for each thread count:
+  1. `convkit tune --threads N --wisdom FILE` tunes the whole suite (measured mode; its time
+     is reported);
+  2. for each layer, `--rounds` alternations of: `convkit bench --layers NAME` (from that
+     wisdom); PyTorch: `torch.nn.functional` conv, then the layer's activation and pool, eager
+     mode under `torch.inference_mode()`, the faster of NCHW and channels_last,
+     `torch.set_num_threads(N)`; onnxruntime on the one-layer ONNX model of compare.py (graph
+     optimizations on). Each engine keeps its fastest median (the machine's interference comes
+     in bursts).
+Each peer's median is over repeated runs after warm-up (at least 5 runs and `--min-s`
 seconds); GFLOP/s use the suite's FLOP count. Results are written after every thread count,
 so a run stopped at its time limit still leaves the thread counts it finished.
 
 Usage:
     python3 tools/compare/scaling.py --binary target/release/convkit [--threads 1,4,8,16]
-        [--layers a,b] [--min-s 0.2] [--no-ort] --out DIR
+        [--layers a,b] [--rounds 2] [--min-s 0.2] [--no-ort] [--touch-gib 8] --out DIR
 Writes DIR/scaling.json (one row per layer and thread count) and DIR/scaling.md (per-layer
 table, geomean rows, speed-up over one thread per engine).
 """
@@ -168,9 +172,9 @@ def write_results(out, info, rows):
 
         lines.append(f"| {t} | {peak:.0f} | {fmt(geo[(t, 'convkit')])} | {fmt(geo[(t, 'pytorch')])} | {fmt(geo[(t, 'onnxruntime')])} | "
                      f"{ratio(geo[(t, 'convkit')], geo[(t, 'pytorch')])} | {speedup('convkit')} | {speedup('pytorch')} | {speedup('onnxruntime')} |")
-    if "recheck_first_over_again" in info:
-        lines += ["", f"The first thread count run again at the end (choices from its wisdom): first run's time / "
-                      f"second's, geomean {info['recheck_first_over_again']:.3f}."]
+    lines += ["", "FMA peak as convkit read it at each call (its spread shows the interference): " + ", ".join(
+        f"{t} threads {info[f'peak_range_{t}t'][0]:.0f}-{info[f'peak_range_{t}t'][1]:.0f}" for t in threads
+        if f"peak_range_{t}t" in info) + "."]
     with open(os.path.join(out, "scaling.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return lines
@@ -185,8 +189,7 @@ def main():
     ap.add_argument("--min-s", type=float, default=0.2, help="seconds of timed runs per peer and layer")
     ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime")
     ap.add_argument("--touch-gib", type=int, default=8, help="GiB of memory to touch before timing")
-    ap.add_argument("--recheck", action="store_true",
-                    help="after the last thread count, run convkit once more on the first (from its wisdom)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of the engines per layer; each keeps its fastest")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import torch
@@ -208,51 +211,48 @@ def main():
         np.ones(args.touch_gib << 28, dtype=np.float32).sum()
         print(f"touched {args.touch_gib} GiB in {time.perf_counter() - started:.1f} s", flush=True)
     print(f"{info.get('cpu')}: {info.get('nproc')} logical CPUs, avx512f {info.get('avx512f')}, torch {info.get('torch')}", flush=True)
-    rows = []
+    rows, lines = [], []
     for threads in [int(t) for t in args.threads.split(",")]:
         started = time.perf_counter()
         wisdom = os.path.join(args.out, f"wisdom-{threads}t.json")
-        if os.path.exists(wisdom):  # tune afresh: the time includes the tuning, as for a new user
+        if os.path.exists(wisdom):  # tune afresh, as for a new user
             os.remove(wisdom)
-        cmd = [args.binary, "bench", "--suite", args.suite, "--threads", str(threads), "--format", "json", "--wisdom", wisdom]
-        if args.layers:
-            cmd += ["--layers", args.layers]
-        bench = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        convkit_s = time.perf_counter() - started
-        by_name = {r["layer"]: r for r in bench["results"]}
+        cmd = [args.binary, "tune", "--suite", args.suite, "--threads", str(threads), "--wisdom", wisdom]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        tune_s = time.perf_counter() - started
         torch.set_num_threads(threads)
+        peaks = []
         for l in layers:
             gf = compare.flops(l) / 1e9
-            ck = by_name[l["name"]]
-            torch_ms, torch_layout = time_torch(l, args.min_s)
-            ort_ms = None if args.no_ort else time_ort(l, threads, args.min_s)
-            rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": ck["algo"],
-                         "convkit_ms": ck["median_ms"], "convkit_gflops": gf / ck["median_ms"] * 1e3,
-                         "peak_gflops": bench["machine"]["peak_gflops"], "isa": bench["machine"]["isa"],
+
+            def fastest(a, b):
+                return b if a is None else a if b is None else min(a, b)
+
+            # Rounds of the three engines in turn, each keeping its fastest median: this
+            # machine's interference comes in bursts (a second one-thread pass of the suite
+            # once read 1.9x the first's times, PyTorch's alike).
+            ck_ms = torch_ms = ort_ms = None
+            torch_layout = "-"
+            for _ in range(args.rounds):
+                ms, algo, peak = compare.time_convkit(args.binary, l["name"], threads, wisdom)
+                ck_ms, peaks = fastest(ck_ms, ms), peaks + [peak]
+                t_ms, t_layout = time_torch(l, args.min_s)
+                if t_ms is not None and (torch_ms is None or t_ms < torch_ms):
+                    torch_ms, torch_layout = t_ms, t_layout
+                ort_ms = fastest(ort_ms, None if args.no_ort else time_ort(l, threads, args.min_s))
+            rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
+                         "convkit_ms": ck_ms, "convkit_gflops": gf / ck_ms * 1e3,
+                         "peak_gflops": max(peaks), "isa": "-",
                          "torch_ms": torch_ms, "torch_gflops": gf / torch_ms * 1e3 if torch_ms else None,
                          "torch_layout": torch_layout,
                          "ort_ms": ort_ms, "ort_gflops": gf / ort_ms * 1e3 if ort_ms else None})
             r = rows[-1]
             print(f"{threads:2}t {l['name']:24} convkit {r['convkit_gflops']:7.1f} ({r['convkit_algo']})  "
                   f"pytorch {r['torch_gflops'] or 0:7.1f} ({torch_layout})  ort {r['ort_gflops'] or 0:7.1f}", flush=True)
-        print(f"{threads} threads: convkit bench (with tuning) {convkit_s:.1f} s, all {time.perf_counter() - started:.1f} s", flush=True)
-        lines = write_results(args.out, info, rows)
-    if args.recheck and rows:
-        # The first thread count again, its choices from wisdom: how far the first run was
-        # from a steady one (the machine's start, its frequency, other tenants).
-        threads = rows[0]["threads"]
-        wisdom = os.path.join(args.out, f"wisdom-{threads}t.json")
-        cmd = [args.binary, "bench", "--suite", args.suite, "--threads", str(threads), "--format", "json", "--wisdom", wisdom]
-        if args.layers:
-            cmd += ["--layers", args.layers]
-        again = {r["layer"]: r for r in json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["results"]}
-        for r in rows:
-            if r["threads"] == threads and r["layer"] in again:
-                r["convkit_ms_again"] = again[r["layer"]]["median_ms"]
-                r["convkit_algo_again"] = again[r["layer"]]["algo"]
-        ratios = [r["convkit_ms"] / r["convkit_ms_again"] for r in rows if "convkit_ms_again" in r]
-        info["recheck_first_over_again"] = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-        print(f"{threads} threads again: first run's time / this run's, geomean {info['recheck_first_over_again']:.3f}")
+        info[f"peak_range_{threads}t"] = [min(peaks), max(peaks)]
+        info[f"tune_s_{threads}t"] = tune_s
+        print(f"{threads} threads: tuning {tune_s:.1f} s, all {time.perf_counter() - started:.1f} s, "
+              f"FMA peak read {min(peaks):.0f}-{max(peaks):.0f} GFLOP/s", flush=True)
         lines = write_results(args.out, info, rows)
     print("\n".join(lines))
 
