@@ -782,6 +782,36 @@ proptest! {
     }
 }
 
+/// From 4 threads, Winograd's blocks of split loops hold threads / 2 times the tiles: the
+/// results must be those of one thread's smaller blocks, bit for bit, and the reference's.
+/// 64 channels in and out over 34 x 30: on a 2 MiB L2 each variant's tiles make two or more
+/// blocks on one thread and fewer on six (also a residual, whose rows are read in place).
+#[test]
+fn winograd_blocks_grown_for_many_threads_change_nothing() {
+    let spec = ConvSpec::new(&[1, 64, 34, 30], 64, &[3, 3])
+        .with_padding(Padding::Symmetric(vec![1, 1]))
+        .with_residual(true)
+        .with_activation(Activation::Relu);
+    let case = make_case(spec, 77);
+    for isa in convkit::arch::available_isas() {
+        for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+            let al = Algo::parse(name).unwrap();
+            let outs: Vec<Vec<f32>> = [1, 6]
+                .iter()
+                .map(|&t| check(&case, al, isa, Some(t), Layout::Nchw).unwrap())
+                .collect();
+            assert!(
+                outs[1]
+                    .iter()
+                    .zip(&outs[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name} on {}: six threads differ from one",
+                isa.name()
+            );
+        }
+    }
+}
+
 /// Every activation through every Winograd variant, 2-D and 1-D, undilated and dilated
 /// (2 x 3 in 2-D, 2 in 1-D: phase planes of unequal sizes), with bias and residual, on a
 /// size that leaves partial tiles on both edges, and a pool band of each height.

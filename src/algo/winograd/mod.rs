@@ -256,7 +256,9 @@ impl WinogradPlan {
         self.packed.iter().map(PackedA::bytes).sum()
     }
 
-    /// Scratch floats of one block (V and M), per group in flight.
+    /// Scratch floats of one block (V and M), per group in flight. (From 4 threads a block
+    /// of split loops holds `threads / 2` times as many tiles, all on the calling thread:
+    /// still within this times the thread count that the plan reports.)
     pub fn block_floats(&self, g: &Geometry) -> usize {
         self.xi * self.tiles_per_block * (g.cin_per_group + g.cout_per_group)
     }
@@ -406,12 +408,26 @@ impl WinogradPlan {
             job.phases * job.phase_tiles
         };
         let og = g.cout_per_group;
-        let blocks: Vec<(usize, usize)> = (0..tiles)
-            .step_by(self.tiles_per_block)
-            .map(|t0| (t0, self.tiles_per_block.min(tiles - t0)))
-            .collect();
         let threads = crate::par::threads();
-        if clock.is_none() && threads > 1 && g.groups >= 2 * threads {
+        let by_groups = clock.is_none() && threads > 1 && g.groups >= 2 * threads;
+        // Split loops: each of a block's three loops is shared by the threads, so a thread
+        // does 1/T of a block between two joins, and the block's V and M lie spread over T
+        // L2s. From 4 threads the block grows with T/2: measured on a 16-core Xeon (F(6,3),
+        // one reading each, ms at 32 / 128 / 512 tiles a block): 8 threads vgg16.conv1_2
+        // 11.4 / 6.3 / 6.8, vgg16.conv2_2 6.5 / 3.4 / 3.6, resnet50.res2.3x3 0.58 / 0.54 /
+        // 0.43; 16 threads conv1_2 17.6 / 20.5 / 7.3, conv2_2 5.1 / 4.8 / 3.8. On two
+        // threads 64 tiles instead of 32 ran 1.10-1.20x slower (res2.3x3, res3.3x3.b8), so
+        // two keep the one-thread block.
+        let per_block = if by_groups || threads < 4 {
+            self.tiles_per_block
+        } else {
+            self.tiles_per_block * (threads / 2)
+        };
+        let blocks: Vec<(usize, usize)> = (0..tiles)
+            .step_by(per_block)
+            .map(|t0| (t0, per_block.min(tiles - t0)))
+            .collect();
+        if by_groups {
             crate::par::for_each_chunk_mut(
                 &mut out[..g.groups * og * band],
                 og * band,
