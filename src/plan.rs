@@ -460,15 +460,22 @@ impl Plan {
                 }
             }
             Algo::Grouped => {
+                use crate::algo::depthwise::DwLayout;
                 let weight: Vec<f32> = weight
                     .iter()
                     .map(|&v| crate::gemm::flush_denormal(v))
                     .collect();
+                let layout = opts.depthwise_layout.pick_grouped(&geom, isa);
                 Prepared::Depthwise {
                     uk: isa.kernels()?.dwconv,
-                    blocked: crate::algo::depthwise::grouped_block_weights(&geom, &weight),
+                    blocked: match layout {
+                        DwLayout::ChannelBlocks => {
+                            crate::algo::depthwise::grouped_block_weights(&geom, &weight)
+                        }
+                        _ => Vec::new(),
+                    },
                     weight,
-                    layout: crate::algo::depthwise::DwLayout::ChannelBlocks,
+                    layout,
                 }
             }
             Algo::Reference => Prepared::Reference {
@@ -938,6 +945,8 @@ impl Plan {
             g.input_area(),
         );
         let chan_len = layout.chan + crate::arch::dwconv::CHUNK + layout.pw;
+        // Input channels a group (1 for depthwise; grouped planes sum the group's).
+        let cpg = g.cin_per_group;
         let gather = Gather::of(self.isa.kernels()?);
         // Channels per task: enough that a task has ~4K input floats of work. One task per
         // channel spent more on the task and its scratch than on a 7x7 plane
@@ -954,26 +963,32 @@ impl Plan {
         // then computes their output planes from it, up to `PLANES` at a time. (Padding the
         // whole image first wrote and re-read megabytes: mobilenetv2.dw56s2 was bound by it.)
         crate::par::for_each_chunk_mut(out, planes_per_task * band, |task, planes_of_task| {
-            let mut xp = crate::tensor::take_scratch(chan_len);
-            xp[layout.chan..].fill(0.0);
+            let mut xp = crate::tensor::take_scratch(cpg * chan_len);
+            for slot in xp[..cpg * chan_len].chunks_exact_mut(chan_len) {
+                slot[layout.chan..].fill(0.0);
+            }
             let first = task * planes_per_task;
             let count = planes_of_task.len() / band.max(1);
             let mut filled = None;
             let mut done = 0;
             while done < count {
                 let co = first + done;
-                let ci = co / mult;
-                if filled != Some(ci) {
-                    layout.fill_channel(
-                        g,
-                        &x[ci * in_area..(ci + 1) * in_area],
-                        &mut xp[..layout.chan],
-                        gather,
-                    );
-                    filled = Some(ci);
+                // The group (depthwise: the input channel) of output plane co.
+                let grp = co / mult;
+                if filled != Some(grp) {
+                    for (i, slot) in xp[..cpg * chan_len].chunks_exact_mut(chan_len).enumerate() {
+                        let ci = grp * cpg + i;
+                        layout.fill_channel(
+                            g,
+                            &x[ci * in_area..(ci + 1) * in_area],
+                            &mut slot[..layout.chan],
+                            gather,
+                        );
+                    }
+                    filled = Some(grp);
                 }
-                // Planes of this input channel in this task, at most `PLANES` together.
-                let n = PLANES.min(count - done).min((ci + 1) * mult - co);
+                // Planes of this group in this task, at most `PLANES` together.
+                let n = PLANES.min(count - done).min((grp + 1) * mult - co);
                 let planes = &mut planes_of_task[done * band..(done + n) * band];
                 let mut lanes = [0f32; PLANES];
                 if let Some(b) = bias {
@@ -981,8 +996,10 @@ impl Plan {
                 }
                 let mut p = crate::arch::dwconv::DwPlane {
                     input: &xp[r0 * layout.pw..],
+                    inputs: cpg,
+                    in_stride: chan_len,
                     offsets: &offsets,
-                    weight: &weight[co * ka..(co + n) * ka],
+                    weight: &weight[co * cpg * ka..(co + n) * cpg * ka],
                     pw: layout.pw,
                     ow,
                     out: &mut *planes,

@@ -78,15 +78,15 @@ fn check_banded(
     band_rows: Option<usize>,
 ) -> Result<Vec<f32>, String> {
     let (g, want, s) = reference_of(case);
-    // Depthwise runs in both of its channel layouts.
-    let dw_layouts: &[DwLayout] = if algo == Algo::Depthwise {
-        &[
+    // Depthwise runs in each of its channel layouts, grouped in planes and in blocks.
+    let dw_layouts: &[DwLayout] = match algo {
+        Algo::Depthwise => &[
             DwLayout::Planes,
             DwLayout::ChannelBlocks,
             DwLayout::MultiplierBlocks,
-        ]
-    } else {
-        &[DwLayout::Auto]
+        ],
+        Algo::Grouped => &[DwLayout::Planes, DwLayout::ChannelBlocks],
+        _ => &[DwLayout::Auto],
     };
     let mut last = Vec::new();
     for &depthwise_layout in dw_layouts {
@@ -777,6 +777,65 @@ proptest! {
                         prop_assert!(false, "{}", e);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Grouped layers in planes, on the shapes AVX-512's hand kernel takes (four output planes a
+/// call, rows of 17 to 32 outputs and of more than 32, a clamp, with and without a residual,
+/// batch 2) and on ones the generic body takes (gelu, groups of 2 and 8): against the
+/// reference on every tier, in both layouts, and bitwise the same on 1 and 3 threads.
+#[test]
+fn grouped_planes_match_the_reference() {
+    let specs = [
+        ConvSpec::new(&[1, 16, 9, 40], 16, &[3, 3])
+            .with_groups(4)
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_residual(true)
+            .with_activation(Activation::Relu),
+        ConvSpec::new(&[2, 32, 7, 20], 32, &[3, 3])
+            .with_groups(8)
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_activation(Activation::Relu6),
+        ConvSpec::new(&[1, 16, 6, 37], 16, &[3, 3])
+            .with_groups(2)
+            .with_dilation(&[1, 2])
+            .with_padding(Padding::Same)
+            .with_activation(Activation::Gelu),
+        ConvSpec::new(&[1, 16, 5, 33], 16, &[3, 3])
+            .with_groups(8)
+            .with_stride(&[1, 1])
+            .with_padding(Padding::Symmetric(vec![0, 2])),
+    ];
+    for (i, spec) in specs.into_iter().enumerate() {
+        let case = make_case(spec, 300 + i as u64);
+        let (g, want, s) = reference_of(&case);
+        for isa in convkit::arch::available_isas() {
+            for depthwise_layout in [DwLayout::Planes, DwLayout::ChannelBlocks] {
+                let outs: Vec<Vec<f32>> = [1, 3]
+                    .iter()
+                    .map(|&t| {
+                        let opts = PlanOptions {
+                            algo: Some("grouped".into()),
+                            isa: Some(isa.name().into()),
+                            threads: Some(t),
+                            depthwise_layout,
+                            ..Default::default()
+                        };
+                        run_checked(&case, &g, Algo::Grouped, &opts, &want, s).unwrap_or_else(|e| {
+                            panic!("grouped case {i}, {depthwise_layout:?}: {e}")
+                        })
+                    })
+                    .collect();
+                assert!(
+                    outs[1]
+                        .iter()
+                        .zip(&outs[0])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "grouped case {i} on {}, {depthwise_layout:?}: three threads differ from one",
+                    isa.name()
+                );
             }
         }
     }

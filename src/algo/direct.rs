@@ -178,8 +178,8 @@ impl PhaseLayout {
                         row.fill(0.0);
                         continue;
                     }
-                    row[..c0].fill(0.0);
-                    row[c1..].fill(0.0);
+                    crate::gemm::pack::zero_floats(&mut row[..c0]);
+                    crate::gemm::pack::zero_floats(&mut row[c1..]);
                     if c1 > c0 {
                         let at = (y - pt) * iw + first;
                         if sw == 1 {

@@ -26,14 +26,21 @@ pub const CHUNK: usize = 32;
 /// (one plane's four chains at a time were latency-bound: 4 cycles a tap for 32 outputs).
 pub const PLANES: usize = 4;
 
-/// Up to [`PLANES`] depthwise output planes of one input channel.
+/// Up to [`PLANES`] output planes of one input channel (depthwise), or of `inputs` input
+/// channels that each plane sums (a grouped layer's group, vectorized along the row as
+/// depthwise is).
 pub struct DwPlane<'a> {
     /// The padded, phase-split input channel, from its first float to the end of the image
-    /// buffer (at least `max(off) + (OH - 1) * PW + OW + CHUNK` floats, checked).
+    /// buffer (at least `max(off) + (OH - 1) * PW + OW + CHUNK` floats, checked); with
+    /// `inputs > 1`, input channel `i` from `i * in_stride`.
     pub input: &'a [f32],
+    /// Input channels each plane sums (1 for depthwise).
+    pub inputs: usize,
+    /// Floats from one input channel to the next in `input`.
+    pub in_stride: usize,
     /// Per-tap offsets into `input`.
     pub offsets: &'a [usize],
-    /// The planes' kernels, one after the other, one weight per tap.
+    /// The planes' kernels, one after the other: `inputs` x taps weights each (OIHW order).
     pub weight: &'a [f32],
     /// Phase-plane row length.
     pub pw: usize,
@@ -96,10 +103,17 @@ fn dw_rows<const C: usize, const M: usize>(
     let plane = p.out.len() / M;
     let oh = plane / ow;
     let max_off = p.offsets.iter().copied().max().unwrap_or(0);
-    assert!(p.weight.len() == M * taps, "one weight per tap and plane");
-    assert!(plane * M == p.out.len() && oh * ow == plane, "whole planes");
+    assert!(p.inputs >= 1, "at least one input channel");
     assert!(
-        max_off + (oh.max(1) - 1) * pw + ow.div_ceil(C) * C <= p.input.len(),
+        p.weight.len() == M * p.inputs * taps,
+        "one weight per tap, input and plane"
+    );
+    assert!(plane * M == p.out.len() && oh * ow == plane, "whole planes");
+    let reads_to = (p.inputs - 1)
+        .checked_mul(p.in_stride)
+        .and_then(|v| v.checked_add(max_off + (oh.max(1) - 1) * pw + ow.div_ceil(C) * C));
+    assert!(
+        reads_to.is_some_and(|end| end <= p.input.len()),
         "depthwise input shorter than its reads"
     );
     // Segments: whole rows while a row is shorter than `SEGMENT`, else `SEGMENT` columns of
@@ -151,8 +165,10 @@ fn chunks_of_row<const C: usize, const M: usize>(
     fma: impl Fn(f32, f32, f32) -> f32 + Copy,
 ) {
     let (ow, pw, taps) = (p.ow, p.pw, p.offsets.len());
-    // Plane k's taps (planes past M repeat the last; their sums are never stored).
-    let w = |k: usize| &p.weight[k.min(M - 1) * taps..][..taps];
+    let inputs = p.inputs;
+    // Plane k's taps, input by input (planes past M repeat the last; their sums are never
+    // stored).
+    let w = |k: usize| &p.weight[k.min(M - 1) * inputs * taps..][..inputs * taps];
     let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
     let mut ox = x0;
     while ox < x1 {
@@ -162,27 +178,31 @@ fn chunks_of_row<const C: usize, const M: usize>(
         // through the stack, 10x slower).
         let (mut a0, mut a1, mut a2, mut a3) = ([0f32; C], [0f32; C], [0f32; C], [0f32; C]);
         let base = oy * pw + ox;
-        for (t, &off) in p.offsets.iter().enumerate() {
-            let src: &[f32; C] = p.input[base + off..base + off + C]
-                .try_into()
-                .expect("CHUNK floats");
-            let (k0, k1, k2, k3) = (w0[t], w1[t], w2[t], w3[t]);
-            for j in 0..C {
-                a0[j] = fma(k0, src[j], a0[j]);
-            }
-            if M > 1 {
+        for i in 0..inputs {
+            let from = base + i * p.in_stride;
+            for (t, &off) in p.offsets.iter().enumerate() {
+                let src: &[f32; C] = p.input[from + off..from + off + C]
+                    .try_into()
+                    .expect("CHUNK floats");
+                let t = i * taps + t;
+                let (k0, k1, k2, k3) = (w0[t], w1[t], w2[t], w3[t]);
                 for j in 0..C {
-                    a1[j] = fma(k1, src[j], a1[j]);
+                    a0[j] = fma(k0, src[j], a0[j]);
                 }
-            }
-            if M > 2 {
-                for j in 0..C {
-                    a2[j] = fma(k2, src[j], a2[j]);
+                if M > 1 {
+                    for j in 0..C {
+                        a1[j] = fma(k1, src[j], a1[j]);
+                    }
                 }
-            }
-            if M > 3 {
-                for j in 0..C {
-                    a3[j] = fma(k3, src[j], a3[j]);
+                if M > 2 {
+                    for j in 0..C {
+                        a2[j] = fma(k2, src[j], a2[j]);
+                    }
+                }
+                if M > 3 {
+                    for j in 0..C {
+                        a3[j] = fma(k3, src[j], a3[j]);
+                    }
                 }
             }
         }

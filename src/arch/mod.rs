@@ -44,9 +44,20 @@ macro_rules! dw_plane_kernel {
             |_p: &mut crate::arch::dwconv::DwBlock| false
         );
     };
-    // `$fast` takes the blocks it has a hand-written kernel for (returns true), the generic
-    // body the rest.
     ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty, $fast:expr) => {
+        crate::arch::dw_plane_kernel!(
+            $isa,
+            $name,
+            $block_name,
+            $features,
+            $interleave,
+            $fast,
+            |_p: &mut crate::arch::dwconv::DwPlane| false
+        );
+    };
+    // `$fast` takes the blocks it has a hand-written kernel for (returns true), the generic
+    // body the rest; `$plane_fast` likewise for planes.
+    ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty, $fast:expr, $plane_fast:expr) => {
         /// Depthwise kernels: the generic bodies vectorized under this tier's features.
         pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel =
             crate::arch::dwconv::DwUkernel {
@@ -79,7 +90,9 @@ macro_rules! dw_plane_kernel {
 
         #[target_feature(enable = $features)]
         fn dw_plane_tf(p: &mut crate::arch::dwconv::DwPlane) {
-            crate::arch::dwconv::dw_plane_generic(p, f32::mul_add)
+            if !($plane_fast)(p) {
+                crate::arch::dwconv::dw_plane_generic(p, f32::mul_add)
+            }
         }
     };
 }

@@ -188,6 +188,15 @@ pub fn copy_floats(dst: &mut [f32], src: &[f32]) {
             block::<16>(dst, src, 0);
             block::<16>(dst, src, n - 16);
         }
+        // Image rows of 33 to 64 floats (resnet50's and resnext's 56, googlenet's 28 + pad):
+        // four blocks, no loop. The loop below became a memmove call, 13% of
+        // resnext50.grouped3x3 in grouped planes (a call for every row of 56 floats).
+        33..=64 => {
+            block::<16>(dst, src, 0);
+            block::<16>(dst, src, 16);
+            block::<16>(dst, src, n - 32);
+            block::<16>(dst, src, n - 16);
+        }
         _ => {
             let mut d = dst.chunks_exact_mut(8);
             let mut s = src.chunks_exact(8);
@@ -203,9 +212,37 @@ pub fn copy_floats(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// `dst.fill(0.0)` without a memset call for short runs (an image row's padding: a few
+/// floats at each end, the call cost more than the stores).
+#[inline]
+pub fn zero_floats(dst: &mut [f32]) {
+    let n = dst.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            dst[0] = 0.0;
+            dst[n / 2] = 0.0;
+            dst[n - 1] = 0.0;
+        }
+        4..=7 => {
+            dst[..4].fill(0.0);
+            dst[n - 4..].fill(0.0);
+        }
+        8..=16 => {
+            dst[..8].fill(0.0);
+            dst[n - 8..].fill(0.0);
+        }
+        17..=32 => {
+            dst[..16].fill(0.0);
+            dst[n - 16..].fill(0.0);
+        }
+        _ => dst.fill(0.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{copy_floats, PackB, PrepackedB, StridedB};
+    use super::{copy_floats, zero_floats, PackB, PrepackedB, StridedB};
 
     /// B held in the packed layout of uneven K blocks: the panels it hands out are the ones
     /// packing the plain matrix gives (on the real columns), and its own packing for a
@@ -273,6 +310,20 @@ mod tests {
             let mut buf = vec![-1.0f32; n + 2];
             copy_floats(&mut buf[1..n + 1], &src);
             assert_eq!(&buf[1..n + 1], &src[..], "length {n}");
+            assert_eq!(
+                (buf[0], buf[n + 1]),
+                (-1.0, -1.0),
+                "length {n}: guard overwritten"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_floats_zeroes_every_length_exactly() {
+        for n in 0..80 {
+            let mut buf = vec![-1.0f32; n + 2];
+            zero_floats(&mut buf[1..n + 1]);
+            assert!(buf[1..n + 1].iter().all(|&v| v == 0.0), "length {n}");
             assert_eq!(
                 (buf[0], buf[n + 1]),
                 (-1.0, -1.0),

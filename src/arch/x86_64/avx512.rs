@@ -384,8 +384,109 @@ crate::arch::dw_plane_kernel!(
     crate::arch::x86_64::avx2::AvxInterleave,
     // The AVX2 block kernels (blocks are 8 lanes, one ymm, on this tier too); safe to call
     // here: dw_block_tf runs under a superset of their features.
-    |p| crate::arch::x86_64::avx2::dw_block_fast(p)
+    |p| crate::arch::x86_64::avx2::dw_block_fast(p),
+    // Safe to call here: dw_plane_tf runs under this tier's features.
+    |p| grouped_planes(p)
 );
+
+/// Grouped planes ([`crate::arch::dwconv::DwPlane`] with `inputs > 1`), four planes at a
+/// time, `16 V` outputs of each a step (V = 4 on rows of more than 32, else 2): 4 V zmm
+/// accumulators, as many FMA chains. Each input channel's tap loads V vectors of its row and
+/// feeds them to the four planes, each plane's weight one broadcast: V + 4 loads for 4 V
+/// FMAs. (The generic body compiled four planes of 16 outputs into four chains, 0.54 ms on
+/// resnext50.grouped3x3, and of 32 into scalar code, 3.7 ms.) `false` (nothing done) for
+/// other shapes and for activations that are not a clamp, which the generic body takes.
+fn grouped_planes(p: &mut crate::arch::dwconv::DwPlane) -> bool {
+    if p.inputs < 2 || p.planes != 4 || p.ow <= 16 || p.activation.is_some() {
+        return false;
+    }
+    // SAFETY: the callers (this tier's plane kernel) run under AVX-512F.
+    unsafe {
+        if p.ow > 32 {
+            grouped_planes_v::<4>(p)
+        } else {
+            grouped_planes_v::<2>(p)
+        }
+    }
+    true
+}
+
+/// [`grouped_planes`] with `V` vectors a plane.
+///
+/// # Safety
+/// AVX-512F is available.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn grouped_planes_v<const V: usize>(p: &mut crate::arch::dwconv::DwPlane) {
+    let c = 16 * V;
+    let (ow, pw, taps, inputs) = (p.ow, p.pw, p.offsets.len(), p.inputs);
+    let plane = p.out.len() / 4;
+    let oh = plane / ow;
+    let max_off = p.offsets.iter().copied().max().unwrap_or(0);
+    // Every read and write below lies inside these bounds (checked arithmetic).
+    let reads_to = (inputs - 1)
+        .checked_mul(p.in_stride)
+        .and_then(|v| v.checked_add(max_off))
+        .and_then(|v| v.checked_add((oh.max(1) - 1).checked_mul(pw)?))
+        .and_then(|v| v.checked_add(ow.div_ceil(c) * c));
+    assert!(
+        reads_to.is_some_and(|end| end <= p.input.len())
+            && plane * 4 == p.out.len()
+            && oh * ow == plane
+            && Some(p.weight.len()) == inputs.checked_mul(taps).and_then(|v| v.checked_mul(4)),
+        "grouped planes: buffers shorter than the reads and writes"
+    );
+    let (lo, hi) = (_mm512_set1_ps(p.clamp.0), _mm512_set1_ps(p.clamp.1));
+    let bias: [__m512; 4] = std::array::from_fn(|m| _mm512_set1_ps(p.bias[m]));
+    let (inp, w, out) = (p.input.as_ptr(), p.weight.as_ptr(), p.out.as_mut_ptr());
+    for oy in 0..oh {
+        let mut ox = 0;
+        while ox < ow {
+            let n = c.min(ow - ox);
+            let mut acc = [[_mm512_setzero_ps(); V]; 4];
+            let base = oy * pw + ox;
+            for i in 0..inputs {
+                for (t, &off) in p.offsets.iter().enumerate() {
+                    // SAFETY: input i's row from `base + off` holds c floats (reads_to above);
+                    // plane m's weight for (i, t) lies inside the asserted 4 x inputs x taps.
+                    unsafe {
+                        let src = inp.add(base + i * p.in_stride + off);
+                        let x: [__m512; V] =
+                            std::array::from_fn(|v| _mm512_loadu_ps(src.add(16 * v)));
+                        for (m, row) in acc.iter_mut().enumerate() {
+                            let wv = _mm512_set1_ps(*w.add((m * inputs + i) * taps + t));
+                            for v in 0..V {
+                                row[v] = _mm512_fmadd_ps(wv, x[v], row[v]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (m, row) in acc.iter().enumerate() {
+                for (h, &a) in row.iter().enumerate() {
+                    // The lanes of vector h inside the row.
+                    let lanes = n.saturating_sub(16 * h).min(16);
+                    if lanes == 0 {
+                        break;
+                    }
+                    let mask = ((1u32 << lanes) - 1) as __mmask16;
+                    // SAFETY: plane m's outputs (oy, ox + 16 h ..) for the mask's lanes lie
+                    // inside the plane (ox + 16 h + lanes <= ow), inside `out` (asserted).
+                    unsafe {
+                        let dst = out.add(m * plane + oy * ow + ox + 16 * h);
+                        let mut v = _mm512_add_ps(a, bias[m]);
+                        if p.accumulate {
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst));
+                        }
+                        // max(lo, x) then min(hi, .): a NaN x comes through.
+                        v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+                        _mm512_mask_storeu_ps(dst, mask, v);
+                    }
+                }
+            }
+            ox += n;
+        }
+    }
+}
 crate::arch::pool_kernel!(Avx512, "avx512f,avx2,fma");
 crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
 
