@@ -34,6 +34,11 @@ fn make_case(spec: ConvSpec, seed: u64) -> Case {
     Case { spec, x, w, b, r }
 }
 
+/// The same bits in every element (SPEC: the same output whatever the thread count).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 fn tolerance(algo: Algo) -> f64 {
     if algo.name().starts_with("winograd") {
         1e-3
@@ -516,9 +521,7 @@ fn bitwise_identical_across_thread_counts() {
                     .collect();
                 for o in &outs[1..] {
                     assert!(
-                        o.iter()
-                            .zip(&outs[0])
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        same_bits(o, &outs[0]),
                         "{} on {}: results differ with the thread count",
                         al.name(),
                         isa.name()
@@ -829,10 +832,7 @@ fn grouped_planes_match_the_reference() {
                     })
                     .collect();
                 assert!(
-                    outs[1]
-                        .iter()
-                        .zip(&outs[0])
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    same_bits(&outs[1], &outs[0]),
                     "grouped case {i} on {}, {depthwise_layout:?}: three threads differ from one",
                     isa.name()
                 );
@@ -860,10 +860,7 @@ fn winograd_blocks_grown_for_many_threads_change_nothing() {
                 .map(|&t| check(&case, al, isa, Some(t), Layout::Nchw).unwrap())
                 .collect();
             assert!(
-                outs[1]
-                    .iter()
-                    .zip(&outs[0])
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                same_bits(&outs[1], &outs[0]),
                 "{name} on {}: six threads differ from one",
                 isa.name()
             );

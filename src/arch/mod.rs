@@ -41,17 +41,7 @@ macro_rules! dw_plane_kernel {
             $block_name,
             $features,
             $interleave,
-            |_p: &mut crate::arch::dwconv::DwBlock| false
-        );
-    };
-    ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty, $fast:expr) => {
-        crate::arch::dw_plane_kernel!(
-            $isa,
-            $name,
-            $block_name,
-            $features,
-            $interleave,
-            $fast,
+            |_p: &mut crate::arch::dwconv::DwBlock| false,
             |_p: &mut crate::arch::dwconv::DwPlane| false
         );
     };

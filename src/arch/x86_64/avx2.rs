@@ -348,7 +348,9 @@ crate::arch::dw_plane_kernel!(
     "avx2,fma",
     AvxInterleave,
     // Safe to call here: dw_block_tf runs under this tier's features.
-    |p| dw_block_fast(p)
+    |p| dw_block_fast(p),
+    // Planes: the generic body (hand kernels only on AVX-512).
+    |_p: &mut crate::arch::dwconv::DwPlane| false
 );
 crate::arch::pool_kernel!(Avx2, "avx2,fma");
 crate::arch::act_kernel!(Avx2, "f32_act__avx2", "avx2,fma");
