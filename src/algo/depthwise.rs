@@ -62,9 +62,7 @@ impl DwLayout {
             fixed => fixed,
         }
     }
-}
 
-impl DwLayout {
     /// The layout of a grouped plan (`algo::Algo::Grouped`): planes (each output plane sums
     /// its group's input planes, vectorized along the row) or channel blocks (whole groups
     /// in the lanes, each input spread over its group's lanes by a shuffle).
