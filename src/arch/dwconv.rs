@@ -99,23 +99,8 @@ fn dw_rows<const C: usize, const M: usize>(
     p: &mut DwPlane,
     fma: impl Fn(f32, f32, f32) -> f32 + Copy,
 ) {
-    let (ow, pw, taps) = (p.ow, p.pw, p.offsets.len());
-    let plane = p.out.len() / M;
-    let oh = plane / ow;
-    let max_off = p.offsets.iter().copied().max().unwrap_or(0);
-    assert!(p.inputs >= 1, "at least one input channel");
-    assert!(
-        p.weight.len() == M * p.inputs * taps,
-        "one weight per tap, input and plane"
-    );
-    assert!(plane * M == p.out.len() && oh * ow == plane, "whole planes");
-    let reads_to = (p.inputs - 1)
-        .checked_mul(p.in_stride)
-        .and_then(|v| v.checked_add(max_off + (oh.max(1) - 1) * pw + ow.div_ceil(C) * C));
-    assert!(
-        reads_to.is_some_and(|end| end <= p.input.len()),
-        "depthwise input shorter than its reads"
-    );
+    let ow = p.ow;
+    let (plane, oh) = checked_plane_rows(p, M, C);
     // Segments: whole rows while a row is shorter than `SEGMENT`, else `SEGMENT` columns of
     // one row (a multiple of every chunk width).
     let seg_rows = (SEGMENT / ow).max(1);
@@ -152,6 +137,34 @@ fn dw_rows<const C: usize, const M: usize>(
             }
         }
     }
+}
+
+/// `(plane, oh)`: the floats of each of `m` output planes and their rows, after asserting
+/// that `out` holds `m` whole planes, `weight` one weight per plane, input and tap, and that
+/// every read of `c` outputs a step (the last input channel's last row, rounded up to `c`)
+/// lies inside `input`. Checked arithmetic: the unchecked loads of a tier's plane kernel
+/// rely on it.
+pub(crate) fn checked_plane_rows(p: &DwPlane, m: usize, c: usize) -> (usize, usize) {
+    let (ow, pw, taps) = (p.ow, p.pw, p.offsets.len());
+    let plane = p.out.len() / m;
+    let oh = plane / ow;
+    let max_off = p.offsets.iter().copied().max().unwrap_or(0);
+    assert!(p.inputs >= 1, "at least one input channel");
+    assert!(
+        Some(p.weight.len()) == m.checked_mul(p.inputs).and_then(|v| v.checked_mul(taps)),
+        "one weight per tap, input and plane"
+    );
+    assert!(plane * m == p.out.len() && oh * ow == plane, "whole planes");
+    let reads_to = (p.inputs - 1)
+        .checked_mul(p.in_stride)
+        .and_then(|v| v.checked_add(max_off))
+        .and_then(|v| v.checked_add((oh.max(1) - 1).checked_mul(pw)?))
+        .and_then(|v| v.checked_add(ow.div_ceil(c).checked_mul(c)?));
+    assert!(
+        reads_to.is_some_and(|end| end <= p.input.len()),
+        "depthwise input shorter than its reads"
+    );
+    (plane, oh)
 }
 
 /// Columns `x0..x1` of output row `oy` of the `M` planes, `C` at a time.

@@ -242,7 +242,7 @@ def main():
                 ort_ms = fastest(ort_ms, None if args.no_ort else time_ort(l, threads, args.min_s))
             rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
                          "convkit_ms": ck_ms, "convkit_gflops": gf / ck_ms * 1e3,
-                         "peak_gflops": max(peaks), "isa": "-",
+                         "peak_gflops": max(peaks),
                          "torch_ms": torch_ms, "torch_gflops": gf / torch_ms * 1e3 if torch_ms else None,
                          "torch_layout": torch_layout,
                          "ort_ms": ort_ms, "ort_gflops": gf / ort_ms * 1e3 if ort_ms else None})

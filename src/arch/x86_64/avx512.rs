@@ -397,7 +397,11 @@ crate::arch::dw_plane_kernel!(
 /// resnext50.grouped3x3, and of 32 into scalar code, 3.7 ms.) `false` (nothing done) for
 /// other shapes and for activations that are not a clamp, which the generic body takes.
 fn grouped_planes(p: &mut crate::arch::dwconv::DwPlane) -> bool {
-    if p.inputs < 2 || p.planes != 4 || p.ow <= 16 || p.activation.is_some() {
+    if p.inputs < 2
+        || p.planes != crate::arch::dwconv::PLANES
+        || p.ow <= 16
+        || p.activation.is_some()
+    {
         return false;
     }
     // SAFETY: the callers (this tier's plane kernel) run under AVX-512F.
@@ -417,32 +421,19 @@ fn grouped_planes(p: &mut crate::arch::dwconv::DwPlane) -> bool {
 /// AVX-512F is available.
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn grouped_planes_v<const V: usize>(p: &mut crate::arch::dwconv::DwPlane) {
+    use crate::arch::dwconv::PLANES;
     let c = 16 * V;
     let (ow, pw, taps, inputs) = (p.ow, p.pw, p.offsets.len(), p.inputs);
-    let plane = p.out.len() / 4;
-    let oh = plane / ow;
-    let max_off = p.offsets.iter().copied().max().unwrap_or(0);
-    // Every read and write below lies inside these bounds (checked arithmetic).
-    let reads_to = (inputs - 1)
-        .checked_mul(p.in_stride)
-        .and_then(|v| v.checked_add(max_off))
-        .and_then(|v| v.checked_add((oh.max(1) - 1).checked_mul(pw)?))
-        .and_then(|v| v.checked_add(ow.div_ceil(c) * c));
-    assert!(
-        reads_to.is_some_and(|end| end <= p.input.len())
-            && plane * 4 == p.out.len()
-            && oh * ow == plane
-            && Some(p.weight.len()) == inputs.checked_mul(taps).and_then(|v| v.checked_mul(4)),
-        "grouped planes: buffers shorter than the reads and writes"
-    );
+    // Every read and write below lies inside the bounds this asserts.
+    let (plane, oh) = crate::arch::dwconv::checked_plane_rows(p, PLANES, c);
     let (lo, hi) = (_mm512_set1_ps(p.clamp.0), _mm512_set1_ps(p.clamp.1));
-    let bias: [__m512; 4] = std::array::from_fn(|m| _mm512_set1_ps(p.bias[m]));
+    let bias: [__m512; PLANES] = std::array::from_fn(|m| _mm512_set1_ps(p.bias[m]));
     let (inp, w, out) = (p.input.as_ptr(), p.weight.as_ptr(), p.out.as_mut_ptr());
     for oy in 0..oh {
         let mut ox = 0;
         while ox < ow {
             let n = c.min(ow - ox);
-            let mut acc = [[_mm512_setzero_ps(); V]; 4];
+            let mut acc = [[_mm512_setzero_ps(); V]; PLANES];
             let base = oy * pw + ox;
             for i in 0..inputs {
                 for (t, &off) in p.offsets.iter().enumerate() {
