@@ -156,10 +156,14 @@ pub struct OcTile {
     pub w: *const f32,
     /// Channel panels of this call, 1..=the kernel's `panels`.
     pub panels: usize,
-    /// Output (channel 0, pixel 0 of the tile); channel `j` pixel `i` at `c + j * cs + i`.
+    /// Output (channel 0, pixel 0 of the tile); channel `j` pixel `i` at `c + j * cs + i`,
+    /// or at `c + i * cs + j` when `pixel_major`.
     pub c: *mut f32,
-    /// Stride between output channels.
+    /// Stride between output channels (between pixels when `pixel_major`).
     pub cs: usize,
+    /// The output holds each pixel's channels together (a channels-last band): the tile is
+    /// stored row by row as the accumulators hold it, with no transpose.
+    pub pixel_major: bool,
     /// Pixels to store, 1..=the kernel's `mr`.
     pub m: usize,
     /// Channels to store: more than `(panels - 1) * OC_NR`, at most `panels * OC_NR`.
@@ -193,8 +197,9 @@ pub struct OcUkernel {
     /// # Safety
     /// The CPU supports `isa`; every field of the tile is as documented on [`OcTile`]: the
     /// image readable at `bases[i] + offsets[p]` for every pixel slot and tap, `w` holding
-    /// `panels * k * OC_NR` floats, the output valid for `n` channels of `m` floats at stride `cs`
-    /// and touched by no one else meanwhile, `bias` null or `n` floats.
+    /// `panels * k * OC_NR` floats, the output valid for `n` channels of `m` floats at stride
+    /// `cs` (`m` pixels of `n` floats when `pixel_major`) and touched by no one else
+    /// meanwhile, `bias` null or `n` floats.
     pub run: unsafe fn(&OcTile),
 }
 
@@ -217,6 +222,11 @@ pub struct KernelTable {
     pub gather: fn(&mut [f32], &[f32], usize),
     /// Pooling of one channel plane of a band (`algo::pool`).
     pub pool_plane: crate::algo::pool::PoolPlaneFn,
+    /// Pooling of a channels-last band (`algo::pool`).
+    pub pool_channels_last: crate::algo::pool::PoolChannelsLastFn,
+    /// `dst[j * dst_stride + i] = src[i * cols + j]`: the channels-last pool's pooled rows
+    /// into planes.
+    pub transpose: crate::arch::TransposeFn,
     /// Both stride-2 phases of a row at once: `even[t] = src[2t]`, `odd[t] = src[2t + 1]`
     /// (`src` checked to cover both): the phase split of stride-2 layers.
     pub deinterleave2: crate::arch::Deinterleave2Fn,

@@ -302,6 +302,48 @@ fn strided_gather_on_every_tier() {
     }
 }
 
+/// The transpose of every tier (the channels-last pool's pooled rows into planes): shapes
+/// with and without whole 8x8 blocks, output rows packed or further apart than a row;
+/// every element lands at `dst[j * stride + i]`, and nothing between the output rows or
+/// past them is written.
+#[test]
+fn transpose_on_every_tier() {
+    let mut rng = Rng::new(9);
+    for isa in convkit::arch::available_isas() {
+        let transpose = isa.kernels().unwrap().transpose;
+        for (rows, cols) in [
+            (0, 5),
+            (5, 0),
+            (1, 1),
+            (8, 8),
+            (27, 64),
+            (56, 64),
+            (9, 17),
+            (16, 3),
+        ] {
+            for gap in [0, 5] {
+                let stride = rows + gap;
+                let src = rand_vec(&mut rng, rows * cols);
+                let mut dst = vec![f32::NAN; cols * stride + 3];
+                transpose(&src, rows, cols, &mut dst, stride);
+                for (at, v) in dst.iter().enumerate() {
+                    let (j, i) = (at / stride.max(1), at % stride.max(1));
+                    if j < cols && i < rows {
+                        assert_eq!(
+                            v.to_bits(),
+                            src[i * cols + j].to_bits(),
+                            "{}: {rows} x {cols}, element ({i}, {j})",
+                            isa.name()
+                        );
+                    } else {
+                        assert!(v.is_nan(), "{}: {rows} x {cols} wrote {at}", isa.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The two-phase deinterleave of the stride-2 phase split, on every tier: both streams
 /// exact, for uneven lengths, with `src` exactly long enough or longer, nothing written past
 /// either output.

@@ -29,10 +29,128 @@ pub struct PlaneArgs {
     pub p1: usize,
     /// The tier's strided gather.
     pub gather: crate::arch::GatherFn,
+    /// The tier's transpose.
+    pub transpose: crate::arch::TransposeFn,
 }
 
 /// The plane-pooling entry of a tier: `(args, plane rows of the band, pooled plane)`.
 pub type PoolPlaneFn = fn(&PlaneArgs, &[f32], &mut [f32]);
+
+/// The channels-last pooling entry of a tier: `(args, band, channels, out, plane_stride)`;
+/// see [`pool_channels_last`].
+pub type PoolChannelsLastFn = fn(&PlaneArgs, &[f32], usize, &mut [f32], usize);
+
+/// Pools a channels-last band (`band[((y - r0) * ow + x) * channels + c]`, the layout
+/// `direct_oc` stores without transposing its tiles): pooled rows `p0..p1` of every channel,
+/// pixel `px` of row `py` of channel `ch` at `out[ch * plane_stride + (py - p0) * pw + px]`
+/// (`out` from row `p0` of the pooled planes, or a task's own rows).
+///
+/// Separable as [`pool_plane`], in the same order (the window's rows reduced elementwise,
+/// then its columns; first element copied, then `max_nan` or `+`), but every pass runs over
+/// whole pixels of `channels` contiguous floats: the window's rows are one elementwise pass
+/// over `ow * channels` floats, each pooled pixel an elementwise pass over `channels`. Only
+/// the pooled row is transposed into the planes (a quarter of the conv outputs at stride 2).
+#[inline(always)]
+pub fn pool_channels_last(
+    args: &PlaneArgs,
+    band: &[f32],
+    channels: usize,
+    out: &mut [f32],
+    plane_stride: usize,
+) {
+    let PlaneArgs {
+        dims: d,
+        is_max,
+        count_include_pad: cip,
+        conv_out: [oh, ow],
+        output: [_, pw],
+        r0,
+        p0,
+        p1,
+        gather: _,
+        transpose,
+    } = *args;
+    let c = channels;
+    let row_len = ow * c;
+    if p1 > p0 && c > 0 {
+        assert!(
+            out.len() >= (c - 1) * plane_stride + (p1 - p0) * pw,
+            "pooled planes shorter than {c} channels of {} rows",
+            p1 - p0
+        );
+    }
+    // The window's rows reduced ([ow][c]) and the pooled row ([pw][c]).
+    let mut rows = vec![0f32; row_len];
+    let mut pooled = vec![0f32; pw * c];
+    let (k, sx, pl) = (d[1].size, d[1].stride, d[1].pad_before);
+    let conv_row = |y: usize| &band[(y - r0) * row_len..(y - r0 + 1) * row_len];
+    for py in p0..p1 {
+        let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
+        let ys = y0.max(0) as usize..((y0 + d[0].size as isize).min(oh as isize)) as usize;
+        // The first two rows reduced straight into `rows` (no copy of the first).
+        let mut ys_rest = ys.clone();
+        match (ys_rest.next(), ys_rest.next()) {
+            (Some(a), Some(b)) => {
+                let (a, b) = (conv_row(a), conv_row(b));
+                if is_max {
+                    for ((r, &u), &v) in rows.iter_mut().zip(a).zip(b) {
+                        *r = crate::epilogue::max_nan(u, v);
+                    }
+                } else {
+                    for ((r, &u), &v) in rows.iter_mut().zip(a).zip(b) {
+                        *r = u + v;
+                    }
+                }
+            }
+            (Some(a), None) => rows.copy_from_slice(conv_row(a)),
+            _ => rows.fill(if is_max { f32::NEG_INFINITY } else { 0.0 }),
+        }
+        for y in ys_rest {
+            let row = conv_row(y);
+            if is_max {
+                for (a, &v) in rows.iter_mut().zip(row) {
+                    *a = crate::epilogue::max_nan(*a, v);
+                }
+            } else {
+                for (a, &v) in rows.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+        }
+        for (px, dst) in pooled.chunks_exact_mut(c).enumerate() {
+            let x0 = (px * sx) as isize - pl as isize;
+            let xs = x0.max(0) as usize..((x0 + k as isize).min(ow as isize)) as usize;
+            match xs.clone().next() {
+                Some(first) => dst.copy_from_slice(&rows[first * c..(first + 1) * c]),
+                None => dst.fill(if is_max { f32::NEG_INFINITY } else { 0.0 }),
+            }
+            for x in xs.clone().skip(1) {
+                let v = &rows[x * c..(x + 1) * c];
+                if is_max {
+                    for (a, &v) in dst.iter_mut().zip(v) {
+                        *a = crate::epilogue::max_nan(*a, v);
+                    }
+                } else {
+                    for (a, &v) in dst.iter_mut().zip(v) {
+                        *a += v;
+                    }
+                }
+            }
+            if !is_max {
+                let count = if cip {
+                    d[0].size * d[1].size
+                } else {
+                    ys.len() * xs.len()
+                } as f32;
+                for a in dst.iter_mut() {
+                    *a /= count;
+                }
+            }
+        }
+        // [pw][c] into row py of each of the c planes.
+        transpose(&pooled, pw, c, &mut out[(py - p0) * pw..], plane_stride);
+    }
+}
 
 /// Pools one channel: `plane` holds conv rows `r0..` (`[rows][ow]`), `o` the pooled plane
 /// (`[ph][pw]`), of which rows `p0..p1` are written.
@@ -48,6 +166,7 @@ pub fn pool_plane(args: &PlaneArgs, plane: &[f32], o: &mut [f32]) {
         p0,
         p1,
         gather,
+        transpose: _,
     } = *args;
     let mut acc = vec![0f32; ow];
     let (k, sx, pl) = (d[1].size, d[1].stride, d[1].pad_before);

@@ -145,8 +145,9 @@ pub(crate) unsafe fn conv_oc_generic(
     unsafe { store_oc_tile(&acc, t) }
 }
 
-/// Stores a `direct_oc` accumulator tile (pixel-major) channel by channel: C (when
-/// `load_c`), then bias, then the clamp, as [`store_tile_scalar`] does for GEMM tiles.
+/// Stores a `direct_oc` accumulator tile (pixel-major) into the output, channel by channel
+/// or (`pixel_major`) pixel by pixel: C (when `load_c`), then bias, then the clamp, as
+/// [`store_tile_scalar`] does for GEMM tiles.
 ///
 /// # Safety
 /// The output part of [`crate::kernels::OcUkernel::run`]'s contract.
@@ -163,8 +164,13 @@ pub(crate) unsafe fn store_oc_tile(
             unsafe { *t.bias.add(j) }
         };
         for (i, row) in acc.iter().enumerate().take(t.m) {
+            let at = if t.pixel_major {
+                i * t.cs + j
+            } else {
+                j * t.cs + i
+            };
             // SAFETY: channel j < n, pixel i < m: inside the output the caller vouches for.
-            let dst = unsafe { t.c.add(j * t.cs + i) };
+            let dst = unsafe { t.c.add(at) };
             let mut v = row[j];
             if t.load_c {
                 // SAFETY: as above.
@@ -179,8 +185,10 @@ pub(crate) unsafe fn store_oc_tile(
 
 /// Runs one `direct_oc` tile after checking everything it touches: `m` pixels whose image
 /// offsets are `bases` (slots past `m` repeat a real pixel), all `k` taps of `offsets`,
-/// weights `w` (`panels` panels of `k * OC_NR` floats), and `n` output channels of `m` floats from `c_offset`
-/// at stride `cs`; `load_c` adds what the output holds. Panics on a violated bound (an internal invariant, as for the GEMM doors).
+/// weights `w` (`panels` panels of `k * OC_NR` floats), and `n` output channels of `m`
+/// floats from `c_offset` at stride `cs` (`pixel_major`: `m` pixels of `n` channels at
+/// stride `cs`); `load_c` adds what the output holds. Panics on a violated bound (an
+/// internal invariant, as for the GEMM doors).
 #[allow(clippy::too_many_arguments)]
 pub fn run_oc_tile(
     uk: &crate::kernels::OcUkernel,
@@ -192,6 +200,7 @@ pub fn run_oc_tile(
     c: &SharedMut,
     c_offset: usize,
     cs: usize,
+    pixel_major: bool,
     m: usize,
     n: usize,
     load_c: bool,
@@ -226,7 +235,11 @@ pub fn run_oc_tile(
             "tile reads past the image"
         );
     }
-    c.assert_block(c_offset, cs, n, m);
+    if pixel_major {
+        c.assert_block(c_offset, cs, m, n);
+    } else {
+        c.assert_block(c_offset, cs, n, m);
+    }
     if let Some(b) = bias {
         assert!(b.len() >= n, "bias shorter than the tile");
     }
@@ -239,6 +252,7 @@ pub fn run_oc_tile(
         panels,
         c: c.ptr.wrapping_add(c_offset),
         cs,
+        pixel_major,
         m,
         n,
         load_c,
@@ -265,6 +279,41 @@ pub fn deinterleave2_scalar(even: &mut [f32], odd: &mut [f32], src: &[f32]) {
     }
     for (t, o) in odd.iter_mut().enumerate() {
         *o = src[2 * t + 1];
+    }
+}
+
+/// A transpose (`KernelTable::transpose`): `dst[j * dst_stride + i] = src[i * cols + j]`
+/// for `i < rows`, `j < cols`, arguments `(src, rows, cols, dst, dst_stride)`.
+pub type TransposeFn = fn(&[f32], usize, usize, &mut [f32], usize);
+
+/// Checks a [`TransposeFn`]'s operands: `src` holds `rows x cols`, and every output row
+/// (`cols` of them, `rows` floats each, `dst_stride` apart) lies inside `dst` without
+/// overlapping the next. Panics otherwise (an internal invariant).
+pub fn check_transpose(src: &[f32], rows: usize, cols: usize, dst: &[f32], dst_stride: usize) {
+    assert!(
+        rows.checked_mul(cols).is_some_and(|n| n <= src.len()),
+        "transpose source shorter than {rows} x {cols}"
+    );
+    if rows > 0 && cols > 0 {
+        assert!(
+            (dst_stride >= rows || cols == 1)
+                && (cols - 1)
+                    .checked_mul(dst_stride)
+                    .and_then(|e| e.checked_add(rows))
+                    .is_some_and(|e| e <= dst.len()),
+            "transpose output of {cols} rows of {rows} at stride {dst_stride} past its buffer"
+        );
+    }
+}
+
+/// [`TransposeFn`] element by element: the portable and NEON tiers' transpose, and every
+/// tier's edges.
+pub fn transpose_scalar(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], dst_stride: usize) {
+    check_transpose(src, rows, cols, dst, dst_stride);
+    for j in 0..cols {
+        for (i, d) in dst[j * dst_stride..][..rows].iter_mut().enumerate() {
+            *d = src[i * cols + j];
+        }
     }
 }
 
@@ -320,6 +369,35 @@ macro_rules! pool_kernel {
         #[target_feature(enable = $features)]
         fn pool_plane_tf(args: &crate::algo::pool::PlaneArgs, plane: &[f32], out: &mut [f32]) {
             crate::algo::pool::pool_plane(args, plane, out)
+        }
+
+        /// Pools a channels-last band (the generic body vectorized under this tier's
+        /// features).
+        pub fn pool_channels_last(
+            args: &crate::algo::pool::PlaneArgs,
+            band: &[f32],
+            channels: usize,
+            out: &mut [f32],
+            plane_stride: usize,
+        ) {
+            assert!(
+                Isa::$isa.is_available(),
+                "pooling for {:?} on a CPU without it",
+                Isa::$isa
+            );
+            // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
+            unsafe { pool_channels_last_tf(args, band, channels, out, plane_stride) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn pool_channels_last_tf(
+            args: &crate::algo::pool::PlaneArgs,
+            band: &[f32],
+            channels: usize,
+            out: &mut [f32],
+            plane_stride: usize,
+        ) {
+            crate::algo::pool::pool_channels_last(args, band, channels, out, plane_stride)
         }
     };
 }

@@ -16,6 +16,8 @@ pub static TABLE: KernelTable = KernelTable {
     winograd: crate::arch::winograd::F32_WINOGRAD_PORTABLE,
     gather: crate::arch::gather_scalar,
     pool_plane: crate::algo::pool::pool_plane,
+    pool_channels_last: crate::algo::pool::pool_channels_last,
+    transpose: crate::arch::transpose_scalar,
     conv_oc: F32_CONV_OC,
     deinterleave2: crate::arch::deinterleave2_scalar,
 };

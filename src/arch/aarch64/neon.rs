@@ -14,6 +14,8 @@ pub static TABLE: KernelTable = KernelTable {
     winograd: F32_WINOGRAD,
     gather: crate::arch::gather_scalar,
     pool_plane,
+    pool_channels_last,
+    transpose: crate::arch::transpose_scalar,
     conv_oc: F32_CONV_OC,
     deinterleave2: crate::arch::deinterleave2_scalar,
 };

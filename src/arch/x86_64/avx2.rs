@@ -14,6 +14,8 @@ pub static TABLE: KernelTable = KernelTable {
     winograd: F32_WINOGRAD,
     gather,
     pool_plane,
+    pool_channels_last,
+    transpose,
     conv_oc: F32_CONV_OC,
     deinterleave2,
 };
@@ -644,6 +646,40 @@ pub fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
     crate::arch::gather_scalar(&mut dst[done..], &src[done * stride.max(1)..], stride);
 }
 
+/// [`crate::arch::TransposeFn`] in 8x8 blocks held in registers (24 shuffles for 64 floats,
+/// where element by element each float was a load and a store of its own: 40% of the
+/// channels-last pool of resnet50.conv1); the edges element by element.
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], dst_stride: usize) {
+    crate::arch::check_transpose(src, rows, cols, dst, dst_stride);
+    if !Isa::Avx2.is_available() {
+        return crate::arch::transpose_scalar(src, rows, cols, dst, dst_stride);
+    }
+    let (full_rows, full_cols) = (rows / 8 * 8, cols / 8 * 8);
+    for i0 in (0..full_rows).step_by(8) {
+        for j0 in (0..full_cols).step_by(8) {
+            let from: [*const f32; 8] =
+                std::array::from_fn(|i| src[(i0 + i) * cols + j0..][..8].as_ptr());
+            let to: [*mut f32; 8] =
+                std::array::from_fn(|q| dst.as_mut_ptr().wrapping_add((j0 + q) * dst_stride + i0));
+            // SAFETY: AVX2 was checked; each source row holds 8 floats (sliced above), and
+            // output row j0 + q < cols holds floats i0..i0 + 8 <= rows of its `rows`, inside
+            // `dst` and apart from the other rows (check_transpose).
+            unsafe { transpose8x8(from, to) };
+        }
+    }
+    // The edges: columns past the full blocks for every row, rows past them for the rest.
+    for j in 0..cols {
+        let edge = if j < full_cols { full_rows } else { 0 };
+        for (i, d) in dst[j * dst_stride..][..rows]
+            .iter_mut()
+            .enumerate()
+            .skip(edge)
+        {
+            *d = src[i * cols + j];
+        }
+    }
+}
+
 /// Both stride-2 phases of a row in one pass: each 16 floats read give 8 of each phase (two
 /// shuffles and two lane permutes), where two stride-2 gathers read the row twice, each
 /// call with its own checks and tail. Whole blocks of 8 while both outputs and `src`
@@ -800,7 +836,30 @@ pub(crate) unsafe fn store_oc_acc(
     t: &crate::kernels::OcTile,
 ) {
     use crate::kernels::{OC_MR, OC_NR};
-    if t.m == OC_MR && t.n == OC_NR && !t.load_c {
+    if t.pixel_major && t.n == OC_NR {
+        // Each pixel's 16 channels are its two accumulators: no transpose.
+        let (lo, hi) = (_mm256_set1_ps(t.lo), _mm256_set1_ps(t.hi));
+        for (i, row) in acc.iter().enumerate().take(t.m) {
+            for (half, &v) in row.iter().enumerate() {
+                // SAFETY: pixel i < m, channels 8 half..8 half + 8 <= n = 16: inside the
+                // output the caller vouches for; a bias holds n floats.
+                unsafe {
+                    let dst = t.c.add(i * t.cs + 8 * half);
+                    let mut x = v;
+                    if t.load_c {
+                        x = _mm256_add_ps(x, _mm256_loadu_ps(dst));
+                    }
+                    if !t.bias.is_null() {
+                        x = _mm256_add_ps(x, _mm256_loadu_ps(t.bias.add(8 * half)));
+                    }
+                    // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
+                    _mm256_storeu_ps(dst, _mm256_min_ps(hi, _mm256_max_ps(lo, x)));
+                }
+            }
+        }
+        return;
+    }
+    if t.m == OC_MR && t.n == OC_NR && !t.load_c && !t.pixel_major {
         // A whole tile: bias and clamp on the accumulators (lanes are channels), then two
         // 8x8 transposes (pixel rows 6 and 7 empty) give each channel's 6 pixels, stored as
         // 4 + 2 floats. The scalar store below was 12-15% of resnet50.conv1's kernel time

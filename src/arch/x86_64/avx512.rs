@@ -24,6 +24,8 @@ pub static TABLE: KernelTable = KernelTable {
     winograd: crate::arch::x86_64::avx2::F32_WINOGRAD,
     gather: crate::arch::x86_64::avx2::gather,
     pool_plane,
+    pool_channels_last,
+    transpose: crate::arch::x86_64::avx2::transpose,
     conv_oc: F32_CONV_OC,
     deinterleave2: crate::arch::x86_64::avx2::deinterleave2,
 };
@@ -518,6 +520,33 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
         } else {
             oc_panels::<1>(t, &mut spill);
         }
+    }
+    if t.pixel_major {
+        // Each pixel's channels are its accumulators, stored as they are (masked past n).
+        let (lo, hi) = (_mm512_set1_ps(t.lo), _mm512_set1_ps(t.hi));
+        for (i, row) in spill.iter().enumerate().take(t.m) {
+            for q in 0..t.panels {
+                let width = (t.n - q * OC_NR).min(OC_NR);
+                let mask: __mmask16 = if width == OC_NR { !0 } else { (1 << width) - 1 };
+                // SAFETY: pixel i < m and the masked lanes are channels 16 q.. < n: inside
+                // the output the caller vouches for and inside the bias (n floats); the
+                // spill row holds 32 floats.
+                unsafe {
+                    let dst = t.c.add(i * t.cs + q * OC_NR);
+                    let mut x = _mm512_loadu_ps(row.as_ptr().add(q * OC_NR));
+                    if t.load_c {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, dst));
+                    }
+                    if !t.bias.is_null() {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, t.bias.add(q * OC_NR)));
+                    }
+                    // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
+                    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+                    _mm512_mask_storeu_ps(dst, mask, x);
+                }
+            }
+        }
+        return;
     }
     if t.m == OC_PIXELS && t.n == 2 * OC_NR && !t.load_c {
         // A whole tile: each group of 8 channels is an 8x8 transpose of the 8 pixels' rows,
