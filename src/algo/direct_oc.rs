@@ -149,11 +149,20 @@ impl DirectOcPlan {
             for tile in chunk * per_chunk..((chunk + 1) * per_chunk).min(tiles) {
                 let q0 = tile * mr;
                 let m = mr.min(band - q0);
-                // Pixel slots past the band repeat its last pixel (read, never stored).
-                let bases: [usize; OC_MR_MAX] = std::array::from_fn(|i| {
-                    let q = (q0 + i).min(band - 1);
-                    grp_base + (r0 + q / ow) * sh * pw + (q % ow) * sw
-                });
+                // Pixel slots past the band repeat its last pixel (read, never stored). The
+                // row and column step along from q0's (one division a tile, not one a
+                // pixel).
+                let mut bases = [0usize; OC_MR_MAX];
+                let (mut row, mut col) = (q0 / ow, q0 % ow);
+                for (i, base) in bases.iter_mut().enumerate() {
+                    *base = grp_base + (r0 + row) * sh * pw + col * sw;
+                    if q0 + i + 1 < band {
+                        col += 1;
+                        if col == ow {
+                            (row, col) = (row + 1, 0);
+                        }
+                    }
+                }
                 // As many channel panels a call as the kernel takes (AVX-512: 2, each
                 // broadcast image value then feeds 32 channels).
                 let group = self.uk.panels;

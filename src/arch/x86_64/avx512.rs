@@ -512,6 +512,17 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
     // The K loops run in functions of their own and leave the accumulators in memory: kept
     // in registers into the ymm store below, all of them were confined to zmm0-15 (ymm16-31
     // need AVX512VL) and the loop spilled.
+    if t.pixel_major {
+        // SAFETY: forwarded contract.
+        unsafe {
+            if t.panels == 2 {
+                oc_panels_pixel_major::<2>(t);
+            } else {
+                oc_panels_pixel_major::<1>(t);
+            }
+        }
+        return;
+    }
     let mut spill: OcSpill = [[0f32; 32]; OC_PIXELS];
     // SAFETY: forwarded contract.
     unsafe {
@@ -520,33 +531,6 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
         } else {
             oc_panels::<1>(t, &mut spill);
         }
-    }
-    if t.pixel_major {
-        // Each pixel's channels are its accumulators, stored as they are (masked past n).
-        let (lo, hi) = (_mm512_set1_ps(t.lo), _mm512_set1_ps(t.hi));
-        for (i, row) in spill.iter().enumerate().take(t.m) {
-            for q in 0..t.panels {
-                let width = (t.n - q * OC_NR).min(OC_NR);
-                let mask: __mmask16 = if width == OC_NR { !0 } else { (1 << width) - 1 };
-                // SAFETY: pixel i < m and the masked lanes are channels 16 q.. < n: inside
-                // the output the caller vouches for and inside the bias (n floats); the
-                // spill row holds 32 floats.
-                unsafe {
-                    let dst = t.c.add(i * t.cs + q * OC_NR);
-                    let mut x = _mm512_loadu_ps(row.as_ptr().add(q * OC_NR));
-                    if t.load_c {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, dst));
-                    }
-                    if !t.bias.is_null() {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, t.bias.add(q * OC_NR)));
-                    }
-                    // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
-                    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
-                    _mm512_mask_storeu_ps(dst, mask, x);
-                }
-            }
-        }
-        return;
     }
     if t.m == OC_PIXELS && t.n == 2 * OC_NR && !t.load_c {
         // A whole tile: each group of 8 channels is an 8x8 transpose of the 8 pixels' rows,
@@ -625,14 +609,14 @@ fn oc_pixels(t: &crate::kernels::OcTile) -> [*const f32; OC_PIXELS] {
     px
 }
 
-/// The K loop of a tile of `P` channel panels (1 or 2) into `spill` (panel `q` of pixel `i`
-/// at `spill[i][16 q..]`).
+/// The K loop of a tile of `P` channel panels (1 or 2): the accumulators, panel `q` of
+/// pixel `i` at `[i][q]`.
 ///
 /// # Safety
 /// As [`conv_oc`], with `t.panels == P`.
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[inline(never)]
-unsafe fn oc_panels<const P: usize>(t: &crate::kernels::OcTile, spill: &mut OcSpill) {
+#[inline]
+unsafe fn oc_k_loop<const P: usize>(t: &crate::kernels::OcTile) -> [[__m512; P]; OC_PIXELS] {
     use crate::kernels::OC_NR;
     let mut acc = [[_mm512_setzero_ps(); P]; OC_PIXELS];
     let px = oc_pixels(t);
@@ -656,10 +640,68 @@ unsafe fn oc_panels<const P: usize>(t: &crate::kernels::OcTile, spill: &mut OcSp
             w = w.add(OC_NR);
         }
     }
+    acc
+}
+
+/// The K loop of a tile of `P` channel panels into `spill` (panel `q` of pixel `i` at
+/// `spill[i][16 q..]`), for the transposing stores.
+///
+/// # Safety
+/// As [`conv_oc`], with `t.panels == P`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline(never)]
+unsafe fn oc_panels<const P: usize>(t: &crate::kernels::OcTile, spill: &mut OcSpill) {
+    use crate::kernels::OC_NR;
+    // SAFETY: forwarded contract.
+    let acc = unsafe { oc_k_loop::<P>(t) };
     for (row, a) in spill.iter_mut().zip(&acc) {
         for (q, &v) in a.iter().enumerate() {
             // SAFETY: each row holds 32 floats, q < P <= 2.
             unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(q * OC_NR), v) };
+        }
+    }
+}
+
+/// The K loop of a tile of `P` channel panels stored pixel-major straight from the
+/// accumulators (channels-last bands): C, bias and clamp on each zmm, masked past `n`. (Through
+/// the spill buffer and a second function, the store was 7% of resnet50.conv1.)
+///
+/// # Safety
+/// As [`conv_oc`], with `t.panels == P` and `t.pixel_major`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline(never)]
+unsafe fn oc_panels_pixel_major<const P: usize>(t: &crate::kernels::OcTile) {
+    use crate::kernels::OC_NR;
+    // SAFETY: forwarded contract.
+    let acc = unsafe { oc_k_loop::<P>(t) };
+    let (lo, hi) = (_mm512_set1_ps(t.lo), _mm512_set1_ps(t.hi));
+    let masks: [__mmask16; P] = std::array::from_fn(|q| {
+        let width = t.n.saturating_sub(q * OC_NR).min(OC_NR);
+        ((1u32 << width) - 1) as __mmask16
+    });
+    let bias: [__m512; P] = std::array::from_fn(|q| {
+        if t.bias.is_null() {
+            _mm512_setzero_ps()
+        } else {
+            // SAFETY: the masked lanes are channels 16 q.. < n, inside the bias (n floats).
+            unsafe { _mm512_maskz_loadu_ps(masks[q], t.bias.add(q * OC_NR)) }
+        }
+    });
+    for (i, row) in acc.iter().enumerate().take(t.m) {
+        for q in 0..P {
+            // SAFETY: pixel i < m and the masked lanes are channels 16 q.. < n: inside the
+            // output the caller vouches for.
+            unsafe {
+                let dst = t.c.add(i * t.cs + q * OC_NR);
+                let mut x = row[q];
+                if t.load_c {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[q], dst));
+                }
+                x = _mm512_add_ps(x, bias[q]);
+                // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
+                x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+                _mm512_mask_storeu_ps(dst, masks[q], x);
+            }
         }
     }
 }
