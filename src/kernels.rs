@@ -232,6 +232,9 @@ pub struct KernelTable {
     pub deinterleave2: crate::arch::Deinterleave2Fn,
     /// The `direct_oc` tile kernel.
     pub conv_oc: OcUkernel,
+    /// A wider `direct_oc` tile for channels-last bands (fewer pixels, more channels a
+    /// call), where the tier has one.
+    pub conv_oc_wide: Option<OcUkernel>,
 }
 
 impl KernelTable {

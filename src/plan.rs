@@ -425,11 +425,15 @@ impl Plan {
                     })?,
             ),
             Algo::DirectOc => Prepared::DirectOc(Box::new(
-                crate::algo::direct_oc::DirectOcPlan::new(&geom, isa.kernels()?.conv_oc, weight)
-                    .map_err(|why| Error::AlgorithmRejects {
-                        algo: "direct_oc".into(),
-                        why,
-                    })?,
+                crate::algo::direct_oc::DirectOcPlan::new(
+                    &geom,
+                    direct_oc_kernel(&geom, isa.kernels()?),
+                    weight,
+                )
+                .map_err(|why| Error::AlgorithmRejects {
+                    algo: "direct_oc".into(),
+                    why,
+                })?,
             )),
             Algo::Winograd(v) | Algo::DilatedWinograd(v) => Prepared::Winograd(
                 crate::algo::winograd::WinogradPlan::new(&geom, isa.kernels()?, weight, v)
@@ -720,13 +724,7 @@ impl Plan {
             None => crate::tensor::Scratch::default(),
         };
         let mut global = vec![0f32; if g.epilogue.pool.is_some() { cout } else { 0 }];
-        // `direct_oc` tiles are pixels by channels: stored channels-last they need no
-        // transpose, and a window pool reads such a band as well as a planar one (its
-        // pooled rows are transposed instead: a quarter of the floats at stride 2). A
-        // residual is preloaded planar, so it keeps the planar band.
-        let channels_last = matches!(self.prepared, Prepared::DirectOc(_))
-            && residual.is_none()
-            && matches!(g.epilogue.pool, Some(Pool::Max(_)) | Some(Pool::Avg { .. }));
+        let channels_last = matches!(self.prepared, Prepared::DirectOc(_)) && channels_last_band(g);
         for n in 0..g.batch {
             let x = &input[n * img_in..(n + 1) * img_in];
             match &self.prepared {
@@ -1121,6 +1119,26 @@ impl Plan {
 /// rows `p0..p1` of `out_img`, or folds them into `global` (max or sum per channel) for the
 /// global pools. The same definitions as the reference, in f32.
 #[allow(clippy::too_many_arguments)]
+/// Whether `direct_oc` writes the layer's bands channels-last: `direct_oc` tiles are pixels
+/// by channels, stored channels-last they need no transpose, and a window pool reads such a
+/// band as well as a planar one (its pooled rows are transposed instead: a quarter of the
+/// floats at stride 2). A residual is preloaded planar, so it keeps the planar band.
+fn channels_last_band(g: &Geometry) -> bool {
+    !g.epilogue.residual && matches!(g.epilogue.pool, Some(Pool::Max(_) | Pool::Avg { .. }))
+}
+
+/// The `direct_oc` tile kernel for `g`: the tier's wide tile for channels-last bands of at
+/// least 48 channels a group (three of its four panels), else its default tile.
+fn direct_oc_kernel(
+    g: &Geometry,
+    table: &crate::kernels::KernelTable,
+) -> crate::kernels::OcUkernel {
+    match table.conv_oc_wide {
+        Some(wide) if channels_last_band(g) && g.cout_per_group >= 48 => wide,
+        _ => table.conv_oc,
+    }
+}
+
 /// The pooling kernels of the plan's tier.
 struct PoolKernels {
     gather: GatherFn,

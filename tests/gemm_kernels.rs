@@ -3,7 +3,7 @@
 //! bitwise determinism across thread counts.
 
 use convkit::arch::{
-    available_isas, run_gemm_tile, BPanel, GemmBias, OffsetTable, SharedMut, ALL_ISAS,
+    available_isas, run_gemm_tile, run_oc_tile, BPanel, GemmBias, OffsetTable, SharedMut, ALL_ISAS,
 };
 use convkit::gemm::{sgemm, Blocking, GemmEpilogue};
 use convkit::init::Rng;
@@ -263,6 +263,119 @@ fn gemm_is_bitwise_identical_across_thread_counts() {
             "{}",
             uk.name
         );
+    }
+}
+
+/// Every `direct_oc` tile kernel of every tier (the default and the wide one), in both
+/// output layouts (planar, channel by channel; pixel-major, a channels-last band), against
+/// an f64 reference: every pixel count 1..=mr (slots past m repeat a pixel), channel counts
+/// filling 1..=panels panels fully and partly, k of 1, 5 and 37 taps, with and without bias
+/// and accumulation into C, and a clamp; canaries around every stored element.
+#[test]
+fn oc_tiles_of_every_kernel_in_both_layouts() {
+    use convkit::kernels::{OC_MR_MAX, OC_NR};
+    let mut rng = Rng::new(11);
+    for isa in available_isas() {
+        let table = isa.kernels().unwrap();
+        for uk in std::iter::once(table.conv_oc).chain(table.conv_oc_wide) {
+            for k in [1usize, 5, 37] {
+                let img = rand_vec(&mut rng, 400);
+                // Tap offsets anywhere in the first 300 floats; pixel bases in 0..100.
+                let offsets =
+                    OffsetTable::new((0..k).map(|p| (p * 7919 + 13) % 300).collect::<Vec<_>>());
+                for panels in 1..=uk.panels {
+                    let w = rand_vec(&mut rng, panels * k * OC_NR);
+                    for n in [(panels - 1) * OC_NR + 1, panels * OC_NR - 3, panels * OC_NR] {
+                        for m in 1..=uk.mr {
+                            for (load_c, with_bias, pixel_major) in [
+                                (false, true, false),
+                                (true, false, false),
+                                (false, true, true),
+                                (true, true, true),
+                                (false, false, true),
+                            ] {
+                                let mut bases = [0usize; OC_MR_MAX];
+                                for (i, b) in bases.iter_mut().enumerate() {
+                                    *b = (i.min(m - 1) * 11 + 3) % 100;
+                                }
+                                let bias = rand_vec(&mut rng, n);
+                                // Output: pixel-major rows of n at stride n + 2, or channel
+                                // rows of m at stride m + 3; canaries elsewhere.
+                                let (rows, cols, stride) = if pixel_major {
+                                    (m, n, n + 2)
+                                } else {
+                                    (n, m, m + 3)
+                                };
+                                let len = 2 + rows * stride;
+                                let mut c = vec![CANARY; len];
+                                let start = rand_vec(&mut rng, len);
+                                for r in 0..rows {
+                                    for q in 0..cols {
+                                        c[1 + r * stride + q] = start[1 + r * stride + q];
+                                    }
+                                }
+                                let before = c.clone();
+                                let (lo, hi) = (-0.9f32, 0.8f32);
+                                let shared = SharedMut::new(&mut c);
+                                run_oc_tile(
+                                    &uk,
+                                    &img,
+                                    &bases,
+                                    &offsets,
+                                    &w,
+                                    panels,
+                                    &shared,
+                                    1,
+                                    stride,
+                                    pixel_major,
+                                    m,
+                                    n,
+                                    load_c,
+                                    with_bias.then_some(&bias[..]),
+                                    (lo, hi),
+                                );
+                                let mut worst = 0f64;
+                                for (at, (&got, &was)) in c.iter().zip(&before).enumerate() {
+                                    let inside = at >= 1
+                                        && (at - 1) / stride < rows
+                                        && (at - 1) % stride < cols;
+                                    if !inside {
+                                        assert_eq!(
+                                            got.to_bits(),
+                                            was.to_bits(),
+                                            "{} wrote {at}",
+                                            uk.name
+                                        );
+                                        continue;
+                                    }
+                                    let (r, q) = ((at - 1) / stride, (at - 1) % stride);
+                                    let (i, j) = if pixel_major { (r, q) } else { (q, r) };
+                                    let (panel, lane) = (j / OC_NR, j % OC_NR);
+                                    let mut want = 0f64;
+                                    for (p, &o) in offsets.offsets().iter().enumerate() {
+                                        want += img[bases[i] + o] as f64
+                                            * w[panel * k * OC_NR + p * OC_NR + lane] as f64;
+                                    }
+                                    if load_c {
+                                        want += was as f64;
+                                    }
+                                    if with_bias {
+                                        want += bias[j] as f64;
+                                    }
+                                    want = want.clamp(lo as f64, hi as f64);
+                                    worst = worst.max((got as f64 - want).abs());
+                                }
+                                assert!(
+                                    worst <= 1e-4 * (k as f64 + 1.0),
+                                    "{}: k {k}, m {m}, n {n}, load_c {load_c}, bias {with_bias}, pixel-major {pixel_major}: worst error {worst:e}",
+                                    uk.name
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub static TABLE: KernelTable = KernelTable {
     pool_channels_last,
     transpose: crate::arch::transpose_scalar,
     conv_oc: F32_CONV_OC,
+    conv_oc_wide: None,
     deinterleave2: crate::arch::deinterleave2_scalar,
 };
 
