@@ -91,6 +91,12 @@ fn heuristic_choices_follow_the_measured_rules() {
     // half speed with 32-wide panels), im2col for one input channel spread to 512 outputs
     // (wav2vec2.conv0); the other picks stand.
     let wav2vec_conv0 = ConvSpec::new(&[1, 1, 16000], 512, &[10]).with_stride(&[5]);
+    // And direct_oc for 2-D layers the rules give to im2col up to K = 1152 (res3.3x3s2);
+    // 1-D wav2vec2.conv1 (K = 1536) stays with im2col.
+    let res3_s2 = ConvSpec::new(&[1, 128, 56, 56], 128, &[3, 3])
+        .with_padding(Padding::Symmetric(vec![1, 1]))
+        .with_stride(&[2, 2]);
+    let wav2vec_conv1 = ConvSpec::new(&[1, 512, 3199], 512, &[3]).with_stride(&[2]);
     // And F(4,3) up to 400 F(6,3) tiles (vgg16.conv3_3's 100, conv2_2's 361), F(6,3) from
     // there (conv1_2's 1444); 1-D likewise.
     let conv1_2 = ConvSpec::new(&[1, 64, 224, 224], 64, &[3, 3]).with_padding(Padding::Same);
@@ -110,6 +116,8 @@ fn heuristic_choices_follow_the_measured_rules() {
         (&googlenet, Algo::DirectOc, Algo::DirectOc),
         (&dw, Algo::Depthwise, Algo::Depthwise),
         (&wav2vec_conv0, Algo::Depthwise, Algo::Im2col),
+        (&res3_s2, Algo::Im2col, Algo::DirectOc),
+        (&wav2vec_conv1, Algo::Im2col, Algo::Im2col),
     ] {
         let g = geom(spec);
         assert_eq!(convkit::plan::choose_algo_for(&g, Isa::Avx2), avx2);

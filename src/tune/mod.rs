@@ -3,7 +3,8 @@
 //!
 //! Modes: [`TuneMode::Heuristic`] (no measurement, `plan::choose_algo`),
 //! [`TuneMode::Measure`] (time each candidate after a warm-up, in rounds, keep the median of
-//! its runs, stop a candidate early when its first run is 3x behind the best so far),
+//! its runs, stop a candidate early when the best of its first two runs is 3x behind the
+//! fastest),
 //! [`TuneMode::Exhaustive`] (time every candidate fully). A forced algorithm bypasses the tuner. Candidates come from one ordered
 //! list, best guess first; `reference` is never a candidate.
 //!
@@ -219,8 +220,9 @@ pub fn remember(key: String, choice: Choice) {
 /// caller may take as the best of a few back to back). The fastest run alone let a candidate
 /// whose times spread wide win on one lucky run: resnet50.res3.3x3's F(6,3) timed 0.61-0.79
 /// ms at best in tuning, below F(4,3)'s 0.69-0.85, where its steady median is 0.93 against
-/// F(4,3)'s 0.88 (the tuner chose it in about half the runs). In `Measure` mode a candidate whose first
-/// timed run is 3x slower than the best first run is dropped after that round. The first
+/// F(4,3)'s 0.88 (the tuner chose it in about half the runs). In `Measure` mode a candidate
+/// whose best of two timed runs is 3x slower than the fastest median is dropped after the
+/// second round. The first
 /// candidate keeps the layer unless another is more than 5% faster, and such a challenger is
 /// timed against it for [`RECHECK_ROUNDS`] more alternating rounds before it wins.
 ///
@@ -270,10 +272,15 @@ pub fn measure(
                 }
             }
         }
-        if rounds == 0 && matches!(mode, TuneMode::Measure { .. }) {
+        // After two rounds, candidates whose best run is over 3x the fastest median stop.
+        // The best of two, not one run: a single run inside a burst had dropped
+        // resnet50.res5.3x3's F(2,3) from the two-thread tuning, which then chose im2col,
+        // 1.8x slower (in 1 of 3 tunings).
+        if rounds == 1 && matches!(mode, TuneMode::Measure { .. }) {
             let fastest = results.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
-            for (r, on) in results.iter().zip(active.iter_mut()) {
-                *on &= r.1 <= 3.0 * fastest;
+            for (times, on) in runs.iter().zip(active.iter_mut()) {
+                let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+                *on &= best <= 3.0 * fastest;
             }
         }
         rounds += 1;
@@ -309,25 +316,30 @@ pub fn measure(
     })
 }
 
-/// Runs `run` (which returns the ms of one run) back to back until a run is no more than 5%
-/// faster than the best before it, at most `max` times, and returns the best: a plan's time
+/// Runs `run` (which returns the ms of one run) back to back, at least `least` times, until
+/// a run is no more than 5% faster than the best before it, at most `max` times, and returns
+/// the best: a plan's time
 /// once it has settled, as it runs in use. The tuner times candidates this way, and
 /// `convkit bench` warms plans this way when it times several side by side: right after
 /// other plans' runs, a plan's weights and scratch had left the caches, and one run timed the
 /// candidates with the largest weights (Winograd's, 37-65 MB on vgg16.conv5_3) at 2-4x their
 /// steady time (the two-thread tuning chose im2col for deeplab.dilated3x3, 1.56x slower than
 /// F(6,3)). One untimed run before the timed one still left vgg16.conv5_3's F(4,3) at
-/// 1.8-2.3x: one pass over its weights did not bring them back into L3 to stay.
+/// 1.8-2.3x: one pass over its weights did not bring them back into L3 to stay. The tuner
+/// takes at least three: two, with the 5% rule alone, left resnet50.res5.3x3's F(2,3) (17 MB
+/// of weights) at 2.8-3.1 ms in a third of its two-thread rounds against 0.6-0.7 steady, and
+/// 1 tuning in 6 chose im2col (1.8x slower); with three, 6 of 6 chose F(2,3).
 pub fn settled<E>(
+    least: usize,
     max: usize,
     mut run: impl FnMut() -> std::result::Result<f64, E>,
 ) -> std::result::Result<f64, E> {
     let mut best = f64::INFINITY;
-    for _ in 0..max.max(1) {
+    for i in 0..max.max(least).max(1) {
         let ms = run()?;
         let improved = ms < 0.95 * best;
         best = best.min(ms);
-        if !improved {
+        if !improved && i + 1 >= least {
             break;
         }
     }

@@ -148,7 +148,7 @@ pub fn time_plans(
         // weights (Winograd's on vgg16.conv4_3, conv5_3) ran up to 2-4x its time alone, and
         // `--algo all` named other algorithms fastest than a layer run alone would.
         if alternating {
-            convkit::tune::settled(3, &mut once)?;
+            convkit::tune::settled(1, 3, &mut once)?;
         }
         once()
     };
