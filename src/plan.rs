@@ -1134,14 +1134,19 @@ fn channels_last_band(g: &Geometry) -> bool {
     !g.epilogue.residual && matches!(g.epilogue.pool, Some(Pool::Max(_) | Pool::Avg { .. }))
 }
 
-/// The `direct_oc` tile kernel for `g`: the tier's wide tile for channels-last bands of at
-/// least 48 channels a group (three of its four panels), else its default tile.
+/// The `direct_oc` tile kernel for `g`: the tier's wide tile for layers of at least 48
+/// channels a group (three of its four panels) and K up to 1152 (a call's weights, K x 64
+/// floats, then stay within 288 KiB), else its default tile. Paired, min and median time,
+/// wide over default: planar resnet50.res3.3x3s2 (K = 1152) 0.95-0.99x on one thread,
+/// 0.91-0.93x on two, textcnn.k3 0.95-0.96x and 0.96-1.00x; resnet50.res5.3x3 (K = 4608)
+/// 1.10-1.12x; channels-last in [`F32_CONV_OC_WIDE`](crate::arch::x86_64::avx512).
 fn direct_oc_kernel(
     g: &Geometry,
     table: &crate::kernels::KernelTable,
 ) -> crate::kernels::OcUkernel {
+    let k = g.cin_per_group * g.kernel_area();
     match table.conv_oc_wide {
-        Some(wide) if channels_last_band(g) && g.cout_per_group >= 48 => wide,
+        Some(wide) if g.cout_per_group >= 48 && k <= 1152 => wide,
         _ => table.conv_oc,
     }
 }

@@ -505,7 +505,8 @@ pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
 /// 64 channels takes one call a tile instead of two. Stored pixel-major straight from the
 /// registers. Paired runs (both orders), min time, against the 8x32 tile: one thread
 /// alexnet.conv1 0.91-0.97x the time, resnet50.conv1 0.97-1.00x; two threads 0.92-0.94x and
-/// 0.97-0.98x. Planar outputs (which the plans give the 8x32 tile) take a scalar store.
+/// 0.97-0.98x. Planar outputs go through the AVX2 tile's transposing store, panel by
+/// panel (see `plan::direct_oc_kernel` for which layers take this tile).
 pub const F32_CONV_OC_WIDE: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
     name: "f32_conv_oc_6x64__avx512",
     isa: Isa::Avx512,
@@ -546,8 +547,14 @@ unsafe fn conv_oc_wide(t: &crate::kernels::OcTile) {
         }
     }
     for q in 0..t.panels {
-        let rows: [[f32; OC_NR]; WIDE_PIXELS] =
-            std::array::from_fn(|i| std::array::from_fn(|j| spill[i][q * OC_NR + j]));
+        let mut h = [[_mm256_setzero_ps(); 2]; WIDE_PIXELS];
+        for (slot, row) in h.iter_mut().zip(&spill) {
+            // SAFETY: 16 floats from panel q's start in a row of 64.
+            unsafe {
+                slot[0] = _mm256_loadu_ps(row.as_ptr().add(q * OC_NR));
+                slot[1] = _mm256_loadu_ps(row.as_ptr().add(q * OC_NR + 8));
+            }
+        }
         let part = crate::kernels::OcTile {
             n: (t.n - q * OC_NR).min(OC_NR),
             c: t.c.wrapping_add(q * OC_NR * t.cs),
@@ -558,9 +565,10 @@ unsafe fn conv_oc_wide(t: &crate::kernels::OcTile) {
             },
             ..*t
         };
-        // SAFETY: `part` is channels 16 q.. of the tile (n > 16 q), inside the output and
-        // bias the contract covers; WIDE_PIXELS = OC_MR rows.
-        unsafe { crate::arch::store_oc_tile(&rows, &part) };
+        // SAFETY: AVX2 is implied by this function's features; `part` is channels 16 q.. of
+        // the tile (n > 16 q), inside the output and bias the contract covers; WIDE_PIXELS =
+        // OC_MR rows.
+        unsafe { crate::arch::x86_64::avx2::store_oc_acc(&h, &part) };
     }
 }
 
