@@ -183,7 +183,7 @@ pub struct OcTile {
 #[derive(Copy, Clone, Debug)]
 #[non_exhaustive]
 pub struct OcUkernel {
-    /// Canonical name, `f32_conv_oc_6x16__{isa}`.
+    /// Canonical name, `f32_conv_oc_{pixels}x{channels}__{isa}`.
     pub name: &'static str,
     /// The tier it needs.
     pub isa: Isa,

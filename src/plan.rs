@@ -1122,10 +1122,6 @@ impl Plan {
     }
 }
 
-/// Pools conv rows `r0..r1` (all channels, `band` laid out `[Cout][r1 - r0][OW]`) into pooled
-/// rows `p0..p1` of `out_img`, or folds them into `global` (max or sum per channel) for the
-/// global pools. The same definitions as the reference, in f32.
-#[allow(clippy::too_many_arguments)]
 /// Whether `direct_oc` writes the layer's bands channels-last: `direct_oc` tiles are pixels
 /// by channels, stored channels-last they need no transpose, and a window pool reads such a
 /// band as well as a planar one (its pooled rows are transposed instead: a quarter of the
@@ -1170,6 +1166,9 @@ struct BandLayout {
     channels_last: bool,
 }
 
+/// Pools conv rows `r0..r1` (all channels, `band` laid out as `layout` says) into pooled
+/// rows `p0..p1` of `out_img`, or folds them into `global` (max or sum per channel) for the
+/// global pools. The same definitions as the reference, in f32.
 fn pool_band(
     g: &Geometry,
     band: &[f32],
@@ -1228,6 +1227,9 @@ fn pool_band(
                 transpose: kernels.transpose,
             };
             if channels_last {
+                if p1 <= p0 {
+                    return;
+                }
                 // Tasks of whole pooled rows (every channel, the band read in order), each
                 // pooling into its own `[Cout][rows][pw]` and copying each channel's rows
                 // out whole (tasks share the output buffer, never an element). Written in

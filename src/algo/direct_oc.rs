@@ -4,8 +4,9 @@
 //! pixels, so a tile is MR output channels by NR pixels of one row (or of the phase plane's
 //! padded row): a 28- or 55-wide output row wastes part of its last tile, and every tap's
 //! B row is a misaligned 16-float read from the image. Here the roles swap, `C^T = X^T W^T`:
-//! a tile is the kernel's `mr` output pixels (6; 8 on AVX-512) by one or two panels of
-//! OC_NR channels (any pixels: each has its own image offset, so tiles run across row ends
+//! a tile is the kernel's `mr` output pixels by up to its `panels` panels of OC_NR channels
+//! (6 x 1 elsewhere; on AVX-512 8 x 2, or 6 x 4 for layers of 48+ channels and K <= 1152:
+//! `plan::direct_oc_kernel`) (any pixels: each has its own image offset, so tiles run across row ends
 //! with nothing wasted), the pixels' input values are broadcast straight from the padded
 //! image, and the weights are packed once, K x OC_NR per channel panel. The tile is written
 //! channel by channel (`mr` consecutive floats of each output plane), or, into the band of a

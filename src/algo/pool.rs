@@ -40,6 +40,29 @@ pub type PoolPlaneFn = fn(&PlaneArgs, &[f32], &mut [f32]);
 /// see [`pool_channels_last`].
 pub type PoolChannelsLastFn = fn(&PlaneArgs, &[f32], usize, &mut [f32], usize);
 
+/// `acc[i] = op(acc[i], v[i])`: `max_nan` for max pools, `+` for average pools (a loop
+/// per operation, so each vectorizes).
+#[inline(always)]
+fn fold_into(acc: &mut [f32], v: &[f32], is_max: bool) {
+    if is_max {
+        for (a, &v) in acc.iter_mut().zip(v) {
+            *a = crate::epilogue::max_nan(*a, v);
+        }
+    } else {
+        for (a, &v) in acc.iter_mut().zip(v) {
+            *a += v;
+        }
+    }
+}
+
+/// The window of pooled index `p` along one dim, clipped to `0..n` (`k` taps at stride `s`
+/// from `p s - pad`).
+#[inline(always)]
+fn window(p: usize, s: usize, pad: usize, k: usize, n: usize) -> std::ops::Range<usize> {
+    let lo = (p * s) as isize - pad as isize;
+    lo.max(0) as usize..((lo + k as isize).min(n as isize)).max(0) as usize
+}
+
 /// Pools a channels-last band (`band[((y - r0) * ow + x) * channels + c]`, the layout
 /// `direct_oc` stores without transposing its tiles): pooled rows `p0..p1` of every channel,
 /// pixel `px` of row `py` of channel `ch` at `out[ch * plane_stride + (py - p0) * pw + px]`
@@ -72,21 +95,23 @@ pub fn pool_channels_last(
     } = *args;
     let c = channels;
     let row_len = ow * c;
-    if p1 > p0 && c > 0 {
-        assert!(
-            out.len() >= (c - 1) * plane_stride + (p1 - p0) * pw,
-            "pooled planes shorter than {c} channels of {} rows",
-            p1 - p0
-        );
+    if p1 <= p0 || c == 0 {
+        return;
     }
+    assert!(
+        out.len() >= (c - 1) * plane_stride + (p1 - p0) * pw,
+        "pooled planes shorter than {c} channels of {} rows",
+        p1 - p0
+    );
     // The window's rows reduced ([ow][c]) and the pooled row ([pw][c]).
     let mut rows = vec![0f32; row_len];
     let mut pooled = vec![0f32; pw * c];
     let (k, sx, pl) = (d[1].size, d[1].stride, d[1].pad_before);
+    // What an empty window pools to (as the reference: the fold's start).
+    let empty = if is_max { f32::NEG_INFINITY } else { 0.0 };
     let conv_row = |y: usize| &band[(y - r0) * row_len..(y - r0 + 1) * row_len];
     for py in p0..p1 {
-        let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
-        let ys = y0.max(0) as usize..((y0 + d[0].size as isize).min(oh as isize)) as usize;
+        let ys = window(py, d[0].stride, d[0].pad_before, d[0].size, oh);
         // The first two rows reduced straight into `rows` (no copy of the first).
         let mut ys_rest = ys.clone();
         match (ys_rest.next(), ys_rest.next()) {
@@ -103,38 +128,19 @@ pub fn pool_channels_last(
                 }
             }
             (Some(a), None) => rows.copy_from_slice(conv_row(a)),
-            _ => rows.fill(if is_max { f32::NEG_INFINITY } else { 0.0 }),
+            _ => rows.fill(empty),
         }
         for y in ys_rest {
-            let row = conv_row(y);
-            if is_max {
-                for (a, &v) in rows.iter_mut().zip(row) {
-                    *a = crate::epilogue::max_nan(*a, v);
-                }
-            } else {
-                for (a, &v) in rows.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
+            fold_into(&mut rows, conv_row(y), is_max);
         }
         for (px, dst) in pooled.chunks_exact_mut(c).enumerate() {
-            let x0 = (px * sx) as isize - pl as isize;
-            let xs = x0.max(0) as usize..((x0 + k as isize).min(ow as isize)) as usize;
+            let xs = window(px, sx, pl, k, ow);
             match xs.clone().next() {
                 Some(first) => dst.copy_from_slice(&rows[first * c..(first + 1) * c]),
-                None => dst.fill(if is_max { f32::NEG_INFINITY } else { 0.0 }),
+                None => dst.fill(empty),
             }
             for x in xs.clone().skip(1) {
-                let v = &rows[x * c..(x + 1) * c];
-                if is_max {
-                    for (a, &v) in dst.iter_mut().zip(v) {
-                        *a = crate::epilogue::max_nan(*a, v);
-                    }
-                } else {
-                    for (a, &v) in dst.iter_mut().zip(v) {
-                        *a += v;
-                    }
-                }
+                fold_into(dst, &rows[x * c..(x + 1) * c], is_max);
             }
             if !is_max {
                 let count = if cip {
@@ -179,24 +185,14 @@ pub fn pool_plane(args: &PlaneArgs, plane: &[f32], o: &mut [f32]) {
     let phase_len = ow.div_ceil(sx);
     let mut phases = vec![0f32; if sx > 1 { sx * phase_len } else { 0 }];
     for py in p0..p1 {
-        let y0 = (py * d[0].stride) as isize - d[0].pad_before as isize;
-        let ys = y0.max(0) as usize..((y0 + d[0].size as isize).min(oh as isize)) as usize;
+        let ys = window(py, d[0].stride, d[0].pad_before, d[0].size, oh);
         let conv_row = |y: usize| &plane[(y - r0) * ow..(y - r0 + 1) * ow];
         match ys.clone().next() {
             Some(first) => acc.copy_from_slice(conv_row(first)),
             None => acc.fill(if is_max { f32::NEG_INFINITY } else { 0.0 }),
         }
         for y in ys.clone().skip(1) {
-            let row = conv_row(y);
-            if is_max {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a = crate::epilogue::max_nan(*a, v);
-                }
-            } else {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
+            fold_into(&mut acc, conv_row(y), is_max);
         }
         // Interior outputs (their window inside the row): px in lo..hi.
         let lo = pl.div_ceil(sx).min(pw);
@@ -226,15 +222,7 @@ pub fn pool_plane(args: &PlaneArgs, plane: &[f32], o: &mut [f32]) {
             let out = &mut orow[lo..hi];
             out.copy_from_slice(tap(0));
             for j in 1..k {
-                if is_max {
-                    for (a, &v) in out.iter_mut().zip(tap(j)) {
-                        *a = crate::epilogue::max_nan(*a, v);
-                    }
-                } else {
-                    for (a, &v) in out.iter_mut().zip(tap(j)) {
-                        *a += v;
-                    }
-                }
+                fold_into(out, tap(j), is_max);
             }
             if !is_max {
                 let count = if cip {
@@ -248,8 +236,7 @@ pub fn pool_plane(args: &PlaneArgs, plane: &[f32], o: &mut [f32]) {
             }
         }
         for px in (0..lo).chain(hi..pw) {
-            let x0 = (px * sx) as isize - pl as isize;
-            let xs = x0.max(0) as usize..((x0 + k as isize).min(ow as isize)) as usize;
+            let xs = window(px, sx, pl, k, ow);
             orow[px] = if is_max {
                 acc[xs.clone()]
                     .iter()

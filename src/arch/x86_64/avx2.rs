@@ -656,12 +656,15 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], dst_str
         return crate::arch::transpose_scalar(src, rows, cols, dst, dst_stride);
     }
     let (full_rows, full_cols) = (rows / 8 * 8, cols / 8 * 8);
+    // One pointer for all the blocks' stores (a fresh `as_mut_ptr` per row would reborrow
+    // `dst` under the earlier pointers).
+    let out = dst.as_mut_ptr();
     for i0 in (0..full_rows).step_by(8) {
         for j0 in (0..full_cols).step_by(8) {
             let from: [*const f32; 8] =
                 std::array::from_fn(|i| src[(i0 + i) * cols + j0..][..8].as_ptr());
             let to: [*mut f32; 8] =
-                std::array::from_fn(|q| dst.as_mut_ptr().wrapping_add((j0 + q) * dst_stride + i0));
+                std::array::from_fn(|q| out.wrapping_add((j0 + q) * dst_stride + i0));
             // SAFETY: AVX2 was checked; each source row holds 8 floats (sliced above), and
             // output row j0 + q < cols holds floats i0..i0 + 8 <= rows of its `rows`, inside
             // `dst` and apart from the other rows (check_transpose).

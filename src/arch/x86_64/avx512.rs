@@ -499,7 +499,7 @@ pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
     run: conv_oc,
 };
 
-/// The wide `direct_oc` tile for channels-last bands: 6 pixels x 64 output channels (four
+/// The wide `direct_oc` tile: 6 pixels x 64 output channels (four
 /// weight panels), 24 zmm accumulators; each tap loads four weight vectors and broadcasts 6
 /// image values for 24 FMAs (0.42 loads an FMA against the 8x32 tile's 0.63), and a layer of
 /// 64 channels takes one call a tile instead of two. Stored pixel-major straight from the
@@ -535,15 +535,16 @@ unsafe fn conv_oc_wide(t: &crate::kernels::OcTile) {
         }
         return;
     }
-    // Planar: the accumulators spilled, then each panel through the scalar store.
+    // Planar: the accumulators spilled, then each panel through the AVX2 6-pixel
+    // transposing store.
     let mut spill = [[0f32; 4 * OC_NR]; WIDE_PIXELS];
     // SAFETY: forwarded contract.
     unsafe {
         match t.panels {
-            4 => oc_spill::<WIDE_PIXELS, 4>(t, &mut spill),
-            3 => oc_spill::<WIDE_PIXELS, 3>(t, &mut spill),
-            2 => oc_spill::<WIDE_PIXELS, 2>(t, &mut spill),
-            _ => oc_spill::<WIDE_PIXELS, 1>(t, &mut spill),
+            4 => oc_spill::<WIDE_PIXELS, 4, 64>(t, &mut spill),
+            3 => oc_spill::<WIDE_PIXELS, 3, 64>(t, &mut spill),
+            2 => oc_spill::<WIDE_PIXELS, 2, 64>(t, &mut spill),
+            _ => oc_spill::<WIDE_PIXELS, 1, 64>(t, &mut spill),
         }
     }
     for q in 0..t.panels {
@@ -572,22 +573,27 @@ unsafe fn conv_oc_wide(t: &crate::kernels::OcTile) {
     }
 }
 
-/// The K loop of a `PX x 16 P` tile into `spill` (panel `q` of pixel `i` at `spill[i][16 q..]`).
+/// The K loop of a `PX`-pixel tile of `P` channel panels into `spill` (panel `q` of pixel
+/// `i` at `spill[i][16 q..]`, rows of `W >= 16 P` floats), for the transposing stores. (The
+/// K loop runs in a function of its own and leaves the accumulators in memory: kept in
+/// registers into the ymm stores, all of them were confined to zmm0-15, as ymm16-31 need
+/// AVX512VL, and the loop spilled.)
 ///
 /// # Safety
-/// As [`conv_oc`], with `t.panels == P` and `t.mr == PX`.
+/// As [`conv_oc`], for a kernel of `PX` pixels, with `t.panels == P`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline(never)]
-unsafe fn oc_spill<const PX: usize, const P: usize>(
+unsafe fn oc_spill<const PX: usize, const P: usize, const W: usize>(
     t: &crate::kernels::OcTile,
-    spill: &mut [[f32; 64]; PX],
+    spill: &mut [[f32; W]; PX],
 ) {
     use crate::kernels::OC_NR;
+    const { assert!(W >= 16 * P) };
     // SAFETY: forwarded contract.
     let acc = unsafe { oc_k_loop::<PX, P>(t) };
     for (row, a) in spill.iter_mut().zip(&acc) {
         for (q, &v) in a.iter().enumerate() {
-            // SAFETY: each row holds 64 floats, q < P <= 4.
+            // SAFETY: each row holds W >= 16 P floats, q < P.
             unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(q * OC_NR), v) };
         }
     }
@@ -604,9 +610,6 @@ type OcSpill = [[f32; 32]; OC_PIXELS];
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn conv_oc(t: &crate::kernels::OcTile) {
     use crate::kernels::{OC_MR, OC_NR};
-    // The K loops run in functions of their own and leave the accumulators in memory: kept
-    // in registers into the ymm store below, all of them were confined to zmm0-15 (ymm16-31
-    // need AVX512VL) and the loop spilled.
     if t.pixel_major {
         // SAFETY: forwarded contract.
         unsafe {
@@ -622,9 +625,9 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
     // SAFETY: forwarded contract.
     unsafe {
         if t.panels == 2 {
-            oc_panels::<2>(t, &mut spill);
+            oc_spill::<OC_PIXELS, 2, 32>(t, &mut spill);
         } else {
-            oc_panels::<1>(t, &mut spill);
+            oc_spill::<OC_PIXELS, 1, 32>(t, &mut spill);
         }
     }
     if t.m == OC_PIXELS && t.n == 2 * OC_NR && !t.load_c {
@@ -704,11 +707,11 @@ fn oc_pixels<const PX: usize>(t: &crate::kernels::OcTile) -> [*const f32; PX] {
     px
 }
 
-/// The K loop of a tile of `P` channel panels (1 or 2): the accumulators, panel `q` of
-/// pixel `i` at `[i][q]`.
+/// The K loop of a tile of `PX` pixels and `P` channel panels (1 to 4): the accumulators,
+/// panel `q` of pixel `i` at `[i][q]`.
 ///
 /// # Safety
-/// As [`conv_oc`], with `t.panels == P`.
+/// As [`conv_oc`], for a kernel of `PX` pixels, with `t.panels == P`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
 unsafe fn oc_k_loop<const PX: usize, const P: usize>(
@@ -755,31 +758,12 @@ unsafe fn oc_k_loop<const PX: usize, const P: usize>(
     acc
 }
 
-/// The K loop of a tile of `P` channel panels into `spill` (panel `q` of pixel `i` at
-/// `spill[i][16 q..]`), for the transposing stores.
-///
-/// # Safety
-/// As [`conv_oc`], with `t.panels == P`.
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline(never)]
-unsafe fn oc_panels<const P: usize>(t: &crate::kernels::OcTile, spill: &mut OcSpill) {
-    use crate::kernels::OC_NR;
-    // SAFETY: forwarded contract.
-    let acc = unsafe { oc_k_loop::<OC_PIXELS, P>(t) };
-    for (row, a) in spill.iter_mut().zip(&acc) {
-        for (q, &v) in a.iter().enumerate() {
-            // SAFETY: each row holds 32 floats, q < P <= 2.
-            unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(q * OC_NR), v) };
-        }
-    }
-}
-
 /// The K loop of a tile of `P` channel panels stored pixel-major straight from the
 /// accumulators (channels-last bands): C, bias and clamp on each zmm, masked past `n`. (Through
 /// the spill buffer and a second function, the store was 7% of resnet50.conv1.)
 ///
 /// # Safety
-/// As [`conv_oc`], with `t.panels == P` and `t.pixel_major`.
+/// As [`conv_oc`], for a kernel of `PX` pixels, with `t.panels == P` and `t.pixel_major`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline(never)]
 unsafe fn oc_panels_pixel_major<const PX: usize, const P: usize>(t: &crate::kernels::OcTile) {
