@@ -681,8 +681,11 @@ impl Plan {
         };
         let x = to_nchw(input, c, g.input_area());
         // `direct_oc` without a pool stores its tiles pixel by pixel straight into the NHWC
-        // output (and takes the NHWC residual as it is): no conversion out.
-        if matches!(self.prepared, Prepared::DirectOc(_)) && g.epilogue.pool.is_none() {
+        // output (and takes the NHWC residual as it is), and with a window pool its
+        // channels-last band pools into NHWC rows as they are: no conversion out.
+        if matches!(self.prepared, Prepared::DirectOc(_))
+            && (g.epilogue.pool.is_none() || channels_last_band(g))
+        {
             let run = self.run_nchw_in(&x, residual, output, clock, true);
             crate::tensor::give_scratch(x);
             return run;
@@ -716,7 +719,8 @@ impl Plan {
     }
 
     /// Runs NCHW `input`; the output (and residual) are NCHW, or NHWC when `nhwc_out`, which
-    /// only `direct_oc` without a pool takes (its tiles stored channels-last).
+    /// only `direct_oc` takes, without a pool or with a window pool (its tiles and bands
+    /// stored channels-last).
     fn run_nchw_in(
         &self,
         input: &[f32],
@@ -728,7 +732,7 @@ impl Plan {
         debug_assert!(
             !nhwc_out
                 || (matches!(self.prepared, Prepared::DirectOc(_))
-                    && self.geom.epilogue.pool.is_none())
+                    && (self.geom.epilogue.pool.is_none() || channels_last_band(&self.geom)))
         );
         let g = &self.geom;
         if let Prepared::Reference { weight } = &self.prepared {
@@ -840,6 +844,7 @@ impl Plan {
                     p0,
                     p1,
                     channels_last,
+                    nhwc_out,
                 };
                 pool_band(g, band, band_layout, out_img, &mut global, &pool_kernels);
             }
@@ -1201,7 +1206,8 @@ struct PoolKernels {
 }
 
 /// One band of the fused pool: conv rows `r0..r1` (planar `[Cout][rows][OW]`, or
-/// `[rows][OW][Cout]` when `channels_last`) and the pooled rows `p0..p1` they complete.
+/// `[rows][OW][Cout]` when `channels_last`) and the pooled rows `p0..p1` they complete, into
+/// planes or (`nhwc_out`, channels-last bands only) NHWC rows.
 #[derive(Copy, Clone)]
 struct BandLayout {
     r0: usize,
@@ -1209,6 +1215,7 @@ struct BandLayout {
     p0: usize,
     p1: usize,
     channels_last: bool,
+    nhwc_out: bool,
 }
 
 /// Pools conv rows `r0..r1` (all channels, `band` laid out as `layout` says) into pooled
@@ -1228,7 +1235,9 @@ fn pool_band(
         p0,
         p1,
         channels_last,
+        nhwc_out,
     } = layout;
+    debug_assert!(!nhwc_out || channels_last);
     let ow = g.conv_out[1];
     let rows = r1 - r0;
     debug_assert!(
@@ -1294,9 +1303,14 @@ fn pool_band(
                     };
                     let rows_len = (q1 - q0) * pw;
                     let mut own = crate::tensor::take_scratch(cout * rows_len);
-                    (kernels.channels_last)(&task_args, band, cout, &mut own, rows_len);
-                    for (ch, rows) in own.chunks_exact(rows_len).enumerate() {
-                        shared.write_from(ch * ph * pw + q0 * pw, rows);
+                    (kernels.channels_last)(&task_args, band, cout, &mut own, rows_len, nhwc_out);
+                    if nhwc_out {
+                        // Pooled rows q0..q1 of the NHWC output, whole.
+                        shared.write_from(q0 * pw * cout, &own);
+                    } else {
+                        for (ch, rows) in own.chunks_exact(rows_len).enumerate() {
+                            shared.write_from(ch * ph * pw + q0 * pw, rows);
+                        }
                     }
                     crate::tensor::give_scratch(own);
                 });

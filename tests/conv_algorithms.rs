@@ -314,6 +314,17 @@ fn suite_like_cases() -> Vec<ConvSpec> {
                 stride: vec![2, 2],
                 padding: vec![(1, 1); 2],
             }))),
+        // 64 channels (AVX-512's wide direct_oc tile) and 16 pooled rows: the channels-last
+        // pool's tasks then take several rows each, in planes and in NHWC rows.
+        ConvSpec::new(&[1, 3, 64, 64], 64, &[7, 7])
+            .with_stride(&[2, 2])
+            .with_padding(Padding::Symmetric(vec![3, 3]))
+            .with_activation(Activation::Relu)
+            .with_pool(Some(Pool::Max(PoolWindow {
+                size: vec![3, 3],
+                stride: vec![2, 2],
+                padding: vec![(1, 1); 2],
+            }))),
         ConvSpec::new(&[1, 40, 9, 9], 36, &[1, 1])
             .with_residual(true)
             .with_activation(Activation::Relu6),

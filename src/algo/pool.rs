@@ -36,9 +36,9 @@ pub struct PlaneArgs {
 /// The plane-pooling entry of a tier: `(args, plane rows of the band, pooled plane)`.
 pub type PoolPlaneFn = fn(&PlaneArgs, &[f32], &mut [f32]);
 
-/// The channels-last pooling entry of a tier: `(args, band, channels, out, plane_stride)`;
-/// see [`pool_channels_last`].
-pub type PoolChannelsLastFn = fn(&PlaneArgs, &[f32], usize, &mut [f32], usize);
+/// The channels-last pooling entry of a tier: `(args, band, channels, out, plane_stride,
+/// nhwc_out)`; see [`pool_channels_last`].
+pub type PoolChannelsLastFn = fn(&PlaneArgs, &[f32], usize, &mut [f32], usize, bool);
 
 /// `acc[i] = op(acc[i], v[i])`: `max_nan` for max pools, `+` for average pools (a loop
 /// per operation, so each vectorizes).
@@ -66,7 +66,8 @@ fn window(p: usize, s: usize, pad: usize, k: usize, n: usize) -> std::ops::Range
 /// Pools a channels-last band (`band[((y - r0) * ow + x) * channels + c]`, the layout
 /// `direct_oc` stores without transposing its tiles): pooled rows `p0..p1` of every channel,
 /// pixel `px` of row `py` of channel `ch` at `out[ch * plane_stride + (py - p0) * pw + px]`
-/// (`out` from row `p0` of the pooled planes, or a task's own rows).
+/// (`out` from row `p0` of the pooled planes, or a task's own rows), or with `nhwc_out` at
+/// `out[((py - p0) * pw + px) * channels + ch]` (the pooled rows as they are, no transpose).
 ///
 /// Separable as [`pool_plane`], in the same order (the window's rows reduced elementwise,
 /// then its columns; first element copied, then `max_nan` or `+`), but every pass runs over
@@ -80,6 +81,7 @@ pub fn pool_channels_last(
     channels: usize,
     out: &mut [f32],
     plane_stride: usize,
+    nhwc_out: bool,
 ) {
     let PlaneArgs {
         dims: d,
@@ -98,9 +100,14 @@ pub fn pool_channels_last(
     if p1 <= p0 || c == 0 {
         return;
     }
+    let need = if nhwc_out {
+        (p1 - p0) * pw * c
+    } else {
+        (c - 1) * plane_stride + (p1 - p0) * pw
+    };
     assert!(
-        out.len() >= (c - 1) * plane_stride + (p1 - p0) * pw,
-        "pooled planes shorter than {c} channels of {} rows",
+        out.len() >= need,
+        "pooled output shorter than {c} channels of {} rows",
         p1 - p0
     );
     // The window's rows reduced ([ow][c]) and the pooled row ([pw][c]).
@@ -153,8 +160,12 @@ pub fn pool_channels_last(
                 }
             }
         }
-        // [pw][c] into row py of each of the c planes.
-        transpose(&pooled, pw, c, &mut out[(py - p0) * pw..], plane_stride);
+        if nhwc_out {
+            out[(py - p0) * pw * c..][..pw * c].copy_from_slice(&pooled);
+        } else {
+            // [pw][c] into row py of each of the c planes.
+            transpose(&pooled, pw, c, &mut out[(py - p0) * pw..], plane_stride);
+        }
     }
 }
 

@@ -379,6 +379,7 @@ macro_rules! pool_kernel {
             channels: usize,
             out: &mut [f32],
             plane_stride: usize,
+            nhwc_out: bool,
         ) {
             assert!(
                 Isa::$isa.is_available(),
@@ -386,7 +387,7 @@ macro_rules! pool_kernel {
                 Isa::$isa
             );
             // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
-            unsafe { pool_channels_last_tf(args, band, channels, out, plane_stride) }
+            unsafe { pool_channels_last_tf(args, band, channels, out, plane_stride, nhwc_out) }
         }
 
         #[target_feature(enable = $features)]
@@ -396,8 +397,9 @@ macro_rules! pool_kernel {
             channels: usize,
             out: &mut [f32],
             plane_stride: usize,
+            nhwc_out: bool,
         ) {
-            crate::algo::pool::pool_channels_last(args, band, channels, out, plane_stride)
+            crate::algo::pool::pool_channels_last(args, band, channels, out, plane_stride, nhwc_out)
         }
     };
 }
