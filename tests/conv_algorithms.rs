@@ -300,31 +300,28 @@ proptest! {
     }
 }
 
+/// A resnet50.conv1-shaped layer: 7x7 stride 2, relu, 3x3 stride-2 max pool.
+fn conv1_like(input: &[usize], out_channels: usize) -> ConvSpec {
+    ConvSpec::new(input, out_channels, &[7, 7])
+        .with_stride(&[2, 2])
+        .with_padding(Padding::Symmetric(vec![3, 3]))
+        .with_activation(Activation::Relu)
+        .with_pool(Some(Pool::Max(PoolWindow {
+            size: vec![3, 3],
+            stride: vec![2, 2],
+            padding: vec![(1, 1); 2],
+        })))
+}
+
 fn suite_like_cases() -> Vec<ConvSpec> {
     vec![
         ConvSpec::new(&[1, 16, 20, 20], 24, &[3, 3])
             .with_padding(Padding::Symmetric(vec![1, 1]))
             .with_activation(Activation::Relu),
-        ConvSpec::new(&[2, 3, 31, 29], 8, &[7, 7])
-            .with_stride(&[2, 2])
-            .with_padding(Padding::Symmetric(vec![3, 3]))
-            .with_activation(Activation::Relu)
-            .with_pool(Some(Pool::Max(PoolWindow {
-                size: vec![3, 3],
-                stride: vec![2, 2],
-                padding: vec![(1, 1); 2],
-            }))),
+        conv1_like(&[2, 3, 31, 29], 8),
         // 64 channels (AVX-512's wide direct_oc tile) and 16 pooled rows: the channels-last
         // pool's tasks then take several rows each, in planes and in NHWC rows.
-        ConvSpec::new(&[1, 3, 64, 64], 64, &[7, 7])
-            .with_stride(&[2, 2])
-            .with_padding(Padding::Symmetric(vec![3, 3]))
-            .with_activation(Activation::Relu)
-            .with_pool(Some(Pool::Max(PoolWindow {
-                size: vec![3, 3],
-                stride: vec![2, 2],
-                padding: vec![(1, 1); 2],
-            }))),
+        conv1_like(&[1, 3, 64, 64], 64),
         ConvSpec::new(&[1, 40, 9, 9], 36, &[1, 1])
             .with_residual(true)
             .with_activation(Activation::Relu6),
