@@ -455,7 +455,8 @@ impl Plan {
                     .iter()
                     .map(|&v| crate::gemm::flush_denormal(v))
                     .collect();
-                let layout = opts.depthwise_layout.pick(&geom);
+                let uk = isa.kernels()?.dwconv;
+                let layout = opts.depthwise_layout.pick(&geom, &uk);
                 let blocked = match layout {
                     DwLayout::ChannelBlocks => block_weights(&geom, &weight),
                     DwLayout::MultiplierBlocks => {
@@ -464,7 +465,7 @@ impl Plan {
                     _ => Vec::new(),
                 };
                 Prepared::Depthwise {
-                    uk: isa.kernels()?.dwconv,
+                    uk,
                     weight,
                     blocked,
                     layout,
@@ -570,6 +571,11 @@ impl Plan {
                     | crate::algo::depthwise::DwLayout::MultiplierBlocks,
                 ..
             } => Some(uk.block_name),
+            Prepared::Depthwise {
+                uk,
+                layout: crate::algo::depthwise::DwLayout::Direct,
+                ..
+            } => uk.direct.map(|(name, _)| name),
             Prepared::Depthwise { uk, .. } => Some(uk.name),
             Prepared::Direct(d) => Some(d.uk.name),
             Prepared::DirectOc(d) => Some(d.uk.name),
@@ -958,7 +964,9 @@ impl Plan {
                 blocked,
                 layout,
             } => {
-                use crate::algo::depthwise::{run_channel_blocks, run_multiplier_blocks, DwLayout};
+                use crate::algo::depthwise::{
+                    run_channel_blocks, run_direct, run_multiplier_blocks, DwLayout,
+                };
                 let g = &self.geom;
                 match layout {
                     DwLayout::ChannelBlocks => {
@@ -967,6 +975,7 @@ impl Plan {
                     DwLayout::MultiplierBlocks => {
                         run_multiplier_blocks(g, uk, blocked, x, r0, r1, out, pass)
                     }
+                    DwLayout::Direct => run_direct(g, uk, weight, x, r0, r1, out, pass),
                     _ => self.depthwise_rows(uk, weight, x, r0, r1, out, pass)?,
                 }
             }

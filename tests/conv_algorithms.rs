@@ -89,12 +89,21 @@ fn check_banded(
             DwLayout::Planes,
             DwLayout::ChannelBlocks,
             DwLayout::MultiplierBlocks,
+            DwLayout::Direct,
         ],
         Algo::Grouped => &[DwLayout::Planes, DwLayout::ChannelBlocks],
         _ => &[DwLayout::Auto],
     };
     let mut last = Vec::new();
     for &depthwise_layout in dw_layouts {
+        // Direct planes only where the tier has the kernel and it takes the layer (forced
+        // elsewhere, they fall back to a layout this loop runs anyway).
+        if depthwise_layout == DwLayout::Direct {
+            let uk = isa.kernels().map_err(|e| e.to_string())?.dwconv;
+            if depthwise_layout.pick(&g, &uk) != DwLayout::Direct {
+                continue;
+            }
+        }
         let opts = PlanOptions {
             algo: Some(algo.name().into()),
             isa: Some(isa.name().into()),

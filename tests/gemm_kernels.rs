@@ -457,6 +457,50 @@ fn transpose_on_every_tier() {
     }
 }
 
+/// The depthwise channel-block interleave on every tier: `dst[p * 8 + c] = src[c * stride +
+/// p]` exactly, zero lanes past a partial block's channels, for lengths around every tier's
+/// block widths (8 and 16 pixels), `src` exactly long enough, nothing written past `dst`.
+#[test]
+fn dw_interleave_on_every_tier() {
+    const CB: usize = 8;
+    let mut rng = Rng::new(9);
+    for isa in convkit::arch::available_isas() {
+        let interleave = isa.kernels().unwrap().dwconv.interleave;
+        for n in (0usize..50).chain([63, 64, 65, 112]) {
+            for nc in [1, 3, 7, 8] {
+                let stride = n + (n % 5);
+                let src = rand_vec(&mut rng, (nc - 1) * stride + n);
+                let mut buf = vec![f32::NAN; n * CB + 5];
+                interleave(&src, nc, stride, &mut buf[..n * CB]);
+                for (at, v) in buf.iter().enumerate() {
+                    let (p, c) = (at / CB, at % CB);
+                    if p >= n {
+                        assert!(
+                            v.is_nan(),
+                            "{}: n {n}, {nc} channels wrote {at}",
+                            isa.name()
+                        );
+                    } else if c >= nc {
+                        assert_eq!(
+                            *v,
+                            0.0,
+                            "{}: n {n}, {nc} channels, lane {c} of pixel {p}",
+                            isa.name()
+                        );
+                    } else {
+                        assert_eq!(
+                            v.to_bits(),
+                            src[c * stride + p].to_bits(),
+                            "{}: n {n}, {nc} channels, pixel {p} channel {c}",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The two-phase deinterleave of the stride-2 phase split, on every tier: both streams
 /// exact, for uneven lengths, with `src` exactly long enough or longer, nothing written past
 /// either output.
@@ -628,4 +672,144 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
             }
         }
     }
+}
+
+/// The direct-plane depthwise kernel of every tier that has one, against an f64 reference:
+/// kernel sides 1 to 7 (the specialized 3x3, 5x5, 1x3, 1x5 and the general body), strides 1
+/// and 2, every padding before the kernel allows, output sizes from "valid" to larger than
+/// the input, bands of rows (a fused pool's) that start and end anywhere, planes with slack
+/// between them, bias or none, a preloaded residual, a clamp. Canaries around and between
+/// the output planes must survive; the worst element is reported.
+#[test]
+fn direct_depthwise_kernel_on_every_tier() {
+    use convkit::arch::dwconv::DwDirect;
+    let mut rng = Rng::new(10);
+    let mut cases = 0;
+    for isa in available_isas() {
+        let Some((name, kernel)) = isa.kernels().unwrap().dwconv.direct else {
+            continue;
+        };
+        for &(ih, iw) in &[
+            (1, 1),
+            (1, 9),
+            (3, 5),
+            (7, 7),
+            (9, 17),
+            (14, 14),
+            (16, 33),
+            (29, 40),
+        ] {
+            for (kh, kw) in [
+                (1, 1),
+                (1, 3),
+                (1, 5),
+                (2, 2),
+                (3, 3),
+                (5, 5),
+                (4, 7),
+                (7, 7),
+                (3, 1),
+            ] {
+                for stride in [1usize, 2] {
+                    // Paddings before: none, one, the largest the kernel allows; after: the
+                    // rows and columns the case's output size implies.
+                    for (pt, pl) in [(0, 0), (1.min(kh - 1), 1.min(kw - 1)), (kh - 1, kw - 1)] {
+                        let extra = rng.next_u64() as usize % 3;
+                        let (oh, ow) = (
+                            (ih + pt + extra).saturating_sub(kh) / stride + 1,
+                            (iw + pl + extra).saturating_sub(kw) / stride + 1,
+                        );
+                        let r0 = rng.next_u64() as usize % oh;
+                        let r1 = r0 + 1 + rng.next_u64() as usize % (oh - r0);
+                        let planes = 1 + rng.next_u64() as usize % 3;
+                        let (area, band) = (ih * iw, (r1 - r0) * ow);
+                        let (in_stride, out_stride) = (area + 3, band + 5);
+                        let x = rand_vec(&mut rng, planes * in_stride);
+                        let w = rand_vec(&mut rng, planes * kh * kw);
+                        let bias = if extra == 1 {
+                            Vec::new()
+                        } else {
+                            rand_vec(&mut rng, planes)
+                        };
+                        let accumulate = extra == 2;
+                        let clamp = if extra == 0 {
+                            (f32::NEG_INFINITY, f32::INFINITY)
+                        } else {
+                            (-0.9, 1.1)
+                        };
+                        let residual = rand_vec(&mut rng, planes * out_stride);
+                        let mut out = vec![CANARY; planes * out_stride + 7];
+                        for (i, o) in out.iter_mut().enumerate().take(planes * out_stride) {
+                            if i % out_stride < band && accumulate {
+                                *o = residual[i];
+                            }
+                        }
+                        let mut job = DwDirect {
+                            input: &x,
+                            in_stride,
+                            in_dims: [ih, iw],
+                            weight: &w,
+                            kernel: [kh, kw],
+                            stride,
+                            pad: [pt, pl],
+                            rows: [r0, r1],
+                            ow,
+                            out: &mut out[..planes * out_stride],
+                            out_stride,
+                            planes,
+                            bias: &bias,
+                            accumulate,
+                            clamp,
+                        };
+                        kernel(&mut job);
+                        let what = format!(
+                            "{name}: {ih}x{iw} input, {kh}x{kw} kernel, stride {stride}, pad ({pt}, {pl}), \
+                             rows {r0}..{r1} of {oh} x {ow}, {planes} planes, bias {}, residual {accumulate}",
+                            !bias.is_empty()
+                        );
+                        let mut worst = 0f64;
+                        for (i, &v) in out.iter().enumerate() {
+                            let (c, at) = (i / out_stride, i % out_stride);
+                            if c >= planes || at >= band {
+                                assert_eq!(v, CANARY, "{what}: wrote outside the output at {i}");
+                                continue;
+                            }
+                            let (oy, ox) = (r0 + at / ow, at % ow);
+                            let mut want = bias.get(c).map_or(0.0, |&b| b as f64);
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let (iy, ix) = (
+                                        (oy * stride + ky) as isize - pt as isize,
+                                        (ox * stride + kx) as isize - pl as isize,
+                                    );
+                                    if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < ih
+                                        && (ix as usize) < iw
+                                    {
+                                        want += w[c * kh * kw + ky * kw + kx] as f64
+                                            * x[c * in_stride + iy as usize * iw + ix as usize]
+                                                as f64;
+                                    }
+                                }
+                            }
+                            if accumulate {
+                                want += residual[i] as f64;
+                            }
+                            let want = want.clamp(clamp.0 as f64, clamp.1 as f64);
+                            let err = (v as f64 - want).abs();
+                            worst = worst.max(err);
+                            assert!(
+                                err <= 1e-5 * (1.0 + want.abs()),
+                                "{what}: output {i} is {v}, want {want}"
+                            );
+                        }
+                        assert!(worst < 1e-5, "{what}: worst error {worst:.2e}");
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{cases} direct depthwise cases");
 }

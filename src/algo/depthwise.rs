@@ -28,6 +28,9 @@ pub enum DwLayout {
     /// broadcast (few input channels, a multiplier that is a multiple of `CB`:
     /// wav2vec2.conv0's 1 channel x 512).
     MultiplierBlocks,
+    /// Planes read where they are in the NCHW input, padding by masked loads
+    /// ([`crate::arch::dwconv::DwDirect`]): tiers with such a kernel, layers it takes.
+    Direct,
 }
 
 impl DwLayout {
@@ -40,18 +43,28 @@ impl DwLayout {
     /// GFLOP/s for planes), multiplier blocks tie planes on one thread (5.1-5.6 against
     /// 5.1 ms, the exact gelu is half the time) and win on two (2.7-2.9 against 3.4-5.2 ms:
     /// planes run a single channel as one task).
-    pub fn pick(self, g: &Geometry) -> DwLayout {
-        // CONVKIT_DW_LAYOUT=planes|blocks|multipliers overrides `Auto`, to compare the two in one
-        // program (as CONVKIT_WINO_TILES does for Winograd's block size).
+    ///
+    /// Direct planes before all of these where the tier has the kernel and the layer suits it
+    /// ([`crate::arch::dwconv::direct_accepts`]). Measured on AVX-512, one thread, median
+    /// ms, layouts alternating: see [`crate::arch::dwconv::DwDirect`]'s section in
+    /// PERFORMANCE.md, "Session 14".
+    pub fn pick(self, g: &Geometry, uk: &DwUkernel) -> DwLayout {
+        let direct = uk.direct.is_some() && crate::arch::dwconv::direct_accepts(g);
+        // CONVKIT_DW_LAYOUT=planes|blocks|multipliers|direct overrides `Auto`, to compare the
+        // layouts in one program (as CONVKIT_WINO_TILES does for Winograd's block size).
         let forced = match std::env::var("CONVKIT_DW_LAYOUT").as_deref() {
             Ok("planes") => Some(DwLayout::Planes),
             Ok("blocks") => Some(DwLayout::ChannelBlocks),
             Ok("multipliers") if g.cout_per_group.is_multiple_of(CB) => {
                 Some(DwLayout::MultiplierBlocks)
             }
+            Ok("direct") if direct => Some(DwLayout::Direct),
             _ => None,
         };
         match self {
+            DwLayout::Auto if direct => forced.unwrap_or(DwLayout::Direct),
+            // Direct planes need the kernel and a layer it takes: channel blocks otherwise.
+            DwLayout::Direct if !direct => DwLayout::Auto.pick(g, uk),
             DwLayout::Auto if g.in_channels < CB / 2 && g.cout_per_group.is_multiple_of(CB) => {
                 forced.unwrap_or(DwLayout::MultiplierBlocks)
             }
@@ -86,7 +99,7 @@ impl DwLayout {
         match self {
             DwLayout::Auto if hand_kernel => forced.unwrap_or(DwLayout::Planes),
             DwLayout::Auto => forced.unwrap_or(DwLayout::ChannelBlocks),
-            DwLayout::MultiplierBlocks => DwLayout::ChannelBlocks,
+            DwLayout::MultiplierBlocks | DwLayout::Direct => DwLayout::ChannelBlocks,
             fixed => fixed,
         }
     }
@@ -203,6 +216,67 @@ pub fn run_multiplier_blocks(
             }
         }
         crate::tensor::give_scratch(xb);
+    });
+}
+
+/// Conv rows `r0..r1` of one image into `out` (`[C][r1 - r0][OW]`) by direct planes:
+/// `weight` is the layer's own (`[C][KH * KW]`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_direct(
+    g: &Geometry,
+    uk: &DwUkernel,
+    weight: &[f32],
+    x: &[f32],
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+    pass: &OutputPass,
+) {
+    let Some((_, kernel)) = uk.direct else {
+        unreachable!("direct planes are picked only on tiers with the kernel")
+    };
+    let OutputPass {
+        bias,
+        accumulate,
+        clamp,
+        activation,
+    } = *pass;
+    let band = (r1 - r0) * g.conv_out[1];
+    let (c, ka, in_area) = (g.in_channels, g.kernel_area(), g.input_area());
+    if band == 0 {
+        return;
+    }
+    // Planes per task: about 16K input floats of work each (a 7x7 plane is 49), but at
+    // least four tasks per thread where there are enough planes.
+    let threads = crate::par::threads().max(1);
+    let per_task = (16384 / in_area.max(1)).min(c.div_ceil(4 * threads)).max(1);
+    crate::par::for_each_chunk_mut(out, per_task * band, |task, planes| {
+        let first = task * per_task;
+        let n = planes.len() / band;
+        let mut job = crate::arch::dwconv::DwDirect {
+            // The rest of the image: the kernel prefetches the plane after its last.
+            input: &x[first * in_area..],
+            in_stride: in_area,
+            in_dims: g.input,
+            weight: &weight[first * ka..(first + n) * ka],
+            kernel: g.kernel,
+            stride: g.stride[0],
+            pad: g.pad_before,
+            rows: [r0, r1],
+            ow: g.conv_out[1],
+            out: planes,
+            out_stride: band,
+            planes: n,
+            bias: bias.map_or(&[][..], |b| &b[first..first + n]),
+            accumulate,
+            clamp,
+        };
+        kernel(&mut job);
+        if let Some((kernel, act)) = activation {
+            for plane in planes.chunks_mut(band) {
+                (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(plane));
+            }
+        }
     });
 }
 

@@ -578,4 +578,125 @@ pub struct DwUkernel {
     pub block: fn(&mut DwBlock),
     /// [`Interleave::interleave`] of the tier.
     pub interleave: fn(&[f32], usize, usize, &mut [f32]),
+    /// The direct-plane kernel and its name, `f32_dwconv_direct__{isa}`, on tiers that have
+    /// one (AVX-512: masked loads stand in for the padding).
+    pub direct: Option<(&'static str, DwDirectFn)>,
+}
+
+/// A direct-plane depthwise kernel ([`DwDirect`]).
+pub type DwDirectFn = fn(&mut DwDirect);
+
+// ---------------------------------------------------------------------------------------
+// Direct planes: the third depthwise layout.
+//
+// Channel blocks pay for the NCHW input twice before any arithmetic: the interleave reads
+// every plane and writes the block, the kernel reads the block back, and the store
+// transposes again. On mobilenetv2.dw56s2 (one thread) the interleave was 55% of the time,
+// whatever its shuffle count (a 24-shuffles-a-128-floats zmm network ran no faster than the
+// 8x8 blocks' 24 a 64): reads, writes and re-reads through L2. A tier with masked loads that
+// suppress faults (AVX-512) can read the planes where they are instead, the lanes that fall
+// in the padding masked off, one plane at a time:
+//
+//   out[oy][ox] = clamp(bias (+ out) + sum_{ky,kx} w[ky][kx] * x[oy*S + ky - PT][ox*S + kx - PL])
+//
+// A step computes R output rows x 16 columns in R accumulators. Each input row the step
+// reaches is loaded once and feeds every output row whose window holds it, so R = 7 rows of
+// a 3x3 kernel at stride 1 load 9 rows (27 vectors) for 63 FMAs, with the nine weights in
+// registers. At stride 1 tap column kx is one masked load from column ox0 + kx - PL; at
+// stride 2 the 32 columns from 2 ox0 - PL + 2m (two loads) hold taps 2m (even lanes) and
+// 2m + 1 (odd lanes), which a two-register permute picks out. Rows in the padding are
+// skipped. While a plane computes, the next plane's rows are prefetched, a share a step.
+// ---------------------------------------------------------------------------------------
+
+/// Largest kernel side the direct kernels take (their per-tap masks are arrays of this).
+pub const DIRECT_MAX_KERNEL: usize = 7;
+
+/// Planes of a depthwise layer with one output per input channel, read where they are in the
+/// NCHW input: see the section comment above.
+pub struct DwDirect<'a> {
+    /// The planes' input: plane `i`'s `[IH][IW]` from `i * in_stride`.
+    pub input: &'a [f32],
+    /// Floats from one input plane to the next (at least `IH * IW`).
+    pub in_stride: usize,
+    /// Input height and width.
+    pub in_dims: [usize; 2],
+    /// Each plane's `KH * KW` taps, one plane after the other.
+    pub weight: &'a [f32],
+    /// Kernel `[h, w]`, each at most [`DIRECT_MAX_KERNEL`].
+    pub kernel: [usize; 2],
+    /// Stride in both directions: 1 or 2.
+    pub stride: usize,
+    /// Padding before, `[top, left]`, less than the kernel's side.
+    pub pad: [usize; 2],
+    /// Output rows `[r0, r1)` computed.
+    pub rows: [usize; 2],
+    /// Output width.
+    pub ow: usize,
+    /// Plane `i`'s output rows `r0..r1` from `i * out_stride`, `(r1 - r0) * ow` floats.
+    pub out: &'a mut [f32],
+    /// Floats from one output plane to the next (at least `(r1 - r0) * ow`).
+    pub out_stride: usize,
+    /// Planes computed.
+    pub planes: usize,
+    /// Each plane's bias, or empty for none.
+    pub bias: &'a [f32],
+    /// Add what the output holds (a preloaded residual) before the clamp.
+    pub accumulate: bool,
+    /// Clamp applied last.
+    pub clamp: (f32, f32),
+}
+
+/// Whether the direct kernels take layer `g`: depthwise with one output a channel, no
+/// dilation, kernel sides up to [`DIRECT_MAX_KERNEL`] with padding before less than them,
+/// stride 1 or 2 both ways.
+pub fn direct_accepts(g: &crate::geometry::Geometry) -> bool {
+    let [kh, kw] = g.kernel;
+    let [pt, pl] = g.pad_before;
+    g.is_depthwise()
+        && g.cout_per_group == 1
+        && g.dilation == [1, 1]
+        && (1..=DIRECT_MAX_KERNEL).contains(&kh)
+        && (1..=DIRECT_MAX_KERNEL).contains(&kw)
+        && pt < kh
+        && pl < kw
+        && matches!(g.stride, [1, 1] | [2, 2])
+}
+
+/// Asserts that every read and write of `p` lies inside its buffers (checked arithmetic)
+/// and that its shape is one the kernels take; returns whether there is work. The unchecked
+/// (masked) loads and stores of the kernels rely on it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn checked_direct(p: &DwDirect) -> bool {
+    let [ih, iw] = p.in_dims;
+    let [kh, kw] = p.kernel;
+    let [r0, r1] = p.rows;
+    assert!(
+        (1..=DIRECT_MAX_KERNEL).contains(&kh)
+            && (1..=DIRECT_MAX_KERNEL).contains(&kw)
+            && p.pad[0] < kh
+            && p.pad[1] < kw
+            && r0 <= r1
+            && matches!(p.stride, 1 | 2),
+        "direct depthwise: a shape its kernels do not take"
+    );
+    if p.planes == 0 || r1 == r0 || p.ow == 0 || ih == 0 || iw == 0 {
+        return false;
+    }
+    let last = p.planes - 1;
+    let area = ih.checked_mul(iw);
+    let band = (r1 - r0).checked_mul(p.ow);
+    let reads = area.and_then(|a| last.checked_mul(p.in_stride)?.checked_add(a));
+    let writes = band.and_then(|b| last.checked_mul(p.out_stride)?.checked_add(b));
+    assert!(
+        area.is_some_and(|a| a <= p.in_stride)
+            && band.is_some_and(|b| b <= p.out_stride)
+            && reads.is_some_and(|r| r <= p.input.len())
+            && writes.is_some_and(|w| w <= p.out.len())
+            && (kh * kw)
+                .checked_mul(p.planes)
+                .is_some_and(|t| t <= p.weight.len())
+            && (p.bias.is_empty() || p.bias.len() >= p.planes),
+        "direct depthwise: buffers shorter than the planes"
+    );
+    true
 }

@@ -45,9 +45,22 @@ macro_rules! dw_plane_kernel {
             |_p: &mut crate::arch::dwconv::DwPlane| false
         );
     };
-    // `$fast` takes the blocks it has a hand-written kernel for (returns true), the generic
-    // body the rest; `$plane_fast` likewise for planes.
     ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty, $fast:expr, $plane_fast:expr) => {
+        crate::arch::dw_plane_kernel!(
+            $isa,
+            $name,
+            $block_name,
+            $features,
+            $interleave,
+            $fast,
+            $plane_fast,
+            None
+        );
+    };
+    // `$fast` takes the blocks it has a hand-written kernel for (returns true), the generic
+    // body the rest; `$plane_fast` likewise for planes; `$direct` is the tier's direct-plane
+    // kernel, if any.
+    ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty, $fast:expr, $plane_fast:expr, $direct:expr) => {
         /// Depthwise kernels: the generic bodies vectorized under this tier's features.
         pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel =
             crate::arch::dwconv::DwUkernel {
@@ -57,6 +70,7 @@ macro_rules! dw_plane_kernel {
                 block_name: $block_name,
                 block: dw_block,
                 interleave: <$interleave as crate::arch::dwconv::Interleave>::interleave,
+                direct: $direct,
             };
 
         fn dw_block(p: &mut crate::arch::dwconv::DwBlock) {

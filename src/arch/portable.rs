@@ -84,6 +84,7 @@ pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv
     block: dw_block,
     interleave:
         <crate::arch::dwconv::ScalarInterleave as crate::arch::dwconv::Interleave>::interleave,
+    direct: None,
 };
 
 fn dw_block(p: &mut crate::arch::dwconv::DwBlock) {

@@ -389,8 +389,339 @@ crate::arch::dw_plane_kernel!(
     // here: dw_block_tf runs under a superset of their features.
     |p| crate::arch::x86_64::avx2::dw_block_fast(p),
     // Safe to call here: dw_plane_tf runs under this tier's features.
-    |p| grouped_planes(p)
+    |p| grouped_planes(p),
+    Some(("f32_dwconv_direct__avx512", dw_direct))
 );
+
+/// `unroll_const!(i in [0, 1, ..] { body })`: the body once per listed index, `i` a constant
+/// in each copy (so conditions on it fold away and array indices are fixed registers).
+macro_rules! unroll_const {
+    ($i:ident in [$($n:literal),*] $body:block) => {
+        $( { #[allow(clippy::identity_op)] let $i: usize = $n; $body } )*
+    };
+}
+
+/// Output rows a direct step computes: every input row loaded (with its `KW` shifts) feeds
+/// up to `KH` of them, so a step of `R` rows loads `(R - 1) S + KH` rows for `R KH KW` FMAs.
+/// Seven divides every MobileNet plane side (7, 14, 28, 56, 112); `R` accumulators, the
+/// `KH KW` weights and the row's shifts stay in registers (19 of 32 for 3x3).
+const DIRECT_ROWS: usize = 7;
+
+/// The direct-plane depthwise kernels (see the section comment in
+/// [`crate::arch::dwconv`]): one plane at a time, steps of [`DIRECT_ROWS`] output rows by 16
+/// columns, the kernel's sides and stride as constants where the suite has them.
+fn dw_direct(p: &mut crate::arch::dwconv::DwDirect) {
+    assert!(
+        Isa::Avx512.is_available(),
+        "f32_dwconv_direct__avx512 on a CPU without it"
+    );
+    if !crate::arch::dwconv::checked_direct(p) {
+        return;
+    }
+    // SAFETY: AVX-512F was just checked; checked_direct asserted that every plane's input
+    // (IH * IW floats from i * in_stride), taps, bias and output rows lie inside the buffers
+    // and that the kernel's sides are at most DIRECT_MAX_KERNEL.
+    unsafe {
+        match (p.kernel, p.stride) {
+            ([3, 3], 1) => direct_rows::<3, 3, 1, true>(p),
+            ([3, 3], 2) => direct_rows::<3, 3, 2, true>(p),
+            ([5, 5], 1) => direct_rows::<5, 5, 1, true>(p),
+            ([5, 5], 2) => direct_rows::<5, 5, 2, true>(p),
+            ([1, 3], 1) => direct_rows::<1, 3, 1, true>(p),
+            ([1, 5], 1) => direct_rows::<1, 5, 1, true>(p),
+            (_, 1) => direct_rows::<7, 7, 1, false>(p),
+            _ => direct_rows::<7, 7, 2, false>(p),
+        }
+    }
+}
+
+/// Bits `lo..hi` of a 16-lane mask (both clamped to 0..=16).
+#[inline(always)]
+fn lane_range(lo: isize, hi: isize) -> u16 {
+    let (lo, hi) = (lo.clamp(0, 16) as u32, hi.clamp(0, 16) as u32);
+    if hi <= lo {
+        0
+    } else {
+        ((((1u32 << (hi - lo)) - 1) << lo) & 0xFFFF) as u16
+    }
+}
+
+/// The even (`EVEN_ODD[0]`) and odd (`EVEN_ODD[1]`) lanes of a register pair, for
+/// `vpermt2ps`.
+static EVEN_ODD: [[i32; 16]; 2] = [
+    [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30],
+    [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31],
+];
+
+/// What a step of [`direct_rows`] reads: the plane, its tap columns and masks, the weights.
+struct DirectStep<'a, const KH: usize, const KW: usize> {
+    src: *const f32,
+    ih: usize,
+    iw: usize,
+    kh: usize,
+    kw: usize,
+    first: &'a [isize; KW],
+    masks: &'a [(u16, u16); KW],
+    wv: &'a [[__m512; KW]; KH],
+    even: __m512i,
+    odd: __m512i,
+}
+
+impl<const KH: usize, const KW: usize> DirectStep<'_, KH, KW> {
+    /// The step's [`DIRECT_ROWS`] accumulators from `bias`: its input rows `first_row + i`
+    /// loaded in turn, each feeding the output rows whose window holds it. `INSIDE`: every
+    /// row lies inside the plane.
+    ///
+    /// # Safety
+    /// `src` is a plane of `IH * IW` floats, `first`/`masks` hold each tap column's first
+    /// input column and its lanes inside the row ([`direct_rows`]); AVX-512F.
+    // The row pointer goes through a `nomem` asm block as a value: nothing reads through
+    // it there.
+    #[allow(clippy::pointers_in_nomem_asm_block)]
+    #[inline(always)]
+    unsafe fn rows<const S: usize, const EXACT: bool, const INSIDE: bool>(
+        &self,
+        bias: __m512,
+        first_row: isize,
+    ) -> [__m512; DIRECT_ROWS] {
+        const R: usize = DIRECT_ROWS;
+        let pairs = KW.div_ceil(2);
+        // SAFETY (the block): AVX-512F register arithmetic (the contract); the loads carry
+        // their own comments.
+        unsafe {
+            let mut acc = [bias; R];
+            // Odd kernel rows' sums: two chains an output row, half as long.
+            let mut acc_odd = [_mm512_setzero_ps(); R];
+            // Input rows of the step: first_row + i, i < (R - 1) S + KH (at most 19),
+            // each a constant in its copy of the body so that acc[j] is a register.
+            unroll_const!(i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18] {
+                if i < (R - 1) * S + KH {
+                    let iy = first_row + i as isize;
+                    // All lanes where the row is inside the plane, none where it is
+                    // padding: an and, not a branch (branches per row let LLVM load
+                    // and permute every row of the step before the FMAs, spilling).
+                    // A row in the padding adds nothing: skipped (a branch; as masks, a select and
+                    // a mask move a load).
+                    let valid = INSIDE || (iy >= 0 && iy < self.ih as isize);
+                    // The row's floats; dereferenced only when valid.
+                    let mut row = self.src.wrapping_offset(iy * self.iw as isize);
+                    if i > 0 {
+                        // The row's address passes through an empty asm block that
+                        // takes an accumulator the previous row updated: its loads
+                        // cannot be scheduled before that row's FMAs. Left free,
+                        // LLVM loaded every row of the step first and spilled the
+                        // weights (3x3 stride 1: 27 loads, then 63 FMAs with nine
+                        // weights reloaded from the stack).
+                        // SAFETY: the block is empty: the pointer comes out as it
+                        // went in, no instruction runs.
+                        core::arch::asm!(
+                            "/* {0} {1} */",
+                            inout(reg) row,
+                            in(xmm_reg) _mm512_castps512_ps128(acc[((i - 1) / S).min(R - 1)]),
+                            options(pure, nomem, nostack, preserves_flags)
+                        );
+                    }
+                    if !valid {
+                        // Nothing to add.
+                    } else if S == 1 {
+                        for kx in 0..KW {
+                            let m = if EXACT || kx < self.kw { self.masks[kx].0 } else { 0 };
+                            // SAFETY: the masked lanes read columns self.first[kx] + l in
+                            // 0..IW of row iy in 0..IH of the plane (lane_range, valid),
+                            // inside its IH * IW floats; masked-off lanes are not
+                            // accessed (AVX-512 masked loads suppress their faults), so
+                            // the pointer may lie outside the row (wrapping arithmetic).
+                            let x = _mm512_maskz_loadu_ps(m, row.wrapping_offset(self.first[kx]));
+                            for ky in 0..KH {
+                                // Output row j of the step reads input row j + ky.
+                                if ky <= i && i - ky < R && (EXACT || ky < self.kh) {
+                                    if ky % 2 == 0 {
+                                        acc[i - ky] = _mm512_fmadd_ps(x, self.wv[ky][kx], acc[i - ky]);
+                                    } else {
+                                        acc_odd[i - ky] =
+                                            _mm512_fmadd_ps(x, self.wv[ky][kx], acc_odd[i - ky]);
+                                    }
+                                }
+                            }
+                        }
+                    } else {
+                        for m in 0..pairs {
+                            let (m0, m1) = if EXACT || 2 * m < self.kw {
+                                self.masks[m]
+                            } else {
+                                (0, 0)
+                            };
+                            // SAFETY: as for S = 1, columns self.first[m] + l for l < 32.
+                            let x0 = _mm512_maskz_loadu_ps(m0, row.wrapping_offset(self.first[m]));
+                            let x1 = _mm512_maskz_loadu_ps(
+                                m1,
+                                row.wrapping_offset(self.first[m] + 16),
+                            );
+                            let ev = _mm512_permutex2var_ps(x0, self.even, x1);
+                            let od = _mm512_permutex2var_ps(x0, self.odd, x1);
+                            for ky in 0..KH {
+                                // Output row j of the step reads input row 2j + ky.
+                                if ky <= i && (i - ky).is_multiple_of(2) && (i - ky) / 2 < R
+                                    && (EXACT || ky < self.kh)
+                                {
+                                    let j = (i - ky) / 2;
+                                    let a = if ky % 2 == 0 { &mut acc[j] } else { &mut acc_odd[j] };
+                                    *a = _mm512_fmadd_ps(ev, self.wv[ky][2 * m], *a);
+                                    // The odd lanes past a pair's end (KW odd) are the
+                                    // next column's, not a tap: skipped.
+                                    if 2 * m + 1 < KW && (EXACT || 2 * m + 1 < self.kw) {
+                                        *a = _mm512_fmadd_ps(od, self.wv[ky][2 * m + 1], *a);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            std::array::from_fn(|j| _mm512_add_ps(acc[j], acc_odd[j]))
+        }
+    }
+}
+
+/// The direct kernel for sides up to `KH x KW` at stride `S` (1 or 2): a smaller kernel
+/// runs with the taps past its sides skipped (`p.kernel`; the 7x7 instances take every size
+/// the specialized ones do not).
+///
+/// A step is [`DIRECT_ROWS`] output rows x 16 columns from `ox0`. Each input row the step
+/// reaches is loaded once:
+/// - `S = 1`: tap column `kx` is the 16 floats from column `ox0 + kx - PL`, one masked load
+///   each (lanes outside `0..IW` masked off: the padding);
+/// - `S = 2`: the 32 floats from `2 ox0 - PL + 2m` (two masked loads) hold taps `2m` (even
+///   lanes) and `2m + 1` (odd lanes), picked out by a two-register permute;
+///
+/// and each tap vector feeds every output row of the step whose window holds that input
+/// row (`oy S + ky - PT = iy`). Rows outside `0..IH` load with an empty mask (zeros).
+///
+/// # Safety
+/// [`crate::arch::dwconv::checked_direct`] returned true for `p`, and `p.kernel` is at most
+/// `[KH, KW]`; AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn direct_rows<const KH: usize, const KW: usize, const S: usize, const EXACT: bool>(
+    p: &mut crate::arch::dwconv::DwDirect,
+) {
+    const R: usize = DIRECT_ROWS;
+    let [ih, iw] = p.in_dims;
+    // EXACT: the kernel is KH x KW (the sides fold into the unrolled body); else it is
+    // smaller, and the taps past its sides are skipped at run time (zero weights alone would
+    // turn an infinite input into NaN).
+    let [kh, kw] = if EXACT { [KH, KW] } else { p.kernel };
+    let [pt, pl] = p.pad;
+    let [r0, r1] = p.rows;
+    let (ow, ka) = (p.ow, kh * kw);
+    // SAFETY (the block): AVX-512F register arithmetic under AVX-512F (the contract); the
+    // loads, stores and pointers carry their own comments.
+    unsafe {
+        let (lo, hi) = (_mm512_set1_ps(p.clamp.0), _mm512_set1_ps(p.clamp.1));
+        let (even, odd) = (
+            _mm512_loadu_si512(EVEN_ODD[0].as_ptr().cast()),
+            _mm512_loadu_si512(EVEN_ODD[1].as_ptr().cast()),
+        );
+        let (inp, out) = (p.input.as_ptr(), p.out.as_mut_ptr());
+        // Input rows the band reads, and the floats of them to prefetch a step.
+        let rows_lo = (r0 * S).saturating_sub(pt).min(ih);
+        let rows_hi = ((r1 - 1) * S + kh).saturating_sub(pt).clamp(rows_lo, ih);
+        let steps = (r1 - r0).div_ceil(R) * ow.div_ceil(16);
+        let prefetch_step = ((rows_hi - rows_lo) * iw)
+            .div_ceil(steps.max(1))
+            .next_multiple_of(16);
+        for plane in 0..p.planes {
+            // The plane's taps as `[KH][KW]` broadcasts, zero past the kernel's sides (those
+            // taps are skipped below).
+            let taps = &p.weight[plane * ka..(plane + 1) * ka];
+            let wv: [[__m512; KW]; KH] = std::array::from_fn(|ky| {
+                std::array::from_fn(|kx| {
+                    _mm512_set1_ps(if ky < kh && kx < kw {
+                        taps[ky * kw + kx]
+                    } else {
+                        0.0
+                    })
+                })
+            });
+            let bias = _mm512_set1_ps(if p.bias.is_empty() {
+                0.0
+            } else {
+                p.bias[plane]
+            });
+            // The plane's input (inside the buffer: checked_direct).
+            let src = inp.add(plane * p.in_stride);
+            let dst = out.add(plane * p.out_stride);
+            // The next plane's rows, a share of them each step: prefetched so that its reads
+            // from L3 overlap this plane's arithmetic (mobilenetv2.dw56s2's 1.8 MB input does
+            // not stay in L2 from one run to the next; computing from L2 took about as long
+            // as streaming it in).
+            // (The next plane may be past this call's: `input` may run on.)
+            let next_at = (plane + 1) * p.in_stride;
+            let next = (next_at + ih * iw <= p.input.len()).then(|| inp.wrapping_add(next_at));
+            let mut prefetch_at = rows_lo * iw;
+            for oy0 in (r0..r1).step_by(R) {
+                for ox0 in (0..ow).step_by(16) {
+                    if let Some(next) = next {
+                        let to = (prefetch_at + prefetch_step).min(rows_hi * iw);
+                        while prefetch_at < to {
+                            // A prefetch never faults; the address lies inside the next
+                            // plane's rows (checked_direct).
+                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(prefetch_at).cast());
+                            prefetch_at += 16;
+                        }
+                    }
+                    // Per tap column (S = 1) or tap pair (S = 2): its first input column and
+                    // the lanes inside the row.
+                    let mut first = [0isize; KW];
+                    let mut masks = [(0u16, 0u16); KW];
+                    for kx in 0..KW {
+                        let q = if S == 1 {
+                            (ox0 + kx) as isize - pl as isize
+                        } else {
+                            (2 * ox0 + 2 * kx) as isize - pl as isize
+                        };
+                        first[kx] = q;
+                        let lim = iw as isize - q;
+                        masks[kx] = (lane_range(-q, lim), lane_range(-q - 16, lim - 16));
+                    }
+                    let first_row = (oy0 * S) as isize - pt as isize;
+                    let last_row = first_row + ((R - 1) * S + KH) as isize;
+                    let step = DirectStep {
+                        src,
+                        ih,
+                        iw,
+                        kh,
+                        kw,
+                        first: &first,
+                        masks: &masks,
+                        wv: &wv,
+                        even,
+                        odd,
+                    };
+                    // Steps whose rows all lie inside the plane take a body without the
+                    // per-row validity masks (a select and a mask move a load).
+                    let acc = if first_row >= 0 && last_row <= ih as isize {
+                        step.rows::<S, EXACT, true>(bias, first_row)
+                    } else {
+                        step.rows::<S, EXACT, false>(bias, first_row)
+                    };
+                    let store = lane_range(0, (ow - ox0) as isize);
+                    for (j, &a) in acc.iter().enumerate().take(r1 - oy0) {
+                        // SAFETY: outputs (oy0 + j - r0) * OW + ox0 + l with oy0 + j < r1 and
+                        // ox0 + l < OW lie inside the plane's (r1 - r0) * OW output rows
+                        // (checked_direct); only those lanes are touched.
+                        let at = dst.add((oy0 + j - r0) * ow + ox0);
+                        let mut v = a;
+                        if p.accumulate {
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(store, at));
+                        }
+                        // max(lo, x) then min(hi, .): a NaN x comes through.
+                        _mm512_mask_storeu_ps(at, store, _mm512_min_ps(hi, _mm512_max_ps(lo, v)));
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Grouped planes ([`crate::arch::dwconv::DwPlane`] with `inputs > 1`), four planes at a
 /// time, `16 V` outputs of each a step (V = 4 on rows of more than 32, else 2): 4 V zmm
