@@ -659,8 +659,13 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], dst_str
     // One pointer for all the blocks' stores (a fresh `as_mut_ptr` per row would reborrow
     // `dst` under the earlier pointers).
     let out = dst.as_mut_ptr();
-    for i0 in (0..full_rows).step_by(8) {
-        for j0 in (0..full_cols).step_by(8) {
+    // Column blocks outer, every row inner: eight output rows written front to back as
+    // streams. Rows outer wrote a partial line of every output row per block row (144 of
+    // them for an NHWC image of 144 channels), and the lines were evicted before their
+    // second half came: [3136 x 144] to [144 x 3136] took 289 us (12.5 GB/s), 168 us this
+    // way; [64 x 3136] 83 against 53 us, [144 x 784] 33 against 22 us.
+    for j0 in (0..full_cols).step_by(8) {
+        for i0 in (0..full_rows).step_by(8) {
             let from: [*const f32; 8] =
                 std::array::from_fn(|i| src[(i0 + i) * cols + j0..][..8].as_ptr());
             let to: [*mut f32; 8] =
