@@ -456,7 +456,16 @@ impl Plan {
                     .map(|&v| crate::gemm::flush_denormal(v))
                     .collect();
                 let uk = isa.kernels()?.dwconv;
-                let layout = opts.depthwise_layout.pick(&geom, &uk);
+                // NHWC runs channels-last as it is where channel blocks can
+                // (`run_channel_blocks_nhwc`): their layout then, unless another is forced.
+                let nhwc_native = opts.layout == Layout::Nhwc
+                    && crate::algo::depthwise::nhwc_native(&geom)
+                    && opts.depthwise_layout == DwLayout::Auto;
+                let layout = if nhwc_native {
+                    DwLayout::ChannelBlocks
+                } else {
+                    opts.depthwise_layout.pick(&geom, &uk)
+                };
                 let blocked = match layout {
                     DwLayout::ChannelBlocks => block_weights(&geom, &weight),
                     DwLayout::MultiplierBlocks => {
@@ -685,6 +694,18 @@ impl Plan {
             }
             t
         };
+        // Depthwise channel blocks run NHWC as it is (residual preloaded, NHWC too).
+        if let Prepared::Depthwise {
+            uk,
+            blocked,
+            layout: crate::algo::depthwise::DwLayout::ChannelBlocks,
+            ..
+        } = &self.prepared
+        {
+            if crate::algo::depthwise::nhwc_native(g) {
+                return self.run_depthwise_nhwc(uk, blocked, input, residual, output);
+            }
+        }
         let x = to_nchw(input, c, g.input_area());
         // `direct_oc` without a pool stores its tiles pixel by pixel straight into the NHWC
         // output (and takes the NHWC residual as it is), and with a window pool its
@@ -712,6 +733,42 @@ impl Plan {
             crate::tensor::give_scratch(r);
         }
         run
+    }
+
+    /// NHWC depthwise by channel blocks, channels-last throughout
+    /// ([`crate::algo::depthwise::run_channel_blocks_nhwc`]), image by image.
+    fn run_depthwise_nhwc(
+        &self,
+        uk: &crate::arch::dwconv::DwUkernel,
+        blocked: &[f32],
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+    ) -> Result<()> {
+        let g = &self.geom;
+        let act = g.epilogue.activation;
+        let clamp = act.as_clamp();
+        let pass = crate::algo::OutputPass {
+            bias: self.bias.as_deref(),
+            accumulate: residual.is_some(),
+            clamp: clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
+            activation: match clamp {
+                Some(_) => None,
+                None => Some((self.isa.kernels()?.activation, act)),
+            },
+        };
+        let img_in = g.in_channels * g.input_area();
+        let img_out = g.out_channels * g.conv_out_area();
+        if let Some(r) = residual {
+            output.copy_from_slice(r);
+        }
+        for (x, out) in input
+            .chunks_exact(img_in.max(1))
+            .zip(output.chunks_exact_mut(img_out.max(1)))
+        {
+            crate::algo::depthwise::run_channel_blocks_nhwc(g, uk, blocked, x, out, &pass);
+        }
+        Ok(())
     }
 
     fn run_nchw(

@@ -437,6 +437,48 @@ fn depthwise_3x3_every_row_tail_and_stride() {
     }
 }
 
+/// NHWC depthwise runs channels-last as it is (channel blocks copied from the NHWC rows,
+/// pixels stored with their channels together): partial blocks (5 and 19 channels), one
+/// block, strides 1 and 2, "same" and symmetric padding, 5x5 dilated, a residual, a clamp
+/// and a non-clamp activation (run over the task's rows), on every tier; one and three
+/// threads (tasks take output rows) give the same bits.
+#[test]
+fn depthwise_nhwc_runs_channels_last() {
+    let specs = [
+        ConvSpec::new(&[1, 5, 13, 11], 5, &[3, 3])
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_activation(Activation::Relu6)
+            .with_residual(true),
+        ConvSpec::new(&[2, 8, 12, 17], 8, &[3, 3])
+            .with_stride(&[2, 2])
+            .with_padding(Padding::Same)
+            .with_residual(true),
+        ConvSpec::new(&[1, 19, 9, 10], 19, &[5, 5])
+            .with_dilation(&[2, 2])
+            .with_padding(Padding::Symmetric(vec![4, 3]))
+            .with_activation(Activation::Gelu),
+        ConvSpec::new(&[1, 24, 1, 40], 24, &[1, 5])
+            .with_padding(Padding::Same)
+            .with_activation(Activation::Silu)
+            .with_residual(true),
+    ];
+    for (i, spec) in specs.into_iter().enumerate() {
+        let channels = spec.input[1];
+        let spec = spec.with_groups(channels);
+        let case = make_case(spec, 4000 + i as u64);
+        for isa in convkit::arch::available_isas() {
+            let one = check(&case, Algo::Depthwise, isa, Some(1), Layout::Nhwc)
+                .unwrap_or_else(|e| panic!("NHWC depthwise case {i} on {}: {e}", isa.name()));
+            let three = check(&case, Algo::Depthwise, isa, Some(3), Layout::Nhwc).unwrap();
+            assert!(
+                same_bits(&one, &three),
+                "NHWC depthwise case {i} on {}: three threads differ from one",
+                isa.name()
+            );
+        }
+    }
+}
+
 /// Channel multipliers in the plane layout: up to four planes of one input channel are
 /// computed together, and a non-clamp activation runs over segments of 256 outputs as they
 /// finish. Multipliers 1, 3, 6 (a group of four and one of two) and 9, on rows longer than

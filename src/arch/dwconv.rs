@@ -323,8 +323,13 @@ pub struct DwBlock<'a> {
     /// registers), not into an interleaved block and a second pass (the deinterleave was
     /// 16% of mobilenetv2.dw112 before the 3x3 kernel and a quarter after).
     pub out: &'a mut [f32],
-    /// Floats from one lane's output plane to the next.
+    /// Floats from one lane's output plane to the next; with `channels_last`, from one
+    /// output pixel to the next.
     pub plane_stride: usize,
+    /// The output is channels-last (NHWC): lane `c` of pixel (oy, ox) at `(oy * ow + ox) *
+    /// plane_stride + c`, the pixel's lanes stored together. Depthwise blocks only (not
+    /// broadcast, group 1).
+    pub channels_last: bool,
     /// Lanes stored (`nc` of a partial block; the rest are computed and dropped).
     pub lanes: usize,
     /// The input is one channel, `[rows][pw]`, shared by every lane (the lanes are `CB`
@@ -372,13 +377,23 @@ pub(crate) fn checked_block_rows(p: &DwBlock) -> usize {
     if ow == 0 || kh == 0 || kw == 0 || oh == 0 || p.lanes == 0 {
         return 0;
     }
-    // The writes: lane `lanes - 1`'s plane to its last pixel.
-    let out_end = (p.lanes - 1)
-        .checked_mul(p.plane_stride)
-        .and_then(|v| v.checked_add(oh.checked_mul(ow)?));
+    // The writes: lane `lanes - 1`'s plane to its last pixel, or the last pixel's lanes.
+    let out_end = if p.channels_last {
+        (oh.checked_mul(ow).map(|n| n - 1))
+            .and_then(|v| v.checked_mul(p.plane_stride))
+            .and_then(|v| v.checked_add(p.lanes))
+    } else {
+        (p.lanes - 1)
+            .checked_mul(p.plane_stride)
+            .and_then(|v| v.checked_add(oh.checked_mul(ow)?))
+    };
     assert!(
         p.lanes <= CB && out_end.is_some_and(|e| e <= p.out.len()),
         "depthwise block output shorter than its writes"
+    );
+    assert!(
+        !p.channels_last || (p.group == 1 && !p.broadcast),
+        "channels-last output for depthwise blocks only"
     );
     let last = (|| {
         let row = ((oh - 1).checked_mul(sh)?).checked_add((kh - 1).checked_mul(dh)?)?;
@@ -515,6 +530,18 @@ fn block_pixels<const J: usize, const K3: bool, const BCAST: bool>(
     }
     let (lo, hi) = p.clamp;
     let at = oy * p.ow + ox;
+    if p.channels_last {
+        for (j, a) in acc.iter().enumerate() {
+            let dst = &mut p.out[(at + j) * p.plane_stride..][..p.lanes];
+            for (d, &v) in dst.iter_mut().zip(a) {
+                let v = if p.accumulate { v + *d } else { v };
+                // Two selects so NaN passes (as in the plane kernel).
+                let t = if v < lo { lo } else { v };
+                *d = if t > hi { hi } else { t };
+            }
+        }
+        return;
+    }
     for c in 0..p.lanes {
         let dst = &mut p.out[c * p.plane_stride + at..][..J];
         for (d, a) in dst.iter_mut().zip(&acc) {

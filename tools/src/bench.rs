@@ -249,8 +249,26 @@ pub fn sampled_error(
     let g = &Geometry::new(&spec).map_err(|e| e.to_string())?;
     let (x, w, b, r) = operands(g, 0x5eed);
     let mut y = vec![0f32; g.output_len()];
-    plan.run(&x, r.as_deref(), &mut y)
-        .map_err(|e| e.to_string())?;
+    // The operands and the reference below are NCHW: an NHWC plan runs on them converted,
+    // and its output is converted back before the comparison.
+    if opts.layout == Layout::Nhwc {
+        use convkit::tensor::{nchw_to_nhwc, nhwc_to_nchw};
+        let (hw_in, hw_out) = (g.input_area(), g.output[0] * g.output[1]);
+        let mut xn = vec![0f32; x.len()];
+        nchw_to_nhwc(&x, &mut xn, g.batch, g.in_channels, hw_in);
+        let rn = r.as_ref().map(|r| {
+            let mut t = vec![0f32; r.len()];
+            nchw_to_nhwc(r, &mut t, g.batch, g.out_channels, hw_out);
+            t
+        });
+        let mut yn = vec![0f32; y.len()];
+        plan.run(&xn, rn.as_deref(), &mut yn)
+            .map_err(|e| e.to_string())?;
+        nhwc_to_nchw(&yn, &mut y, g.batch, g.out_channels, hw_out);
+    } else {
+        plan.run(&x, r.as_deref(), &mut y)
+            .map_err(|e| e.to_string())?;
+    }
     let [ih, iw] = g.input;
     let [kh, kw] = g.kernel;
     let [oh, ow] = g.conv_out;

@@ -1071,6 +1071,7 @@ struct PlanarStore {
     accumulate: bool,
     lo: f32,
     hi: f32,
+    channels_last: bool,
 }
 
 impl PlanarStore {
@@ -1082,7 +1083,42 @@ impl PlanarStore {
             accumulate: p.accumulate,
             lo: p.clamp.0,
             hi: p.clamp.1,
+            channels_last: p.channels_last,
         }
+    }
+
+    /// Stores `J` pixels channels-last: accumulator `j` is pixel `o + j`'s lanes, stored
+    /// together at `(o + j) * plane_stride` (the residual added, clamped); all eight lanes
+    /// with a plain store, fewer (a partial block) with a masked one. Returns `J`.
+    ///
+    /// # Safety
+    /// Lanes `0..lanes` of pixels `o..o + J` lie inside the output (`checked_block_rows`);
+    /// AVX2+FMA. Inlined into [`PlanarStore::put`].
+    #[inline(always)]
+    unsafe fn put_channels_last<const J: usize>(&self, acc: [__m256; J], o: usize) -> usize {
+        // SAFETY: AVX2 (the caller's contract); the masked loads and stores touch lanes
+        // 0..lanes of each pixel only, inside the output (the caller's contract).
+        unsafe {
+            let (lo, hi) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi));
+            let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(self.lanes as i32), iota);
+            for (j, &a) in acc.iter().enumerate() {
+                let dst = self.out.add((o + j) * self.plane_stride);
+                let mut v = a;
+                if self.lanes == 8 {
+                    if self.accumulate {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(dst));
+                    }
+                    _mm256_storeu_ps(dst, _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+                } else {
+                    if self.accumulate {
+                        v = _mm256_add_ps(v, _mm256_maskload_ps(dst, mask));
+                    }
+                    _mm256_maskstore_ps(dst, mask, _mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+                }
+            }
+        }
+        J
     }
 
     /// Stores `J` pixels (accumulator `j` holds pixel `o + j`'s CB lanes) into the lanes'
@@ -1098,6 +1134,10 @@ impl PlanarStore {
     /// its caller's).
     #[inline(always)]
     unsafe fn put<const J: usize>(&self, acc: [__m256; J], o: usize) -> usize {
+        if self.channels_last {
+            // SAFETY: the same contract, for the channels-last layout.
+            return unsafe { self.put_channels_last(acc, o) };
+        }
         // SAFETY: AVX2+FMA are available (the caller's contract).
         let (rows, lo, hi) = unsafe {
             let zero = _mm256_setzero_ps();
