@@ -461,13 +461,18 @@ impl Plan {
                 let nhwc_native = opts.layout == Layout::Nhwc
                     && crate::algo::depthwise::nhwc_native(&geom)
                     && opts.depthwise_layout == DwLayout::Auto;
-                let layout = if nhwc_native {
-                    DwLayout::ChannelBlocks
-                } else {
-                    opts.depthwise_layout.pick(&geom, &uk)
+                let layout = match opts.depthwise_layout.pick(&geom, &uk) {
+                    _ if nhwc_native && uk.channels_last.is_some() => DwLayout::ChannelsLast,
+                    _ if nhwc_native => DwLayout::ChannelBlocks,
+                    // Channels-last is for NHWC plans.
+                    DwLayout::ChannelsLast if opts.layout != Layout::Nhwc => {
+                        DwLayout::Auto.pick(&geom, &uk)
+                    }
+                    picked => picked,
                 };
                 let blocked = match layout {
                     DwLayout::ChannelBlocks => block_weights(&geom, &weight),
+                    DwLayout::ChannelsLast => crate::arch::dwconv::nhwc_weights(&geom, &weight),
                     DwLayout::MultiplierBlocks => {
                         crate::algo::depthwise::multiplier_weights(&geom, &weight)
                     }
@@ -585,6 +590,11 @@ impl Plan {
                 layout: crate::algo::depthwise::DwLayout::Direct,
                 ..
             } => uk.direct.map(|(name, _)| name),
+            Prepared::Depthwise {
+                uk,
+                layout: crate::algo::depthwise::DwLayout::ChannelsLast,
+                ..
+            } => uk.channels_last.map(|(name, _)| name),
             Prepared::Depthwise { uk, .. } => Some(uk.name),
             Prepared::Direct(d) => Some(d.uk.name),
             Prepared::DirectOc(d) => Some(d.uk.name),
@@ -694,16 +704,20 @@ impl Plan {
             }
             t
         };
-        // Depthwise channel blocks run NHWC as it is (residual preloaded, NHWC too).
+        // Depthwise channel blocks and the channels-last kernel run NHWC as it is (residual
+        // preloaded, NHWC too).
         if let Prepared::Depthwise {
             uk,
             blocked,
-            layout: crate::algo::depthwise::DwLayout::ChannelBlocks,
+            layout:
+                layout @ (crate::algo::depthwise::DwLayout::ChannelBlocks
+                | crate::algo::depthwise::DwLayout::ChannelsLast),
             ..
         } = &self.prepared
         {
             if crate::algo::depthwise::nhwc_native(g) {
-                return self.run_depthwise_nhwc(uk, blocked, input, residual, output);
+                let kernel = *layout == crate::algo::depthwise::DwLayout::ChannelsLast;
+                return self.run_depthwise_nhwc(uk, blocked, kernel, input, residual, output);
             }
         }
         let x = to_nchw(input, c, g.input_area());
@@ -735,12 +749,15 @@ impl Plan {
         run
     }
 
-    /// NHWC depthwise by channel blocks, channels-last throughout
-    /// ([`crate::algo::depthwise::run_channel_blocks_nhwc`]), image by image.
+    /// NHWC depthwise channels-last throughout, image by image: the tier's channels-last
+    /// kernel when `channels_last_kernel`
+    /// ([`crate::algo::depthwise::run_channels_last`]), else channel blocks
+    /// ([`crate::algo::depthwise::run_channel_blocks_nhwc`]).
     fn run_depthwise_nhwc(
         &self,
         uk: &crate::arch::dwconv::DwUkernel,
         blocked: &[f32],
+        channels_last_kernel: bool,
         input: &[f32],
         residual: Option<&[f32]>,
         output: &mut [f32],
@@ -766,7 +783,11 @@ impl Plan {
             .chunks_exact(img_in.max(1))
             .zip(output.chunks_exact_mut(img_out.max(1)))
         {
-            crate::algo::depthwise::run_channel_blocks_nhwc(g, uk, blocked, x, out, &pass);
+            if channels_last_kernel {
+                crate::algo::depthwise::run_channels_last(g, uk, blocked, x, out, &pass);
+            } else {
+                crate::algo::depthwise::run_channel_blocks_nhwc(g, uk, blocked, x, out, &pass);
+            }
         }
         Ok(())
     }

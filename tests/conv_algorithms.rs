@@ -90,6 +90,7 @@ fn check_banded(
             DwLayout::ChannelBlocks,
             DwLayout::MultiplierBlocks,
             DwLayout::Direct,
+            DwLayout::ChannelsLast,
         ],
         Algo::Grouped => &[DwLayout::Planes, DwLayout::ChannelBlocks],
         _ => &[DwLayout::Auto],
@@ -98,9 +99,12 @@ fn check_banded(
     for &depthwise_layout in dw_layouts {
         // Direct planes only where the tier has the kernel and it takes the layer (forced
         // elsewhere, they fall back to a layout this loop runs anyway).
-        if depthwise_layout == DwLayout::Direct {
+        // So is the channels-last kernel, on NHWC plans only.
+        if matches!(depthwise_layout, DwLayout::Direct | DwLayout::ChannelsLast) {
             let uk = isa.kernels().map_err(|e| e.to_string())?.dwconv;
-            if depthwise_layout.pick(&g, &uk) != DwLayout::Direct {
+            if depthwise_layout.pick(&g, &uk) != depthwise_layout
+                || (depthwise_layout == DwLayout::ChannelsLast && layout != Layout::Nhwc)
+            {
                 continue;
             }
         }
@@ -437,15 +441,17 @@ fn depthwise_3x3_every_row_tail_and_stride() {
     }
 }
 
-/// NHWC depthwise runs channels-last as it is (channel blocks copied from the NHWC rows,
-/// pixels stored with their channels together): partial blocks (5 and 19 channels), one
-/// block, strides 1 and 2, "same" and symmetric padding, 5x5 dilated, a residual, a clamp
-/// and a non-clamp activation (run over the task's rows), on every tier; one and three
-/// threads (tasks take output rows) give the same bits.
+/// NHWC depthwise runs channels-last as it is (channel blocks copied from the NHWC rows, or
+/// the tier's channels-last kernel reading them in place; pixels stored with their channels
+/// together): partial blocks (5 and 19 channels), one block, strides 1 and 2, "same" and
+/// symmetric padding, 5x5 dilated, a residual, a clamp and a non-clamp activation (run over
+/// the task's rows), rows of 16 (the last 8-pixel step's last tap one past the row: not
+/// "inside"), on every tier; one and three threads (tasks take output rows) give the same
+/// bits.
 #[test]
 fn depthwise_nhwc_runs_channels_last() {
     let specs = [
-        ConvSpec::new(&[1, 5, 13, 11], 5, &[3, 3])
+        ConvSpec::new(&[1, 5, 13, 16], 5, &[3, 3])
             .with_padding(Padding::Symmetric(vec![1, 1]))
             .with_activation(Activation::Relu6)
             .with_residual(true),

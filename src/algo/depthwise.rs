@@ -31,6 +31,10 @@ pub enum DwLayout {
     /// Planes read where they are in the NCHW input, padding by masked loads
     /// ([`crate::arch::dwconv::DwDirect`]): tiers with such a kernel, layers it takes.
     Direct,
+    /// NHWC read and written where it lies, a vector of channels a pixel
+    /// ([`crate::arch::dwconv::DwNhwc`]): NHWC plans of [`nhwc_native`] layers on tiers
+    /// with the kernel.
+    ChannelsLast,
 }
 
 impl DwLayout {
@@ -65,6 +69,9 @@ impl DwLayout {
             DwLayout::Auto if direct => forced.unwrap_or(DwLayout::Direct),
             // Direct planes need the kernel and a layer it takes: channel blocks otherwise.
             DwLayout::Direct if !direct => DwLayout::Auto.pick(g, uk),
+            DwLayout::ChannelsLast if uk.channels_last.is_none() || !nhwc_native(g) => {
+                DwLayout::Auto.pick(g, uk)
+            }
             DwLayout::Auto if g.in_channels < CB / 2 && g.cout_per_group.is_multiple_of(CB) => {
                 forced.unwrap_or(DwLayout::MultiplierBlocks)
             }
@@ -99,7 +106,9 @@ impl DwLayout {
         match self {
             DwLayout::Auto if hand_kernel => forced.unwrap_or(DwLayout::Planes),
             DwLayout::Auto => forced.unwrap_or(DwLayout::ChannelBlocks),
-            DwLayout::MultiplierBlocks | DwLayout::Direct => DwLayout::ChannelBlocks,
+            DwLayout::MultiplierBlocks | DwLayout::Direct | DwLayout::ChannelsLast => {
+                DwLayout::ChannelBlocks
+            }
             fixed => fixed,
         }
     }
@@ -396,6 +405,58 @@ pub fn run_channel_blocks_nhwc(
             (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(rows_out));
         }
         crate::tensor::give_scratch(xb);
+    });
+}
+
+/// One NHWC image by the tier's channels-last kernel (`uk.channels_last`): `x` is
+/// `[IH][IW][C]`, `out` `[OH][OW][C]` (holding the residual when `pass.accumulate`),
+/// `packed` the [`crate::arch::dwconv::nhwc_weights`]. Tasks take whole output rows.
+pub fn run_channels_last(
+    g: &Geometry,
+    uk: &DwUkernel,
+    packed: &[f32],
+    x: &[f32],
+    out: &mut [f32],
+    pass: &OutputPass,
+) {
+    let Some((_, kernel)) = uk.channels_last else {
+        unreachable!("the channels-last layout is picked only on tiers with the kernel")
+    };
+    let OutputPass {
+        bias,
+        accumulate,
+        clamp,
+        activation,
+    } = *pass;
+    let [oh, ow] = g.conv_out;
+    let row_floats = ow * g.in_channels;
+    if row_floats == 0 || oh == 0 {
+        return;
+    }
+    let threads = crate::par::threads().max(1);
+    let per_task = oh.div_ceil(4 * threads).max(1);
+    crate::par::for_each_chunk_mut(out, per_task * row_floats, |task, rows_out| {
+        let r0 = task * per_task;
+        let mut job = crate::arch::dwconv::DwNhwc {
+            input: x,
+            in_dims: g.input,
+            channels: g.in_channels,
+            weight: packed,
+            kernel: g.kernel,
+            stride: g.stride,
+            dilation: g.dilation,
+            pad: g.pad_before,
+            rows: [r0, r0 + rows_out.len() / row_floats],
+            ow,
+            out: rows_out,
+            bias: bias.unwrap_or(&[]),
+            accumulate,
+            clamp,
+        };
+        kernel(&mut job);
+        if let Some((kernel, act)) = activation {
+            (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(rows_out));
+        }
     });
 }
 

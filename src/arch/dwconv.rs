@@ -608,10 +608,94 @@ pub struct DwUkernel {
     /// The direct-plane kernel and its name, `f32_dwconv_direct__{isa}`, on tiers that have
     /// one (AVX-512: masked loads stand in for the padding).
     pub direct: Option<(&'static str, DwDirectFn)>,
+    /// The channels-last kernel and its name, `f32_dwconv_nhwc16__{isa}`, on tiers that have
+    /// one (AVX-512: 16 channels a zmm, read and stored where they are in NHWC).
+    pub channels_last: Option<(&'static str, DwNhwcFn)>,
 }
 
 /// A direct-plane depthwise kernel ([`DwDirect`]).
 pub type DwDirectFn = fn(&mut DwDirect);
+
+/// A channels-last depthwise kernel ([`DwNhwc`]).
+pub type DwNhwcFn = fn(&mut DwNhwc);
+
+/// Channels a vector of the channels-last kernel.
+pub const NHWC_LANES: usize = 16;
+
+/// Output rows of one NHWC image of a depthwise layer with one output a channel, computed
+/// where the input lies: each output pixel's `NHWC_LANES` channels are a vector, each tap
+/// one load of the input pixel's channels and one FMA, no copy and no transpose (XNNPACK's
+/// layout). Taps in the padding are skipped (their loads masked off).
+pub struct DwNhwc<'a> {
+    /// The image, `[IH][IW][C]`.
+    pub input: &'a [f32],
+    /// Input height and width.
+    pub in_dims: [usize; 2],
+    /// Channels `C` (in and out).
+    pub channels: usize,
+    /// The taps as [`nhwc_weights`] lays them out.
+    pub weight: &'a [f32],
+    /// Kernel `[h, w]`.
+    pub kernel: [usize; 2],
+    /// Stride `[h, w]`.
+    pub stride: [usize; 2],
+    /// Dilation `[h, w]`.
+    pub dilation: [usize; 2],
+    /// Padding before, `[top, left]`.
+    pub pad: [usize; 2],
+    /// Output rows `[r0, r1)` computed.
+    pub rows: [usize; 2],
+    /// Output width.
+    pub ow: usize,
+    /// Output rows `r0..r1` of `[OH][OW][C]`.
+    pub out: &'a mut [f32],
+    /// Each channel's bias, or empty for none.
+    pub bias: &'a [f32],
+    /// Add what the output holds (a preloaded residual) before the clamp.
+    pub accumulate: bool,
+    /// Clamp applied last.
+    pub clamp: (f32, f32),
+}
+
+/// The weights of the channels-last kernel: `[C / NHWC_LANES][KH * KW][NHWC_LANES]`, lane
+/// `l` of block `b` holding channel `b * NHWC_LANES + l`'s tap (zero past the last channel).
+pub fn nhwc_weights(g: &crate::geometry::Geometry, weight: &[f32]) -> Vec<f32> {
+    let (c, ka) = (g.in_channels, g.kernel_area());
+    let mut out = vec![0f32; c.div_ceil(NHWC_LANES) * ka * NHWC_LANES];
+    for (ch, taps) in weight.chunks_exact(ka.max(1)).enumerate().take(c) {
+        let (b, l) = (ch / NHWC_LANES, ch % NHWC_LANES);
+        for (t, &w) in taps.iter().enumerate() {
+            out[(b * ka + t) * NHWC_LANES + l] = w;
+        }
+    }
+    out
+}
+
+/// Asserts that every read and write of `p` lies inside its buffers (checked arithmetic);
+/// returns whether there is work. The kernels' unchecked loads and stores rely on it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn checked_nhwc(p: &DwNhwc) -> bool {
+    let [ih, iw] = p.in_dims;
+    let [r0, r1] = p.rows;
+    let c = p.channels;
+    if r1 <= r0 || p.ow == 0 || c == 0 || ih == 0 || iw == 0 {
+        return false;
+    }
+    let ka = p.kernel[0].checked_mul(p.kernel[1]);
+    let image = ih.checked_mul(iw).and_then(|a| a.checked_mul(c));
+    let band = (r1 - r0).checked_mul(p.ow).and_then(|a| a.checked_mul(c));
+    let taps = ka.and_then(|t| t.checked_mul(c.div_ceil(NHWC_LANES) * NHWC_LANES));
+    assert!(
+        image.is_some_and(|n| n <= p.input.len())
+            && band.is_some_and(|n| n <= p.out.len())
+            && taps.is_some_and(|n| n <= p.weight.len())
+            && (p.bias.is_empty() || p.bias.len() >= c)
+            && p.stride.iter().all(|&s| s > 0)
+            && p.dilation.iter().all(|&d| d > 0),
+        "channels-last depthwise: buffers shorter than the layer"
+    );
+    true
+}
 
 // ---------------------------------------------------------------------------------------
 // Direct planes: the third depthwise layout.

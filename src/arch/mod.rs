@@ -54,13 +54,14 @@ macro_rules! dw_plane_kernel {
             $interleave,
             $fast,
             $plane_fast,
+            None,
             None
         );
     };
     // `$fast` takes the blocks it has a hand-written kernel for (returns true), the generic
     // body the rest; `$plane_fast` likewise for planes; `$direct` is the tier's direct-plane
-    // kernel, if any.
-    ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty, $fast:expr, $plane_fast:expr, $direct:expr) => {
+    // kernel, if any; `$channels_last` its channels-last kernel, if any.
+    ($isa:ident, $name:literal, $block_name:literal, $features:literal, $interleave:ty, $fast:expr, $plane_fast:expr, $direct:expr, $channels_last:expr) => {
         /// Depthwise kernels: the generic bodies vectorized under this tier's features.
         pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel =
             crate::arch::dwconv::DwUkernel {
@@ -71,6 +72,7 @@ macro_rules! dw_plane_kernel {
                 block: dw_block,
                 interleave: <$interleave as crate::arch::dwconv::Interleave>::interleave,
                 direct: $direct,
+                channels_last: $channels_last,
             };
 
         fn dw_block(p: &mut crate::arch::dwconv::DwBlock) {

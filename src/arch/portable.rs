@@ -85,6 +85,7 @@ pub const F32_DWCONV_PLANE: crate::arch::dwconv::DwUkernel = crate::arch::dwconv
     interleave:
         <crate::arch::dwconv::ScalarInterleave as crate::arch::dwconv::Interleave>::interleave,
     direct: None,
+    channels_last: None,
 };
 
 fn dw_block(p: &mut crate::arch::dwconv::DwBlock) {

@@ -390,8 +390,128 @@ crate::arch::dw_plane_kernel!(
     |p| crate::arch::x86_64::avx2::dw_block_fast(p),
     // Safe to call here: dw_plane_tf runs under this tier's features.
     |p| grouped_planes(p),
-    Some(("f32_dwconv_direct__avx512", dw_direct))
+    Some(("f32_dwconv_direct__avx512", dw_direct)),
+    Some(("f32_dwconv_nhwc16__avx512", dw_nhwc))
 );
+
+/// Output pixels a step of the channels-last kernel computes (eight zmm accumulators).
+const NHWC_PIXELS: usize = 8;
+
+/// The channels-last depthwise kernel ([`crate::arch::dwconv::DwNhwc`]): for each output
+/// row and block of 16 channels, steps of [`NHWC_PIXELS`] pixels; each tap is one 16-channel
+/// load of the input pixel and one FMA a pixel, the tap's weights one load for the step. At
+/// stride 1 neighbouring pixels' taps read the same input pixels, and the loads are shared
+/// (the same address in one block: LLVM keeps one). Steps whose taps all lie inside the row
+/// take no column checks; the others mask off the taps in the padding. 3x3 and 5x5 at
+/// stride 1 or 2 have their sides and stride as constants; other shapes run the same body
+/// with them read at run time.
+fn dw_nhwc(p: &mut crate::arch::dwconv::DwNhwc) {
+    assert!(
+        Isa::Avx512.is_available(),
+        "f32_dwconv_nhwc16__avx512 on a CPU without it"
+    );
+    if !crate::arch::dwconv::checked_nhwc(p) {
+        return;
+    }
+    // SAFETY: AVX-512F was just checked; checked_nhwc asserted the image, the output rows,
+    // the taps and the bias inside their buffers.
+    unsafe {
+        match (p.kernel, p.stride, p.dilation) {
+            ([3, 3], [1, 1], [1, 1]) => nhwc_rows::<3, 3, 1, true>(p),
+            ([3, 3], [2, 2], [1, 1]) => nhwc_rows::<3, 3, 2, true>(p),
+            ([5, 5], [1, 1], [1, 1]) => nhwc_rows::<5, 5, 1, true>(p),
+            ([5, 5], [2, 2], [1, 1]) => nhwc_rows::<5, 5, 2, true>(p),
+            _ => nhwc_rows::<1, 1, 1, false>(p),
+        }
+    }
+}
+
+/// [`dw_nhwc`]'s body: kernel `KH x KW` at stride `S` without dilation when `FIXED`, else
+/// the shape of `p` read at run time.
+///
+/// # Safety
+/// [`crate::arch::dwconv::checked_nhwc`] returned true for `p`; AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn nhwc_rows<const KH: usize, const KW: usize, const S: usize, const FIXED: bool>(
+    p: &mut crate::arch::dwconv::DwNhwc,
+) {
+    use crate::arch::dwconv::NHWC_LANES;
+    const P: usize = NHWC_PIXELS;
+    let [ih, iw] = p.in_dims;
+    let ([kh, kw], [sh, sw], [dh, dw]) = if FIXED {
+        ([KH, KW], [S, S], [1, 1])
+    } else {
+        (p.kernel, p.stride, p.dilation)
+    };
+    let [pt, pl] = p.pad;
+    let [r0, r1] = p.rows;
+    let (ow, c, ka) = (p.ow, p.channels, kh * kw);
+    let (inp, w, out) = (p.input.as_ptr(), p.weight.as_ptr(), p.out.as_mut_ptr());
+    // SAFETY (the block): AVX-512F register arithmetic (the contract); the loads and stores
+    // carry their own comments.
+    unsafe {
+        let (lo, hi) = (_mm512_set1_ps(p.clamp.0), _mm512_set1_ps(p.clamp.1));
+        for oy in r0..r1 {
+            for cb in (0..c).step_by(NHWC_LANES) {
+                let chans = lane_range(0, (c - cb) as isize);
+                // The block's taps: NHWC_LANES floats each, zero past the last channel.
+                let taps = w.add(cb / NHWC_LANES * ka * NHWC_LANES);
+                let bias = if p.bias.is_empty() {
+                    _mm512_setzero_ps()
+                } else {
+                    // SAFETY: channels cb.. of the bias (at least C floats).
+                    _mm512_maskz_loadu_ps(chans, p.bias.as_ptr().add(cb))
+                };
+                let dst = out.add((oy - r0) * ow * c + cb);
+                for ox0 in (0..ow).step_by(P) {
+                    // Every tap of the step's P pixels inside the row?
+                    let first = (ox0 * sw) as isize - pl as isize;
+                    let last = ((ox0 + P - 1) * sw + (kw - 1) * dw) as isize - pl as isize;
+                    let inside = first >= 0 && last < iw as isize;
+                    let mut acc = [bias; P];
+                    for ky in 0..kh {
+                        let iy = (oy * sh + ky * dh) as isize - pt as isize;
+                        if iy < 0 || iy >= ih as isize {
+                            continue;
+                        }
+                        // Channel cb of input pixel (iy, 0).
+                        let row = inp.add(iy as usize * iw * c + cb);
+                        for kx in 0..kw {
+                            // SAFETY: tap (ky, kx) of the block, inside its KH * KW * 16.
+                            let wv = _mm512_loadu_ps(taps.add((ky * kw + kx) * NHWC_LANES));
+                            for (j, a) in acc.iter_mut().enumerate() {
+                                let ix = ((ox0 + j) * sw + kx * dw) as isize - pl as isize;
+                                let m = if inside || (ix >= 0 && ix < iw as isize) {
+                                    chans
+                                } else {
+                                    0
+                                };
+                                // SAFETY: the masked lanes read channels cb.. (< C) of input
+                                // pixel (iy, ix), 0 <= ix < IW (inside, or checked), inside
+                                // the image; with an empty mask nothing is read, and the
+                                // pointer (wrapping arithmetic) is never dereferenced.
+                                let x =
+                                    _mm512_maskz_loadu_ps(m, row.wrapping_offset(ix * c as isize));
+                                *a = _mm512_fmadd_ps(x, wv, *a);
+                            }
+                        }
+                    }
+                    for (j, &a) in acc.iter().enumerate().take(ow - ox0) {
+                        // SAFETY: channels cb.. (< C) of output pixel (oy, ox0 + j), ox0 + j
+                        // < OW, inside the output rows (checked_nhwc).
+                        let at = dst.add((ox0 + j) * c);
+                        let mut v = a;
+                        if p.accumulate {
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(chans, at));
+                        }
+                        // max(lo, x) then min(hi, .): a NaN x comes through.
+                        _mm512_mask_storeu_ps(at, chans, _mm512_min_ps(hi, _mm512_max_ps(lo, v)));
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// `unroll_const!(i in [0, 1, ..] { body })`: the body once per listed index, `i` a constant
 /// in each copy (so conditions on it fold away and array indices are fixed registers).
