@@ -813,3 +813,128 @@ fn direct_depthwise_kernel_on_every_tier() {
     }
     eprintln!("{cases} direct depthwise cases");
 }
+
+/// The channels-last depthwise kernel of every tier that has one, against an f64 reference:
+/// kernel sides 1 to 7 (the constant-shape 3x3 and 5x5 at strides 1 and 2, and the run-time
+/// body for the rest), strides 1 and 2 in each direction, dilation 1 and 2, every padding
+/// before the kernel allows, channel counts around the 16-lane vector (1, 5, 16, 19, 33),
+/// rows of 8-pixel steps and their tails, bands of output rows, bias or none, a preloaded
+/// residual, a clamp. Canaries after the output must survive; the worst element is
+/// reported.
+#[test]
+fn channels_last_depthwise_kernel_on_every_tier() {
+    use convkit::arch::dwconv::{DwNhwc, NHWC_LANES};
+    let mut rng = Rng::new(11);
+    let mut cases = 0;
+    for isa in available_isas() {
+        let Some((name, kernel)) = isa.kernels().unwrap().dwconv.channels_last else {
+            continue;
+        };
+        for &(ih, iw) in &[(1, 1), (3, 9), (7, 7), (9, 16), (12, 17)] {
+            for (kh, kw) in [(1, 1), (1, 3), (3, 3), (5, 5), (2, 4), (7, 7)] {
+                for (sh, sw) in [(1, 1), (2, 2), (1, 2)] {
+                    for dil in [1usize, 2] {
+                        let c = [1, 5, 16, 19, 33][rng.next_u64() as usize % 5];
+                        let (pt, pl) = (rng.next_u64() as usize % kh, rng.next_u64() as usize % kw);
+                        let extra = rng.next_u64() as usize % 3;
+                        let (eh, ew) = ((kh - 1) * dil + 1, (kw - 1) * dil + 1);
+                        let (oh, ow) = (
+                            (ih + pt + extra).saturating_sub(eh) / sh + 1,
+                            (iw + pl + extra).saturating_sub(ew) / sw + 1,
+                        );
+                        let r0 = rng.next_u64() as usize % oh;
+                        let r1 = r0 + 1 + rng.next_u64() as usize % (oh - r0);
+                        let band = (r1 - r0) * ow * c;
+                        let x = rand_vec(&mut rng, ih * iw * c);
+                        let w = rand_vec(&mut rng, c * kh * kw);
+                        // [C / 16][KH * KW][16], zero past the last channel.
+                        let blocks = c.div_ceil(NHWC_LANES);
+                        let mut packed = vec![0f32; blocks * kh * kw * NHWC_LANES];
+                        for ch in 0..c {
+                            for t in 0..kh * kw {
+                                packed[((ch / NHWC_LANES) * kh * kw + t) * NHWC_LANES
+                                    + ch % NHWC_LANES] = w[ch * kh * kw + t];
+                            }
+                        }
+                        let bias = if extra == 1 {
+                            Vec::new()
+                        } else {
+                            rand_vec(&mut rng, c)
+                        };
+                        let accumulate = extra == 2;
+                        let clamp = if extra == 0 {
+                            (f32::NEG_INFINITY, f32::INFINITY)
+                        } else {
+                            (-0.9, 1.1)
+                        };
+                        let residual = rand_vec(&mut rng, band);
+                        let mut out = vec![CANARY; band + 9];
+                        if accumulate {
+                            out[..band].copy_from_slice(&residual);
+                        }
+                        let mut job = DwNhwc {
+                            input: &x,
+                            in_dims: [ih, iw],
+                            channels: c,
+                            weight: &packed,
+                            kernel: [kh, kw],
+                            stride: [sh, sw],
+                            dilation: [dil, dil],
+                            pad: [pt, pl],
+                            rows: [r0, r1],
+                            ow,
+                            out: &mut out[..band],
+                            bias: &bias,
+                            accumulate,
+                            clamp,
+                        };
+                        kernel(&mut job);
+                        let what = format!(
+                            "{name}: {ih}x{iw}x{c} input, {kh}x{kw} kernel, stride ({sh}, {sw}), \
+                             dilation {dil}, pad ({pt}, {pl}), rows {r0}..{r1} of {oh} x {ow}, \
+                             bias {}, residual {accumulate}",
+                            !bias.is_empty()
+                        );
+                        let mut worst = 0f64;
+                        for (i, &v) in out.iter().enumerate() {
+                            if i >= band {
+                                assert_eq!(v, CANARY, "{what}: wrote past the output at {i}");
+                                continue;
+                            }
+                            let (px, ch) = (i / c, i % c);
+                            let (oy, ox) = (r0 + px / ow, px % ow);
+                            let mut want = bias.get(ch).map_or(0.0, |&b| b as f64);
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * sh + ky * dil) as isize - pt as isize;
+                                    let ix = (ox * sw + kx * dil) as isize - pl as isize;
+                                    if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < ih
+                                        && (ix as usize) < iw
+                                    {
+                                        want += w[ch * kh * kw + ky * kw + kx] as f64
+                                            * x[(iy as usize * iw + ix as usize) * c + ch] as f64;
+                                    }
+                                }
+                            }
+                            if accumulate {
+                                want += residual[i] as f64;
+                            }
+                            let want = want.clamp(clamp.0 as f64, clamp.1 as f64);
+                            let err = (v as f64 - want).abs();
+                            worst = worst.max(err);
+                            assert!(
+                                err <= 1e-5 * (1.0 + want.abs()),
+                                "{what}: output {i} is {v}, want {want}"
+                            );
+                        }
+                        assert!(worst < 1e-5, "{what}: worst error {worst:.2e}");
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{cases} channels-last depthwise cases");
+}
