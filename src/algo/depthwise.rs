@@ -297,6 +297,39 @@ pub fn nhwc_native(g: &Geometry) -> bool {
     g.is_depthwise() && g.cout_per_group == 1 && g.epilogue.pool.is_none()
 }
 
+/// Tasks over whole output rows of one NHWC image (`out` is `[OH][OW][C]`: a task's rows
+/// are one run), at least four a thread: `conv(r0, rows)` computes rows `r0..` into `rows`,
+/// then a non-clamp `activation` runs over them while they are in cache.
+fn for_each_row_task(
+    g: &Geometry,
+    out: &mut [f32],
+    activation: Option<(
+        crate::arch::activation::ActUkernel,
+        crate::epilogue::Activation,
+    )>,
+    conv: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let [oh, ow] = g.conv_out;
+    let row_floats = ow * g.out_channels;
+    if row_floats == 0 || oh == 0 {
+        return;
+    }
+    let per_task = row_task_rows(g);
+    crate::par::for_each_chunk_mut(out, per_task * row_floats, |task, rows| {
+        conv(task * per_task, rows);
+        if let Some((kernel, act)) = activation {
+            (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(rows));
+        }
+    });
+}
+
+/// Output rows a task of [`for_each_row_task`].
+fn row_task_rows(g: &Geometry) -> usize {
+    g.conv_out[0]
+        .div_ceil(4 * crate::par::threads().max(1))
+        .max(1)
+}
+
 /// One NHWC image by channel blocks, channels-last in and out: `x` is `[IH][IW][C]`, `out`
 /// `[OH][OW][C]` (holding the residual when `pass.accumulate`), `blocked` the
 /// [`block_weights`]. Tasks take whole output rows (a pixel's channels are contiguous, so a
@@ -332,18 +365,14 @@ pub fn run_channel_blocks_nhwc(
     }
     let pw = (ow - 1) * sw + (kw - 1) * dw + 1;
     let in_rows = |out_rows: usize| (out_rows - 1) * sh + (kh - 1) * dh + 1;
-    // Rows a task: at least four tasks a thread.
-    let threads = crate::par::threads().max(1);
-    let per_task = oh.div_ceil(4 * threads).max(1);
     // Output rows a strip: its padded block within a quarter of L2 (as the planar path).
     let budget = (crate::sysinfo::caches().l2 / 4 / 4).max(1);
-    let strip = (1..=per_task)
+    let strip = (1..=row_task_rows(g))
         .rev()
         .find(|&s| in_rows(s) * pw * CB <= budget)
         .unwrap_or(1);
     let (c0, c1) = (pl.min(pw), (pl + iw).min(pw));
-    crate::par::for_each_chunk_mut(out, per_task * row_floats, |task, rows_out| {
-        let r0 = task * per_task;
+    for_each_row_task(g, out, activation, |r0, rows_out| {
         let rows = rows_out.len() / row_floats;
         let mut xb = crate::tensor::take_scratch(in_rows(strip.min(rows)) * pw * CB);
         let mut s0 = 0;
@@ -401,9 +430,6 @@ pub fn run_channel_blocks_nhwc(
             }
             s0 = s1;
         }
-        if let Some((kernel, act)) = activation {
-            (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(rows_out));
-        }
         crate::tensor::give_scratch(xb);
     });
 }
@@ -428,15 +454,9 @@ pub fn run_channels_last(
         clamp,
         activation,
     } = *pass;
-    let [oh, ow] = g.conv_out;
+    let ow = g.conv_out[1];
     let row_floats = ow * g.in_channels;
-    if row_floats == 0 || oh == 0 {
-        return;
-    }
-    let threads = crate::par::threads().max(1);
-    let per_task = oh.div_ceil(4 * threads).max(1);
-    crate::par::for_each_chunk_mut(out, per_task * row_floats, |task, rows_out| {
-        let r0 = task * per_task;
+    for_each_row_task(g, out, activation, |r0, rows_out| {
         let mut job = crate::arch::dwconv::DwNhwc {
             input: x,
             in_dims: g.input,
@@ -454,9 +474,6 @@ pub fn run_channels_last(
             clamp,
         };
         kernel(&mut job);
-        if let Some((kernel, act)) = activation {
-            (kernel.run)(act, crate::arch::activation::RowsMut::from_slice(rows_out));
-        }
     });
 }
 
