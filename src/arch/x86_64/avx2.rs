@@ -916,14 +916,6 @@ pub(crate) unsafe fn store_oc_acc(
     unsafe { crate::arch::store_oc_tile(&tile, t) }
 }
 
-/// `unroll!(i in [0, 1, ..] { body })`: the body once per listed index, `i` a constant in
-/// each copy (so conditions on it fold away and array indices are fixed registers).
-macro_rules! unroll {
-    ($i:ident in [$($n:literal),*] $body:block) => {
-        $( { #[allow(clippy::identity_op)] let $i: usize = $n; $body } )*
-    };
-}
-
 /// The channel-block kernels by hand: depthwise 3x3 at stride 1 or 2 (both directions
 /// alike) without dilation ([`dw3x3_pixels`]: every depthwise layer of the suite),
 /// multiplier blocks of any kernel ([`dw_bcast_pixels`]), grouped blocks of 2, 4 or 8
