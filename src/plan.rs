@@ -83,7 +83,11 @@ fn planned_bytes(g: &Geometry, algo: Algo, isa: Isa) -> Option<usize> {
             .checked_mul(g.kernel_area())?
             .checked_add(g.weight_len())?
             .checked_mul(4)?,
-        Algo::Im2col | Algo::Gemm1x1 => packed(kernels.gemm_for_rows(g.cout_per_group).mr)?,
+        Algo::Im2col | Algo::Gemm1x1 => packed(
+            kernels
+                .gemm_for_shape(g.cout_per_group, g.cin_per_group * g.kernel_area())
+                .mr,
+        )?,
         Algo::Direct => {
             let image = crate::algo::direct::PhaseLayout::new(g, uk.nr).ok()?.image;
             packed(uk.mr)?.checked_add(image.checked_mul(4)?)?
@@ -508,7 +512,9 @@ impl Plan {
                 weight: weight.to_vec(),
             },
             Algo::Im2col | Algo::Gemm1x1 => {
-                let uk = isa.kernels()?.gemm_for_rows(geom.cout_per_group);
+                let uk = isa
+                    .kernels()?
+                    .gemm_for_shape(geom.cout_per_group, geom.cin_per_group * geom.kernel_area());
                 let blocking = Blocking::derive(uk, crate::sysinfo::caches());
                 let k = geom.cin_per_group * geom.kernel_area();
                 let opg = geom.cout_per_group;

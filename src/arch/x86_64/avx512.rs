@@ -28,6 +28,8 @@ pub static TABLE: KernelTable = KernelTable {
     transpose: crate::arch::x86_64::avx2::transpose,
     conv_oc: F32_CONV_OC,
     conv_oc_wide: Some(F32_CONV_OC_WIDE),
+    // Shallow GEMMs (K <= 256) take the 6x64: see KernelTable::gemm_for_shape.
+    gemm_shallow: Some(&F32_GEMM_6X64),
     deinterleave2: crate::arch::x86_64::avx2::deinterleave2,
 };
 
