@@ -715,14 +715,17 @@ impl Plan {
         if let Prepared::Depthwise {
             uk,
             blocked,
-            layout:
-                layout @ (crate::algo::depthwise::DwLayout::ChannelBlocks
-                | crate::algo::depthwise::DwLayout::ChannelsLast),
+            layout,
             ..
         } = &self.prepared
         {
-            if crate::algo::depthwise::nhwc_native(g) {
-                let kernel = *layout == crate::algo::depthwise::DwLayout::ChannelsLast;
+            use crate::algo::depthwise::DwLayout;
+            let channels_last = match (layout, uk.channels_last) {
+                (DwLayout::ChannelsLast, Some((_, kernel))) => Some(Some(kernel)),
+                (DwLayout::ChannelBlocks, _) => Some(None),
+                _ => None,
+            };
+            if let Some(kernel) = channels_last.filter(|_| crate::algo::depthwise::nhwc_native(g)) {
                 return self.run_depthwise_nhwc(uk, blocked, kernel, input, residual, output);
             }
         }
@@ -756,14 +759,13 @@ impl Plan {
     }
 
     /// NHWC depthwise channels-last throughout, image by image: the tier's channels-last
-    /// kernel when `channels_last_kernel`
-    /// ([`crate::algo::depthwise::run_channels_last`]), else channel blocks
-    /// ([`crate::algo::depthwise::run_channel_blocks_nhwc`]).
+    /// `kernel` when given ([`crate::algo::depthwise::run_channels_last`], `blocked` its
+    /// weights), else channel blocks ([`crate::algo::depthwise::run_channel_blocks_nhwc`]).
     fn run_depthwise_nhwc(
         &self,
         uk: &crate::arch::dwconv::DwUkernel,
         blocked: &[f32],
-        channels_last_kernel: bool,
+        kernel: Option<crate::arch::dwconv::DwNhwcFn>,
         input: &[f32],
         residual: Option<&[f32]>,
         output: &mut [f32],
@@ -789,10 +791,11 @@ impl Plan {
             .chunks_exact(img_in.max(1))
             .zip(output.chunks_exact_mut(img_out.max(1)))
         {
-            if channels_last_kernel {
-                crate::algo::depthwise::run_channels_last(g, uk, blocked, x, out, &pass);
-            } else {
-                crate::algo::depthwise::run_channel_blocks_nhwc(g, uk, blocked, x, out, &pass);
+            match kernel {
+                Some(k) => crate::algo::depthwise::run_channels_last(g, k, blocked, x, out, &pass),
+                None => {
+                    crate::algo::depthwise::run_channel_blocks_nhwc(g, uk, blocked, x, out, &pass)
+                }
             }
         }
         Ok(())
@@ -1052,14 +1055,17 @@ impl Plan {
                     run_channel_blocks, run_direct, run_multiplier_blocks, DwLayout,
                 };
                 let g = &self.geom;
-                match layout {
-                    DwLayout::ChannelBlocks => {
+                match (layout, uk.direct) {
+                    (DwLayout::ChannelBlocks, _) => {
                         run_channel_blocks(g, uk, blocked, x, r0, r1, out, pass)
                     }
-                    DwLayout::MultiplierBlocks => {
+                    (DwLayout::MultiplierBlocks, _) => {
                         run_multiplier_blocks(g, uk, blocked, x, r0, r1, out, pass)
                     }
-                    DwLayout::Direct => run_direct(g, uk, weight, x, r0, r1, out, pass),
+                    (DwLayout::Direct, Some((_, kernel))) => {
+                        run_direct(g, kernel, weight, x, r0, r1, out, pass)
+                    }
+                    // Planes: their layout, and any other on the tier's plain weights.
                     _ => self.depthwise_rows(uk, weight, x, r0, r1, out, pass)?,
                 }
             }

@@ -674,6 +674,35 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
     }
 }
 
+/// A depthwise kernel's output against its f64 reference: where `inside(i)`, element `i`
+/// within 1e-5 (relative past 1) of `sum(i)` (bias and taps) plus the residual, clamped;
+/// elsewhere still the canary. Panics naming `what` and the element, and the worst error.
+fn check_depthwise_output(
+    what: &str,
+    out: &[f32],
+    inside: impl Fn(usize) -> bool,
+    residual: Option<&[f32]>,
+    clamp: (f32, f32),
+    sum: impl Fn(usize) -> f64,
+) {
+    let mut worst = 0f64;
+    for (i, &v) in out.iter().enumerate() {
+        if !inside(i) {
+            assert_eq!(v, CANARY, "{what}: wrote outside the output at {i}");
+            continue;
+        }
+        let want =
+            (sum(i) + residual.map_or(0.0, |r| r[i] as f64)).clamp(clamp.0 as f64, clamp.1 as f64);
+        let err = (v as f64 - want).abs();
+        worst = worst.max(err);
+        assert!(
+            err <= 1e-5 * (1.0 + want.abs()),
+            "{what}: output {i} is {v}, want {want}"
+        );
+    }
+    assert!(worst < 1e-5, "{what}: worst error {worst:.2e}");
+}
+
 /// The direct-plane depthwise kernel of every tier that has one, against an f64 reference:
 /// kernel sides 1 to 7 (the specialized 3x3, 5x5, 1x3, 1x5 and the general body), strides 1
 /// and 2, every padding before the kernel allows, output sizes from "valid" to larger than
@@ -767,44 +796,37 @@ fn direct_depthwise_kernel_on_every_tier() {
                              rows {r0}..{r1} of {oh} x {ow}, {planes} planes, bias {}, residual {accumulate}",
                             !bias.is_empty()
                         );
-                        let mut worst = 0f64;
-                        for (i, &v) in out.iter().enumerate() {
-                            let (c, at) = (i / out_stride, i % out_stride);
-                            if c >= planes || at >= band {
-                                assert_eq!(v, CANARY, "{what}: wrote outside the output at {i}");
-                                continue;
-                            }
-                            let (oy, ox) = (r0 + at / ow, at % ow);
-                            let mut want = bias.get(c).map_or(0.0, |&b| b as f64);
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let (iy, ix) = (
-                                        (oy * stride + ky) as isize - pt as isize,
-                                        (ox * stride + kx) as isize - pl as isize,
-                                    );
-                                    if iy >= 0
-                                        && ix >= 0
-                                        && (iy as usize) < ih
-                                        && (ix as usize) < iw
-                                    {
-                                        want += w[c * kh * kw + ky * kw + kx] as f64
-                                            * x[c * in_stride + iy as usize * iw + ix as usize]
-                                                as f64;
+                        let residual = accumulate.then_some(&residual[..]);
+                        check_depthwise_output(
+                            &what,
+                            &out,
+                            |i| i / out_stride < planes && i % out_stride < band,
+                            residual,
+                            clamp,
+                            |i| {
+                                let (c, at) = (i / out_stride, i % out_stride);
+                                let (oy, ox) = (r0 + at / ow, at % ow);
+                                let mut sum = bias.get(c).map_or(0.0, |&b| b as f64);
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let (iy, ix) = (
+                                            (oy * stride + ky) as isize - pt as isize,
+                                            (ox * stride + kx) as isize - pl as isize,
+                                        );
+                                        if iy >= 0
+                                            && ix >= 0
+                                            && (iy as usize) < ih
+                                            && (ix as usize) < iw
+                                        {
+                                            sum += w[c * kh * kw + ky * kw + kx] as f64
+                                                * x[c * in_stride + iy as usize * iw + ix as usize]
+                                                    as f64;
+                                        }
                                     }
                                 }
-                            }
-                            if accumulate {
-                                want += residual[i] as f64;
-                            }
-                            let want = want.clamp(clamp.0 as f64, clamp.1 as f64);
-                            let err = (v as f64 - want).abs();
-                            worst = worst.max(err);
-                            assert!(
-                                err <= 1e-5 * (1.0 + want.abs()),
-                                "{what}: output {i} is {v}, want {want}"
-                            );
-                        }
-                        assert!(worst < 1e-5, "{what}: worst error {worst:.2e}");
+                                sum
+                            },
+                        );
                         cases += 1;
                     }
                 }
@@ -895,41 +917,35 @@ fn channels_last_depthwise_kernel_on_every_tier() {
                              bias {}, residual {accumulate}",
                             !bias.is_empty()
                         );
-                        let mut worst = 0f64;
-                        for (i, &v) in out.iter().enumerate() {
-                            if i >= band {
-                                assert_eq!(v, CANARY, "{what}: wrote past the output at {i}");
-                                continue;
-                            }
-                            let (px, ch) = (i / c, i % c);
-                            let (oy, ox) = (r0 + px / ow, px % ow);
-                            let mut want = bias.get(ch).map_or(0.0, |&b| b as f64);
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let iy = (oy * sh + ky * dil) as isize - pt as isize;
-                                    let ix = (ox * sw + kx * dil) as isize - pl as isize;
-                                    if iy >= 0
-                                        && ix >= 0
-                                        && (iy as usize) < ih
-                                        && (ix as usize) < iw
-                                    {
-                                        want += w[ch * kh * kw + ky * kw + kx] as f64
-                                            * x[(iy as usize * iw + ix as usize) * c + ch] as f64;
+                        let residual = accumulate.then_some(&residual[..]);
+                        check_depthwise_output(
+                            &what,
+                            &out,
+                            |i| i < band,
+                            residual,
+                            clamp,
+                            |i| {
+                                let (px, ch) = (i / c, i % c);
+                                let (oy, ox) = (r0 + px / ow, px % ow);
+                                let mut sum = bias.get(ch).map_or(0.0, |&b| b as f64);
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iy = (oy * sh + ky * dil) as isize - pt as isize;
+                                        let ix = (ox * sw + kx * dil) as isize - pl as isize;
+                                        if iy >= 0
+                                            && ix >= 0
+                                            && (iy as usize) < ih
+                                            && (ix as usize) < iw
+                                        {
+                                            sum += w[ch * kh * kw + ky * kw + kx] as f64
+                                                * x[(iy as usize * iw + ix as usize) * c + ch]
+                                                    as f64;
+                                        }
                                     }
                                 }
-                            }
-                            if accumulate {
-                                want += residual[i] as f64;
-                            }
-                            let want = want.clamp(clamp.0 as f64, clamp.1 as f64);
-                            let err = (v as f64 - want).abs();
-                            worst = worst.max(err);
-                            assert!(
-                                err <= 1e-5 * (1.0 + want.abs()),
-                                "{what}: output {i} is {v}, want {want}"
-                            );
-                        }
-                        assert!(worst < 1e-5, "{what}: worst error {worst:.2e}");
+                                sum
+                            },
+                        );
                         cases += 1;
                     }
                 }

@@ -229,12 +229,12 @@ pub fn run_multiplier_blocks(
     });
 }
 
-/// Conv rows `r0..r1` of one image into `out` (`[C][r1 - r0][OW]`) by direct planes:
-/// `weight` is the layer's own (`[C][KH * KW]`).
+/// Conv rows `r0..r1` of one image into `out` (`[C][r1 - r0][OW]`) by direct planes with
+/// the tier's `kernel` (`DwUkernel::direct`): `weight` is the layer's own (`[C][KH * KW]`).
 #[allow(clippy::too_many_arguments)]
 pub fn run_direct(
     g: &Geometry,
-    uk: &DwUkernel,
+    kernel: crate::arch::dwconv::DwDirectFn,
     weight: &[f32],
     x: &[f32],
     r0: usize,
@@ -242,9 +242,6 @@ pub fn run_direct(
     out: &mut [f32],
     pass: &OutputPass,
 ) {
-    let Some((_, kernel)) = uk.direct else {
-        unreachable!("direct planes are picked only on tiers with the kernel")
-    };
     let OutputPass {
         bias,
         accumulate,
@@ -434,20 +431,17 @@ pub fn run_channel_blocks_nhwc(
     });
 }
 
-/// One NHWC image by the tier's channels-last kernel (`uk.channels_last`): `x` is
+/// One NHWC image by the tier's channels-last `kernel` (`DwUkernel::channels_last`): `x` is
 /// `[IH][IW][C]`, `out` `[OH][OW][C]` (holding the residual when `pass.accumulate`),
 /// `packed` the [`crate::arch::dwconv::nhwc_weights`]. Tasks take whole output rows.
 pub fn run_channels_last(
     g: &Geometry,
-    uk: &DwUkernel,
+    kernel: crate::arch::dwconv::DwNhwcFn,
     packed: &[f32],
     x: &[f32],
     out: &mut [f32],
     pass: &OutputPass,
 ) {
-    let Some((_, kernel)) = uk.channels_last else {
-        unreachable!("the channels-last layout is picked only on tiers with the kernel")
-    };
     let OutputPass {
         bias,
         accumulate,
