@@ -564,10 +564,16 @@ fn a_column_of_tiles_matches_tile_by_tile_calls() {
                 (64, 2 * uk.mr + 1, uk.nr - 3),
                 (5, 1, 1),
             ];
-            // 11 tiles, the last short: a group of 8 side by side and 3 one by one. Half a
-            // panel and one more: AVX-512's narrow edge takes up to 16 of 32 columns.
+            // 11 tiles, the last short: a group of 8 side by side and the other 3 as one
+            // group. Half a panel and one more: AVX-512's narrow edge takes up to 16 of 32
+            // columns.
             for n in [1, 2, 3, 4, 5, uk.nr / 2, uk.nr / 2 + 1] {
                 cases.push((33, 11 * uk.mr - 2, n));
+            }
+            // One column over 4, 13, 14 and 15 tiles: rests of 4 to 7 after groups of 8
+            // (each twice: packed and indirect B alternate with the case's index).
+            for tiles in [4, 4, 13, 13, 14, 14, 15, 15] {
+                cases.push((9, tiles * uk.mr - 1, 1));
             }
             // AVX-512's partial panels: whole vectors and an edge of 1 to 4 columns past
             // them (lane-major), or of 5 (one more vector).

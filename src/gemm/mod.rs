@@ -47,17 +47,29 @@ impl Blocking {
         panels.div_ceil(blocks).max(1)
     }
 
-    /// Blocking for `uk` derived from the cache sizes (BLIS's analytical rules):
-    /// - KC: the B micro-panel (KC x NR floats) takes half of L1 and is reused by every A
-    ///   micro-panel of the block: KC = L1 / 2 / (4 NR), clamped to 128..=512.
-    ///   (32 KiB L1: NR = 16 gives 256, NR = 32 gives 128.)
-    /// - MC: the A block (MC x KC) takes half of L2 and streams MR floats per step:
-    ///   MC = L2 / 2 / (4 KC), in MR units.
+    /// Blocking for `uk` derived from the cache sizes:
+    /// - KC: the B micro-panel (KC x NR floats), reused by every A micro-panel of the MC
+    ///   block, takes two thirds of L1: KC = 2/3 L1 / (4 NR), clamped to 128..=512.
+    ///   (48 KiB L1: NR = 32 gives 256, NR = 16 gives 512; 32 KiB L1: NR = 16 gives 336.)
+    /// - MC: the A block (MC x KC) is one and a half L1s: MC = 3/2 L1 / (4 KC), in MR units,
+    ///   at least one panel (48 KiB L1, KC = 256: 70 rows for MR = 14).
     /// - NC: the packed B block (KC x NC), a task's unit of work, in a quarter of L3 shared
     ///   by the cores, capped at 1024 columns so that layers split into enough tasks.
+    ///
+    /// The A block is far smaller than BLIS's rule (half of L2). Measured on a Xeon (48 KiB
+    /// L1d, 2 MiB L2, AVX-512 FMA peak ~228 GFLOP/s), one thread, 14x32 tile, median GFLOP/s
+    /// of interleaved runs, old rule (KC 192, MC 1358) -> this one (KC 256, MC 70): 1024^3
+    /// 132 -> 158, 2048^3 126 -> 154, 512 x 1599 x 1536 142 -> 148, 256 x 3136 x 2304 and
+    /// 2048 x 49 x 512 even, 256 x 196 x 1024 158 -> 149 (its layer, res4.1x1 on the 13x32
+    /// tile, even in `convkit bench`). In a sweep at 1024^3 and 2048^3, MC 42 and 70 were
+    /// level, 140 3-5% and 280 up to 8% slower, and KC 128 lost 7% to the extra C round
+    /// trips, 384 and 512 2-5% (a B micro-panel past L1). The likely cause: every K block
+    /// loads and stores all of C through L2, and a 1.4 MB A block lost its lines to it and
+    /// was read back from L3 by the broadcasts (no PMU counters here to confirm it). The
+    /// AVX2 tile on the same machine: squares 1.03-1.06x, the conv shapes 0.96-1.04x.
     pub fn derive(uk: &GemmUkernel, caches: Caches) -> Self {
-        let kc = (caches.l1d / 2 / (4 * uk.nr)).clamp(128, 512) / 16 * 16;
-        let mc = ((caches.l2 / 2 / (4 * kc)) / uk.mr).max(1) * uk.mr;
+        let kc = (caches.l1d * 2 / 3 / (4 * uk.nr)).clamp(128, 512) / 16 * 16;
+        let mc = ((caches.l1d * 3 / 2 / (4 * kc)) / uk.mr).max(1) * uk.mr;
         let nc = ((caches.l3.max(caches.l2) / 4 / (4 * kc)).min(1024) / uk.nr).max(1) * uk.nr;
         Blocking { mc, kc, nc }.with_env_overrides(uk)
     }

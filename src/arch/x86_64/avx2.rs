@@ -230,7 +230,7 @@ unsafe fn narrow_column<const AS: usize, const NR: usize>(t: &GemmTile) {
     }
 }
 
-/// [`narrow_column`] with `NC = n` columns, `G` tiles at a time (the rest one by one).
+/// [`narrow_column`] with `NC = n` columns, `G` tiles at a time (the rest as one group).
 ///
 /// # Safety
 /// As [`narrow_column`], with `t.n == NC`.
@@ -245,10 +245,20 @@ unsafe fn narrow_tiles<const AS: usize, const NR: usize, const NC: usize, const 
         unsafe { narrow_group::<AS, NR, NC, G>(t, done) };
         done += G;
     }
-    while done < tiles {
-        // SAFETY: as above, one tile.
-        unsafe { narrow_group::<AS, NR, NC, 1>(t, done) };
-        done += 1;
+    // The rest in one group, never wider than G (small MC blocks left single chains, as
+    // on AVX-512).
+    // SAFETY: as above, tiles done..tiles (fewer than G, so at most 7).
+    unsafe {
+        match tiles - done {
+            0 => {}
+            1 => narrow_group::<AS, NR, NC, 1>(t, done),
+            2 => narrow_group::<AS, NR, NC, 2>(t, done),
+            3 => narrow_group::<AS, NR, NC, 3>(t, done),
+            4 => narrow_group::<AS, NR, NC, 4>(t, done),
+            5 => narrow_group::<AS, NR, NC, 5>(t, done),
+            6 => narrow_group::<AS, NR, NC, 6>(t, done),
+            _ => narrow_group::<AS, NR, NC, 7>(t, done),
+        }
     }
 }
 
