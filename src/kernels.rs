@@ -261,6 +261,9 @@ impl KernelTable {
     /// - else the kernel that pads least: the 8x32 for M = 16, 24 and 32 (the 13x32 padded
     ///   pw56's M = 24 to 26 and ran 0.95x the 8x32).
     pub fn gemm_for_rows(&self, m: usize) -> &'static GemmUkernel {
+        if let Some(forced) = self.gemm_forced() {
+            return forced;
+        }
         let default = self.gemm_default();
         let m = m.max(1);
         let padded = |k: &GemmUkernel| m.div_ceil(k.mr) * k.mr;
@@ -287,6 +290,9 @@ impl KernelTable {
     /// res5.1x1 (K = 2048) 1.00x, so deeper GEMMs keep the row-fit choice. Two threads:
     /// res2.1x1a 1.01x, res2.1x1b 1.03x, pw56 1.07x.
     pub fn gemm_for_shape(&self, m: usize, k: usize) -> &'static GemmUkernel {
+        if let Some(forced) = self.gemm_forced() {
+            return forced;
+        }
         let m = m.max(1);
         if let Some(wide) = self.gemm_shallow.filter(|_| k <= SHALLOW_K) {
             if m.div_ceil(wide.mr) * wide.mr * 20 <= m * 21 {
@@ -294,6 +300,14 @@ impl KernelTable {
             }
         }
         self.gemm_for_rows(m)
+    }
+    /// The tile `CONVKIT_GEMM_UK=NAME` names, if this table has it: layers' GEMMs take it
+    /// instead of the shape's choice (for kernel experiments, as `CONVKIT_KC` is for
+    /// blocking).
+    fn gemm_forced(&self) -> Option<&'static GemmUkernel> {
+        static FORCED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let name = FORCED.get_or_init(|| std::env::var("CONVKIT_GEMM_UK").ok());
+        name.as_deref().and_then(|n| self.gemm_by_name(n))
     }
     /// A GEMM microkernel by canonical name.
     pub fn gemm_by_name(&self, name: &str) -> Option<&'static GemmUkernel> {
