@@ -37,6 +37,25 @@ fn exp_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
     p * scale
 }
 
+/// The numerator of [`erf_approx`]'s x P(x^2) / Q(x^2), highest power first.
+pub(crate) const ERF_P: [f32; 7] = [
+    -2.726_142_3e-10,
+    2.770_681_4e-8,
+    -2.101_024e-6,
+    -5.692_506_4e-5,
+    -7.349_906e-4,
+    -2.954_6e-3,
+    -1.609_603_3e-2,
+];
+/// The denominator of [`erf_approx`], highest power first.
+pub(crate) const ERF_Q: [f32; 5] = [
+    -1.456_607_2e-5,
+    -2.133_740_6e-4,
+    -1.682_827e-3,
+    -7.373_329e-3,
+    -1.426_474e-2,
+];
+
 /// erf(x) as a rational function x P(x^2) / Q(x^2) on [-4, 4] (beyond, erf is +-1 in f32):
 /// degree 13 / 12, the minimax coefficients Eigen and TensorFlow publish for single
 /// precision. No exp and one division: about half the work of the Abramowitz & Stegun form
@@ -45,18 +64,8 @@ fn exp_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
 fn erf_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let p = -2.726_142_3e-10f32;
-    let p = fma(p, x2, 2.770_681_4e-8);
-    let p = fma(p, x2, -2.101_024e-6);
-    let p = fma(p, x2, -5.692_506_4e-5);
-    let p = fma(p, x2, -7.349_906e-4);
-    let p = fma(p, x2, -2.954_6e-3);
-    let p = fma(p, x2, -1.609_603_3e-2);
-    let q = -1.456_607_2e-5f32;
-    let q = fma(q, x2, -2.133_740_6e-4);
-    let q = fma(q, x2, -1.682_827e-3);
-    let q = fma(q, x2, -7.373_329e-3);
-    let q = fma(q, x2, -1.426_474e-2);
+    let p = ERF_P.iter().skip(1).fold(ERF_P[0], |p, &c| fma(p, x2, c));
+    let q = ERF_Q.iter().skip(1).fold(ERF_Q[0], |q, &c| fma(q, x2, c));
     // Exactly +-1 at the clamp, as f64 erf is there: then gelu(-inf) = -inf * 0 = NaN like
     // the reference, rather than -inf times a tiny residue.
     let r = x * p / q;
@@ -120,7 +129,7 @@ impl<'a> RowsMut<'a> {
 
     /// Calls `f` on each row in turn.
     #[inline(always)]
-    fn for_each(self, mut f: impl FnMut(&mut [f32])) {
+    pub(crate) fn for_each(self, mut f: impl FnMut(&mut [f32])) {
         for i in 0..self.rows {
             // SAFETY: the constructor's contract: row i is `len` valid floats this value
             // borrows exclusively; rows are handed out one at a time.
@@ -244,19 +253,31 @@ mod tests {
             .map(|i| i as f32 * 0.025)
             .chain([f32::NAN, 1e-40, -1e-40, 1e30, -1e30])
             .collect();
-        for act in acts {
+        // The baseline body, and each tier's kernel this CPU runs (AVX-512's gelu is its
+        // own code); 8006 values, so the last 6 take a kernel's tail.
+        type Apply = Box<dyn Fn(Activation, RowsMut<'_>)>;
+        let mut appliers: Vec<(String, Apply)> =
+            vec![("generic".into(), Box::new(apply_generic) as Apply)];
+        for isa in crate::arch::available_isas() {
+            let kernel = isa.kernels().expect("available").activation;
+            appliers.push((kernel.name.into(), Box::new(move |a, d| (kernel.run)(a, d))));
+        }
+        for (act, (name, apply)) in acts
+            .iter()
+            .flat_map(|&a| appliers.iter().map(move |ap| (a, ap)))
+        {
             let mut y = xs.clone();
-            apply_generic(act, RowsMut::from_slice(&mut y));
+            apply(act, RowsMut::from_slice(&mut y));
             for (&x, &v) in xs.iter().zip(&y) {
                 let want = act.apply(x as f64);
                 if x.is_nan() {
-                    assert!(v.is_nan(), "{act:?}: NaN must propagate");
+                    assert!(v.is_nan(), "{name} {act:?}: NaN must propagate");
                     continue;
                 }
                 let tol = 1e-6 * (x.abs() as f64).max(1.0);
                 assert!(
                     (v as f64 - want).abs() <= tol,
-                    "{act:?}({x}) = {v}, want {want}"
+                    "{name} {act:?}({x}) = {v}, want {want}"
                 );
             }
         }

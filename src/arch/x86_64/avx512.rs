@@ -1035,7 +1035,91 @@ unsafe fn grouped_planes_v<const V: usize>(p: &mut crate::arch::dwconv::DwPlane)
     }
 }
 crate::arch::pool_kernel!(Avx512, "avx512f,avx2,fma");
-crate::arch::act_kernel!(Avx512, "f32_act__avx512", "avx512f,avx2,fma");
+
+/// Activation kernel: gelu by hand ([`gelu_row`]), every other activation the generic body
+/// vectorized under AVX-512.
+pub const F32_ACT: crate::arch::activation::ActUkernel = crate::arch::activation::ActUkernel {
+    name: "f32_act__avx512",
+    isa: Isa::Avx512,
+    run: act,
+};
+
+fn act(a: crate::epilogue::Activation, data: crate::arch::activation::RowsMut<'_>) {
+    assert!(
+        Isa::Avx512.is_available(),
+        "f32_act__avx512 on a CPU without it"
+    );
+    // SAFETY: the tier's features were just checked; the bodies read and write the rows'
+    // slices only.
+    unsafe { act_tf(a, data) }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn act_tf(a: crate::epilogue::Activation, data: crate::arch::activation::RowsMut<'_>) {
+    match a {
+        crate::epilogue::Activation::Gelu => data.for_each(|row| {
+            // SAFETY: this function runs only where AVX-512F is available (its entry checks).
+            unsafe { gelu_row(row) }
+        }),
+        other => crate::arch::activation::apply_generic_with(other, data, f32::mul_add),
+    }
+}
+
+/// gelu(x) = x/2 (1 + erf(x / sqrt 2)) in place, 16 lanes a step, the tail masked: the
+/// generic body's rational erf (the same coefficients, clamp and saturation, NaN in, NaN
+/// out) with its one division replaced by `vrcp14ps` and one Newton step (relative error
+/// about 2^-28 against 2^-24 for the division). The division's unit was the bottleneck:
+/// wav2vec2.conv0 (gelu on 1.6M outputs, 43% of its time on one thread) ran 1.08-1.10x
+/// faster with the division removed altogether.
+///
+/// # Safety
+/// AVX-512F is available.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_row(row: &mut [f32]) {
+    use crate::arch::activation::{ERF_P, ERF_Q};
+    let gelu = |x: __m512| {
+        let xs = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+        let xc = _mm512_min_ps(_mm512_max_ps(xs, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
+        let x2 = _mm512_mul_ps(xc, xc);
+        let mut p = _mm512_set1_ps(ERF_P[0]);
+        for &c in &ERF_P[1..] {
+            p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(c));
+        }
+        let mut q = _mm512_set1_ps(ERF_Q[0]);
+        for &c in &ERF_Q[1..] {
+            q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(c));
+        }
+        // 1/q: a 14-bit estimate and one Newton step, r (2 - q r).
+        let r = _mm512_rcp14_ps(q);
+        let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0)));
+        let erf = _mm512_mul_ps(_mm512_mul_ps(xc, p), r);
+        // |x / sqrt 2| >= 4: exactly +-1 (xc is +-4 there, with x's sign).
+        let sat = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(xs), _mm512_set1_ps(4.0));
+        let one = _mm512_mul_ps(xc, _mm512_set1_ps(0.25));
+        let erf = _mm512_mask_blend_ps(sat, erf, one);
+        let half = _mm512_mul_ps(x, _mm512_set1_ps(0.5));
+        let g = _mm512_fmadd_ps(half, erf, half);
+        // NaN in, NaN out (x + x, quieted), as the generic body.
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        _mm512_mask_blend_ps(nan, g, _mm512_add_ps(x, x))
+    };
+    let n = row.len();
+    let ptr = row.as_mut_ptr();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: floats i..i + 16 of the row.
+        unsafe { _mm512_storeu_ps(ptr.add(i), gelu(_mm512_loadu_ps(ptr.add(i)))) };
+        i += 16;
+    }
+    if i < n {
+        let mask: __mmask16 = ((1u32 << (n - i)) - 1) as __mmask16;
+        // SAFETY: the masked lanes are floats i..n of the row; the others are not touched.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, ptr.add(i));
+            _mm512_mask_storeu_ps(ptr.add(i), mask, gelu(x));
+        }
+    }
+}
 
 /// `direct_oc` tile kernel: 8 pixels x 32 output channels (two weight panels), two zmm
 /// accumulators a pixel, 16 chains: each tap loads two weight vectors and broadcasts 8 image
