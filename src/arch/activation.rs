@@ -251,10 +251,11 @@ mod tests {
         ];
         let xs: Vec<f32> = (-4000..=4000)
             .map(|i| i as f32 * 0.025)
-            .chain([f32::NAN, 1e-40, -1e-40, 1e30, -1e30])
+            .chain([f32::NAN, 1e-40, -1e-40, 1e30, -1e30, f32::INFINITY])
+            .chain([f32::NEG_INFINITY])
             .collect();
-        // The baseline body, and each tier's kernel this CPU runs (AVX-512's gelu is its
-        // own code); 8006 values, so the last 6 take a kernel's tail.
+        // The baseline body, and each tier's kernel this CPU runs (AVX-512's divisions are
+        // its own code); 8008 values, so the last 8 take a kernel's tail.
         type Apply = Box<dyn Fn(Activation, RowsMut<'_>)>;
         let mut appliers: Vec<(String, Apply)> =
             vec![("generic".into(), Box::new(apply_generic) as Apply)];
@@ -272,6 +273,15 @@ mod tests {
                 let want = act.apply(x as f64);
                 if x.is_nan() {
                     assert!(v.is_nan(), "{name} {act:?}: NaN must propagate");
+                    continue;
+                }
+                // At +-inf the reference is exact: +-inf, a finite limit, or NaN (-inf x 0
+                // for silu, gelu and gelu_tanh at -inf), and so must the kernel be.
+                if x.is_infinite() {
+                    assert!(
+                        (want.is_nan() && v.is_nan()) || v as f64 == want,
+                        "{name} {act:?}({x}) = {v}, want {want}"
+                    );
                     continue;
                 }
                 let tol = 1e-6 * (x.abs() as f64).max(1.0);
