@@ -252,10 +252,11 @@ mod tests {
         let xs: Vec<f32> = (-4000..=4000)
             .map(|i| i as f32 * 0.025)
             .chain([f32::NAN, 1e-40, -1e-40, 1e30, -1e30, f32::INFINITY])
-            .chain([f32::NEG_INFINITY])
+            .chain([f32::NEG_INFINITY, 0.75])
             .collect();
-        // The baseline body, and each tier's kernel this CPU runs (AVX-512's divisions are
-        // its own code); 8008 values, so the last 8 take a kernel's tail.
+        // The baseline body, and each tier's kernel this CPU runs (AVX-512's and AVX2's
+        // divisions are their own code); 8009 values, so that a 16- and an 8-lane kernel
+        // each end on a tail (9 and 1 floats).
         type Apply = Box<dyn Fn(Activation, RowsMut<'_>)>;
         let mut appliers: Vec<(String, Apply)> =
             vec![("generic".into(), Box::new(apply_generic) as Apply)];

@@ -342,7 +342,9 @@ pub fn gather_scalar(dst: &mut [f32], src: &[f32], stride: usize) {
 }
 
 /// Declares a tier's activation kernel: the generic body of [`activation`] compiled under the
-/// tier's target features, behind a safe entry that checks the tier is available.
+/// tier's target features, behind a safe entry that checks the tier is available. (NEON's;
+/// the x86 tiers write the activations that divide by hand.)
+#[cfg(target_arch = "aarch64")]
 macro_rules! act_kernel {
     ($isa:ident, $name:literal, $features:literal) => {
         /// Activation kernel: the generic body vectorized under this tier's features.
@@ -365,6 +367,7 @@ macro_rules! act_kernel {
         }
     };
 }
+#[cfg(target_arch = "aarch64")]
 pub(crate) use act_kernel;
 
 /// Declares a tier's plane-pooling kernel: the generic body of [`crate::algo::pool::pool_plane`]

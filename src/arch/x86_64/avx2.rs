@@ -367,7 +367,152 @@ crate::arch::dw_plane_kernel!(
     |_p: &mut crate::arch::dwconv::DwPlane| false
 );
 crate::arch::pool_kernel!(Avx2, "avx2,fma");
-crate::arch::act_kernel!(Avx2, "f32_act__avx2", "avx2,fma");
+
+/// Activation kernel: the activations that divide (gelu's erf, the sigmoid family) by hand,
+/// 8 lanes a step, every other activation the generic body under AVX2.
+pub const F32_ACT: crate::arch::activation::ActUkernel = crate::arch::activation::ActUkernel {
+    name: "f32_act__avx2",
+    isa: Isa::Avx2,
+    run: act,
+};
+
+fn act(a: crate::epilogue::Activation, data: crate::arch::activation::RowsMut<'_>) {
+    assert!(
+        Isa::Avx2.is_available(),
+        "f32_act__avx2 on a CPU without it"
+    );
+    // SAFETY: the tier's features were just checked; the bodies read and write the rows'
+    // slices only.
+    unsafe { act_tf(a, data) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn act_tf(a: crate::epilogue::Activation, data: crate::arch::activation::RowsMut<'_>) {
+    use crate::epilogue::Activation;
+    // SAFETY (each arm): this function runs only where AVX2 and FMA are available (its
+    // entry checks).
+    match a {
+        Activation::Gelu => data.for_each(|row| unsafe { map8(row, |x| gelu8(x)) }),
+        Activation::Sigmoid => data.for_each(|row| unsafe { map8(row, |x| sigmoid8(x)) }),
+        Activation::Silu => {
+            data.for_each(|row| unsafe { map8(row, |x| _mm256_mul_ps(x, sigmoid8(x))) })
+        }
+        Activation::Tanh => data.for_each(|row| unsafe {
+            map8(row, |x| {
+                let s = sigmoid8(_mm256_add_ps(x, x));
+                _mm256_fmsub_ps(_mm256_set1_ps(2.0), s, _mm256_set1_ps(1.0))
+            })
+        }),
+        Activation::GeluTanh => data.for_each(|row| unsafe {
+            map8(row, |x| {
+                // x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), as the generic body.
+                let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+                let inner = _mm256_mul_ps(
+                    _mm256_set1_ps(0.797_884_6),
+                    _mm256_fmadd_ps(_mm256_set1_ps(0.044_715), x3, x),
+                );
+                _mm256_mul_ps(x, sigmoid8(_mm256_add_ps(inner, inner)))
+            })
+        }),
+        other => crate::arch::activation::apply_generic_with(other, data, f32::mul_add),
+    }
+}
+
+/// `row[i] = f(row[i])` 8 lanes a step; the last `len % 8` floats through a copy in an
+/// 8-float buffer, so that every element gets the same arithmetic wherever a row begins or
+/// ends (the bitwise identity across thread counts) without a masked store.
+///
+/// # Safety
+/// AVX2 and FMA are available.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map8(row: &mut [f32], f: impl Fn(__m256) -> __m256) {
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), f(_mm256_loadu_ps(c.as_ptr()))) };
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let mut buf = [0f32; 8];
+        buf[..tail.len()].copy_from_slice(tail);
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(buf.as_mut_ptr(), f(_mm256_loadu_ps(buf.as_ptr()))) };
+        tail.copy_from_slice(&buf[..tail.len()]);
+    }
+}
+
+/// 1/q: a 12-bit `vrcpps` estimate and two Newton steps in residual form, r + r (1 - q r)
+/// with the residual exact by FMA. (With r (2 - q r), 1/(1 + e^-inf) stayed at 0.99999994
+/// = 1 - 2^-24, not the reference's exact 1.) The division's unit bounds the generic gelu
+/// and sigmoid (see the AVX-512 tier).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn recip8(q: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    let r = _mm256_rcp_ps(q);
+    let r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(q, r, one), r);
+    _mm256_fmadd_ps(r, _mm256_fnmadd_ps(q, r, one), r)
+}
+
+/// gelu(x) = x/2 (1 + erf(x / sqrt 2)), as the AVX-512 tier's: the generic rational erf with
+/// [`recip8`] for its division; exactly +-1 where |x / sqrt 2| >= 4. A NaN x makes `x / 2`,
+/// and so the result, NaN.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn gelu8(x: __m256) -> __m256 {
+    use crate::arch::activation::{ERF_P, ERF_Q};
+    let xs = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let xc = _mm256_min_ps(_mm256_set1_ps(4.0), _mm256_max_ps(_mm256_set1_ps(-4.0), xs));
+    let x2 = _mm256_mul_ps(xc, xc);
+    let mut p = _mm256_set1_ps(ERF_P[0]);
+    for &c in &ERF_P[1..] {
+        p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(c));
+    }
+    let mut q = _mm256_set1_ps(ERF_Q[0]);
+    for &c in &ERF_Q[1..] {
+        q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(c));
+    }
+    let erf = _mm256_mul_ps(_mm256_mul_ps(xc, p), recip8(q));
+    // xc^2 = 16 exactly where |x / sqrt 2| >= 4: erf = xc / 4 = +-1 there.
+    let sat = _mm256_cmp_ps::<_CMP_GE_OQ>(x2, _mm256_set1_ps(16.0));
+    let erf = _mm256_blendv_ps(erf, _mm256_mul_ps(xc, _mm256_set1_ps(0.25)), sat);
+    let half = _mm256_mul_ps(x, _mm256_set1_ps(0.5));
+    _mm256_fmadd_ps(half, erf, half)
+}
+
+/// 1 / (1 + e^-x), as the generic body (clamp to [-87.3, 88.7], n = round(x / ln 2) by the
+/// 1.5 * 2^23 trick, ln 2 in two parts, the degree-6 polynomial, 2^n through the exponent
+/// bits), with [`recip8`] for the division; exactly 0 below -88. NaN stays NaN (the clamp
+/// passes it on: maxps and minps return their second operand when one is NaN).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn sigmoid8(x: __m256) -> __m256 {
+    let v = _mm256_sub_ps(_mm256_setzero_ps(), x);
+    let v = _mm256_min_ps(
+        _mm256_set1_ps(88.7),
+        _mm256_max_ps(_mm256_set1_ps(-87.3), v),
+    );
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let t = _mm256_fmadd_ps(v, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
+    let n = _mm256_sub_ps(t, magic);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), v);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(c));
+    }
+    // 2^n: t's bits are magic's plus n; (n + 127) << 23 is 2^n's.
+    let n_int = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+    let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        n_int,
+        _mm256_set1_epi32(127),
+    )));
+    let e = _mm256_mul_ps(p, scale);
+    let s = recip8(_mm256_add_ps(_mm256_set1_ps(1.0), e));
+    let low = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-88.0));
+    _mm256_andnot_ps(low, s)
+}
 crate::arch::wino_kernel!(Avx2, "f32_winograd__avx2", "avx2,fma", HardwareGather);
 
 /// Winograd tiles gathered with `vgatherdps`: one instruction per (row, column) of 8 tiles,
