@@ -1111,15 +1111,16 @@ unsafe fn map16(row: &mut [f32], f: impl Fn(__m512) -> __m512) {
     }
 }
 
-/// 1/q: a 14-bit `vrcp14ps` estimate and one Newton step, r (2 - q r) (relative error
-/// about 2^-28, against 2^-24 for a division). The division's unit was the bottleneck of
-/// gelu: wav2vec2.conv0 (gelu on 1.6M outputs, 43% of its time on one thread) ran
-/// 1.10-1.11x faster with this in place of the generic body's division.
+/// 1/q: a 14-bit `vrcp14ps` estimate and one Newton step in residual form, r + r (1 - q r)
+/// with the residual exact by FMA (relative error about 2^-28 before rounding). The
+/// division's unit was the bottleneck of gelu: wav2vec2.conv0 (gelu on 1.6M outputs, 43% of
+/// its time on one thread) ran 1.10-1.11x faster with this in place of the generic body's
+/// division.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn recip16(q: __m512) -> __m512 {
     let r = _mm512_rcp14_ps(q);
-    _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0)))
+    _mm512_fmadd_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(1.0)), r)
 }
 
 /// gelu(x) = x/2 (1 + erf(x / sqrt 2)): the generic body's rational erf (the same
