@@ -1,7 +1,10 @@
 //! Vectorized activations for the band pass, written once in safe Rust over fixed chunks and
 //! compiled under each tier's features (as the depthwise kernel is). `exp` and `erf` are
 //! polynomial approximations that LLVM vectorizes; libm's scalar `erff` cost 20 ns an element
-//! and made gelu take 32 of wav2vec2.conv0's 36 ms.
+//! and made gelu take 32 of wav2vec2.conv0's 36 ms. The x86 tiers write the activations
+//! that divide (gelu's erf and the sigmoid family) by hand with the same approximations and
+//! a reciprocal estimate refined by Newton steps in place of the division (the division's
+//! unit bounded them); the tests hold every tier's kernel to the f64 definitions.
 //!
 //! Accuracy (tested against f64 over [-30, 30]): exp relative error < 3e-7 (Cody-Waite
 //! reduction, degree-6 polynomial); erf absolute error < 1e-6 (a rational minimax form).
