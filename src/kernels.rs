@@ -239,6 +239,9 @@ pub struct KernelTable {
     /// has one that beats its row-fit choice there (AVX-512's 6x64; AVX2's 4x24 ran 0.65x
     /// the 6x16 on the same shapes).
     pub gemm_shallow: Option<&'static GemmUkernel>,
+    /// The GEMM tile for the deeper GEMMs of layers ([`KernelTable::gemm_for_shape`]), where
+    /// the tier has one that beats its row-fit choice there (AVX-512's 8x48).
+    pub gemm_deep: Option<&'static GemmUkernel>,
 }
 
 /// Depth up to which [`KernelTable::gemm_for_shape`] takes the widest tile.
@@ -280,26 +283,40 @@ impl KernelTable {
     }
     /// The GEMM microkernel for a layer's GEMM of `m` rows of A (output channels a group)
     /// and depth `k`: up to depth [`SHALLOW_K`], the tier's shallow tile
-    /// ([`KernelTable::gemm_shallow`], the 6x64 on AVX-512) if it pads `m` by at most 5%,
-    /// else [`KernelTable::gemm_for_rows`]. A shallow
-    /// GEMM does few FMAs a C tile, and the wide tile loads less a FMA (6 broadcasts and 4
-    /// B vectors for 24 FMAs, against 13 and 2 for 26 on the 13x32). Paired, one thread, min
-    /// ms against the row-fit choice: resnet50.res2.1x1a (K = 64) 1.04x faster, res2.1x1b
-    /// (K = 64) 1.08x, mobilenetv2.pw56 (K = 144) 1.07-1.15x, wav2vec2.conv0's im2col (K =
-    /// 10) 1.06x; textcnn.k3's im2col (K = 900) 1.02x; res4.1x1 (K = 1024) 0.97-0.98x and
-    /// res5.1x1 (K = 2048) 1.00x, so deeper GEMMs keep the row-fit choice. Two threads:
-    /// res2.1x1a 1.01x, res2.1x1b 1.03x, pw56 1.07x.
+    /// ([`KernelTable::gemm_shallow`], the 6x64 on AVX-512), deeper its deep tile
+    /// ([`KernelTable::gemm_deep`], the 8x48), either if it pads `m` by at most 5%; else
+    /// [`KernelTable::gemm_for_rows`].
+    ///
+    /// Deep: with the blocking of session 15 (KC 160, MC 112 for the 8x48), paired, min ms
+    /// against the row-fit 13x32 / 14x32, one thread: resnet50.res4.1x1 (K = 1024) 1.05x and
+    /// 1.07x faster in two runs, res5.1x1 (K = 512) 1.09x, wav2vec2.conv1's im2col (K =
+    /// 1536) 1.06x, textcnn.k3's im2col (K = 900) 1.06x (forced by `CONVKIT_GEMM_UK`), and
+    /// with this rule in the build against the last: res4.1x1 1.02-1.06x, res5.1x1 1.02-1.08x,
+    /// wav2vec2.conv1 1.04-1.08x, textcnn.k3 0.99x; two threads res4.1x1 0.97-0.99x, res5.1x1
+    /// and wav2vec2.conv1 1.00x. (The 6x64 there: 0.98-1.05x.) Winograd's GEMMs keep the row fit (`gemm_for_rows`: the 8x48 ran
+    /// 0.86-1.01x on them).
+    ///
+    /// Shallow: a shallow GEMM does few FMAs a C tile, and the wide tile loads less a FMA
+    /// (6 broadcasts and 4 B vectors for 24 FMAs, against 13 and 2 for 26 on the 13x32).
+    /// Paired, one thread, min ms against the row-fit choice (session 14's blocking):
+    /// resnet50.res2.1x1a (K = 64) 1.04x faster, res2.1x1b (K = 64) 1.08x, mobilenetv2.pw56
+    /// (K = 144) 1.07-1.15x, wav2vec2.conv0's im2col (K = 10) 1.06x; on deeper GEMMs it did
+    /// not pay (textcnn.k3's im2col 1.02x, res4.1x1 0.97-0.98x, res5.1x1 1.00x). Two
+    /// threads: res2.1x1a 1.01x, res2.1x1b 1.03x, pw56 1.07x.
     pub fn gemm_for_shape(&self, m: usize, k: usize) -> &'static GemmUkernel {
         if let Some(forced) = self.gemm_forced() {
             return forced;
         }
         let m = m.max(1);
-        if let Some(wide) = self.gemm_shallow.filter(|_| k <= SHALLOW_K) {
-            if m.div_ceil(wide.mr) * wide.mr * 20 <= m * 21 {
-                return wide;
-            }
+        let tile = if k <= SHALLOW_K {
+            self.gemm_shallow
+        } else {
+            self.gemm_deep
+        };
+        match tile {
+            Some(t) if m.div_ceil(t.mr) * t.mr * 20 <= m * 21 => t,
+            _ => self.gemm_for_rows(m),
         }
-        self.gemm_for_rows(m)
     }
     /// The tile `CONVKIT_GEMM_UK=NAME` names, if this table has it: layers' GEMMs take it
     /// instead of the shape's choice (for kernel experiments, as `CONVKIT_KC` is for
@@ -348,7 +365,7 @@ mod tests {
     /// The depth-aware choice: shallow GEMMs take the 6x64 on AVX-512 where it pads M by at
     /// most 5%, the row-fit choice otherwise and at depth over 256; AVX2 keeps its 6x16.
     #[test]
-    fn gemm_kernel_for_shallow_shapes_is_the_wide_tile() {
+    fn gemm_kernel_for_shallow_and_deep_shapes() {
         let avx512 = &crate::arch::x86_64::avx512::TABLE;
         for (m, k, name) in [
             (64, 64, "f32_gemm_6x64__avx512"),
@@ -356,8 +373,12 @@ mod tests {
             (24, 144, "f32_gemm_6x64__avx512"),
             (512, 10, "f32_gemm_6x64__avx512"),
             (64, 256, "f32_gemm_6x64__avx512"),
-            (64, 257, "f32_gemm_13x32__avx512"),
-            (256, 1024, "f32_gemm_13x32__avx512"),
+            // Deeper: the 8x48 where it pads by at most 5%, else the row fit.
+            (64, 257, "f32_gemm_8x48__avx512"),
+            (256, 1024, "f32_gemm_8x48__avx512"),
+            (100, 900, "f32_gemm_8x48__avx512"),
+            (2048, 512, "f32_gemm_8x48__avx512"),
+            (13, 1024, "f32_gemm_13x32__avx512"),
             // 16 rows pad to 18 (12.5%): the row fit's 8x32.
             (16, 64, "f32_gemm_8x32__avx512"),
         ] {

@@ -21,6 +21,7 @@ pub static TABLE: KernelTable = KernelTable {
     conv_oc: F32_CONV_OC,
     conv_oc_wide: None,
     gemm_shallow: None,
+    gemm_deep: None,
     deinterleave2: crate::arch::deinterleave2_scalar,
 };
 

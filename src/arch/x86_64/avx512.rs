@@ -30,6 +30,8 @@ pub static TABLE: KernelTable = KernelTable {
     conv_oc_wide: Some(F32_CONV_OC_WIDE),
     // Shallow GEMMs (K <= 256) take the 6x64: see KernelTable::gemm_for_shape.
     gemm_shallow: Some(&F32_GEMM_6X64),
+    // Deeper GEMMs of layers take the 8x48: see KernelTable::gemm_for_shape.
+    gemm_deep: Some(&F32_GEMM_8X48),
     deinterleave2: crate::arch::x86_64::avx2::deinterleave2,
 };
 
