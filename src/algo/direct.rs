@@ -239,7 +239,8 @@ impl DirectPlan {
     /// Packs `weight` (OIHW) for `g`.
     pub fn new(g: &Geometry, uk: &'static GemmUkernel, weight: &[f32]) -> Result<Self, String> {
         let layout = PhaseLayout::new(g, uk.nr)?;
-        let mut blocking = Blocking::derive(uk, crate::sysinfo::caches());
+        let caches = crate::sysinfo::caches();
+        let mut blocking = Blocking::derive(uk, caches);
         // K blocks twice as deep as the GEMM's (512 here): direct reads B rows in place, so
         // KC is not bound by a packed B panel in L1, and each K block costs a round trip of
         // the C tiles. Paired runs, KC 512 / 256: alexnet.conv1 0.85 (K = 363 in one block),
@@ -252,7 +253,6 @@ impl DirectPlan {
         // 32-column panels read in place ran at half speed. With the GEMM's MC (70 rows)
         // deeplab.dilated3x3 took 2.2x as long, every block below the packing threshold.
         if std::env::var_os("CONVKIT_MC").is_none() {
-            let caches = crate::sysinfo::caches();
             blocking.mc = ((caches.l2 / 2 / (4 * blocking.kc)) / uk.mr).max(1) * uk.mr;
         }
         let k = g.cin_per_group * g.kernel_area();

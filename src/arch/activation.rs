@@ -14,11 +14,36 @@ use crate::epilogue::Activation;
 
 const CHUNK: usize = 16;
 
+/// The input range of [`exp_approx`] (results stay normal and finite).
+pub(crate) const EXP_CLAMP: (f32, f32) = (-87.3, 88.7);
+/// ln 2 split into a part exact in f32 and the rest (r = x - n ln 2 in two steps).
+pub(crate) const LN2_HI: f32 = 0.693_145_75;
+/// The rest of ln 2 past [`LN2_HI`].
+pub(crate) const LN2_LO: f32 = 1.428_606_8e-6;
+/// Taylor coefficients of e^r, 1/6!, 1/5!, .. 1/1!, 1/0! (Horner order): truncation error <
+/// 2e-7 relative on |r| <= 0.347.
+pub(crate) const EXP_POLY: [f32; 7] = [
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+/// Below this, sigmoid is exactly 0 (e^-x has left f32), so that silu(-inf) = -inf * 0 = NaN
+/// as in the reference instead of -inf times a denormal.
+pub(crate) const SIGMOID_ZERO_BELOW: f32 = -88.0;
+/// gelu_tanh(x) = x sigmoid(2 K (x + C x^3)), K = sqrt(2 / pi).
+pub(crate) const GELU_TANH_K: f32 = 0.797_884_6;
+/// The cubic coefficient of gelu_tanh.
+pub(crate) const GELU_TANH_C: f32 = 0.044_715;
+
 /// e^x for finite x: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n through
-/// the exponent bits. Inputs are clamped to [-87.3, 88.7] (results stay normal and finite).
+/// the exponent bits. Inputs are clamped to [`EXP_CLAMP`].
 #[inline(always)]
 fn exp_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    let x = x.clamp(-87.3, 88.7);
+    let x = x.clamp(EXP_CLAMP.0, EXP_CLAMP.1);
     // n = round(x / ln2) with the 1.5 * 2^23 trick (round to nearest even, branch-free).
     // The integer n is also read from t's bits (t = magic + n exactly, so its bit pattern
     // is magic's plus n): integer ops that vectorize, unlike the saturating `as i32`.
@@ -27,15 +52,9 @@ fn exp_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let n = t - magic;
     let n_int = t.to_bits().wrapping_sub(magic.to_bits());
     // r = x - n ln2, with ln2 split into a part exact in f32 and the rest.
-    let r = fma(-n, 1.428_606_8e-6, fma(-n, 0.693_145_75, x));
-    // Taylor coefficients 1/k! (k = 2..6) on |r| <= 0.347: truncation error < 2e-7 relative.
+    let r = fma(-n, LN2_LO, fma(-n, LN2_HI, x));
     // Horner with `fma` (one instruction a step where the tier has FMA).
-    let p = fma(r, 1.0 / 720.0, 1.0 / 120.0);
-    let p = fma(r, p, 1.0 / 24.0);
-    let p = fma(r, p, 1.0 / 6.0);
-    let p = fma(r, p, 0.5);
-    let p = fma(r, p, 1.0);
-    let p = fma(r, p, 1.0);
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| fma(r, p, c));
     let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     p * scale
 }
@@ -81,10 +100,8 @@ fn erf_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
 
 #[inline(always)]
 fn sigmoid_approx(x: f32, fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    // Exactly 0 below -88 (where e^-x leaves f32), so that silu(-inf) = -inf * 0 = NaN as in
-    // the reference instead of -inf times a denormal.
     let s = 1.0 / (1.0 + exp_approx(-x, fma));
-    if x < -88.0 {
+    if x < SIGMOID_ZERO_BELOW {
         0.0
     } else {
         s
@@ -192,7 +209,7 @@ pub(crate) fn apply_generic_with(
             0.5 * x * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2, fma))
         }),
         Activation::GeluTanh => map(data, |x| {
-            let inner = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+            let inner = GELU_TANH_K * (x + GELU_TANH_C * x * x * x);
             x * sigmoid_approx(2.0 * inner, fma)
         }),
         // Written without a select that keeps x (which compiled to masked stores, as above).

@@ -1,6 +1,9 @@
 //! AVX2+FMA kernels. 16 ymm registers: the 6x16 GEMM tile keeps 12 accumulators, two B
 //! vectors and one broadcast A value in registers (the BLIS Haswell shape).
 
+use crate::arch::activation::{
+    EXP_CLAMP, EXP_POLY, GELU_TANH_C, GELU_TANH_K, LN2_HI, LN2_LO, SIGMOID_ZERO_BELOW,
+};
 use crate::arch::{store_tile_scalar, Isa};
 use crate::kernels::{GemmTile, GemmUkernel, KernelTable, TileBias};
 use core::arch::x86_64::*;
@@ -409,8 +412,8 @@ fn act_tf(a: crate::epilogue::Activation, data: crate::arch::activation::RowsMut
                 // x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), as the generic body.
                 let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
                 let inner = _mm256_mul_ps(
-                    _mm256_set1_ps(0.797_884_6),
-                    _mm256_fmadd_ps(_mm256_set1_ps(0.044_715), x3, x),
+                    _mm256_set1_ps(GELU_TANH_K),
+                    _mm256_fmadd_ps(_mm256_set1_ps(GELU_TANH_C), x3, x),
                 );
                 _mm256_mul_ps(x, sigmoid8(_mm256_add_ps(inner, inner)))
             })
@@ -491,16 +494,16 @@ fn gelu8(x: __m256) -> __m256 {
 fn sigmoid8(x: __m256) -> __m256 {
     let v = _mm256_sub_ps(_mm256_setzero_ps(), x);
     let v = _mm256_min_ps(
-        _mm256_set1_ps(88.7),
-        _mm256_max_ps(_mm256_set1_ps(-87.3), v),
+        _mm256_set1_ps(EXP_CLAMP.1),
+        _mm256_max_ps(_mm256_set1_ps(EXP_CLAMP.0), v),
     );
     let magic = _mm256_set1_ps(12_582_912.0);
     let t = _mm256_fmadd_ps(v, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
     let n = _mm256_sub_ps(t, magic);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), v);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), v);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(c));
     }
     // 2^n: t's bits are magic's plus n; (n + 127) << 23 is 2^n's.
@@ -511,7 +514,7 @@ fn sigmoid8(x: __m256) -> __m256 {
     )));
     let e = _mm256_mul_ps(p, scale);
     let s = recip8(_mm256_add_ps(_mm256_set1_ps(1.0), e));
-    let low = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-88.0));
+    let low = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(SIGMOID_ZERO_BELOW));
     _mm256_andnot_ps(low, s)
 }
 crate::arch::wino_kernel!(Avx2, "f32_winograd__avx2", "avx2,fma", HardwareGather);

@@ -1,6 +1,9 @@
 //! AVX-512F kernels. 32 zmm registers: the 14x32 GEMM tile keeps 28 accumulators, two B
 //! vectors and one broadcast A value in registers.
 
+use crate::arch::activation::{
+    EXP_CLAMP, EXP_POLY, GELU_TANH_C, GELU_TANH_K, LN2_HI, LN2_LO, SIGMOID_ZERO_BELOW,
+};
 use crate::arch::{store_tile_scalar, Isa};
 use crate::kernels::{GemmTile, GemmUkernel, KernelTable, TileBias};
 use core::arch::x86_64::*;
@@ -1078,8 +1081,8 @@ fn act_tf(a: crate::epilogue::Activation, data: crate::arch::activation::RowsMut
                 // x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), as the generic body.
                 let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
                 let inner = _mm512_mul_ps(
-                    _mm512_set1_ps(0.797_884_6),
-                    _mm512_fmadd_ps(_mm512_set1_ps(0.044_715), x3, x),
+                    _mm512_set1_ps(GELU_TANH_K),
+                    _mm512_fmadd_ps(_mm512_set1_ps(GELU_TANH_C), x3, x),
                 );
                 _mm512_mul_ps(x, sigmoid16(_mm512_add_ps(inner, inner)))
             })
@@ -1162,21 +1165,21 @@ fn sigmoid16(x: __m512) -> __m512 {
     let v = _mm512_sub_ps(_mm512_setzero_ps(), x);
     // maxps and minps return their second operand when one is NaN.
     let v = _mm512_min_ps(
-        _mm512_set1_ps(88.7),
-        _mm512_max_ps(_mm512_set1_ps(-87.3), v),
+        _mm512_set1_ps(EXP_CLAMP.1),
+        _mm512_max_ps(_mm512_set1_ps(EXP_CLAMP.0), v),
     );
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::LOG2_E)),
     );
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), v);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm512_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), v);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(c));
     }
     let e = _mm512_scalef_ps(p, n);
     let s = recip16(_mm512_add_ps(_mm512_set1_ps(1.0), e));
-    let low = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-88.0));
+    let low = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(SIGMOID_ZERO_BELOW));
     _mm512_mask_blend_ps(low, s, _mm512_setzero_ps())
 }
 
