@@ -118,8 +118,9 @@ enum Prepared {
     Depthwise {
         uk: crate::arch::dwconv::DwUkernel,
         weight: Vec<f32>,
-        /// The channel-block layout's weights (empty for the plane layout).
-        blocked: Vec<f32>,
+        /// The channel-block layout's weights (empty for the plane layout), 64-byte aligned
+        /// for the kernels' whole-vector weight loads.
+        blocked: crate::tensor::AlignedBuf,
         layout: crate::algo::depthwise::DwLayout,
     },
     Direct(crate::algo::direct::DirectPlan),
@@ -480,7 +481,7 @@ impl Plan {
                     DwLayout::MultiplierBlocks => {
                         crate::algo::depthwise::multiplier_weights(&geom, &weight)
                     }
-                    _ => Vec::new(),
+                    _ => crate::tensor::aligned_zeros(0),
                 };
                 Prepared::Depthwise {
                     uk,
@@ -502,7 +503,7 @@ impl Plan {
                         DwLayout::ChannelBlocks => {
                             crate::algo::depthwise::grouped_block_weights(&geom, &weight)
                         }
-                        _ => Vec::new(),
+                        _ => crate::tensor::aligned_zeros(0),
                     },
                     weight,
                     layout,
@@ -962,11 +963,22 @@ impl Plan {
     fn bands(&self) -> Vec<(usize, usize, usize, usize)> {
         let g = &self.geom;
         let [oh, ow] = g.conv_out;
-        // Band bytes: L3 / 16, between L2 / 2 and 4 MiB (2 MiB on this machine's 32 MiB L3).
-        // Bands of half an L2 (4 rows of vgg16.conv3_3) left too little work between the
-        // joins of the parallel passes: 2 threads ran 1.3x one thread; 16+ rows ran 1.7x.
+        // Band bytes: L3 / 16, between L2 / 2 and 4 MiB (2 MiB on a 32 MiB L3). Bands of
+        // half an L2 (4 rows of vgg16.conv3_3 on a 512 KiB L2) left too little work between
+        // the joins of Winograd's parallel passes: 2 threads ran 1.3x one thread; 16+ rows
+        // ran 1.7x. `direct_oc`'s channels-last bands (resnet50.conv1, alexnet.conv1) on one
+        // thread take half an L2 instead, so that the pool reads its band from L2: on the
+        // 2 MiB-L2 Xeon (where the rule gives 4 MiB, resnet50.conv1's whole 3.2 MB pre-pool
+        // tensor), 36-row bands ran resnet50.conv1 1.05x faster on one thread, but 0.94-0.98x
+        // on two (one band a run, one join between conv and pool), and the Winograd VGG
+        // layers 0.80-0.86x with 18-row bands.
         let caches = crate::sysinfo::caches();
-        let budget_bytes = (caches.l3 / 16).clamp(caches.l2 / 2, 4 << 20);
+        let one_thread = self.threads.unwrap_or_else(crate::par::threads) == 1;
+        let budget_bytes = if one_thread && matches!(self.prepared, Prepared::DirectOc(_)) {
+            caches.l2 / 2
+        } else {
+            (caches.l3 / 16).clamp(caches.l2 / 2, 4 << 20)
+        };
         let budget_rows = self
             .band_rows
             .unwrap_or_else(|| (budget_bytes / (4 * g.out_channels * ow).max(1)).max(1));

@@ -134,14 +134,20 @@ pub fn take_scratch(len: usize) -> Scratch {
     Scratch { buf, len }
 }
 
-/// Returns a buffer from [`take_scratch`] for reuse by this thread (at most 4 are kept).
+/// Buffers [`give_scratch`] keeps per thread. A fused pool run holds five at once on the
+/// calling thread (padded image, band, a task's pooled rows, the pool's window row and
+/// pooled row); with four kept, one was dropped and allocated afresh on every run.
+const SCRATCH_KEPT: usize = 8;
+
+/// Returns a buffer from [`take_scratch`] for reuse by this thread (at most
+/// [`SCRATCH_KEPT`] are kept).
 pub fn give_scratch(v: Scratch) {
     if v.buf.is_empty() {
         return;
     }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        if s.len() < 4 {
+        if s.len() < SCRATCH_KEPT {
             s.push(v.buf);
         }
     });

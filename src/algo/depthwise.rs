@@ -13,6 +13,7 @@
 use crate::algo::OutputPass;
 use crate::arch::dwconv::{DwBlock, DwUkernel, CB};
 use crate::geometry::Geometry;
+use crate::tensor::{aligned_zeros, AlignedBuf};
 
 /// How a depthwise plan lays out its channels.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
@@ -116,9 +117,9 @@ impl DwLayout {
 
 /// The weights of the multiplier-block kernel: `[ci][m / CB][tap][CB]`, lane `c` holding
 /// output channel `ci * mult + m + c` (`mult` a multiple of `CB`).
-pub fn multiplier_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+pub fn multiplier_weights(g: &Geometry, weight: &[f32]) -> AlignedBuf {
     let (c, mult, ka) = (g.in_channels, g.cout_per_group, g.kernel_area());
-    let mut out = vec![0f32; c * mult * ka];
+    let mut out = aligned_zeros(c * mult * ka);
     for (blk, dst) in out.chunks_exact_mut(ka * CB).enumerate() {
         for t in 0..ka {
             for lane in 0..CB {
@@ -474,10 +475,10 @@ pub fn run_channels_last(
 /// Interleaves the weights for the channel-block kernel: `[block][m][tap][CB]`, lane `c` of
 /// block `b` and multiplier `m` holding output channel `(b * CB + c) * mult + m`; lanes past
 /// the last channel are zero.
-pub fn block_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+pub fn block_weights(g: &Geometry, weight: &[f32]) -> AlignedBuf {
     let (c, mult, ka) = (g.in_channels, g.cout_per_group, g.kernel_area());
     let blocks = c.div_ceil(CB);
-    let mut out = vec![0f32; blocks * mult * ka * CB];
+    let mut out = aligned_zeros(blocks * mult * ka * CB);
     for b in 0..blocks {
         for m in 0..mult {
             for t in 0..ka {
@@ -495,10 +496,10 @@ pub fn block_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
 /// or 8) for the channel-block kernel: `[block][tap][i][CB]`, lane `l` of block `b` at input
 /// `i` holding the weight of output channel `b * CB + l` for its group's input `i`; lanes
 /// past the last channel are zero.
-pub fn grouped_block_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
+pub fn grouped_block_weights(g: &Geometry, weight: &[f32]) -> AlignedBuf {
     let (c, gs, ka) = (g.out_channels, g.cin_per_group, g.kernel_area());
     let blocks = c.div_ceil(CB);
-    let mut out = vec![0f32; blocks * ka * gs * CB];
+    let mut out = aligned_zeros(blocks * ka * gs * CB);
     for (co, w) in weight.chunks_exact(gs * ka).enumerate().take(c) {
         let (b, lane) = (co / CB, co % CB);
         for i in 0..gs {

@@ -41,8 +41,9 @@ pub struct DirectOcPlan {
     /// The layer at stride 1, which `layout` pads.
     unit_stride: Geometry,
     /// Weights per group: `ceil(Cout/g / OC_NR)` panels of K x OC_NR (zero past the group's
-    /// channels; denormals flushed to zero, as every packing does).
-    pub panels: Vec<Vec<f32>>,
+    /// channels; denormals flushed to zero, as every packing does), 64-byte aligned so that
+    /// each panel row is one cache line.
+    pub panels: Vec<crate::tensor::AlignedBuf>,
     /// Every tap's offset from a pixel's base, relative to the group's first channel.
     pub offsets: OffsetTable,
 }
@@ -67,7 +68,12 @@ impl DirectOcPlan {
         let count = opg.div_ceil(OC_NR);
         let panels = (0..g.groups)
             .map(|grp| {
-                let mut packed = vec![0f32; count * k * OC_NR];
+                // Aligned: a plain `Vec` starts at 16 bytes mod 64 by the allocator's whim,
+                // and then every 64-byte weight load of the K loop spans two lines.
+                // Paired, one thread, against a `Vec` whose offset happened to differ with
+                // the command line's length: resnet50.conv1 and alexnet.conv1 each swung
+                // 0.89-1.09x between two placements.
+                let mut packed = crate::tensor::aligned_zeros(count * k * OC_NR);
                 for (jp, panel) in packed.chunks_exact_mut(k * OC_NR).enumerate() {
                     for (p, row) in panel.chunks_exact_mut(OC_NR).enumerate() {
                         for (j, v) in row.iter_mut().enumerate() {

@@ -111,8 +111,10 @@ pub fn pool_channels_last(
         p1 - p0
     );
     // The window's rows reduced ([ow][c]) and the pooled row ([pw][c]).
-    let mut rows = vec![0f32; row_len];
-    let mut pooled = vec![0f32; pw * c];
+    // From the per-thread scratch: 64-byte aligned (whole-line vector loads) and not
+    // allocated afresh per call.
+    let mut rows = crate::tensor::take_scratch(row_len);
+    let mut pooled = crate::tensor::take_scratch(pw * c);
     let (k, sx, pl) = (d[1].size, d[1].stride, d[1].pad_before);
     // What an empty window pools to (as the reference: the fold's start).
     let empty = if is_max { f32::NEG_INFINITY } else { 0.0 };
@@ -167,6 +169,8 @@ pub fn pool_channels_last(
             transpose(&pooled, pw, c, &mut out[(py - p0) * pw..], plane_stride);
         }
     }
+    crate::tensor::give_scratch(rows);
+    crate::tensor::give_scratch(pooled);
 }
 
 /// Pools one channel: `plane` holds conv rows `r0..` (`[rows][ow]`), `o` the pooled plane

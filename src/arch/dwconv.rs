@@ -659,9 +659,9 @@ pub struct DwNhwc<'a> {
 
 /// The weights of the channels-last kernel: `[C / NHWC_LANES][KH * KW][NHWC_LANES]`, lane
 /// `l` of block `b` holding channel `b * NHWC_LANES + l`'s tap (zero past the last channel).
-pub fn nhwc_weights(g: &crate::geometry::Geometry, weight: &[f32]) -> Vec<f32> {
+pub fn nhwc_weights(g: &crate::geometry::Geometry, weight: &[f32]) -> crate::tensor::AlignedBuf {
     let (c, ka) = (g.in_channels, g.kernel_area());
-    let mut out = vec![0f32; c.div_ceil(NHWC_LANES) * ka * NHWC_LANES];
+    let mut out = crate::tensor::aligned_zeros(c.div_ceil(NHWC_LANES) * ka * NHWC_LANES);
     for (ch, taps) in weight.chunks_exact(ka.max(1)).enumerate().take(c) {
         let (b, l) = (ch / NHWC_LANES, ch % NHWC_LANES);
         for (t, &w) in taps.iter().enumerate() {
