@@ -1330,12 +1330,15 @@ unsafe fn oc_spill<const PX: usize, const P: usize, const W: usize>(
     use crate::kernels::OC_NR;
     const { assert!(W >= 16 * P) };
     // SAFETY: forwarded contract.
-    let acc = unsafe { oc_k_loop::<PX, P>(t) };
-    for (row, a) in spill.iter_mut().zip(&acc) {
-        for (q, &v) in a.iter().enumerate() {
-            // SAFETY: each row holds W >= 16 P floats, q < P.
-            unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(q * OC_NR), v) };
-        }
+    unsafe {
+        oc_k_loop::<PX, P>(t, |acc| {
+            for (row, a) in spill.iter_mut().zip(acc) {
+                for (q, &v) in a.iter().enumerate() {
+                    // SAFETY: each row holds W >= 16 P floats, q < P.
+                    _mm512_storeu_ps(row.as_mut_ptr().add(q * OC_NR), v);
+                }
+            }
+        })
     }
 }
 
@@ -1447,8 +1450,10 @@ fn oc_pixels<const PX: usize>(t: &crate::kernels::OcTile) -> [*const f32; PX] {
     px
 }
 
-/// The K loop of a tile of `PX` pixels and `P` channel panels (1 to 4): the accumulators,
-/// panel `q` of pixel `i` at `[i][q]`.
+/// The K loop of a tile of `PX` pixels and `P` channel panels (1 to 4), then `finish` on the
+/// accumulators (panel `q` of pixel `i` at `[i][q]`) while they are in registers. (Returned
+/// instead, the call was not inlined and the 24 zmm of the 6 x 64 tile went through the
+/// stack: 24 stores and 24 loads a tile.)
 ///
 /// # Safety
 /// As [`conv_oc`], for a kernel of `PX` pixels, with `t.panels == P`.
@@ -1456,7 +1461,8 @@ fn oc_pixels<const PX: usize>(t: &crate::kernels::OcTile) -> [*const f32; PX] {
 #[inline]
 unsafe fn oc_k_loop<const PX: usize, const P: usize>(
     t: &crate::kernels::OcTile,
-) -> [[__m512; P]; PX] {
+    finish: impl FnOnce(&[[__m512; P]; PX]),
+) {
     use crate::kernels::OC_NR;
     let mut acc = [[_mm512_setzero_ps(); P]; PX];
     let px = oc_pixels::<PX>(t);
@@ -1495,7 +1501,7 @@ unsafe fn oc_k_loop<const PX: usize, const P: usize>(
         w = w.wrapping_add(OC_NR);
         p += 1;
     }
-    acc
+    finish(&acc)
 }
 
 /// The K loop of a tile of `P` channel panels stored pixel-major straight from the
@@ -1508,8 +1514,6 @@ unsafe fn oc_k_loop<const PX: usize, const P: usize>(
 #[inline(never)]
 unsafe fn oc_panels_pixel_major<const PX: usize, const P: usize>(t: &crate::kernels::OcTile) {
     use crate::kernels::OC_NR;
-    // SAFETY: forwarded contract.
-    let acc = unsafe { oc_k_loop::<PX, P>(t) };
     let (lo, hi) = (_mm512_set1_ps(t.lo), _mm512_set1_ps(t.hi));
     let masks: [__mmask16; P] = std::array::from_fn(|q| {
         let width = t.n.saturating_sub(q * OC_NR).min(OC_NR);
@@ -1523,22 +1527,26 @@ unsafe fn oc_panels_pixel_major<const PX: usize, const P: usize>(t: &crate::kern
             unsafe { _mm512_maskz_loadu_ps(masks[q], t.bias.add(q * OC_NR)) }
         }
     });
-    for (i, row) in acc.iter().enumerate().take(t.m) {
-        for q in 0..P {
-            // SAFETY: pixel i < m and the masked lanes are channels 16 q.. < n: inside the
-            // output the caller vouches for.
-            unsafe {
-                let dst = t.c.add(i * t.cs + q * OC_NR);
-                let mut x = row[q];
-                if t.load_c {
-                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[q], dst));
+    // SAFETY: forwarded contract.
+    unsafe {
+        oc_k_loop::<PX, P>(t, |acc| {
+            for (i, row) in acc.iter().enumerate().take(t.m) {
+                for q in 0..P {
+                    // SAFETY: pixel i < m and the masked lanes are channels 16 q.. < n:
+                    // inside the output the caller vouches for.
+                    let dst = t.c.add(i * t.cs + q * OC_NR);
+                    let mut x = row[q];
+                    if t.load_c {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[q], dst));
+                    }
+                    x = _mm512_add_ps(x, bias[q]);
+                    // max(lo, x) then min(hi, .): a NaN x comes through (the second
+                    // operand).
+                    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
+                    _mm512_mask_storeu_ps(dst, masks[q], x);
                 }
-                x = _mm512_add_ps(x, bias[q]);
-                // max(lo, x) then min(hi, .): a NaN x comes through (the second operand).
-                x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));
-                _mm512_mask_storeu_ps(dst, masks[q], x);
             }
-        }
+        })
     }
 }
 
