@@ -869,8 +869,9 @@ impl Plan {
             _ => crate::tensor::Scratch::default(),
         };
         let bands = self.bands();
+        let band_rows = bands.iter().map(|b| b.1 - b.0).max().unwrap_or(0);
         let mut band_buf = match g.epilogue.pool {
-            Some(_) => crate::tensor::take_scratch(self.band_rows_max() * cout * ow),
+            Some(_) => crate::tensor::take_scratch(band_rows * cout * ow),
             None => crate::tensor::Scratch::default(),
         };
         let mut global = vec![0f32; if g.epilogue.pool.is_some() { cout } else { 0 }];
