@@ -134,6 +134,13 @@ enum Prepared {
         /// offsets of B's rows. `None` for gemm1x1, and for images too large to copy.
         phases: Option<(crate::algo::direct::PhaseLayout, Vec<usize>)>,
     },
+    /// `gemm1x1` on an NHWC image without a pool: the image's pixels are A, read where they
+    /// lie, and each group's weights are B, packed here ([`crate::gemm::gemm_a_in_place`]).
+    GemmInPlace {
+        uk: &'static GemmUkernel,
+        blocking: Blocking,
+        packed: Vec<crate::gemm::PackedB>,
+    },
 }
 
 /// Where the time of one run went ([`Plan::run_profiled`]).
@@ -512,6 +519,22 @@ impl Plan {
             Algo::Reference => Prepared::Reference {
                 weight: weight.to_vec(),
             },
+            Algo::Gemm1x1 if gemm_in_place(&geom, opts.layout) => {
+                let uk = isa.kernels()?.gemm_in_place(geom.cout_per_group);
+                let blocking = Blocking::derive(uk, crate::sysinfo::caches());
+                let (k, opg) = (geom.cin_per_group, geom.cout_per_group);
+                let packed = (0..geom.groups)
+                    .map(|grp| {
+                        let wg = &weight[grp * opg * k..(grp + 1) * opg * k];
+                        crate::gemm::PackedB::pack(k, opg, uk.nr, &blocking, |p, j| wg[j * k + p])
+                    })
+                    .collect();
+                Prepared::GemmInPlace {
+                    uk,
+                    blocking,
+                    packed,
+                }
+            }
             Algo::Im2col | Algo::Gemm1x1 => {
                 let uk = isa
                     .kernels()?
@@ -584,7 +607,7 @@ impl Plan {
     /// The GEMM microkernel in use, if the algorithm has one.
     pub fn kernel_name(&self) -> Option<&'static str> {
         match &self.prepared {
-            Prepared::Gemm { uk, .. } => Some(uk.name),
+            Prepared::Gemm { uk, .. } | Prepared::GemmInPlace { uk, .. } => Some(uk.name),
             Prepared::Depthwise {
                 uk,
                 layout:
@@ -617,6 +640,9 @@ impl Plan {
                 weight, blocked, ..
             } => (weight.len() + blocked.len()) * 4,
             Prepared::Gemm { packed, .. } => packed.iter().map(PackedA::bytes).sum(),
+            Prepared::GemmInPlace { packed, .. } => {
+                packed.iter().map(crate::gemm::PackedB::bytes).sum()
+            }
             Prepared::Direct(d) => d.packed.iter().map(PackedA::bytes).sum(),
             Prepared::DirectOc(d) => d.packed_bytes(),
             Prepared::Winograd(w) => w.packed_bytes(),
@@ -711,6 +737,14 @@ impl Plan {
             }
             t
         };
+        if let Prepared::GemmInPlace {
+            uk,
+            blocking,
+            packed,
+        } = &self.prepared
+        {
+            return self.run_gemm_in_place(uk, blocking, packed, input, residual, output);
+        }
         // Depthwise channel blocks and the channels-last kernel run NHWC as it is (residual
         // preloaded, NHWC too).
         if let Prepared::Depthwise {
@@ -1091,6 +1125,13 @@ impl Plan {
                 let phased = phases.as_ref().map(|(l, o)| (l, o.as_slice(), xp));
                 self.gemm_rows(uk, blocking, packed, x, phased, r0, r1, out, pass)
             }
+            // Planned only for NHWC without a pool, which runs it whole.
+            Prepared::GemmInPlace { .. } => {
+                return Err(Error::AlgorithmRejects {
+                    algo: "gemm1x1".into(),
+                    why: "the in-place plan runs NHWC images whole, not in row bands".into(),
+                })
+            }
         }
         Ok(())
     }
@@ -1208,6 +1249,78 @@ impl Plan {
         Ok(())
     }
 
+    /// `gemm1x1` on NHWC images, image by image and group by group: C (the NHWC output,
+    /// the residual preloaded) += the pixels as A in place x the packed weights, bias per
+    /// column, the clamp in the kernel and other activations on each finished tile.
+    fn run_gemm_in_place(
+        &self,
+        uk: &GemmUkernel,
+        blocking: &Blocking,
+        packed: &[crate::gemm::PackedB],
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+    ) -> Result<()> {
+        let g = &self.geom;
+        let act = g.epilogue.activation;
+        let clamp = act.as_clamp();
+        let band_act = match clamp {
+            Some(_) => None,
+            None => Some((self.isa.kernels()?.activation, act)),
+        };
+        let (cin, cout) = (g.in_channels, g.out_channels);
+        let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
+        let [oh, ow] = g.conv_out;
+        let (img_in, img_out) = (cin * g.input_area(), cout * oh * ow);
+        // Stride 1: every pixel, one run of rows `cin` apart; strided: a run an output row,
+        // its pixels `sw` pixels apart, the runs `sh` image rows apart.
+        let (rs, seg_len, segments, seg_stride) = if g.stride == [1, 1] {
+            (cin, oh * ow, 1, 0)
+        } else {
+            (g.stride[1] * cin, ow, oh, g.stride[0] * g.input[1] * cin)
+        };
+        if let Some(r) = residual {
+            output.copy_from_slice(r);
+        }
+        for (x, out) in input
+            .chunks_exact(img_in.max(1))
+            .zip(output.chunks_exact_mut(img_out.max(1)))
+        {
+            let shared = SharedMut::new(out);
+            for (grp, b) in packed.iter().enumerate() {
+                let a = crate::gemm::RowsA {
+                    data: x,
+                    offset: grp * cpg,
+                    rs,
+                    seg_len,
+                    segments,
+                    seg_stride,
+                };
+                let epi = GemmEpilogue {
+                    bias: match self.bias.as_deref() {
+                        Some(v) => GemmBias::Col(&v[grp * opg..(grp + 1) * opg]),
+                        None => GemmBias::None,
+                    },
+                    clamp: clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
+                    accumulate: residual.is_some(),
+                    activation: band_act,
+                };
+                crate::gemm::gemm_a_in_place(
+                    uk,
+                    blocking,
+                    &a,
+                    b,
+                    &shared,
+                    grp * opg,
+                    cout,
+                    epi,
+                    true,
+                );
+            }
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn gemm_rows(
         &self,
@@ -1282,6 +1395,12 @@ impl Plan {
             }
         }
     }
+}
+
+/// Whether `gemm1x1` runs `g` with the image's pixels as A in place: NHWC (or NLC), no
+/// pool. (A pool takes the planar bands of the converted layout.)
+fn gemm_in_place(g: &Geometry, layout: Layout) -> bool {
+    layout == Layout::Nhwc && g.epilogue.pool.is_none()
 }
 
 /// Whether `direct_oc` writes the layer's bands channels-last: `direct_oc` tiles are pixels

@@ -576,6 +576,55 @@ fn grouped_blocks_of_every_group_size() {
     }
 }
 
+/// `gemm1x1` on NHWC images reads the pixels where they lie (no conversion): stride 1 and
+/// strided, 2-D and 1-D, groups, output channels off every tile width, a residual, a clamp
+/// in the kernel and a band activation, a batch of two; with a pool it takes the converted
+/// path. Every tier, against the reference, and bitwise the same on 1, 2 and 3 threads.
+#[test]
+fn gemm1x1_nhwc_reads_pixels_in_place() {
+    let specs = [
+        ConvSpec::new(&[2, 19, 7, 9], 70, &[1, 1])
+            .with_residual(true)
+            .with_activation(Activation::Relu6),
+        ConvSpec::new(&[1, 24, 9, 11], 5, &[1, 1])
+            .with_stride(&[2, 3])
+            .with_activation(Activation::Gelu),
+        ConvSpec::new(&[1, 12, 6, 5], 18, &[1, 1])
+            .with_groups(3)
+            .with_stride(&[2, 2])
+            .with_residual(true),
+        ConvSpec::new(&[2, 33, 40], 24, &[1]).with_activation(Activation::Silu),
+        ConvSpec::new(&[1, 8, 41], 64, &[1])
+            .with_stride(&[3])
+            .with_groups(2)
+            .with_activation(Activation::Relu),
+        ConvSpec::new(&[1, 10, 8, 8], 20, &[1, 1]).with_pool(Some(Pool::Max(PoolWindow {
+            size: vec![2, 2],
+            stride: vec![2, 2],
+            padding: vec![(0, 0); 2],
+        }))),
+    ];
+    for (i, spec) in specs.into_iter().enumerate() {
+        let case = make_case(spec, 300 + i as u64);
+        let g = Geometry::new(&case.spec).unwrap();
+        assert!(Algo::Gemm1x1.accepts(&g), "{}", case.spec.to_json());
+        for isa in convkit::arch::available_isas() {
+            let outs: Vec<Vec<f32>> = [1, 2, 3]
+                .iter()
+                .map(|&t| check(&case, Algo::Gemm1x1, isa, Some(t), Layout::Nhwc).unwrap())
+                .collect();
+            for o in &outs[1..] {
+                assert!(
+                    same_bits(o, &outs[0]),
+                    "gemm1x1 NHWC on {}: results differ with the thread count ({})",
+                    isa.name(),
+                    case.spec.to_json()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn bitwise_identical_across_thread_counts() {
     for (i, spec) in suite_like_cases().into_iter().enumerate() {

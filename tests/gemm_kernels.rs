@@ -3,7 +3,8 @@
 //! bitwise determinism across thread counts.
 
 use convkit::arch::{
-    available_isas, run_gemm_tile, run_oc_tile, BPanel, GemmBias, OffsetTable, SharedMut, ALL_ISAS,
+    available_isas, run_gemm_column_in_place, run_gemm_tile, run_oc_tile, BPanel, GemmBias,
+    OffsetTable, SharedMut, ALL_ISAS,
 };
 use convkit::gemm::{sgemm, Blocking, GemmEpilogue};
 use convkit::init::Rng;
@@ -74,6 +75,23 @@ fn every_microkernel_over_the_edge_grid() {
                             }
                             let table = OffsetTable::new(offs);
                             let mut c_ind = c.clone();
+                            // And through A read in place: rows `a_rs` apart with NaN between
+                            // them, the buffer ending at row m - 1's last element.
+                            let a_rs = k + 3;
+                            let mut a_rows = vec![f32::NAN; 2 + (m - 1) * a_rs + k];
+                            for i in 0..m {
+                                for p in 0..k {
+                                    a_rows[2 + i * a_rs + p] = a[p * uk.mr + i];
+                                }
+                            }
+                            let mut c_rows = c.clone();
+                            {
+                                let sc = SharedMut::new(&mut c_rows);
+                                run_gemm_column_in_place(
+                                    uk, k, &a_rows, 2, a_rs, &b, &sc, off, rsc, m, n, load_c,
+                                    finish, gb, clamp,
+                                );
+                            }
                             {
                                 let sc = SharedMut::new(&mut c);
                                 run_gemm_tile(
@@ -106,6 +124,13 @@ fn every_microkernel_over_the_edge_grid() {
                                     .zip(&c_ind)
                                     .all(|(x, y)| x.to_bits() == y.to_bits()),
                                 "{}: indirect B differs from packed B (k={k} m={m} n={n})",
+                                uk.name
+                            );
+                            assert!(
+                                c.iter()
+                                    .zip(&c_rows)
+                                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                                "{}: A in place differs from packed A (k={k} m={m} n={n})",
                                 uk.name
                             );
                             for idx in 0..c.len() {
@@ -218,6 +243,108 @@ fn whole_gemms_over_awkward_shapes_on_every_tier() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The GEMM with A read in place (an NHWC 1x1 layer's pixels): runs of rows at a stride with
+/// NaN between rows and between runs, several K blocks and row chunks, a partial last panel
+/// of columns, a column bias, accumulation into C and a clamp; against the f64 reference on
+/// every kernel of every tier, and bitwise the same on 1, 2 and 3 threads.
+#[test]
+fn gemm_with_a_in_place_over_awkward_shapes_on_every_tier() {
+    use convkit::gemm::{gemm_a_in_place, PackedB, RowsA};
+    let mut rng = Rng::new(4);
+    // (runs, rows a run, n, k)
+    let shapes = [
+        (1, 1, 1, 1),
+        (1, 13, 1, 29),
+        (3, 7, 97, 31),
+        (1, 61, 67, 71),
+        (4, 17, 33, 3),
+        (2, 50, 130, 257),
+        (1, 9, 20, 0),
+    ];
+    let pools: Vec<_> = [1, 2, 3]
+        .iter()
+        .map(|&t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for isa in available_isas() {
+        for uk in isa.kernels().unwrap().gemm {
+            let mut bl = Blocking::derive(uk, convkit::sysinfo::caches());
+            bl.kc = 64; // several K blocks on small shapes
+            bl.mc = 2 * uk.mr; // several row chunks
+            for &(segments, seg_len, n, k) in &shapes {
+                let (offset, rs) = (3, k + 2);
+                let seg_stride = seg_len * rs + 5;
+                let m = segments * seg_len;
+                let mut data =
+                    vec![f32::NAN; offset + (segments - 1) * seg_stride + (seg_len - 1) * rs + k];
+                let a = rand_vec(&mut rng, m * k);
+                for i in 0..m {
+                    let row = offset + (i / seg_len) * seg_stride + (i % seg_len) * rs;
+                    data[row..row + k].copy_from_slice(&a[i * k..(i + 1) * k]);
+                }
+                let b = rand_vec(&mut rng, k * n);
+                let packed = PackedB::pack(k, n, uk.nr, &bl, |p, j| b[p * n + j]);
+                let bias = rand_vec(&mut rng, n);
+                let c0 = rand_vec(&mut rng, m * n);
+                let rows = RowsA {
+                    data: &data,
+                    offset,
+                    rs,
+                    seg_len,
+                    segments,
+                    seg_stride,
+                };
+                let outs: Vec<Vec<f32>> = pools
+                    .iter()
+                    .map(|pool| {
+                        let mut c = c0.clone();
+                        let shared = SharedMut::new(&mut c);
+                        let epi = GemmEpilogue {
+                            bias: GemmBias::Col(&bias),
+                            clamp: (-1.5, 1.5),
+                            accumulate: true,
+                            activation: None,
+                        };
+                        pool.install(|| {
+                            gemm_a_in_place(uk, &bl, &rows, &packed, &shared, 0, n, epi, true)
+                        });
+                        c
+                    })
+                    .collect();
+                let want = gemm_ref(m, n, k, &a, &b);
+                let mut worst = 0f64;
+                for i in 0..m {
+                    for j in 0..n {
+                        let w = (want[i * n + j] + c0[i * n + j] as f64 + bias[j] as f64)
+                            .clamp(-1.5, 1.5);
+                        let err = (outs[0][i * n + j] as f64 - w).abs();
+                        assert!(
+                            err <= 1e-5 * (k as f64 + 2.0),
+                            "{} runs {segments} x {seg_len}, n {n}, k {k} at ({i},{j}): {} vs {w}",
+                            uk.name,
+                            outs[0][i * n + j]
+                        );
+                        worst = worst.max(err);
+                    }
+                }
+                assert!(
+                    outs.windows(2).all(|w| w[0]
+                        .iter()
+                        .zip(&w[1])
+                        .all(|(x, y)| x.to_bits() == y.to_bits())),
+                    "{}: A in place differs across thread counts ({m} x {n} x {k})",
+                    uk.name
+                );
+                eprintln!("{} {m}x{n}x{k}: worst error {worst:.2e}", uk.name);
             }
         }
     }

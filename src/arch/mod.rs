@@ -849,6 +849,7 @@ pub fn run_gemm_column(
     let column = GemmTile {
         k,
         a: a.as_ptr(),
+        a_rs: 0,
         b: b_ptr,
         b_off,
         c: c.ptr.wrapping_add(c_offset),
@@ -876,6 +877,93 @@ pub fn run_gemm_column(
         // SAFETY: the tier is available and, for every tile of the column (checked above for
         // the whole column): its A panel lies inside `a`, every B row inside its buffer, its
         // rows of C inside the buffer, and a Row bias covers its rows.
+        unsafe { (uk.run)(&tile) }
+    }
+}
+
+/// Runs the microkernel down a column of C with A read in place: `rows` rows of A, row `i`
+/// the `k` floats at `a[a_offset + i * a_rs..]` (an NHWC image's pixels), against the packed
+/// B micro-panel `b` (`k * nr` floats); C as in [`run_gemm_column`]. Each tile goes to the
+/// tile kernel (`run`, never `narrow`: its edge kernels read A as packed panels). The checks
+/// are made once for the column.
+#[allow(clippy::too_many_arguments)]
+pub fn run_gemm_column_in_place(
+    uk: &crate::kernels::GemmUkernel,
+    k: usize,
+    a: &[f32],
+    a_offset: usize,
+    a_rs: usize,
+    b: &[f32],
+    c: &SharedMut,
+    c_offset: usize,
+    rsc: usize,
+    rows: usize,
+    n: usize,
+    load_c: bool,
+    finish: bool,
+    bias: GemmBias,
+    clamp: (f32, f32),
+) {
+    use crate::kernels::{GemmTile, TileBias};
+    if rows == 0 {
+        return;
+    }
+    assert!(
+        uk.isa.is_available(),
+        "kernel {} needs a tier this CPU lacks",
+        uk.name
+    );
+    assert!(n >= 1 && n <= uk.nr, "tile width {n} outside 1..={}", uk.nr);
+    // The last row's last element: every row of every tile lies inside `a`.
+    let a_end = (rows - 1)
+        .checked_mul(a_rs)
+        .and_then(|v| v.checked_add(a_offset)?.checked_add(k));
+    assert!(
+        a_end.is_some_and(|end| end <= a.len()),
+        "A rows in place reach past the image's {} floats",
+        a.len()
+    );
+    assert!(b.len() >= k * uk.nr, "packed B shorter than k = {k} rows");
+    c.assert_block(c_offset, rsc, rows, n);
+    let bias = match bias {
+        GemmBias::None => TileBias::None,
+        GemmBias::Row(s) => {
+            assert!(s.len() >= rows, "row bias shorter than the column");
+            TileBias::Row(s.as_ptr())
+        }
+        GemmBias::Col(s) => {
+            assert!(s.len() >= n, "column bias shorter than the tile");
+            TileBias::Col(s.as_ptr())
+        }
+    };
+    // A stride of zero would mean a packed panel; with one row (or k = 0) any stride reads
+    // the same floats.
+    let a_rs = a_rs.max(1);
+    let column = GemmTile {
+        k,
+        a: a.as_ptr().wrapping_add(a_offset),
+        a_rs,
+        b: b.as_ptr(),
+        b_off: std::ptr::null(),
+        c: c.ptr.wrapping_add(c_offset),
+        rsc,
+        m: rows,
+        n,
+        load_c,
+        finish,
+        bias,
+        lo: clamp.0,
+        hi: clamp.1,
+    };
+    for i0 in (0..rows).step_by(uk.mr) {
+        let tile = GemmTile {
+            a: column.a.wrapping_add(i0 * a_rs),
+            ..column.rows_from(i0, uk.mr)
+        };
+        // SAFETY: the tier is available and, for every tile of the column (checked above for
+        // the whole column): its rows of A lie inside `a` (rows past the tile's m repeat its
+        // last row), B's k rows inside `b`, its rows of C inside the buffer, and a Row bias
+        // covers its rows.
         unsafe { (uk.run)(&tile) }
     }
 }

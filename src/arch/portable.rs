@@ -38,10 +38,19 @@ pub const F32_GEMM_4X8: GemmUkernel = GemmUkernel {
 unsafe fn f32_gemm_4x8(t: &GemmTile) {
     const MR: usize = 4;
     const NR: usize = 8;
-    // SAFETY: the tile contract: A~ holds k * MR floats.
-    let a = unsafe { std::slice::from_raw_parts(t.a, t.k * MR) };
+    // Element (i, p) of A at rows[i] + p * step: a packed panel (row i at a + i, steps MR
+    // floats apart), or rows read in place (row i at a + i * a_rs, rows past m repeating
+    // row m - 1, steps one float apart).
+    let (rows, step): ([*const f32; MR], usize) = if t.a_rs == 0 {
+        (std::array::from_fn(|i| t.a.wrapping_add(i)), MR)
+    } else {
+        (
+            std::array::from_fn(|i| t.a.wrapping_add(i.min(t.m - 1) * t.a_rs)),
+            1,
+        )
+    };
     let mut acc = [f32x8::ZERO; MR];
-    for (p, ap) in a.chunks_exact(MR).enumerate() {
+    for p in 0..t.k {
         let row = if t.b_off.is_null() {
             t.b.wrapping_add(p * NR)
         } else {
@@ -51,8 +60,10 @@ unsafe fn f32_gemm_4x8(t: &GemmTile) {
         // SAFETY: B row p has NR readable floats (the tile contract).
         let bp = unsafe { std::slice::from_raw_parts(row, NR) };
         let bv = f32x8::from(<[f32; 8]>::try_from(bp).unwrap_or([0.0; 8]));
-        for i in 0..MR {
-            acc[i] += f32x8::splat(ap[i]) * bv;
+        for (a, &r) in acc.iter_mut().zip(&rows) {
+            // SAFETY: a packed A~ holds k * MR floats, rows in place k floats each (the tile
+            // contract); this step reads element p of each row.
+            *a += f32x8::splat(unsafe { *r.add(p * step) }) * bv;
         }
     }
     let mut tile = [0f32; MR * NR];

@@ -19,7 +19,9 @@ use crate::sysinfo::Caches;
 use crate::tensor::{aligned_zeros, AlignedBuf};
 use std::cell::RefCell;
 
+pub mod in_place;
 pub mod pack;
+pub use in_place::{gemm_a_in_place, PackedB, RowsA};
 pub use pack::{PackB, PrepackedB, StridedB};
 
 /// Cache blocking: BLIS's MC, KC, NC.

@@ -53,7 +53,17 @@ gemm_kernel!(F32_GEMM_4X16, f32_gemm_4x16, "f32_gemm_4x16__neon", 4, 4);
 #[target_feature(enable = "neon")]
 unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
     let mut acc = [[vdupq_n_f32(0.0); NV]; MR];
-    let mut a = t.a;
+    // Element (i, p) of A at rows[i] + p * step: a packed panel (row i at a + i, steps MR
+    // floats apart), or rows read in place (row i at a + i * a_rs, rows past m repeating
+    // row m - 1, steps one float apart).
+    let (rows, step): ([*const f32; MR], usize) = if t.a_rs == 0 {
+        (std::array::from_fn(|i| t.a.wrapping_add(i)), MR)
+    } else {
+        (
+            std::array::from_fn(|i| t.a.wrapping_add(i.min(t.m - 1) * t.a_rs)),
+            1,
+        )
+    };
     for p in 0..t.k {
         let b = if t.b_off.is_null() {
             t.b.wrapping_add(p * 4 * NV)
@@ -66,14 +76,14 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize>(t: &GemmTile) {
             // SAFETY: B row p has NR readable floats (the tile contract).
             *slot = unsafe { vld1q_f32(b.add(4 * v)) };
         }
-        for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: A~ holds k * MR floats; this step reads MR of them.
-            let ai = unsafe { *a.add(i) };
+        for (row, &r) in acc.iter_mut().zip(&rows) {
+            // SAFETY: a packed A~ holds k * MR floats, rows in place k floats each (the tile
+            // contract); this step reads element p of each row.
+            let ai = unsafe { *r.add(p * step) };
             for v in 0..NV {
                 row[v] = vfmaq_n_f32(row[v], bv[v], ai);
             }
         }
-        a = a.wrapping_add(MR);
     }
     let mut tile = [0f32; 128];
     for (i, row) in acc.iter().enumerate() {
