@@ -325,15 +325,16 @@ impl KernelTable {
         }
     }
     /// The GEMM microkernel for A read in place ([`crate::gemm::gemm_a_in_place`], an NHWC
-    /// 1x1 layer: `n` output channels a group). The tier's default tile where it has at most
-    /// 8 rows (AVX2, NEON, portable); else (AVX-512, whose default has 14) the tile of at
-    /// most 8 rows that pads `n` least, ties to the larger tile (fewer loads a FMA): the
-    /// 6x64 for 64, 128 or 256 channels, the 8x48 for 48 or 96, the 8x32 for 24 or 32.
-    /// Rows: the kernel steps through each row of A by its own offset, which stay in
-    /// registers up to about 8. Measured, AVX2 (one thread, NHWC): the 4x24, which fits 24
-    /// channels, ran mobilenetv2.pw56 at 41 GFLOP/s against the 6x16's 87 (it is 0.65x on
-    /// packed GEMMs too).
-    pub fn gemm_in_place(&self, n: usize) -> &'static GemmUkernel {
+    /// 1x1 layer: `m` pixels a run of rows, `n` output channels a group). The tier's default
+    /// tile where it has at most 8 rows (AVX2, NEON, portable); else (AVX-512, whose default
+    /// has 14) the tile of at most 8 rows whose padded M x N is least, ties to the larger
+    /// tile (fewer loads a FMA): the 6x64 for 64, 128 or 256 channels, the 8x32 for 24, the
+    /// 7x48 for 49 pixels by 2048 channels. Rows: the kernel steps through each row of A by
+    /// its own offset, which stay in registers up to about 8. Measured, one thread, NHWC:
+    /// AVX2's 4x24, which fits 24 channels, ran mobilenetv2.pw56 at 41 GFLOP/s against the
+    /// 6x16's 87 (it is 0.65x on packed GEMMs too); on resnet50.res5.1x1 the 7x48 ran 1.03-
+    /// 1.05x the 6x64 (54 rows for 49).
+    pub fn gemm_in_place(&self, m: usize, n: usize) -> &'static GemmUkernel {
         if let Some(forced) = self.gemm_forced() {
             return forced;
         }
@@ -341,11 +342,12 @@ impl KernelTable {
         if default.mr <= 8 {
             return default;
         }
-        let n = n.max(1);
+        let (m, n) = (m.max(1), n.max(1));
+        let padded = |k: &GemmUkernel| m.div_ceil(k.mr) * k.mr * n.div_ceil(k.nr) * k.nr;
         self.gemm
             .iter()
             .filter(|k| k.mr <= 8)
-            .min_by_key(|k| (n.div_ceil(k.nr) * k.nr, usize::MAX - k.mr * k.nr))
+            .min_by_key(|k| (padded(k), usize::MAX - k.mr * k.nr))
             .unwrap_or(default)
     }
     /// The tile `CONVKIT_GEMM_UK=NAME` names, if this table has it: layers' GEMMs take it

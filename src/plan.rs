@@ -520,7 +520,12 @@ impl Plan {
                 weight: weight.to_vec(),
             },
             Algo::Gemm1x1 if gemm_in_place(&geom, opts.layout) => {
-                let uk = isa.kernels()?.gemm_in_place(geom.cout_per_group);
+                // Rows a run: every pixel at stride 1, an output row strided.
+                let rows = match geom.stride {
+                    [1, 1] => geom.conv_out_area(),
+                    _ => geom.conv_out[1],
+                };
+                let uk = isa.kernels()?.gemm_in_place(rows, geom.cout_per_group);
                 let blocking = Blocking::derive(uk, crate::sysinfo::caches());
                 let (k, opg) = (geom.cin_per_group, geom.cout_per_group);
                 let packed = (0..geom.groups)

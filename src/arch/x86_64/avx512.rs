@@ -17,6 +17,7 @@ pub static TABLE: KernelTable = KernelTable {
         F32_GEMM_8X48,
         F32_GEMM_8X32,
         F32_GEMM_6X64,
+        F32_GEMM_7X48,
     ],
     dwconv: F32_DWCONV_PLANE,
     activation: F32_ACT,
@@ -76,6 +77,9 @@ gemm_kernel!(
 gemm_kernel!(F32_GEMM_8X48, f32_gemm_8x48, "f32_gemm_8x48__avx512", 8, 3);
 gemm_kernel!(F32_GEMM_8X32, f32_gemm_8x32, "f32_gemm_8x32__avx512", 8, 2);
 gemm_kernel!(F32_GEMM_6X64, f32_gemm_6x64, "f32_gemm_6x64__avx512", 6, 4);
+// 7 rows, for A read in place: 49 pixels (7 x 7 images, resnet50.res5) in whole tiles; see
+// KernelTable::gemm_in_place.
+gemm_kernel!(F32_GEMM_7X48, f32_gemm_7x48, "f32_gemm_7x48__avx512", 7, 3);
 
 /// Columns past a panel's last whole vector that [`narrow_column`] takes lane-major, rows as
 /// the vector lanes.
