@@ -40,6 +40,12 @@ pub struct GemmTile {
     /// `m - 1` (their results are not stored). Zero: `a` is a packed micro-panel. Only the
     /// tile kernel (`run`) takes it, with packed B (`b_off` null); never `narrow`.
     pub a_rs: usize,
+    /// With A in place: lines the tile prefetches into L2, one a K step from `prefetch`
+    /// (64 bytes apart), at most `k` of them: the next B panel, so that its first tile does
+    /// not wait on it. Zero for none.
+    pub prefetch_lines: usize,
+    /// Where the prefetched lines start.
+    pub prefetch: *const f32,
     /// Packed B micro-panel, `k * NR` floats; or, when `b_off` is not null, the base that the
     /// offsets index from.
     pub b: *const f32,

@@ -87,8 +87,9 @@ fn every_microkernel_over_the_edge_grid() {
                             let mut c_rows = c.clone();
                             {
                                 let sc = SharedMut::new(&mut c_rows);
+                                // Prefetching (here B itself) changes nothing.
                                 run_gemm_column_in_place(
-                                    uk, k, &a_rows, 2, a_rs, &b, &sc, off, rsc, m, n, load_c,
+                                    uk, k, &a_rows, 2, a_rs, &b, &b, &sc, off, rsc, m, n, load_c,
                                     finish, gb, clamp,
                                 );
                             }
@@ -265,6 +266,8 @@ fn gemm_with_a_in_place_over_awkward_shapes_on_every_tier() {
         (4, 17, 33, 3),
         (2, 50, 130, 257),
         (1, 9, 20, 0),
+        // B past a quarter of a 2 MiB L2: the tiles prefetch the next panel.
+        (1, 20, 520, 260),
     ];
     let pools: Vec<_> = [1, 2, 3]
         .iter()

@@ -850,6 +850,8 @@ pub fn run_gemm_column(
         k,
         a: a.as_ptr(),
         a_rs: 0,
+        prefetch_lines: 0,
+        prefetch: std::ptr::null(),
         b: b_ptr,
         b_off,
         c: c.ptr.wrapping_add(c_offset),
@@ -883,7 +885,9 @@ pub fn run_gemm_column(
 
 /// Runs the microkernel down a column of C with A read in place: `rows` rows of A, row `i`
 /// the `k` floats at `a[a_offset + i * a_rs..]` (an NHWC image's pixels), against the packed
-/// B micro-panel `b` (`k * nr` floats); C as in [`run_gemm_column`]. Each tile goes to the
+/// B micro-panel `b` (`k * nr` floats); C as in [`run_gemm_column`]. The tiles prefetch the
+/// lines of `prefetch` into L2 (the next B panel; empty for none), dealt in turn, at most a
+/// line a K step. Each tile goes to the
 /// tile kernel (`run`, never `narrow`: its edge kernels read A as packed panels). The checks
 /// are made once for the column.
 #[allow(clippy::too_many_arguments)]
@@ -894,6 +898,7 @@ pub fn run_gemm_column_in_place(
     a_offset: usize,
     a_rs: usize,
     b: &[f32],
+    prefetch: &[f32],
     c: &SharedMut,
     c_offset: usize,
     rsc: usize,
@@ -943,6 +948,8 @@ pub fn run_gemm_column_in_place(
         k,
         a: a.as_ptr().wrapping_add(a_offset),
         a_rs,
+        prefetch_lines: 0,
+        prefetch: std::ptr::null(),
         b: b.as_ptr(),
         b_off: std::ptr::null(),
         c: c.ptr.wrapping_add(c_offset),
@@ -955,9 +962,16 @@ pub fn run_gemm_column_in_place(
         lo: clamp.0,
         hi: clamp.1,
     };
-    for i0 in (0..rows).step_by(uk.mr) {
+    // The lines of `prefetch` dealt to the tiles in turn, at most k a tile.
+    let lines = prefetch.len().div_ceil(16);
+    let tiles = rows.div_ceil(uk.mr);
+    let share = lines.div_ceil(tiles);
+    for (t, i0) in (0..rows).step_by(uk.mr).enumerate() {
+        let first = (t * share).min(lines);
         let tile = GemmTile {
             a: column.a.wrapping_add(i0 * a_rs),
+            prefetch_lines: share.min(lines - first),
+            prefetch: prefetch.as_ptr().wrapping_add(16 * first),
             ..column.rows_from(i0, uk.mr)
         };
         // SAFETY: the tier is available and, for every tile of the column (checked above for

@@ -312,7 +312,14 @@ unsafe fn gemm_tile<const MR: usize, const NV: usize, const BS: usize>(t: &GemmT
             }
         };
         let mut b = t.b;
-        for p in 0..t.k {
+        let ahead = t.prefetch_lines.min(t.k);
+        for p in 0..ahead {
+            // A prefetch reads nothing architecturally and never faults.
+            _mm_prefetch::<_MM_HINT_T1>(t.prefetch.wrapping_add(16 * p) as *const i8);
+            step_rows(&mut acc, p, b);
+            b = b.wrapping_add(16 * BS);
+        }
+        for p in ahead..t.k {
             step_rows(&mut acc, p, b);
             b = b.wrapping_add(16 * BS);
         }
