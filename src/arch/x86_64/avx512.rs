@@ -527,19 +527,25 @@ unsafe fn nhwc_rows<const KH: usize, const KW: usize, const S: usize, const FIXE
     // carry their own comments.
     unsafe {
         let (lo, hi) = (_mm512_set1_ps(p.clamp.0), _mm512_set1_ps(p.clamp.1));
+        // Pixels outer, channel blocks inner: a step's input is its pixels' whole channel
+        // runs, read front to back. Channel blocks outer walked each input row once per
+        // block, a line per pixel at the pixel stride; paired, one thread, NHWC, pixels outer
+        // over blocks outer: mobilenetv2.dw56s2 0.78x the time, dw7 0.73-0.79x, dw112
+        // 0.99-1.01x. (Prefetching the next output row's input rows a share a step, into L1
+        // or L2, ran dw56s2 0.86-0.89x.)
         for oy in r0..r1 {
-            for cb in (0..c).step_by(NHWC_LANES) {
-                let chans = lane_range(0, (c - cb) as isize);
-                // The block's taps: NHWC_LANES floats each, zero past the last channel.
-                let taps = w.add(cb / NHWC_LANES * ka * NHWC_LANES);
-                let bias = if p.bias.is_empty() {
-                    _mm512_setzero_ps()
-                } else {
-                    // SAFETY: channels cb.. of the bias (at least C floats).
-                    _mm512_maskz_loadu_ps(chans, p.bias.as_ptr().add(cb))
-                };
-                let dst = out.add((oy - r0) * ow * c + cb);
-                for ox0 in (0..ow).step_by(P) {
+            for ox0 in (0..ow).step_by(P) {
+                for cb in (0..c).step_by(NHWC_LANES) {
+                    let chans = lane_range(0, (c - cb) as isize);
+                    // The block's taps: NHWC_LANES floats each, zero past the last channel.
+                    let taps = w.add(cb / NHWC_LANES * ka * NHWC_LANES);
+                    let bias = if p.bias.is_empty() {
+                        _mm512_setzero_ps()
+                    } else {
+                        // SAFETY: channels cb.. of the bias (at least C floats).
+                        _mm512_maskz_loadu_ps(chans, p.bias.as_ptr().add(cb))
+                    };
+                    let dst = out.add((oy - r0) * ow * c + cb);
                     // Every tap of the step's P pixels inside the row?
                     let first = (ox0 * sw) as isize - pl as isize;
                     let last = ((ox0 + P - 1) * sw + (kw - 1) * dw) as isize - pl as isize;
