@@ -20,6 +20,9 @@ so it is timed in the one-thread rows only.
 
 Usage (creates its own virtualenv with numpy, onnx, onnxruntime and openvino on first use):
     python3 tools/compare/compare.py [--layers a,b] [--threads 1,2] [--rounds 3] [--out DIR] [--rust-peers]
+                                     [--layout nchw|nhwc]
+`--layout nhwc` times convkit on NHWC tensors (the layout LiteRT/XNNPACK run in), against the
+same NCHW ONNX models for the other engines.
 Writes DIR/compare.md (a markdown table with ratios and a geomean row), DIR/compare.json, and
 three SVG charts: DIR/gflops.svg (GFLOP/s per layer per engine with the FMA peak line, one
 thread), DIR/roofline.svg (each layer's arithmetic intensity against its GFLOP/s, under the
@@ -213,9 +216,9 @@ def time_candle(binary, name, threads):
     return json.loads(out).get("median_ms")
 
 
-def time_convkit(binary, name, threads, wisdom):
+def time_convkit(binary, name, threads, wisdom, layout="nchw"):
     out = subprocess.run([binary, "bench", "--layers", name, "--threads", str(threads), "--format", "json",
-                          "--wisdom", wisdom],
+                          "--wisdom", wisdom, "--layout", layout],
                          check=True, capture_output=True, text=True).stdout
     r = json.loads(out)["results"][0]
     return r["median_ms"], r["algo"], json.loads(out)["machine"]["peak_gflops"]
@@ -357,6 +360,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternations per layer; each engine keeps its fastest median")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "compare"))
     ap.add_argument("--charts-from", default="", help="redraw the charts from a compare.json, measuring nothing")
+    ap.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"],
+                    help="convkit's tensor layout (onnxruntime and OpenVINO run the NCHW ONNX model either way)")
     ap.add_argument("--rust-peers", action="store_true",
                     help="add candle and tract (builds integrations/candle and integrations/tract)")
     args = ap.parse_args()
@@ -406,7 +411,7 @@ def main():
                 ov_ms = fastest(ov_ms, time_openvino(l, threads))
                 cd_ms = fastest(cd_ms, time_candle(candle, l["name"], threads))
                 tr_ms = fastest(tr_ms, time_tract(tract, l, threads))
-                ms, algo, peak = time_convkit(binary, l["name"], threads, wisdom)
+                ms, algo, peak = time_convkit(binary, l["name"], threads, wisdom, args.layout)
                 ck_ms = fastest(ck_ms, ms)
             best_ms = min(m for m in (ort_ms, ov_ms, cd_ms, tr_ms) if m)
             rows.append({"layer": l["name"], "threads": threads, "gflop": gf, "convkit_algo": algo,
@@ -442,6 +447,7 @@ def main():
     bw = measure_bandwidth()
     lines.append("")
     lines.append(f"Copy bandwidth measured by the script: L2 {bw[0]:.0f} GB/s, DRAM {bw[1]:.0f} GB/s (read + write).")
+    lines.append(f"convkit ran {args.layout.upper()} tensors; onnxruntime and OpenVINO the NCHW ONNX model.")
     with open(os.path.join(args.out, "compare.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
