@@ -352,6 +352,17 @@ pub fn for_each_index(n: usize, f: impl Fn(usize) + Sync + Send) {
     }
 }
 
+/// `f(i, item)` for the items of `items`, in parallel unless serial.
+pub fn for_each_item<T: Send>(items: Vec<T>, f: impl Fn(usize, T) + Sync + Send) {
+    if is_serial() || items.len() <= 1 {
+        items.into_iter().enumerate().for_each(|(i, x)| f(i, x));
+    } else if let Some(team) = current_team() {
+        team.for_each(items.into_iter().enumerate(), |(i, x)| f(i, x));
+    } else {
+        items.into_par_iter().enumerate().for_each(|(i, x)| f(i, x));
+    }
+}
+
 /// `f(i, chunk)` for the chunks of `size` elements of `s` (the last may be shorter).
 pub fn for_each_chunk_mut<T: Send>(
     s: &mut [T],

@@ -738,7 +738,7 @@ impl Plan {
                 .chunks_exact((c * hw).max(1))
                 .zip(t.chunks_exact_mut((c * hw).max(1)))
             {
-                transpose(s, hw, c, d, hw);
+                crate::tensor::transpose_image(transpose, s, hw, c, d);
             }
             t
         };
@@ -787,7 +787,7 @@ impl Plan {
             let hw = g.output[0] * g.output[1];
             let img = (co * hw).max(1);
             for (s, d) in y.chunks_exact(img).zip(output.chunks_exact_mut(img)) {
-                transpose(s, co, hw, d, co);
+                crate::tensor::transpose_image(transpose, s, co, hw, d);
             }
         }
         crate::tensor::give_scratch(x);
