@@ -811,17 +811,7 @@ impl Plan {
         output: &mut [f32],
     ) -> Result<()> {
         let g = &self.geom;
-        let act = g.epilogue.activation;
-        let clamp = act.as_clamp();
-        let pass = crate::algo::OutputPass {
-            bias: self.bias.as_deref(),
-            accumulate: residual.is_some(),
-            clamp: clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
-            activation: match clamp {
-                Some(_) => None,
-                None => Some((self.isa.kernels()?.activation, act)),
-            },
-        };
+        let pass = self.output_pass(residual.is_some())?;
         let img_in = g.in_channels * g.input_area();
         let img_out = g.out_channels * g.conv_out_area();
         if let Some(r) = residual {
@@ -879,20 +869,7 @@ impl Plan {
             output.copy_from_slice(&y);
             return Ok(());
         }
-        let act = g.epilogue.activation;
-        let clamp = act.as_clamp();
-        // Activations that are not a clamp run on each finished tile or plane while it is in
-        // cache (the band pass), not as a pass over the whole output.
-        let band_act = match clamp {
-            Some(_) => None,
-            None => Some((self.isa.kernels()?.activation, act)),
-        };
-        let pass = crate::algo::OutputPass {
-            bias: self.bias.as_deref(),
-            accumulate: residual.is_some(),
-            clamp: clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
-            activation: band_act,
-        };
+        let pass = self.output_pass(residual.is_some())?;
         let [oh, ow] = g.conv_out;
         let (cout, area) = (g.out_channels, oh * ow);
         let img_in = g.in_channels * g.input_area();
@@ -1254,6 +1231,23 @@ impl Plan {
         Ok(())
     }
 
+    /// The output pass of a run: the bias, accumulation into a preloaded residual, the
+    /// activation as a clamp in the kernels where it is one, and the others on each finished
+    /// tile or plane while it is in cache (the band pass), not as a pass over the whole output.
+    fn output_pass(&self, accumulate: bool) -> Result<crate::algo::OutputPass<'_>> {
+        let act = self.geom.epilogue.activation;
+        let clamp = act.as_clamp();
+        Ok(crate::algo::OutputPass {
+            bias: self.bias.as_deref(),
+            accumulate,
+            clamp: clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
+            activation: match clamp {
+                Some(_) => None,
+                None => Some((self.isa.kernels()?.activation, act)),
+            },
+        })
+    }
+
     /// `gemm1x1` on NHWC images, image by image and group by group: C (the NHWC output,
     /// the residual preloaded) += the pixels as A in place x the packed weights, bias per
     /// column, the clamp in the kernel and other activations on each finished tile.
@@ -1267,12 +1261,7 @@ impl Plan {
         output: &mut [f32],
     ) -> Result<()> {
         let g = &self.geom;
-        let act = g.epilogue.activation;
-        let clamp = act.as_clamp();
-        let band_act = match clamp {
-            Some(_) => None,
-            None => Some((self.isa.kernels()?.activation, act)),
-        };
+        let pass = self.output_pass(residual.is_some())?;
         let (cin, cout) = (g.in_channels, g.out_channels);
         let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
         let [oh, ow] = g.conv_out;
@@ -1302,13 +1291,13 @@ impl Plan {
                     seg_stride,
                 };
                 let epi = GemmEpilogue {
-                    bias: match self.bias.as_deref() {
+                    bias: match pass.bias {
                         Some(v) => GemmBias::Col(&v[grp * opg..(grp + 1) * opg]),
                         None => GemmBias::None,
                     },
-                    clamp: clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
-                    accumulate: residual.is_some(),
-                    activation: band_act,
+                    clamp: pass.clamp,
+                    accumulate: pass.accumulate,
+                    activation: pass.activation,
                 };
                 crate::gemm::gemm_a_in_place(
                     uk,

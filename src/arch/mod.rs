@@ -794,6 +794,24 @@ pub fn run_gemm_tile(
     );
 }
 
+/// The kernel's bias for a column of `rows` rows and `n` columns, after checking that a `Row`
+/// bias covers the rows and a `Col` bias the columns (panics otherwise: an internal
+/// invariant).
+fn checked_tile_bias(bias: GemmBias, rows: usize, n: usize) -> crate::kernels::TileBias {
+    use crate::kernels::TileBias;
+    match bias {
+        GemmBias::None => TileBias::None,
+        GemmBias::Row(s) => {
+            assert!(s.len() >= rows, "row bias shorter than the column");
+            TileBias::Row(s.as_ptr())
+        }
+        GemmBias::Col(s) => {
+            assert!(s.len() >= n, "column bias shorter than the tile");
+            TileBias::Col(s.as_ptr())
+        }
+    }
+}
+
 /// Runs the microkernel down a column of C: `rows` rows (`rows.div_ceil(mr)` tiles, the last
 /// possibly short) against one B micro-panel, `a` holding the tiles' packed A micro-panels one
 /// after another (`k * mr` floats each). The checks are made once for the column, not per
@@ -818,7 +836,7 @@ pub fn run_gemm_column(
     bias: GemmBias,
     clamp: (f32, f32),
 ) {
-    use crate::kernels::{GemmTile, TileBias};
+    use crate::kernels::GemmTile;
     if rows == 0 {
         return;
     }
@@ -835,17 +853,7 @@ pub fn run_gemm_column(
     );
     let (b_ptr, b_off) = b.checked_parts(k, uk.nr);
     c.assert_block(c_offset, rsc, rows, n);
-    let bias = match bias {
-        GemmBias::None => TileBias::None,
-        GemmBias::Row(s) => {
-            assert!(s.len() >= rows, "row bias shorter than the column");
-            TileBias::Row(s.as_ptr())
-        }
-        GemmBias::Col(s) => {
-            assert!(s.len() >= n, "column bias shorter than the tile");
-            TileBias::Col(s.as_ptr())
-        }
-    };
+    let bias = checked_tile_bias(bias, rows, n);
     let column = GemmTile {
         k,
         a: a.as_ptr(),
@@ -909,7 +917,7 @@ pub fn run_gemm_column_in_place(
     bias: GemmBias,
     clamp: (f32, f32),
 ) {
-    use crate::kernels::{GemmTile, TileBias};
+    use crate::kernels::GemmTile;
     if rows == 0 {
         return;
     }
@@ -930,17 +938,7 @@ pub fn run_gemm_column_in_place(
     );
     assert!(b.len() >= k * uk.nr, "packed B shorter than k = {k} rows");
     c.assert_block(c_offset, rsc, rows, n);
-    let bias = match bias {
-        GemmBias::None => TileBias::None,
-        GemmBias::Row(s) => {
-            assert!(s.len() >= rows, "row bias shorter than the column");
-            TileBias::Row(s.as_ptr())
-        }
-        GemmBias::Col(s) => {
-            assert!(s.len() >= n, "column bias shorter than the tile");
-            TileBias::Col(s.as_ptr())
-        }
-    };
+    let bias = checked_tile_bias(bias, rows, n);
     // A stride of zero would mean a packed panel; with one row (or k = 0) any stride reads
     // the same floats.
     let a_rs = a_rs.max(1);
