@@ -503,7 +503,16 @@ impl Plan {
                     .iter()
                     .map(|&v| crate::gemm::flush_denormal(v))
                     .collect();
-                let layout = opts.depthwise_layout.pick_grouped(&geom, isa);
+                // NHWC runs channels-last as it is in channel blocks, unless a layout is
+                // forced.
+                let layout = if opts.layout == Layout::Nhwc
+                    && crate::algo::depthwise::nhwc_native_grouped(&geom)
+                    && opts.depthwise_layout == DwLayout::Auto
+                {
+                    DwLayout::ChannelBlocks
+                } else {
+                    opts.depthwise_layout.pick_grouped(&geom, isa)
+                };
                 Prepared::Depthwise {
                     uk: isa.kernels()?.dwconv,
                     blocked: match layout {
@@ -765,7 +774,9 @@ impl Plan {
                 (DwLayout::ChannelBlocks, _) => Some(None),
                 _ => None,
             };
-            if let Some(kernel) = channels_last.filter(|_| crate::algo::depthwise::nhwc_native(g)) {
+            let native = crate::algo::depthwise::nhwc_native(g)
+                || crate::algo::depthwise::nhwc_native_grouped(g);
+            if let Some(kernel) = channels_last.filter(|_| native) {
                 return self.run_depthwise_nhwc(uk, blocked, kernel, input, residual, output);
             }
         }

@@ -295,6 +295,13 @@ pub fn nhwc_native(g: &Geometry) -> bool {
     g.is_depthwise() && g.cout_per_group == 1 && g.epilogue.pool.is_none()
 }
 
+/// Whether an NHWC plan of the grouped layer `g` runs channels-last as it is
+/// ([`run_channel_blocks_nhwc`] with whole groups in each block of `CB` channels): groups of
+/// 2, 4 or 8 channels in and out ([`check_grouped`]), no pool.
+pub fn nhwc_native_grouped(g: &Geometry) -> bool {
+    check_grouped(g).is_ok() && g.epilogue.pool.is_none()
+}
+
 /// Tasks over whole output rows of one NHWC image (`out` is `[OH][OW][C]`: a task's rows
 /// are one run), at least four a thread: `conv(r0, rows)` computes rows `r0..` into `rows`,
 /// then a non-clamp `activation` runs over them while they are in cache.
@@ -343,7 +350,10 @@ pub fn run_channel_blocks_nhwc(
     out: &mut [f32],
     pass: &OutputPass,
 ) {
-    debug_assert!(nhwc_native(g));
+    debug_assert!(nhwc_native(g) || nhwc_native_grouped(g));
+    // Depthwise: one input a lane. Grouped: `group` inputs and as many outputs a group,
+    // whole groups in a block (CB is a multiple of the group), their weights `[tap][i][CB]`.
+    let group = if g.is_depthwise() { 1 } else { g.cin_per_group };
     let OutputPass {
         bias,
         accumulate,
@@ -406,7 +416,7 @@ pub fn run_channel_blocks_nhwc(
                 let mut job = DwBlock {
                     input: &xb[..n_in * pw * CB],
                     pw,
-                    weight: &blocked[b * ka * CB..(b + 1) * ka * CB],
+                    weight: &blocked[b * ka * group * CB..(b + 1) * ka * group * CB],
                     kernel: [kh, kw],
                     stride: [sh, sw],
                     dilation: [dh, dw],
@@ -421,7 +431,7 @@ pub fn run_channel_blocks_nhwc(
                     plane_stride: c,
                     lanes: nc,
                     broadcast: false,
-                    group: 1,
+                    group,
                     channels_last: true,
                 };
                 (uk.block)(&mut job);

@@ -392,8 +392,8 @@ pub(crate) fn checked_block_rows(p: &DwBlock) -> usize {
         "depthwise block output shorter than its writes"
     );
     assert!(
-        !p.channels_last || (p.group == 1 && !p.broadcast),
-        "channels-last output for depthwise blocks only"
+        !p.channels_last || !p.broadcast,
+        "channels-last output for depthwise and grouped blocks only"
     );
     let last = (|| {
         let row = ((oh - 1).checked_mul(sh)?).checked_add((kh - 1).checked_mul(dh)?)?;
@@ -467,7 +467,11 @@ fn grouped_rows(p: &mut DwBlock, oh: usize, fma: impl Fn(f32, f32, f32) -> f32) 
                 }
             }
             for (c, &a) in acc.iter().enumerate().take(p.lanes) {
-                let d = &mut p.out[c * p.plane_stride + oy * p.ow + ox];
+                let d = if p.channels_last {
+                    &mut p.out[(oy * p.ow + ox) * p.plane_stride + c]
+                } else {
+                    &mut p.out[c * p.plane_stride + oy * p.ow + ox]
+                };
                 let v = if p.accumulate { a + *d } else { a };
                 // Two selects so NaN passes (as in the plane kernel).
                 let t = if v < lo { lo } else { v };
