@@ -736,6 +736,14 @@ impl Plan {
         if self.layout == Layout::Nchw {
             return self.run_nchw(input, residual, output, clock);
         }
+        if let Prepared::GemmInPlace {
+            uk,
+            blocking,
+            packed,
+        } = &self.prepared
+        {
+            return self.run_gemm_in_place(uk, blocking, packed, input, residual, output);
+        }
         let (c, co) = (g.in_channels, g.out_channels);
         // Each image transposed with the tier's transpose (8x8 blocks in registers on x86)
         // into recycled scratch: element by element into fresh zeroed vectors, NHWC ran
@@ -751,14 +759,6 @@ impl Plan {
             }
             t
         };
-        if let Prepared::GemmInPlace {
-            uk,
-            blocking,
-            packed,
-        } = &self.prepared
-        {
-            return self.run_gemm_in_place(uk, blocking, packed, input, residual, output);
-        }
         // Depthwise channel blocks and the channels-last kernel run NHWC as it is (residual
         // preloaded, NHWC too).
         if let Prepared::Depthwise {
@@ -823,6 +823,23 @@ impl Plan {
     ) -> Result<()> {
         let g = &self.geom;
         let pass = self.output_pass(residual.is_some())?;
+        self.nhwc_images(input, residual, output, |x, out| match kernel {
+            Some(k) => crate::algo::depthwise::run_channels_last(g, k, blocked, x, out, &pass),
+            None => crate::algo::depthwise::run_channel_blocks_nhwc(g, uk, blocked, x, out, &pass),
+        });
+        Ok(())
+    }
+
+    /// The images of an NHWC run computed channels-last as they are: the residual (NHWC
+    /// too) preloaded into the output, then `f(image, its output)` image by image.
+    fn nhwc_images(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        mut f: impl FnMut(&[f32], &mut [f32]),
+    ) {
+        let g = &self.geom;
         let img_in = g.in_channels * g.input_area();
         let img_out = g.out_channels * g.conv_out_area();
         if let Some(r) = residual {
@@ -832,14 +849,8 @@ impl Plan {
             .chunks_exact(img_in.max(1))
             .zip(output.chunks_exact_mut(img_out.max(1)))
         {
-            match kernel {
-                Some(k) => crate::algo::depthwise::run_channels_last(g, k, blocked, x, out, &pass),
-                None => {
-                    crate::algo::depthwise::run_channel_blocks_nhwc(g, uk, blocked, x, out, &pass)
-                }
-            }
+            f(x, out);
         }
-        Ok(())
     }
 
     fn run_nchw(
@@ -1276,7 +1287,6 @@ impl Plan {
         let (cin, cout) = (g.in_channels, g.out_channels);
         let (cpg, opg) = (g.cin_per_group, g.cout_per_group);
         let [oh, ow] = g.conv_out;
-        let (img_in, img_out) = (cin * g.input_area(), cout * oh * ow);
         // Stride 1: every pixel, one run of rows `cin` apart; strided: a run an output row,
         // its pixels `sw` pixels apart, the runs `sh` image rows apart.
         let (rs, seg_len, segments, seg_stride) = if g.stride == [1, 1] {
@@ -1284,13 +1294,7 @@ impl Plan {
         } else {
             (g.stride[1] * cin, ow, oh, g.stride[0] * g.input[1] * cin)
         };
-        if let Some(r) = residual {
-            output.copy_from_slice(r);
-        }
-        for (x, out) in input
-            .chunks_exact(img_in.max(1))
-            .zip(output.chunks_exact_mut(img_out.max(1)))
-        {
+        self.nhwc_images(input, residual, output, |x, out| {
             let shared = SharedMut::new(out);
             for (grp, b) in packed.iter().enumerate() {
                 let a = crate::gemm::RowsA {
@@ -1322,7 +1326,7 @@ impl Plan {
                     true,
                 );
             }
-        }
+        });
         Ok(())
     }
 
