@@ -10,8 +10,8 @@
 //!
 //! The cache key holds everything that changes the answer: the layer (its spec as canonical
 //! JSON, name excluded: geometry and epilogue), the layout, the ISA tier, the thread count,
-//! the crate version and a checksum of the candidate set (a new algorithm invalidates old
-//! entries). `CONVKIT_WISDOM=path` loads that file at first use and saves new entries to it;
+//! the crate version and a checksum of the candidate set (a new algorithm or GEMM tile
+//! invalidates old entries). `CONVKIT_WISDOM=path` loads that file at first use and saves new entries to it;
 //! a corrupt, truncated or foreign file is ignored with a warning, never an error.
 
 use crate::algo::{accepting, Algo};
@@ -112,11 +112,18 @@ pub fn candidates(g: &Geometry) -> Vec<Algo> {
     v
 }
 
-fn checksum(algos: &[Algo]) -> u64 {
-    // FNV-1a over the names of every algorithm convkit knows.
+/// FNV-1a over the names of every algorithm convkit knows and of the tier's GEMM tiles: a new
+/// algorithm or tile (a tile a layer may take, as the 7x48 that NHWC 1x1 layers of 49 pixels
+/// took when it came) invalidates the entries tuned without it.
+fn checksum(algos: &[Algo], isa: crate::arch::Isa) -> u64 {
+    let tiles = isa.kernels().map(|t| t.gemm).unwrap_or(&[]);
+    let names = algos
+        .iter()
+        .map(|a| a.name())
+        .chain(tiles.iter().map(|k| k.name));
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for a in algos {
-        for b in a.name().bytes().chain([b',']) {
+    for name in names {
+        for b in name.bytes().chain([b',']) {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
     }
@@ -136,7 +143,7 @@ pub fn cache_key(spec: &ConvSpec, layout: Layout, isa: crate::arch::Isa, threads
         isa.name(),
         threads,
         env!("CARGO_PKG_VERSION"),
-        checksum(&crate::algo::ALL_ALGOS)
+        checksum(&crate::algo::ALL_ALGOS, isa)
     )
 }
 
@@ -475,4 +482,32 @@ fn import_wisdom_from(text: &str, origin: &str) -> Result<usize> {
     let mut c = lock();
     c.entries.extend(parsed);
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Isa;
+
+    /// The candidate checksum covers the tier's GEMM tiles as well as the algorithms: the
+    /// portable and AVX2 tables hold different tiles (any CPU can read both tables).
+    #[test]
+    fn candidate_checksum_covers_the_gemm_tiles() {
+        let algos = &crate::algo::ALL_ALGOS;
+        let portable = crate::arch::portable::TABLE.gemm;
+        assert!(!portable.is_empty());
+        assert_ne!(
+            checksum(algos, Isa::Portable),
+            checksum(&algos[..algos.len() - 1], Isa::Portable),
+            "the algorithms"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if Isa::Avx2.is_available() {
+            assert_ne!(
+                checksum(algos, Isa::Portable),
+                checksum(algos, Isa::Avx2),
+                "the tiles"
+            );
+        }
+    }
 }
