@@ -363,6 +363,12 @@ pub fn for_each_item<T: Send>(items: Vec<T>, f: impl Fn(usize, T) + Sync + Send)
     }
 }
 
+/// `f(i, part)` for the parts of work in `parts`, one per thread as a rule, in parallel
+/// unless serial; the library's loops inside each call run serially.
+pub fn for_each_part<T: Send>(parts: Vec<T>, f: impl Fn(usize, T) + Sync + Send) {
+    for_each_item(parts, |i, part| serial(|| f(i, part)));
+}
+
 /// `f(i, chunk)` for the chunks of `size` elements of `s` (the last may be shorter).
 pub fn for_each_chunk_mut<T: Send>(
     s: &mut [T],

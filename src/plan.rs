@@ -892,10 +892,76 @@ impl Plan {
             return Ok(());
         }
         let pass = self.output_pass(residual.is_some())?;
+        let threads = crate::par::threads();
+        if clock.is_none() && split_images(g.batch, threads) {
+            return self.run_image_parts(input, residual, output, &pass, nhwc_out, threads);
+        }
+        self.run_images(input, residual, output, &pass, clock, nhwc_out)
+    }
+
+    /// The images of an NCHW run in `threads` parts of whole images, each part on one thread
+    /// with its own scratch (padded image, Winograd blocks, pool bands): nothing is shared
+    /// between the threads but the plan's weights, and they meet once.
+    fn run_image_parts(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        pass: &crate::algo::OutputPass,
+        nhwc_out: bool,
+        threads: usize,
+    ) -> Result<()> {
+        let g = &self.geom;
+        let img_in = g.in_channels * g.input_area();
+        let img_res = g.out_channels * g.conv_out_area();
+        let img_out = g.out_channels * g.output[0] * g.output[1];
+        let mut parts = Vec::with_capacity(threads);
+        let (mut x, mut r, mut y) = (input, residual, output);
+        for p in 0..threads {
+            let images = g.batch * (p + 1) / threads - g.batch * p / threads;
+            let (x_part, x_rest) = x.split_at(images * img_in);
+            let (r_part, r_rest) = match r {
+                Some(r) => {
+                    let (a, b) = r.split_at(images * img_res);
+                    (Some(a), Some(b))
+                }
+                None => (None, None),
+            };
+            let (y_part, y_rest) = std::mem::take(&mut y).split_at_mut(images * img_out);
+            parts.push((x_part, r_part, y_part));
+            (x, r, y) = (x_rest, r_rest, y_rest);
+        }
+        let first_error = std::sync::Mutex::new(Ok(()));
+        crate::par::for_each_part(parts, |_, (x, r, y)| {
+            let run = self.run_images(x, r, y, pass, None, nhwc_out);
+            if let (Err(e), Ok(mut first)) = (run, first_error.lock()) {
+                if first.is_ok() {
+                    *first = Err(e);
+                }
+            }
+        });
+        first_error
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The images in `input` (whole NCHW images of this plan's geometry) into `output`, one
+    /// after another, each with the library's parallel loops inside.
+    fn run_images(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        pass: &crate::algo::OutputPass,
+        clock: Option<&crate::algo::winograd::PhaseClock>,
+        nhwc_out: bool,
+    ) -> Result<()> {
+        let g = &self.geom;
         let [oh, ow] = g.conv_out;
         let (cout, area) = (g.out_channels, oh * ow);
         let img_in = g.in_channels * g.input_area();
         let img_out = cout * g.output[0] * g.output[1];
+        let batch = input.len() / img_in.max(1);
         let mut xp = match &self.prepared {
             Prepared::Direct(d) => crate::tensor::take_scratch(d.layout.image),
             Prepared::DirectOc(d) => crate::tensor::take_scratch(d.layout.image),
@@ -914,7 +980,7 @@ impl Plan {
         };
         let mut global = vec![0f32; if g.epilogue.pool.is_some() { cout } else { 0 }];
         let channels_last = matches!(self.prepared, Prepared::DirectOc(_)) && channels_last_band(g);
-        for n in 0..g.batch {
+        for n in 0..batch {
             let x = &input[n * img_in..(n + 1) * img_in];
             match &self.prepared {
                 Prepared::Direct(d) => {
@@ -936,7 +1002,7 @@ impl Plan {
                 if let Some(r) = res_img {
                     out.copy_from_slice(r);
                 }
-                self.conv_rows(x, &xp, 0, oh, out, &pass, clock, nhwc_out)?;
+                self.conv_rows(x, &xp, 0, oh, out, pass, clock, nhwc_out)?;
                 continue;
             }
             // Pool fused by bands: conv rows r0..r1 for all channels go to a band buffer
@@ -970,7 +1036,7 @@ impl Plan {
                             .copy_from_slice(&r[co * area + r0 * ow..co * area + r1 * ow]);
                     }
                 }
-                self.conv_rows(x, &xp, r0, r1, band, &pass, clock, channels_last)?;
+                self.conv_rows(x, &xp, r0, r1, band, pass, clock, channels_last)?;
                 let band_layout = BandLayout {
                     r0,
                     r1,
@@ -1060,20 +1126,26 @@ impl Plan {
             Some(_) => self.band_rows_max() * g.out_channels * g.conv_out[1],
             None => 0,
         };
-        let image = match &self.prepared {
-            Prepared::Direct(d) => d.layout.image,
-            Prepared::DirectOc(d) => d.layout.image,
+        let threads = self.threads.unwrap_or_else(crate::par::threads);
+        // (Per image in flight, per thread.)
+        let (image, blocks) = match &self.prepared {
+            Prepared::Direct(d) => (d.layout.image, 0),
+            Prepared::DirectOc(d) => (d.layout.image, 0),
             Prepared::Gemm {
                 phases: Some((layout, _)),
                 ..
-            } => layout.image,
+            } => (layout.image, 0),
             // The padded image and one block's transformed tiles per thread.
-            Prepared::Winograd(w) => {
-                w.image + w.block_floats(g) * self.threads.unwrap_or_else(crate::par::threads)
-            }
-            _ => 0,
+            Prepared::Winograd(w) => (w.image, w.block_floats(g)),
+            _ => (0, 0),
         };
-        4 * (band + image)
+        // A batch in parts of whole images has one image in flight per thread.
+        let in_flight = if split_images(g.batch, threads) {
+            threads
+        } else {
+            1
+        };
+        4 * ((band + image) * in_flight + blocks * threads)
     }
 
     /// Conv rows `r0..r1` of one image into `out` (`[Cout][r1 - r0][OW]`, or
@@ -1562,4 +1634,12 @@ fn pool_band(
         }
         _ => {}
     }
+}
+/// Whether a batch of `batch` images on `threads` threads runs as one part of whole images
+/// per thread ([`Plan::run_image_parts`]): when the parts are even, or many enough that one
+/// image more weighs little. Paired on two threads, resnet50.res3.3x3.b8 (8 images) ran in
+/// 0.85x the time of images one after another with the threads sharing each (Winograd
+/// F(4,3)), 0.81x with `direct_oc`, 0.90x with `im2col`.
+fn split_images(batch: usize, threads: usize) -> bool {
+    threads > 1 && batch >= threads && (batch.is_multiple_of(threads) || batch >= 4 * threads)
 }

@@ -996,6 +996,99 @@ fn winograd_blocks_grown_for_many_threads_change_nothing() {
     }
 }
 
+/// On several threads an undilated Winograd image of many tiles runs as one part of whole
+/// tile rows per thread (each with its own blocks): the results must be one thread's, bit for
+/// bit, and the reference's. 64 channels over 48 x 44 outputs: on a 2 MiB L2 every variant's
+/// parts hold a block or more on two threads, and F(2,3)'s and F(4,3)'s on three (rows of
+/// 2, 4 or 6 split unevenly: 24, 12 and 8 tile rows), with a residual in place.
+#[test]
+fn winograd_parts_of_tile_rows_per_thread_change_nothing() {
+    let spec = ConvSpec::new(&[1, 64, 48, 44], 64, &[3, 3])
+        .with_padding(Padding::Symmetric(vec![1, 1]))
+        .with_bias(true)
+        .with_residual(true)
+        .with_activation(Activation::Silu);
+    let case = make_case(spec, 78);
+    let (g, want, s) = reference_of(&case);
+    for isa in convkit::arch::available_isas() {
+        for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+            let al = Algo::parse(name).unwrap();
+            let outs: Vec<Vec<f32>> = [1, 2, 3]
+                .iter()
+                .map(|&t| {
+                    let opts = PlanOptions {
+                        algo: Some(name.into()),
+                        isa: Some(isa.name().into()),
+                        threads: Some(t),
+                        ..Default::default()
+                    };
+                    run_checked(&case, &g, al, &opts, &want, s)
+                        .unwrap_or_else(|e| panic!("{name}, {t} threads: {e}"))
+                })
+                .collect();
+            for (o, t) in outs[1..].iter().zip([2, 3]) {
+                assert!(
+                    same_bits(o, &outs[0]),
+                    "{name} on {}: {t} threads differ from one",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+/// A batch that divides among the threads runs as one part of whole images per thread: every
+/// algorithm that takes the layer, NCHW and NHWC, with a residual, a fused pool or neither,
+/// must give one thread's bits (6 images on 2 and 3 threads, 5 on 2 and 3 where the parts
+/// are not split) and the reference's.
+#[test]
+fn batches_in_parts_of_whole_images_change_nothing() {
+    let pool = Some(Pool::Max(PoolWindow {
+        size: vec![3, 3],
+        stride: vec![2, 2],
+        padding: vec![(1, 1); 2],
+    }));
+    let specs = [
+        ConvSpec::new(&[6, 16, 14, 13], 20, &[3, 3])
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_bias(true)
+            .with_residual(true)
+            .with_activation(Activation::Relu),
+        ConvSpec::new(&[5, 12, 11, 12], 16, &[3, 3])
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_activation(Activation::Relu6)
+            .with_pool(pool),
+        ConvSpec::new(&[6, 24, 9, 9], 24, &[1, 1]).with_residual(true),
+        ConvSpec::new(&[6, 16, 10, 10], 16, &[3, 3])
+            .with_groups(16)
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_bias(true),
+    ];
+    for (i, spec) in specs.into_iter().enumerate() {
+        let case = make_case(spec, 500 + i as u64);
+        let g = Geometry::new(&case.spec).unwrap();
+        for isa in convkit::arch::available_isas() {
+            for al in algo::accepting(&g) {
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    let outs: Vec<Vec<f32>> = [1, 2, 3]
+                        .iter()
+                        .map(|&t| check(&case, al, isa, Some(t), layout).unwrap())
+                        .collect();
+                    for (o, t) in outs[1..].iter().zip([2, 3]) {
+                        assert!(
+                            same_bits(o, &outs[0]),
+                            "{} on {} ({layout:?}): {t} threads differ from one ({})",
+                            al.name(),
+                            isa.name(),
+                            case.spec.to_json()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every activation through every Winograd variant, 2-D and 1-D, undilated and dilated
 /// (2 x 3 in 2-D, 2 in 1-D: phase planes of unequal sizes), with bias and residual, on a
 /// size that leaves partial tiles on both edges, and a pool band of each height.

@@ -133,6 +133,14 @@ fn heuristic_choices_follow_the_measured_rules() {
 fn cache_keys_change_with_everything_that_changes_the_answer() {
     let s = ConvSpec::new(&[1, 8, 10, 10], 8, &[3, 3]);
     let k = tune::cache_key(&s, Layout::Nchw, Isa::Portable, 1);
+    assert!(
+        k.contains(&format!(
+            "v{}r{}|",
+            env!("CARGO_PKG_VERSION"),
+            tune::SCHEDULE_REVISION
+        )),
+        "crate version and schedule revision: {k}"
+    );
     assert_eq!(
         k,
         tune::cache_key(

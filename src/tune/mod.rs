@@ -10,8 +10,8 @@
 //!
 //! The cache key holds everything that changes the answer: the layer (its spec as canonical
 //! JSON, name excluded: geometry and epilogue), the layout, the ISA tier, the thread count,
-//! the crate version and a checksum of the candidate set (a new algorithm or GEMM tile
-//! invalidates old entries). `CONVKIT_WISDOM=path` loads that file at first use and saves new entries to it;
+//! the crate version with the [`SCHEDULE_REVISION`] and a checksum of the candidate set (a new
+//! algorithm or GEMM tile invalidates old entries). `CONVKIT_WISDOM=path` loads that file at first use and saves new entries to it;
 //! a corrupt, truncated or foreign file is ignored with a warning, never an error.
 
 use crate::algo::{accepting, Algo};
@@ -130,6 +130,12 @@ fn checksum(algos: &[Algo], isa: crate::arch::Isa) -> u64 {
     h
 }
 
+/// The revision of how the algorithms run: bumped when a change moves their speeds against
+/// each other without adding a candidate (a new way to share a layer among threads, a faster
+/// kernel of one algorithm), so that wisdom tuned before it is measured again. 2: Winograd in
+/// parts of tile rows per thread and batches in parts of whole images (session 18).
+pub const SCHEDULE_REVISION: u32 = 2;
+
 /// The cache key of a decision (see the module docs for what it holds).
 pub fn cache_key(spec: &ConvSpec, layout: Layout, isa: crate::arch::Isa, threads: usize) -> String {
     let mut v = spec.to_json();
@@ -137,12 +143,13 @@ pub fn cache_key(spec: &ConvSpec, layout: Layout, isa: crate::arch::Isa, threads
         o.remove("name");
     }
     format!(
-        "{}|{}|{}|t{}|v{}|c{:016x}",
+        "{}|{}|{}|t{}|v{}r{}|c{:016x}",
         v,
         layout.name(),
         isa.name(),
         threads,
         env!("CARGO_PKG_VERSION"),
+        SCHEDULE_REVISION,
         checksum(&crate::algo::ALL_ALGOS, isa)
     )
 }
