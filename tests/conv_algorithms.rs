@@ -441,6 +441,59 @@ fn depthwise_3x3_every_row_tail_and_stride() {
     }
 }
 
+/// Depthwise 3x3 planes, NCHW, at strides 1 and 2: widths that end every column block of
+/// the AVX-512 kernel (four, two and one vectors of 16, partial ones), heights that leave
+/// every row-step tail and steps wholly inside the plane, padding of 0, 1 and 2 on either
+/// side, with a bias, a residual or neither, and a band of rows (a fused pool's), against
+/// the reference on every tier.
+#[test]
+fn depthwise_3x3_planes_of_every_block_and_step() {
+    let pool = Some(Pool::Max(PoolWindow {
+        size: vec![2, 2],
+        stride: vec![2, 2],
+        padding: vec![(0, 0); 2],
+    }));
+    let mut seed = 2000;
+    for s in [1usize, 2] {
+        for (h, w) in [
+            (1, 33),
+            (3, 47),
+            (5, 48),
+            (9, 49),
+            (13, 64),
+            (16, 65),
+            (6, 100),
+            (11, 17),
+        ] {
+            for (pads, residual, bias) in [
+                (vec![(1, 1), (1, 1)], false, true),
+                (vec![(0, 2), (2, 0)], true, false),
+                (vec![(2, 1), (0, 1)], false, false),
+            ] {
+                let spec = ConvSpec::new(&[1, 3, h, w * s], 3, &[3, 3])
+                    .with_groups(3)
+                    .with_stride(&[s, s])
+                    .with_padding(Padding::Explicit(pads))
+                    .with_bias(bias)
+                    .with_residual(residual)
+                    .with_activation(Activation::Relu6);
+                seed += 1;
+                let case = make_case(spec.clone(), seed);
+                for isa in convkit::arch::available_isas() {
+                    check(&case, Algo::Depthwise, isa, None, Layout::Nchw).unwrap();
+                }
+                if h >= 4 && !residual {
+                    let case = make_case(spec.with_pool(pool.clone()), seed + 500);
+                    for isa in convkit::arch::available_isas() {
+                        check_banded(&case, Algo::Depthwise, isa, None, Layout::Nchw, Some(3))
+                            .unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// NHWC depthwise runs channels-last as it is (channel blocks copied from the NHWC rows, or
 /// the tier's channels-last kernel reading them in place; pixels stored with their channels
 /// together): partial blocks (5 and 19 channels), one block, strides 1 and 2, "same" and
