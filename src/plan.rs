@@ -1558,12 +1558,12 @@ fn pool_band(
     match (&g.epilogue.pool, g.pool_dims) {
         (Some(Pool::GlobalMax), _) => {
             for (acc, plane) in global.iter_mut().zip(band.chunks(rows * ow)) {
-                *acc = plane.iter().copied().fold(*acc, crate::epilogue::max_nan);
+                *acc = crate::algo::pool::fold_max(*acc, plane);
             }
         }
         (Some(Pool::GlobalAvg), _) => {
             for (acc, plane) in global.iter_mut().zip(band.chunks(rows * ow)) {
-                *acc += plane.iter().sum::<f32>();
+                *acc += crate::algo::pool::sum_lanes(plane);
             }
         }
         (Some(pool), Some(d)) => {
