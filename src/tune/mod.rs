@@ -133,8 +133,9 @@ fn checksum(algos: &[Algo], isa: crate::arch::Isa) -> u64 {
 /// The revision of how the algorithms run: bumped when a change moves their speeds against
 /// each other without adding a candidate (a new way to share a layer among threads, a faster
 /// kernel of one algorithm), so that wisdom tuned before it is measured again. 2: Winograd in
-/// parts of tile rows per thread and batches in parts of whole images (session 18).
-pub const SCHEDULE_REVISION: u32 = 2;
+/// parts of tile rows per thread and batches in parts of whole images; 3: the AVX-512 3x3
+/// depthwise planes kernel (both session 18).
+pub const SCHEDULE_REVISION: u32 = 3;
 
 /// The cache key of a decision (see the module docs for what it holds).
 pub fn cache_key(spec: &ConvSpec, layout: Layout, isa: crate::arch::Isa, threads: usize) -> String {
