@@ -780,6 +780,25 @@ impl Plan {
                 return self.run_depthwise_nhwc(uk, blocked, kernel, input, residual, output);
             }
         }
+        if self.winograd_fills_nhwc() {
+            // Undilated Winograd reads the NHWC rows into its padded planes as it fills them:
+            // no NCHW copy of the image in between.
+            let r = residual.map(|r| to_nchw(r, co, g.conv_out_area()));
+            let mut y = crate::tensor::take_scratch(output.len());
+            let io = ImageIo {
+                nhwc_in: true,
+                nhwc_out: false,
+            };
+            let run = self.run_nchw_in(input, r.as_deref(), &mut y, clock, io);
+            if run.is_ok() {
+                self.nchw_to_nhwc(&y, output, transpose);
+            }
+            crate::tensor::give_scratch(y);
+            if let Some(r) = r {
+                crate::tensor::give_scratch(r);
+            }
+            return run;
+        }
         let x = to_nchw(input, c, g.input_area());
         // `direct_oc` without a pool stores its tiles pixel by pixel straight into the NHWC
         // output (and takes the NHWC residual as it is), and with a window pool its
@@ -787,7 +806,11 @@ impl Plan {
         if matches!(self.prepared, Prepared::DirectOc(_))
             && (g.epilogue.pool.is_none() || channels_last_band(g))
         {
-            let run = self.run_nchw_in(&x, residual, output, clock, true);
+            let io = ImageIo {
+                nhwc_in: false,
+                nhwc_out: true,
+            };
+            let run = self.run_nchw_in(&x, residual, output, clock, io);
             crate::tensor::give_scratch(x);
             return run;
         }
@@ -795,11 +818,7 @@ impl Plan {
         let mut y = crate::tensor::take_scratch(output.len());
         let run = self.run_nchw(&x, r.as_deref(), &mut y, clock);
         if run.is_ok() {
-            let hw = g.output[0] * g.output[1];
-            let img = (co * hw).max(1);
-            for (s, d) in y.chunks_exact(img).zip(output.chunks_exact_mut(img)) {
-                crate::tensor::transpose_image(transpose, s, co, hw, d);
-            }
+            self.nchw_to_nhwc(&y, output, transpose);
         }
         crate::tensor::give_scratch(x);
         crate::tensor::give_scratch(y);
@@ -807,6 +826,23 @@ impl Plan {
             crate::tensor::give_scratch(r);
         }
         run
+    }
+
+    /// Whether an NHWC run fills Winograd's padded planes from the NHWC rows
+    /// ([`crate::algo::winograd::WinogradPlan::fill_nhwc`]): undilated Winograd.
+    fn winograd_fills_nhwc(&self) -> bool {
+        matches!(&self.prepared, Prepared::Winograd(w) if w.fills_nhwc())
+    }
+
+    /// The NCHW output `y` of every image into the NHWC `output`.
+    fn nchw_to_nhwc(&self, y: &[f32], output: &mut [f32], transpose: crate::arch::TransposeFn) {
+        let g = &self.geom;
+        let co = g.out_channels;
+        let hw = g.output[0] * g.output[1];
+        let img = (co * hw).max(1);
+        for (s, d) in y.chunks_exact(img).zip(output.chunks_exact_mut(img)) {
+            crate::tensor::transpose_image(transpose, s, co, hw, d);
+        }
     }
 
     /// NHWC depthwise channels-last throughout, image by image: the tier's channels-last
@@ -860,25 +896,27 @@ impl Plan {
         output: &mut [f32],
         clock: Option<&crate::algo::winograd::PhaseClock>,
     ) -> Result<()> {
-        self.run_nchw_in(input, residual, output, clock, false)
+        self.run_nchw_in(input, residual, output, clock, ImageIo::default())
     }
 
-    /// Runs NCHW `input`; the output (and residual) are NCHW, or NHWC when `nhwc_out`, which
-    /// only `direct_oc` takes, without a pool or with a window pool (its tiles and bands
-    /// stored channels-last).
+    /// Runs NCHW `input`; the output (and residual) are NCHW, or NHWC when `io.nhwc_out`,
+    /// which only `direct_oc` takes, without a pool or with a window pool (its tiles and bands
+    /// stored channels-last); the input is NHWC when `io.nhwc_in`, which only undilated
+    /// Winograd takes (its fill reads NHWC rows).
     fn run_nchw_in(
         &self,
         input: &[f32],
         residual: Option<&[f32]>,
         output: &mut [f32],
         clock: Option<&crate::algo::winograd::PhaseClock>,
-        nhwc_out: bool,
+        io: ImageIo,
     ) -> Result<()> {
         debug_assert!(
-            !nhwc_out
+            !io.nhwc_out
                 || (matches!(self.prepared, Prepared::DirectOc(_))
                     && (self.geom.epilogue.pool.is_none() || channels_last_band(&self.geom)))
         );
+        debug_assert!(!io.nhwc_in || self.winograd_fills_nhwc());
         let g = &self.geom;
         if let Prepared::Reference { weight } = &self.prepared {
             let ops = Operands {
@@ -894,9 +932,9 @@ impl Plan {
         let pass = self.output_pass(residual.is_some())?;
         let threads = crate::par::threads();
         if clock.is_none() && split_images(g.batch, threads) {
-            return self.run_image_parts(input, residual, output, &pass, nhwc_out, threads);
+            return self.run_image_parts(input, residual, output, &pass, io, threads);
         }
-        self.run_images(input, residual, output, &pass, clock, nhwc_out)
+        self.run_images(input, residual, output, &pass, clock, io)
     }
 
     /// The images of an NCHW run in `threads` parts of whole images, each part on one thread
@@ -908,7 +946,7 @@ impl Plan {
         residual: Option<&[f32]>,
         output: &mut [f32],
         pass: &crate::algo::OutputPass,
-        nhwc_out: bool,
+        io: ImageIo,
         threads: usize,
     ) -> Result<()> {
         let g = &self.geom;
@@ -933,7 +971,7 @@ impl Plan {
         }
         let first_error = std::sync::Mutex::new(Ok(()));
         crate::par::for_each_part(parts, |_, (x, r, y)| {
-            let run = self.run_images(x, r, y, pass, None, nhwc_out);
+            let run = self.run_images(x, r, y, pass, None, io);
             if let (Err(e), Ok(mut first)) = (run, first_error.lock()) {
                 if first.is_ok() {
                     *first = Err(e);
@@ -954,8 +992,9 @@ impl Plan {
         output: &mut [f32],
         pass: &crate::algo::OutputPass,
         clock: Option<&crate::algo::winograd::PhaseClock>,
-        nhwc_out: bool,
+        io: ImageIo,
     ) -> Result<()> {
+        let ImageIo { nhwc_in, nhwc_out } = io;
         let g = &self.geom;
         let [oh, ow] = g.conv_out;
         let (cout, area) = (g.out_channels, oh * ow);
@@ -988,6 +1027,9 @@ impl Plan {
                         .fill(g, x, &mut xp, Gather::of(self.isa.kernels()?))
                 }
                 Prepared::DirectOc(d) => d.fill(x, &mut xp, Gather::of(self.isa.kernels()?)),
+                Prepared::Winograd(w) if nhwc_in => {
+                    w.fill_nhwc(g, x, &mut xp, self.isa.kernels()?.transpose)
+                }
                 Prepared::Winograd(w) => w.fill(g, x, &mut xp),
                 Prepared::Gemm {
                     phases: Some((layout, _)),
@@ -1635,6 +1677,15 @@ fn pool_band(
         _ => {}
     }
 }
+/// The layouts a run's images come in and go out in, where they are not NCHW.
+#[derive(Clone, Copy, Debug, Default)]
+struct ImageIo {
+    /// NHWC input images (undilated Winograd's fill only).
+    nhwc_in: bool,
+    /// NHWC output images (`direct_oc` only).
+    nhwc_out: bool,
+}
+
 /// Whether a batch of `batch` images on `threads` threads runs as one part of whole images
 /// per thread ([`Plan::run_image_parts`]): when the parts are even, or many enough that one
 /// image more weighs little. Paired on two threads, resnet50.res3.3x3.b8 (8 images) ran in

@@ -1142,6 +1142,66 @@ fn batches_in_parts_of_whole_images_change_nothing() {
     }
 }
 
+/// On NHWC, undilated Winograd fills its padded planes from the NHWC rows (one thread:
+/// straight into the planes; more: bands of padded rows through a buffer) instead of from an
+/// NCHW copy of the image. The planes hold the same values either way, so the NHWC run must
+/// give the NCHW run's bits, and the reference's values: every variant, every tier, 1-3
+/// threads, symmetric, "valid" and asymmetric padding (planes cut short of the input's last
+/// columns), a residual, a pool, batches of 2 and 3 (in image parts), 2-D and 1-D.
+#[test]
+fn winograd_fills_its_planes_from_nhwc_rows() {
+    let pool = Some(Pool::Max(PoolWindow {
+        size: vec![2, 2],
+        stride: vec![2, 2],
+        padding: vec![(0, 0); 2],
+    }));
+    let specs = [
+        ConvSpec::new(&[2, 16, 13, 11], 24, &[3, 3])
+            .with_padding(Padding::Symmetric(vec![1, 1]))
+            .with_bias(true)
+            .with_residual(true)
+            .with_activation(Activation::Relu),
+        ConvSpec::new(&[1, 12, 20, 18], 16, &[3, 3]),
+        ConvSpec::new(&[1, 8, 17, 19], 8, &[3, 3])
+            .with_padding(Padding::Explicit(vec![(0, 2), (2, 1)]))
+            .with_pool(pool),
+        ConvSpec::new(&[3, 16, 40], 16, &[3])
+            .with_padding(Padding::Symmetric(vec![1]))
+            .with_activation(Activation::Silu),
+    ];
+    for (i, spec) in specs.into_iter().enumerate() {
+        let case = make_case(spec, 900 + i as u64);
+        let (g, want, s) = reference_of(&case);
+        for isa in convkit::arch::available_isas() {
+            for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+                let al = Algo::parse(name).unwrap();
+                if !al.accepts(&g) {
+                    continue;
+                }
+                for t in [1, 2, 3] {
+                    let run = |layout| {
+                        let opts = PlanOptions {
+                            algo: Some(name.into()),
+                            isa: Some(isa.name().into()),
+                            threads: Some(t),
+                            layout,
+                            ..Default::default()
+                        };
+                        run_checked(&case, &g, al, &opts, &want, s)
+                            .unwrap_or_else(|e| panic!("{name}, {t} threads, {layout:?}: {e}"))
+                    };
+                    assert!(
+                        same_bits(&run(Layout::Nhwc), &run(Layout::Nchw)),
+                        "{name} on {}, {t} threads: NHWC differs from NCHW ({})",
+                        isa.name(),
+                        case.spec.to_json()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Every activation through every Winograd variant, 2-D and 1-D, undilated and dilated
 /// (2 x 3 in 2-D, 2 in 1-D: phase planes of unequal sizes), with bias and residual, on a
 /// size that leaves partial tiles on both edges, and a pool band of each height.
