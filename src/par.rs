@@ -363,6 +363,25 @@ pub fn for_each_item<T: Send>(items: Vec<T>, f: impl Fn(usize, T) + Sync + Send)
     }
 }
 
+/// Part `t`'s share of every `plane`-long chunk of `buf`: elements `cuts[t]..cuts[t + 1]` of
+/// each chunk, chunk by chunk (`cuts` ascending from 0, at most `plane`). Threads given one
+/// part each own their rows of every plane (in safe code: the slices are disjoint).
+pub fn plane_parts<'a, T>(buf: &'a mut [T], plane: usize, cuts: &[usize]) -> Vec<Vec<&'a mut [T]>> {
+    let parts = cuts.len().saturating_sub(1);
+    let mut out: Vec<Vec<&'a mut [T]>> = (0..parts)
+        .map(|_| Vec::with_capacity(buf.len() / plane.max(1)))
+        .collect();
+    for chunk in buf.chunks_exact_mut(plane.max(1)) {
+        let mut rest = &mut chunk[cuts[0]..];
+        for (t, part) in out.iter_mut().enumerate() {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(cuts[t + 1] - cuts[t]);
+            part.push(mine);
+            rest = tail;
+        }
+    }
+    out
+}
+
 /// `f(i, part)` for the parts of work in `parts`, one per thread as a rule, in parallel
 /// unless serial; the library's loops inside each call run serially.
 pub fn for_each_part<T: Send>(parts: Vec<T>, f: impl Fn(usize, T) + Sync + Send) {

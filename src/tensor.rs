@@ -192,15 +192,8 @@ pub fn transpose_image(
     const BLOCK: usize = 16;
     let tasks = (2 * threads).min(rows / BLOCK).max(1);
     let bound = |t: usize| (t * rows / tasks).next_multiple_of(BLOCK).min(rows);
-    let mut shares: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::with_capacity(cols)).collect();
-    for row in dst[..floats].chunks_exact_mut(rows) {
-        let mut rest = row;
-        for (t, share) in shares.iter_mut().enumerate() {
-            let (piece, tail) = rest.split_at_mut(bound(t + 1) - bound(t));
-            share.push(piece);
-            rest = tail;
-        }
-    }
+    let cuts: Vec<usize> = (0..=tasks).map(bound).collect();
+    let shares = crate::par::plane_parts(&mut dst[..floats], rows, &cuts);
     crate::par::for_each_item(shares, |t, mut pieces| {
         let (r0, r1) = (bound(t), bound(t + 1));
         let mut block = take_scratch(BLOCK * cols);

@@ -360,15 +360,8 @@ impl WinogradPlan {
         }
         // Bands of padded rows, one a thread: each band's rows of every plane.
         let bound = |t: usize| ph * t / threads;
-        let mut parts: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::with_capacity(c)).collect();
-        for pl_buf in xp.chunks_exact_mut(plane) {
-            let mut rest = pl_buf;
-            for (t, part) in parts.iter_mut().enumerate() {
-                let (mine, tail) = rest.split_at_mut((bound(t + 1) - bound(t)) * pw);
-                part.push(mine);
-                rest = tail;
-            }
-        }
+        let cuts: Vec<usize> = (0..=threads).map(|t| bound(t) * pw).collect();
+        let parts = crate::par::plane_parts(xp, plane, &cuts);
         crate::par::for_each_part(parts, |t, mut rows| {
             let mut buf = crate::tensor::take_scratch(c * cols);
             for r in bound(t)..bound(t + 1) {
@@ -523,15 +516,8 @@ impl WinogradPlan {
         let bounds: Vec<usize> = (0..=threads)
             .map(|p| ((job.tr0 + tile_rows * p / threads) * mh).clamp(job.r0, job.r1))
             .collect();
-        let mut parts: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
-        for plane in out.chunks_mut(band) {
-            let mut rest = plane;
-            for (p, part) in parts.iter_mut().enumerate() {
-                let (mine, tail) = rest.split_at_mut((bounds[p + 1] - bounds[p]) * ow);
-                part.push(mine);
-                rest = tail;
-            }
-        }
+        let cuts: Vec<usize> = bounds.iter().map(|&r| (r - bounds[0]) * ow).collect();
+        let parts = crate::par::plane_parts(&mut out[..g.out_channels * band], band, &cuts);
         crate::par::for_each_part(parts, |p, mut planes| {
             let (r0, r1) = (bounds[p], bounds[p + 1]);
             if r1 > r0 {
