@@ -780,26 +780,11 @@ impl Plan {
                 return self.run_depthwise_nhwc(uk, blocked, kernel, input, residual, output);
             }
         }
-        if self.winograd_fills_nhwc() {
-            // Undilated Winograd reads the NHWC rows into its padded planes as it fills them:
-            // no NCHW copy of the image in between.
-            let r = residual.map(|r| to_nchw(r, co, g.conv_out_area()));
-            let mut y = crate::tensor::take_scratch(output.len());
-            let io = ImageIo {
-                nhwc_in: true,
-                nhwc_out: false,
-            };
-            let run = self.run_nchw_in(input, r.as_deref(), &mut y, clock, io);
-            if run.is_ok() {
-                self.nchw_to_nhwc(&y, output, transpose);
-            }
-            crate::tensor::give_scratch(y);
-            if let Some(r) = r {
-                crate::tensor::give_scratch(r);
-            }
-            return run;
-        }
-        let x = to_nchw(input, c, g.input_area());
+        // Undilated Winograd and `direct_oc` fill their padded planes from the NHWC rows:
+        // no NCHW copy of the image in between.
+        let nhwc_in = self.fills_nhwc();
+        let x = (!nhwc_in).then(|| to_nchw(input, c, g.input_area()));
+        let x_in = x.as_deref().unwrap_or(input);
         // `direct_oc` without a pool stores its tiles pixel by pixel straight into the NHWC
         // output (and takes the NHWC residual as it is), and with a window pool its
         // channels-last band pools into NHWC rows as they are: no conversion out.
@@ -807,20 +792,28 @@ impl Plan {
             && (g.epilogue.pool.is_none() || channels_last_band(g))
         {
             let io = ImageIo {
-                nhwc_in: false,
+                nhwc_in,
                 nhwc_out: true,
             };
-            let run = self.run_nchw_in(&x, residual, output, clock, io);
-            crate::tensor::give_scratch(x);
+            let run = self.run_nchw_in(x_in, residual, output, clock, io);
+            if let Some(x) = x {
+                crate::tensor::give_scratch(x);
+            }
             return run;
         }
         let r = residual.map(|r| to_nchw(r, co, g.conv_out_area()));
         let mut y = crate::tensor::take_scratch(output.len());
-        let run = self.run_nchw(&x, r.as_deref(), &mut y, clock);
+        let io = ImageIo {
+            nhwc_in,
+            nhwc_out: false,
+        };
+        let run = self.run_nchw_in(x_in, r.as_deref(), &mut y, clock, io);
         if run.is_ok() {
             self.nchw_to_nhwc(&y, output, transpose);
         }
-        crate::tensor::give_scratch(x);
+        if let Some(x) = x {
+            crate::tensor::give_scratch(x);
+        }
         crate::tensor::give_scratch(y);
         if let Some(r) = r {
             crate::tensor::give_scratch(r);
@@ -828,10 +821,21 @@ impl Plan {
         run
     }
 
-    /// Whether an NHWC run fills Winograd's padded planes from the NHWC rows
-    /// ([`crate::algo::winograd::WinogradPlan::fill_nhwc`]): undilated Winograd.
-    fn winograd_fills_nhwc(&self) -> bool {
-        matches!(&self.prepared, Prepared::Winograd(w) if w.fills_nhwc())
+    /// Whether an NHWC run fills the padded planes from the NHWC rows
+    /// ([`crate::tensor::PaddedPlanes::fill_from_nhwc`]): undilated Winograd and `direct_oc`,
+    /// on images of 64K floats or more. (Row by row, a small image's transposes are short
+    /// and their edges scalar: googlenet.inc3a.5x5's 16 x 28 x 28 ran 1.06x slower on one
+    /// thread than one transpose of the whole image and a copy. NHWC, paired, `direct_oc`,
+    /// time ratio, one / two threads: resnet50.res3.3x3s2 0.94 / 0.87, resnet50.conv1 0.98 /
+    /// 0.92, alexnet.conv1 0.96 / 0.85.)
+    fn fills_nhwc(&self) -> bool {
+        let g = &self.geom;
+        let big = g.in_channels * g.input_area() >= 1 << 16;
+        big && match &self.prepared {
+            Prepared::Winograd(w) => w.fills_nhwc(),
+            Prepared::DirectOc(_) => true,
+            _ => false,
+        }
     }
 
     /// The NCHW output `y` of every image into the NHWC `output`.
@@ -901,8 +905,8 @@ impl Plan {
 
     /// Runs NCHW `input`; the output (and residual) are NCHW, or NHWC when `io.nhwc_out`,
     /// which only `direct_oc` takes, without a pool or with a window pool (its tiles and bands
-    /// stored channels-last); the input is NHWC when `io.nhwc_in`, which only undilated
-    /// Winograd takes (its fill reads NHWC rows).
+    /// stored channels-last); the input is NHWC when `io.nhwc_in`, which undilated Winograd
+    /// and `direct_oc` take (their fills read NHWC rows).
     fn run_nchw_in(
         &self,
         input: &[f32],
@@ -916,7 +920,7 @@ impl Plan {
                 || (matches!(self.prepared, Prepared::DirectOc(_))
                     && (self.geom.epilogue.pool.is_none() || channels_last_band(&self.geom)))
         );
-        debug_assert!(!io.nhwc_in || self.winograd_fills_nhwc());
+        debug_assert!(!io.nhwc_in || self.fills_nhwc());
         let g = &self.geom;
         if let Prepared::Reference { weight } = &self.prepared {
             let ops = Operands {
@@ -1025,6 +1029,9 @@ impl Plan {
                 Prepared::Direct(d) => {
                     d.layout
                         .fill(g, x, &mut xp, Gather::of(self.isa.kernels()?))
+                }
+                Prepared::DirectOc(d) if nhwc_in => {
+                    d.fill_nhwc(x, &mut xp, self.isa.kernels()?.transpose)
                 }
                 Prepared::DirectOc(d) => d.fill(x, &mut xp, Gather::of(self.isa.kernels()?)),
                 Prepared::Winograd(w) if nhwc_in => {

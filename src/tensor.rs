@@ -217,6 +217,92 @@ pub fn transpose_image(
     });
 }
 
+/// Zero-padded channel planes of one image: `channels` planes of `plane[0] x plane[1]`
+/// floats, one after the other, input pixel (y, x) of each at row `pad[0] + y`, column
+/// `pad[1] + x` (rows and columns past the input zero; a plane may be cut short of the input's
+/// last columns or rows).
+pub struct PaddedPlanes {
+    /// Input `[IH, IW]`.
+    pub input: [usize; 2],
+    /// Planes (input channels).
+    pub channels: usize,
+    /// Padding before, `[top, left]`.
+    pub pad: [usize; 2],
+    /// A plane's `[rows, row length]`.
+    pub plane: [usize; 2],
+}
+
+impl PaddedPlanes {
+    /// Fills the first `channels * rows * row length` floats of `xp` from one NHWC image `x`
+    /// (`[IH][IW][C]`): each input row transposed into its row of every plane, without an NCHW
+    /// copy of the image in between (an NHWC run had transposed the whole image to NCHW, then
+    /// copied it into the planes: two passes over it through memory). One thread transposes
+    /// straight into the planes (the transpose's destination stride is the plane); threads
+    /// take bands of padded rows, each row transposed into a buffer and copied out to the
+    /// band's rows of every plane.
+    pub fn fill_from_nhwc(&self, x: &[f32], xp: &mut [f32], transpose: crate::arch::TransposeFn) {
+        let ([ih, iw], c, [ph, pw]) = (self.input, self.channels, self.plane);
+        let (pt, pl) = (self.pad[0], self.pad[1].min(pw));
+        let plane = ph * pw;
+        // Input columns that land in the plane (all, unless the plane is cut short).
+        let cols = iw.min(pw - pl);
+        let xp = &mut xp[..c * plane];
+        let threads = crate::par::threads();
+        if threads == 1 || ph < 2 * threads {
+            for r in 0..ph {
+                let y = r.wrapping_sub(pt);
+                for ch in 0..c {
+                    let row = &mut xp[ch * plane + r * pw..ch * plane + (r + 1) * pw];
+                    if y >= ih || cols == 0 {
+                        row.fill(0.0);
+                    } else {
+                        row[..pl].fill(0.0);
+                        row[pl + cols..].fill(0.0);
+                    }
+                }
+                if y < ih && cols > 0 {
+                    transpose(
+                        &x[y * iw * c..(y * iw + cols) * c],
+                        cols,
+                        c,
+                        &mut xp[r * pw + pl..],
+                        plane,
+                    );
+                }
+            }
+            return;
+        }
+        // Bands of padded rows, one a thread: each band's rows of every plane.
+        let bound = |t: usize| ph * t / threads;
+        let cuts: Vec<usize> = (0..=threads).map(|t| bound(t) * pw).collect();
+        let parts = crate::par::plane_parts(xp, plane, &cuts);
+        crate::par::for_each_part(parts, |t, mut rows| {
+            let mut buf = take_scratch(c * cols);
+            for r in bound(t)..bound(t + 1) {
+                let y = r.wrapping_sub(pt);
+                let at = (r - bound(t)) * pw;
+                if y >= ih || cols == 0 {
+                    for ch_rows in rows.iter_mut() {
+                        ch_rows[at..at + pw].fill(0.0);
+                    }
+                    continue;
+                }
+                transpose(&x[y * iw * c..(y * iw + cols) * c], cols, c, &mut buf, cols);
+                for (ch, ch_rows) in rows.iter_mut().enumerate() {
+                    let row = &mut ch_rows[at..at + pw];
+                    row[..pl].fill(0.0);
+                    crate::gemm::pack::copy_floats(
+                        &mut row[pl..pl + cols],
+                        &buf[ch * cols..(ch + 1) * cols],
+                    );
+                    row[pl + cols..].fill(0.0);
+                }
+            }
+            give_scratch(buf);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

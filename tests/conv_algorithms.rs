@@ -1119,13 +1119,23 @@ fn batches_in_parts_of_whole_images_change_nothing() {
     ];
     for (i, spec) in specs.into_iter().enumerate() {
         let case = make_case(spec, 500 + i as u64);
-        let g = Geometry::new(&case.spec).unwrap();
+        // The reference once a case (under qemu and valgrind it costs more than the runs).
+        let (g, want, s) = reference_of(&case);
         for isa in convkit::arch::available_isas() {
             for al in algo::accepting(&g) {
                 for layout in [Layout::Nchw, Layout::Nhwc] {
                     let outs: Vec<Vec<f32>> = [1, 2, 3]
                         .iter()
-                        .map(|&t| check(&case, al, isa, Some(t), layout).unwrap())
+                        .map(|&t| {
+                            let opts = PlanOptions {
+                                algo: Some(al.name().into()),
+                                isa: Some(isa.name().into()),
+                                threads: Some(t),
+                                layout,
+                                ..Default::default()
+                            };
+                            run_checked(&case, &g, al, &opts, &want, s).unwrap()
+                        })
                         .collect();
                     for (o, t) in outs[1..].iter().zip([2, 3]) {
                         assert!(
@@ -1142,43 +1152,63 @@ fn batches_in_parts_of_whole_images_change_nothing() {
     }
 }
 
-/// On NHWC, undilated Winograd fills its padded planes from the NHWC rows (one thread:
-/// straight into the planes; more: bands of padded rows through a buffer) instead of from an
-/// NCHW copy of the image. The planes hold the same values either way, so the NHWC run must
-/// give the NCHW run's bits, and the reference's values: every variant, every tier, 1-3
-/// threads, symmetric, "valid" and asymmetric padding (planes cut short of the input's last
-/// columns), a residual, a pool, batches of 2 and 3 (in image parts), 2-D and 1-D.
+/// On NHWC, undilated Winograd and `direct_oc` fill their padded planes from the NHWC rows
+/// (one thread: straight into the planes; more: bands of padded rows through a buffer)
+/// instead of from an NCHW copy of the image. The planes hold the same values either way, so
+/// the NHWC run must give the NCHW run's bits, and the reference's values: every Winograd
+/// variant and `direct_oc` (which stores NHWC tiles and pools channels-last), every tier,
+/// 1 and 3 threads, symmetric, "valid" and asymmetric padding (planes cut short of the input's
+/// last columns), stride 2 (`direct_oc`'s planes stay unsplit), a residual, pools, batches of
+/// 2 and 3 (in image parts), 2-D and 1-D, on images large enough to take the NHWC fill.
 #[test]
-fn winograd_fills_its_planes_from_nhwc_rows() {
-    let pool = Some(Pool::Max(PoolWindow {
-        size: vec![2, 2],
-        stride: vec![2, 2],
-        padding: vec![(0, 0); 2],
-    }));
+fn padded_planes_fill_from_nhwc_rows() {
+    let pool = |size: usize, pad: usize| {
+        Some(Pool::Max(PoolWindow {
+            size: vec![size, size],
+            stride: vec![2, 2],
+            padding: vec![(pad, pad); 2],
+        }))
+    };
+    // Images of 64K floats or more (smaller ones take the NCHW copy).
     let specs = [
-        ConvSpec::new(&[2, 16, 13, 11], 24, &[3, 3])
+        ConvSpec::new(&[2, 16, 66, 64], 8, &[3, 3])
             .with_padding(Padding::Symmetric(vec![1, 1]))
             .with_bias(true)
             .with_residual(true)
             .with_activation(Activation::Relu),
-        ConvSpec::new(&[1, 12, 20, 18], 16, &[3, 3]),
-        ConvSpec::new(&[1, 8, 17, 19], 8, &[3, 3])
+        ConvSpec::new(&[1, 16, 65, 66], 8, &[3, 3]),
+        ConvSpec::new(&[1, 16, 64, 67], 8, &[3, 3])
             .with_padding(Padding::Explicit(vec![(0, 2), (2, 1)]))
-            .with_pool(pool),
-        ConvSpec::new(&[3, 16, 40], 16, &[3])
+            .with_pool(pool(2, 0)),
+        ConvSpec::new(&[3, 64, 1030], 8, &[3])
             .with_padding(Padding::Symmetric(vec![1]))
             .with_activation(Activation::Silu),
+        ConvSpec::new(&[1, 3, 150, 151], 16, &[7, 7])
+            .with_stride(&[2, 2])
+            .with_padding(Padding::Symmetric(vec![3, 3]))
+            .with_bias(true)
+            .with_activation(Activation::Relu)
+            .with_pool(pool(3, 1)),
+        ConvSpec::new(&[2, 17, 64, 62], 8, &[5, 5])
+            .with_padding(Padding::Explicit(vec![(2, 0), (1, 3)]))
+            .with_residual(true),
     ];
     for (i, spec) in specs.into_iter().enumerate() {
         let case = make_case(spec, 900 + i as u64);
         let (g, want, s) = reference_of(&case);
         for isa in convkit::arch::available_isas() {
-            for name in ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"] {
+            for name in [
+                "winograd_f2x3",
+                "winograd_f4x3",
+                "winograd_f6x3",
+                "direct_oc",
+            ] {
                 let al = Algo::parse(name).unwrap();
                 if !al.accepts(&g) {
                     continue;
                 }
-                for t in [1, 2, 3] {
+                // One thread fills straight into the planes, three in uneven bands.
+                for t in [1, 3] {
                     let run = |layout| {
                         let opts = PlanOptions {
                             algo: Some(name.into()),

@@ -124,6 +124,26 @@ impl PhaseLayout {
         })
     }
 
+    /// Fills `xp` (`self.image` floats) from one NHWC image `x` (`[IH][IW][C]`); only for
+    /// layouts of a stride-1 geometry (no phase split: `direct_oc`'s), `g` that geometry.
+    pub fn fill_nhwc(
+        &self,
+        g: &Geometry,
+        x: &[f32],
+        xp: &mut [f32],
+        transpose: crate::arch::TransposeFn,
+    ) {
+        debug_assert!(g.stride == [1, 1] && self.chan == self.ph * self.pw);
+        let planes = crate::tensor::PaddedPlanes {
+            input: g.input,
+            channels: g.in_channels,
+            pad: g.pad_before,
+            plane: [self.ph, self.pw],
+        };
+        planes.fill_from_nhwc(x, xp, transpose);
+        xp[self.chan * g.in_channels..self.image].fill(0.0);
+    }
+
     /// Fills `xp` (`self.image` floats) from one NCHW image `x`.
     pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32], gather: Gather) {
         let [ih, iw] = g.input;

@@ -97,6 +97,12 @@ impl DirectOcPlan {
         })
     }
 
+    /// Fills `xp` (`self.layout.image` floats) with one NHWC image, padded (its planes as
+    /// [`DirectOcPlan::fill`] lays them out).
+    pub fn fill_nhwc(&self, x: &[f32], xp: &mut [f32], transpose: crate::arch::TransposeFn) {
+        self.layout.fill_nhwc(&self.unit_stride, x, xp, transpose)
+    }
+
     /// Fills `xp` (`self.layout.image` floats) with one NCHW image, padded.
     pub fn fill(&self, x: &[f32], xp: &mut [f32], gather: crate::algo::direct::Gather) {
         self.layout.fill(&self.unit_stride, x, xp, gather)

@@ -311,12 +311,8 @@ impl WinogradPlan {
         self.dilation == [1, 1]
     }
 
-    /// Fills `xp` as [`WinogradPlan::fill`] does, from one NHWC image `x` (`[IH][IW][C]`):
-    /// each input row transposed into its row of every channel's plane, without an NCHW copy
-    /// of the image in between (an NHWC run had transposed the whole image to NCHW, then
-    /// copied it into the planes: two passes over it through memory). One thread transposes
-    /// straight into the planes; threads take bands of padded rows, each row transposed into
-    /// a buffer and copied out to the planes' rows of the band.
+    /// Fills `xp` as [`WinogradPlan::fill`] does, from one NHWC image `x` (`[IH][IW][C]`),
+    /// without an NCHW copy of the image in between ([`crate::tensor::fill_planes_from_nhwc`]).
     pub fn fill_nhwc(
         &self,
         g: &Geometry,
@@ -325,67 +321,13 @@ impl WinogradPlan {
         transpose: crate::arch::TransposeFn,
     ) {
         debug_assert!(self.fills_nhwc());
-        let [ih, iw] = g.input;
-        let c = g.in_channels;
-        let (ph, pw) = (self.ph, self.pw);
-        let (pt, pl) = (g.pad_before[0], g.pad_before[1].min(pw));
-        let plane = ph * pw;
-        // Input columns that land in the plane (all, unless the padded plane is cut short).
-        let cols = iw.min(pw - pl);
-        let xp = &mut xp[..c * plane];
-        let threads = crate::par::threads();
-        if threads == 1 || ph < 2 * threads {
-            for r in 0..ph {
-                let y = r.wrapping_sub(pt);
-                for ch in 0..c {
-                    let row = &mut xp[ch * plane + r * pw..ch * plane + (r + 1) * pw];
-                    if y >= ih || cols == 0 {
-                        row.fill(0.0);
-                    } else {
-                        row[..pl].fill(0.0);
-                        row[pl + cols..].fill(0.0);
-                    }
-                }
-                if y < ih && cols > 0 {
-                    transpose(
-                        &x[y * iw * c..(y * iw + cols) * c],
-                        cols,
-                        c,
-                        &mut xp[r * pw + pl..],
-                        plane,
-                    );
-                }
-            }
-            return;
-        }
-        // Bands of padded rows, one a thread: each band's rows of every plane.
-        let bound = |t: usize| ph * t / threads;
-        let cuts: Vec<usize> = (0..=threads).map(|t| bound(t) * pw).collect();
-        let parts = crate::par::plane_parts(xp, plane, &cuts);
-        crate::par::for_each_part(parts, |t, mut rows| {
-            let mut buf = crate::tensor::take_scratch(c * cols);
-            for r in bound(t)..bound(t + 1) {
-                let y = r.wrapping_sub(pt);
-                let at = (r - bound(t)) * pw;
-                if y >= ih || cols == 0 {
-                    for ch_rows in rows.iter_mut() {
-                        ch_rows[at..at + pw].fill(0.0);
-                    }
-                    continue;
-                }
-                transpose(&x[y * iw * c..(y * iw + cols) * c], cols, c, &mut buf, cols);
-                for (ch, ch_rows) in rows.iter_mut().enumerate() {
-                    let row = &mut ch_rows[at..at + pw];
-                    row[..pl].fill(0.0);
-                    crate::gemm::pack::copy_floats(
-                        &mut row[pl..pl + cols],
-                        &buf[ch * cols..(ch + 1) * cols],
-                    );
-                    row[pl + cols..].fill(0.0);
-                }
-            }
-            crate::tensor::give_scratch(buf);
-        });
+        let planes = crate::tensor::PaddedPlanes {
+            input: g.input,
+            channels: g.in_channels,
+            pad: g.pad_before,
+            plane: [self.ph, self.pw],
+        };
+        planes.fill_from_nhwc(x, xp, transpose);
     }
 
     /// Conv rows `r0..r1` of one image from its padded copy `xp` into `out`

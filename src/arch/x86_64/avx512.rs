@@ -654,9 +654,9 @@ const DW3_ROWS: usize = 4;
 /// previous row's FMAs by an empty asm block, the odd kernel rows in second accumulators):
 /// left free, the loads of a step's rows overlap the FMAs of the rows before; the standalone
 /// loop ran 1.45x faster without that block (stride 1, 3.74 -> 2.50 ns a vector, stride 2
-/// 5.95 -> 4.54). In the suite, paired, time ratio: mobilenetv2.dw56s2 0.86 on one thread and
-/// 0.88 on two, dw112 0.98 and 1.00 (its 1.6 MB planes stream from L3; 36 of its planes,
-/// in L2, 0.95).
+/// 5.95 -> 4.54). In the suite, paired, time ratio: mobilenetv2.dw56s2 0.82-0.86 on one
+/// thread and 0.86-0.88 on two, dw112 0.98-1.02 (its 1.6 MB input streams from L3; 8 of its
+/// planes, in L2, 0.90).
 ///
 /// # Safety
 /// [`crate::arch::dwconv::checked_direct`] returned true for `p`, whose kernel is 3 x 3 and
