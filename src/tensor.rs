@@ -233,6 +233,16 @@ pub struct PaddedPlanes {
 }
 
 impl PaddedPlanes {
+    /// The planes of `g`'s input channels, `plane` = `[rows, row length]`, padded as `g`.
+    pub fn of(g: &crate::geometry::Geometry, plane: [usize; 2]) -> Self {
+        PaddedPlanes {
+            input: g.input,
+            channels: g.in_channels,
+            pad: g.pad_before,
+            plane,
+        }
+    }
+
     /// Fills the first `channels * rows * row length` floats of `xp` from one NHWC image `x`
     /// (`[IH][IW][C]`): each input row transposed into its row of every plane, without an NCHW
     /// copy of the image in between (an NHWC run had transposed the whole image to NCHW, then

@@ -134,13 +134,7 @@ impl PhaseLayout {
         transpose: crate::arch::TransposeFn,
     ) {
         debug_assert!(g.stride == [1, 1] && self.chan == self.ph * self.pw);
-        let planes = crate::tensor::PaddedPlanes {
-            input: g.input,
-            channels: g.in_channels,
-            pad: g.pad_before,
-            plane: [self.ph, self.pw],
-        };
-        planes.fill_from_nhwc(x, xp, transpose);
+        crate::tensor::PaddedPlanes::of(g, [self.ph, self.pw]).fill_from_nhwc(x, xp, transpose);
         xp[self.chan * g.in_channels..self.image].fill(0.0);
     }
 

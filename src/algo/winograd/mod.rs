@@ -321,13 +321,7 @@ impl WinogradPlan {
         transpose: crate::arch::TransposeFn,
     ) {
         debug_assert!(self.fills_nhwc());
-        let planes = crate::tensor::PaddedPlanes {
-            input: g.input,
-            channels: g.in_channels,
-            pad: g.pad_before,
-            plane: [self.ph, self.pw],
-        };
-        planes.fill_from_nhwc(x, xp, transpose);
+        crate::tensor::PaddedPlanes::of(g, [self.ph, self.pw]).fill_from_nhwc(x, xp, transpose);
     }
 
     /// Conv rows `r0..r1` of one image from its padded copy `xp` into `out`
