@@ -176,8 +176,9 @@ pub fn transpose_image(
         // DRAM: [50176 x 64] (vgg16.conv1_2's NHWC input) took 3.1 ms whole, 1.6 ms in bands
         // of 1024 rows (0.7 against 1.4 ms for [12544 x 128]; bands of 32-128 rows 1.2-1.7x
         // slower than 256 KiB ones, of 4096 up to 1.5x; rows of 64 channels 1024).
-        let band = ((1usize << 16) / cols.max(1)).next_multiple_of(8);
-        for b0 in (0..rows).step_by(band.max(8)) {
+        // (At least 8 rows: past 64K columns the quotient is 0.)
+        let band = ((1usize << 16) / cols.max(1)).max(1).next_multiple_of(8);
+        for b0 in (0..rows).step_by(band) {
             let n = band.min(rows - b0);
             transpose(
                 &src[b0 * cols..(b0 + n) * cols],
@@ -335,7 +336,13 @@ mod tests {
     /// splits, rows off the block size, on 1, 2 and 3 threads, every tier's transpose.
     #[test]
     fn transpose_image_in_parallel_is_exact() {
-        for (rows, cols) in [(4100usize, 67usize), (70, 4001), (1000, 300), (64, 3136)] {
+        for (rows, cols) in [
+            (4100usize, 67usize),
+            (70, 4001),
+            (1000, 300),
+            (64, 3136),
+            (12, 70001),
+        ] {
             let src: Vec<f32> = (0..rows * cols).map(|v| v as f32 * 0.5 - 7.0).collect();
             let mut want = vec![0f32; rows * cols];
             crate::arch::transpose_scalar(&src, rows, cols, &mut want, rows);

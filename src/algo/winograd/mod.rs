@@ -312,7 +312,7 @@ impl WinogradPlan {
     }
 
     /// Fills `xp` as [`WinogradPlan::fill`] does, from one NHWC image `x` (`[IH][IW][C]`),
-    /// without an NCHW copy of the image in between ([`crate::tensor::fill_planes_from_nhwc`]).
+    /// without an NCHW copy of the image in between ([`crate::tensor::PaddedPlanes::fill_from_nhwc`]).
     pub fn fill_nhwc(
         &self,
         g: &Geometry,

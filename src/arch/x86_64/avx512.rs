@@ -595,7 +595,8 @@ unsafe fn nhwc_rows<const KH: usize, const KW: usize, const S: usize, const FIXE
     }
 }
 
-/// Output rows a direct step computes: every input row loaded (with its `KW` shifts) feeds
+/// Output rows a [`direct_rows`] step computes (the kernels other than 3x3, which
+/// [`dw3x3_planes`] takes): every input row loaded (with its `KW` shifts) feeds
 /// up to `KH` of them, so a step of `R` rows loads `(R - 1) S + KH` rows for `R KH KW` FMAs.
 /// Seven divides every MobileNet plane side (7, 14, 28, 56, 112); `R` accumulators, the
 /// `KH KW` weights and the row's shifts stay in registers (26 of 32 for 3x3, with the odd
