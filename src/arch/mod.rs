@@ -157,8 +157,11 @@ pub(crate) unsafe fn conv_oc_generic(
             }
         }
     }
+    // A copy leaves by reference, so the loop's accumulators can stay in registers (see
+    // the AVX2 kernel: with `&acc` LLVM stored them on every k step).
+    let tile = acc;
     // SAFETY: forwarded contract.
-    unsafe { store_oc_tile(&acc, t) }
+    unsafe { store_oc_tile(&tile, t) }
 }
 
 /// Stores a `direct_oc` accumulator tile (pixel-major) into the output, channel by channel
