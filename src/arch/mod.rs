@@ -104,31 +104,6 @@ macro_rules! dw_plane_kernel {
 }
 pub(crate) use dw_plane_kernel;
 
-/// Declares a tier's `direct_oc` tile kernel: [`conv_oc_generic`] under the tier's features
-/// (NEON's; the x86 tiers have kernels by hand).
-#[cfg(target_arch = "aarch64")]
-macro_rules! conv_oc_kernel {
-    ($isa:ident, $name:literal, $features:literal) => {
-        /// `direct_oc` tile kernel: the generic body under this tier's features.
-        pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
-            name: $name,
-            isa: Isa::$isa,
-            mr: crate::kernels::OC_MR,
-            panels: 1,
-            run: conv_oc,
-        };
-
-        #[target_feature(enable = $features)]
-        unsafe fn conv_oc(t: &crate::kernels::OcTile) {
-            // SAFETY: reached only through the tier's table after its features were found
-            // (Isa::kernels); the caller upholds the tile contract.
-            unsafe { crate::arch::conv_oc_generic(t, f32::mul_add) }
-        }
-    };
-}
-#[cfg(target_arch = "aarch64")]
-pub(crate) use conv_oc_kernel;
-
 /// The `direct_oc` tile in plain Rust (LLVM vectorizes the channel loop): the body of the
 /// tiers without a hand-written kernel.
 ///
