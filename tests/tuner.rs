@@ -352,3 +352,43 @@ fn measuring_rechecks_a_challenger_against_the_first_candidate() {
     let choice = tune::measure(&cands, &mode, script(usize::MAX)).unwrap();
     assert_eq!(choice.algo, Algo::Im2col, "times {:?}", choice.times_ms);
 }
+
+/// In `Measure` mode a candidate whose warm-up is over 4x the fastest warm-up is not timed
+/// again (its warm-up stands as its time), one whose best of two rounds is over 2x the
+/// fastest median stops after the second round, and the rest run every round; `Exhaustive`
+/// times every candidate in every round. (Scripted times; `Measure`'s budget of 0 gives the
+/// warm-up and the minimum of 3 rounds.)
+#[test]
+fn measuring_drops_hopeless_candidates_early() {
+    use std::collections::HashMap;
+    let cands = [Algo::Direct, Algo::Im2col, Algo::DirectOc, Algo::Gemm1x1];
+    let run = |mode: TuneMode| {
+        let mut calls: HashMap<Algo, usize> = HashMap::new();
+        let choice = tune::measure(&cands, &mode, |algo| {
+            *calls.entry(algo).or_default() += 1;
+            Some(match algo {
+                Algo::Direct => 1.0,
+                Algo::Im2col => 1.5,
+                Algo::DirectOc => 2.5,
+                _ => 5.0,
+            })
+        })
+        .unwrap();
+        (choice, calls)
+    };
+    let (choice, calls) = run(TuneMode::Measure { budget_ms: 0 });
+    assert_eq!(choice.algo, Algo::Direct, "times {:?}", choice.times_ms);
+    assert_eq!(calls[&Algo::Direct], 4, "warm-up and 3 rounds");
+    assert_eq!(calls[&Algo::Im2col], 4, "1.5x: every round");
+    assert_eq!(calls[&Algo::DirectOc], 3, "2.5x: warm-up and 2 rounds");
+    assert_eq!(calls[&Algo::Gemm1x1], 1, "5x: the warm-up only");
+    let gemm = choice.times_ms.iter().find(|r| r.0 == Algo::Gemm1x1);
+    assert_eq!(gemm.map(|r| r.1), Some(5.0), "the warm-up's time is kept");
+    let (choice, calls) = run(TuneMode::Exhaustive);
+    assert_eq!(choice.algo, Algo::Direct);
+    let every = calls[&Algo::Direct];
+    assert!(
+        every >= 4 && cands.iter().all(|a| calls[a] == every),
+        "calls {calls:?}"
+    );
+}

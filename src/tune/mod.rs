@@ -3,7 +3,7 @@
 //!
 //! Modes: [`TuneMode::Heuristic`] (no measurement, `plan::choose_algo`),
 //! [`TuneMode::Measure`] (time each candidate after a warm-up, in rounds, keep the median of
-//! its runs, stop a candidate early when the best of its first two runs is 3x behind the
+//! its runs, stop a candidate early when the best of its first two runs is 2x behind the
 //! fastest),
 //! [`TuneMode::Exhaustive`] (time every candidate fully). A forced algorithm bypasses the tuner. Candidates come from one ordered
 //! list, best guess first; `reference` is never a candidate.
@@ -236,7 +236,7 @@ pub fn remember(key: String, choice: Choice) {
 /// whose times spread wide win on one lucky run: resnet50.res3.3x3's F(6,3) timed 0.61-0.79
 /// ms at best in tuning, below F(4,3)'s 0.69-0.85, where its steady median is 0.93 against
 /// F(4,3)'s 0.88 (the tuner chose it in about half the runs). In `Measure` mode a candidate
-/// whose best of two timed runs is 3x slower than the fastest median is dropped after the
+/// whose best of two timed runs is [`DROP_FACTOR`] slower than the fastest median is dropped after the
 /// second round. The first
 /// candidate keeps the layer unless another is more than 5% faster, and such a challenger is
 /// timed against it for [`RECHECK_ROUNDS`] more alternating rounds before it wins.
@@ -258,13 +258,26 @@ pub fn measure(
     // `results` keeps every candidate's time (the median of its runs in `runs`); `active`
     // those still being timed.
     let mut results: Vec<(Algo, f64)> = Vec::new();
+    let mut warm: Vec<f64> = Vec::new();
     for &a in cands {
         MEASUREMENTS.fetch_add(1, Ordering::Relaxed);
-        if time(a).is_some() {
+        if let Some(ms) = time(a) {
             results.push((a, f64::INFINITY));
+            warm.push(ms);
         }
     }
+    // Candidates whose warm-up run was WARM_DROP_FACTOR x the fastest warm-up's are not timed
+    // further (`Measure` mode); their warm-up stands as their time.
+    let fastest_warm = warm.iter().copied().fold(f64::INFINITY, f64::min);
     let mut active = vec![true; results.len()];
+    if matches!(mode, TuneMode::Measure { .. }) {
+        for ((r, on), &ms) in results.iter_mut().zip(active.iter_mut()).zip(&warm) {
+            if ms > WARM_DROP_FACTOR * fastest_warm {
+                *on = false;
+                r.1 = ms;
+            }
+        }
+    }
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); results.len()];
     let start = Instant::now();
     let total_budget = budget * results.len() as f64;
@@ -287,7 +300,8 @@ pub fn measure(
                 }
             }
         }
-        // After two rounds, candidates whose best run is over 3x the fastest median stop.
+        // After two rounds, candidates whose best run is over DROP_FACTOR x the fastest
+        // median stop.
         // The best of two, not one run: a single run inside a burst had dropped
         // resnet50.res5.3x3's F(2,3) from the two-thread tuning, which then chose im2col,
         // 1.8x slower (in 1 of 3 tunings).
@@ -295,7 +309,7 @@ pub fn measure(
             let fastest = results.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
             for (times, on) in runs.iter().zip(active.iter_mut()) {
                 let best = times.iter().copied().fold(f64::INFINITY, f64::min);
-                *on &= best <= 3.0 * fastest;
+                *on &= best <= DROP_FACTOR * fastest;
             }
         }
         rounds += 1;
@@ -367,6 +381,19 @@ fn median(times: &[f64]) -> f64 {
     t.sort_by(f64::total_cmp);
     t[(t.len() - 1) / 2]
 }
+
+/// How far behind the fastest median a candidate's best of two rounds may be and still be
+/// timed (its time can then only lose: a challenger must be 5% faster). At 3x the VGG
+/// layers' direct, `direct_oc` and im2col (2.0-2.6x Winograd's time on AMD Zen 3, 80-100 ms
+/// a run there) ran every round, and the suite's one-thread tuning took 28-29.7 s against
+/// issue 6's 30. This host's bursts slowed single runs by up to 1.45x.
+const DROP_FACTOR: f64 = 2.0;
+
+/// How far behind the fastest warm-up a candidate's warm-up may be and still be timed in
+/// rounds: its weights and scratch were cold, so by more than [`DROP_FACTOR`]. With the
+/// warm-up's time thrown away, candidates 3-100x behind (Winograd on mobilenetv2.dw7,
+/// `direct_oc` on vgg16.conv4_3 at 140 ms a run on AMD Zen 3) ran two full rounds.
+const WARM_DROP_FACTOR: f64 = 4.0;
 
 /// Extra alternating rounds of [`measure`] when a challenger beats the first candidate.
 const RECHECK_ROUNDS: usize = 3;
