@@ -3,8 +3,8 @@
 //!
 //! Modes: [`TuneMode::Heuristic`] (no measurement, `plan::choose_algo`),
 //! [`TuneMode::Measure`] (time each candidate after a warm-up, in rounds, keep the median of
-//! its runs, stop a candidate early when the best of its first two runs is 2x behind the
-//! fastest),
+//! its runs, drop a candidate whose warm-up is 4x behind the fastest, or whose best of its
+//! first two runs is 2x behind),
 //! [`TuneMode::Exhaustive`] (time every candidate fully). A forced algorithm bypasses the tuner. Candidates come from one ordered
 //! list, best guess first; `reference` is never a candidate.
 //!
@@ -236,8 +236,9 @@ pub fn remember(key: String, choice: Choice) {
 /// whose times spread wide win on one lucky run: resnet50.res3.3x3's F(6,3) timed 0.61-0.79
 /// ms at best in tuning, below F(4,3)'s 0.69-0.85, where its steady median is 0.93 against
 /// F(4,3)'s 0.88 (the tuner chose it in about half the runs). In `Measure` mode a candidate
-/// whose best of two timed runs is [`DROP_FACTOR`] slower than the fastest median is dropped after the
-/// second round. The first
+/// whose warm-up took over [`WARM_DROP_FACTOR`] times the fastest warm-up is not timed in
+/// rounds (the warm-up stands as its time), and one whose best of two timed runs is over
+/// [`DROP_FACTOR`] times the fastest median is dropped after the second round. The first
 /// candidate keeps the layer unless another is more than 5% faster, and such a challenger is
 /// timed against it for [`RECHECK_ROUNDS`] more alternating rounds before it wins.
 ///
