@@ -281,7 +281,8 @@ pub fn measure(
     }
     let mut runs: Vec<Vec<f64>> = vec![Vec::new(); results.len()];
     let start = Instant::now();
-    let total_budget = budget * results.len() as f64;
+    // The budget is per candidate timed in rounds (not per candidate dropped at the warm-up).
+    let total_budget = budget * active.iter().filter(|&&on| on).count() as f64;
     let mut rounds = 0;
     while active.iter().any(|&on| on)
         && (rounds < 3 || (start.elapsed().as_secs_f64() * 1e3 < total_budget && rounds < 50))

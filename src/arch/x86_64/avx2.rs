@@ -1016,8 +1016,9 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
     }
     // The accumulators leave by reference: handing over a copy keeps the loop's own in
     // registers. With `&acc` itself LLVM kept the array in memory and stored all 12
-    // accumulators on every k step (AMD EPYC Zen 3, paired, one thread: alexnet.conv1,
-    // googlenet.inc3a.5x5, resnet50.conv1 and res3.3x3s2 at 0.35-0.38x the time with it).
+    // accumulators on every k step (AMD EPYC Zen 3, paired, one thread, median time with the
+    // copy over without: alexnet.conv1 0.39, googlenet.inc3a.5x5 0.38, resnet50.conv1 0.43,
+    // res3.3x3s2 0.45).
     let tile = acc;
     // SAFETY: forwarded output contract.
     unsafe { store_oc_acc(&tile, t) }
