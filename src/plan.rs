@@ -1005,9 +1005,13 @@ impl Plan {
         let img_in = g.in_channels * g.input_area();
         let img_out = cout * g.output[0] * g.output[1];
         let batch = input.len() / img_in.max(1);
+        // Undilated Winograd reads an NCHW image in place: its blocks pad their own rows.
+        let wino_in_place =
+            matches!(&self.prepared, Prepared::Winograd(w) if !nhwc_in && w.pads_in_blocks());
         let mut xp = match &self.prepared {
             Prepared::Direct(d) => crate::tensor::take_scratch(d.layout.image),
             Prepared::DirectOc(d) => crate::tensor::take_scratch(d.layout.image),
+            Prepared::Winograd(_) if wino_in_place => crate::tensor::Scratch::default(),
             Prepared::Winograd(w) => crate::tensor::take_scratch(w.image),
             Prepared::Gemm {
                 phases: Some((layout, _)),
@@ -1034,6 +1038,7 @@ impl Plan {
                     d.fill_nhwc(x, &mut xp, self.isa.kernels()?.transpose)
                 }
                 Prepared::DirectOc(d) => d.fill(x, &mut xp, Gather::of(self.isa.kernels()?)),
+                Prepared::Winograd(_) if wino_in_place => {}
                 Prepared::Winograd(w) if nhwc_in => {
                     w.fill_nhwc(g, x, &mut xp, self.isa.kernels()?.transpose)
                 }
@@ -1051,7 +1056,7 @@ impl Plan {
                 if let Some(r) = res_img {
                     out.copy_from_slice(r);
                 }
-                self.conv_rows(x, &xp, 0, oh, out, pass, clock, nhwc_out)?;
+                self.conv_rows(x, &xp, wino_in_place, 0, oh, out, pass, clock, nhwc_out)?;
                 continue;
             }
             // Pool fused by bands: conv rows r0..r1 for all channels go to a band buffer
@@ -1085,7 +1090,17 @@ impl Plan {
                             .copy_from_slice(&r[co * area + r0 * ow..co * area + r1 * ow]);
                     }
                 }
-                self.conv_rows(x, &xp, r0, r1, band, pass, clock, channels_last)?;
+                self.conv_rows(
+                    x,
+                    &xp,
+                    wino_in_place,
+                    r0,
+                    r1,
+                    band,
+                    pass,
+                    clock,
+                    channels_last,
+                )?;
                 let band_layout = BandLayout {
                     r0,
                     r1,
@@ -1184,7 +1199,11 @@ impl Plan {
                 phases: Some((layout, _)),
                 ..
             } => (layout.image, 0),
-            // The padded image and one block's transformed tiles per thread.
+            // The padded image (not made for undilated NCHW images, whose blocks pad a few
+            // rows a channel) and one block's transformed tiles per thread.
+            Prepared::Winograd(w) if w.pads_in_blocks() && self.layout != Layout::Nhwc => {
+                (0, w.block_floats(g) + w.block_rows_floats())
+            }
             Prepared::Winograd(w) => (w.image, w.block_floats(g)),
             _ => (0, 0),
         };
@@ -1198,12 +1217,14 @@ impl Plan {
     }
 
     /// Conv rows `r0..r1` of one image into `out` (`[Cout][r1 - r0][OW]`, or
-    /// `[r1 - r0][OW][Cout]` when `channels_last`, which only `direct_oc` writes).
+    /// `[r1 - r0][OW][Cout]` when `channels_last`, which only `direct_oc` writes). `xp` is
+    /// the padded image, except for Winograd when `wino_in_place` (it reads the NCHW `x`).
     #[allow(clippy::too_many_arguments)]
     fn conv_rows(
         &self,
         x: &[f32],
         xp: &[f32],
+        wino_in_place: bool,
         r0: usize,
         r1: usize,
         out: &mut [f32],
@@ -1216,7 +1237,14 @@ impl Plan {
             Prepared::Reference { .. } => unreachable!("the reference runs whole"),
             Prepared::Direct(d) => d.run_rows(&self.geom, xp, r0, r1, out, pass),
             Prepared::DirectOc(d) => d.run_rows(&self.geom, xp, r0, r1, out, pass, channels_last),
-            Prepared::Winograd(w) => w.run_rows(&self.geom, xp, r0, r1, out, pass, clock),
+            Prepared::Winograd(w) => {
+                let img = if wino_in_place {
+                    crate::algo::winograd::WinoImage::Nchw(x)
+                } else {
+                    crate::algo::winograd::WinoImage::Padded(xp)
+                };
+                w.run_rows(&self.geom, img, r0, r1, out, pass, clock)
+            }
             Prepared::Depthwise {
                 uk,
                 weight,

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!   plan time:  U[xi] = (G g G^T)[xi]          Cout/g x C/g per xi, packed as GEMM A panels
-//!   per image:  xp    = the input, zero-padded to whole tiles (no edge branches later)
+//!   per image:  xp    = the input, zero-padded to whole tiles (no edge branches later);
+//!                       undilated NCHW images skip it: each block pads its own rows
 //!   per block of T tiles (sized so V and M of the block stay in L2):
 //!     input:    V[c][xi][t] = (B^T d B)[xi]    d: the alpha x alpha tile t of channel c
 //!     GEMM:     M[co][xi][t] = sum_c U[xi][co][c] V[c][xi][t]     alpha^2 GEMMs
@@ -37,6 +38,16 @@ use crate::geometry::Geometry;
 use crate::kernels::{GemmUkernel, KernelTable};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+/// The image a Winograd run reads.
+#[derive(Copy, Clone, Debug)]
+pub enum WinoImage<'a> {
+    /// The padded copy that [`WinogradPlan::fill`] or [`WinogradPlan::fill_nhwc`] made.
+    Padded(&'a [f32]),
+    /// The caller's NCHW image itself (undilated plans: [`WinogradPlan::pads_in_blocks`]):
+    /// each block pads the rows it reads.
+    Nchw(&'a [f32]),
+}
 
 /// The largest padded image (floats) Winograd builds per image: 1 Gi floats.
 const MAX_IMAGE_FLOATS: usize = 1 << 28;
@@ -306,6 +317,54 @@ impl WinogradPlan {
         );
     }
 
+    /// Whether the blocks read an NCHW image in place ([`WinoImage::Nchw`]), each padding
+    /// its channels' rows into a buffer of its own: undilated layers. (A dilated layer's
+    /// channels are split into phase planes first, by [`WinogradPlan::fill`].)
+    pub fn pads_in_blocks(&self) -> bool {
+        self.dilation == [1, 1]
+    }
+
+    /// Floats of the buffer a block pads one channel's rows into (an upper bound: whole
+    /// rows of as many tile rows as a block can touch).
+    pub fn block_rows_floats(&self) -> usize {
+        let ah = if self.two_d { self.variant.alpha() } else { 1 };
+        let tile_rows = self.tiles_per_block.div_ceil(self.tiles_w) + 1;
+        ((tile_rows - 1) * self.mh + ah) * self.pw
+    }
+
+    /// Rows `y0..y0 + rows` of the padded plane of one channel (`src`, its `IH x IW` input
+    /// plane), as [`WinogradPlan::fill`] pads them, columns `c0..c1` of each, into `dst`
+    /// (`rows` rows of `self.pw` floats; the other columns are not written).
+    #[allow(clippy::too_many_arguments)]
+    fn pad_rows(
+        &self,
+        g: &Geometry,
+        src: &[f32],
+        y0: usize,
+        rows: usize,
+        c0: usize,
+        c1: usize,
+        dst: &mut [f32],
+    ) {
+        let [ih, iw] = g.input;
+        let (pt, pl, pw) = (g.pad_before[0], g.pad_before[1], self.pw);
+        // Padded columns a..b hold input columns a - pl..b - pl.
+        let a = pl.clamp(c0, c1);
+        let b = (pl + iw).clamp(a, c1);
+        for (r, row) in dst.chunks_mut(pw).take(rows).enumerate() {
+            let y = y0 + r;
+            let row = &mut row[c0..c1];
+            if y < pt || y - pt >= ih {
+                crate::gemm::pack::zero_floats(row);
+                continue;
+            }
+            crate::gemm::pack::zero_floats(&mut row[..a - c0]);
+            crate::gemm::pack::zero_floats(&mut row[b - c0..]);
+            let at = (y - pt) * iw + a - pl;
+            crate::gemm::pack::copy_floats(&mut row[a - c0..b - c0], &src[at..at + b - a]);
+        }
+    }
+
     /// Whether [`WinogradPlan::fill_nhwc`] takes this plan's images: undilated layers.
     pub fn fills_nhwc(&self) -> bool {
         self.dilation == [1, 1]
@@ -331,7 +390,7 @@ impl WinogradPlan {
     pub fn run_rows(
         &self,
         g: &Geometry,
-        xp: &[f32],
+        img: WinoImage,
         r0: usize,
         r1: usize,
         out: &mut [f32],
@@ -345,7 +404,7 @@ impl WinogradPlan {
         let ow = g.conv_out[1];
         if dh * dw == 1 {
             let job = Band {
-                xp,
+                img,
                 r0,
                 r1,
                 tr0: r0 / self.mh,
@@ -408,7 +467,7 @@ impl WinogradPlan {
         }
         let tr0 = a0 / self.mh;
         let job = Band {
-            xp,
+            img,
             r0: a0,
             r1: a1,
             tr0,
@@ -533,7 +592,7 @@ impl WinogradPlan {
     ) {
         let (cg, og, xi) = (g.cin_per_group, g.cout_per_group, self.xi);
         let ld = n.div_ceil(LANES) * LANES;
-        let plane = self.ph * self.pw;
+        let plane_len = self.ph * self.pw;
         let phases = self.dilation[0] * self.dilation[1];
         let plane_off = job.tr0 * self.mh * self.pw;
         // V in the GEMM's packed B layout when its panels hold whole lane groups (every
@@ -571,36 +630,68 @@ impl WinogradPlan {
             (0, self.pw)
         };
         let input = |ci: usize| {
-            let at = (grp * cg + ci) * phases * plane;
-            // Fetch the next channel's rows of this block while this one is transformed: a
-            // block reads a few short row pieces of each channel's plane, too short for the
-            // hardware prefetchers (vgg16.conv1_2's 13 MB padded image: 85 ns a tile in the
-            // layer against 30-40 with the plane in cache).
-            if phases == 1 && ci + 1 < cg {
-                let next = at + plane + plane_off + tr_a * mh * self.pw;
-                for r in 0..rows_in {
-                    let row = next + r * self.pw;
-                    crate::arch::prefetch_read(job.xp, row + c_a, row + c_b);
-                }
-            }
             let layout = if held {
                 VLayout::panels(ci, kblocks, cols, nr, xi_stride)
             } else {
                 VLayout::rows(ci * xi * ld, ld)
             };
-            (self.transforms.input)(&mut WinoInput {
-                variant: self.variant,
-                two_d: self.two_d,
-                plane: &job.xp[at + plane_off..at + phases * plane],
-                phase_tiles: job.phase_tiles,
-                phase_stride: plane,
-                pw: self.pw,
-                tiles_w: self.tiles_w,
-                t0,
-                n,
-                out: &v_out,
-                layout,
-            })
+            let transform = |plane: &[f32], t0: usize| {
+                (self.transforms.input)(&mut WinoInput {
+                    variant: self.variant,
+                    two_d: self.two_d,
+                    plane,
+                    phase_tiles: job.phase_tiles,
+                    phase_stride: plane_len,
+                    pw: self.pw,
+                    tiles_w: self.tiles_w,
+                    t0,
+                    n,
+                    out: &v_out,
+                    layout,
+                })
+            };
+            match job.img {
+                WinoImage::Padded(xp) => {
+                    let at = (grp * cg + ci) * phases * plane_len;
+                    // Fetch the next channel's rows of this block while this one is
+                    // transformed: a block reads a few short row pieces of each channel's
+                    // plane, too short for the hardware prefetchers (vgg16.conv1_2's 13 MB
+                    // padded image: 85 ns a tile in the layer against 30-40 with the plane
+                    // in cache).
+                    if phases == 1 && ci + 1 < cg {
+                        let next = at + plane_len + plane_off + tr_a * mh * self.pw;
+                        for r in 0..rows_in {
+                            let row = next + r * self.pw;
+                            crate::arch::prefetch_read(xp, row + c_a, row + c_b);
+                        }
+                    }
+                    transform(&xp[at + plane_off..at + phases * plane_len], t0)
+                }
+                WinoImage::Nchw(x) => {
+                    // The block's rows of this channel, padded into a buffer that stays in
+                    // L1 for the transform: the image is read once and no padded copy of
+                    // it goes through memory (vgg16.conv1_2: a 13 MB copy, 7% of the layer
+                    // on one thread, perf). The next channel's rows are fetched meanwhile,
+                    // as above.
+                    let y0 = (job.tr0 + tr_a) * mh;
+                    let in_plane = g.input[0] * g.input[1];
+                    let channel = |c: usize| &x[c * in_plane..(c + 1) * in_plane];
+                    if ci + 1 < cg {
+                        let [ih, iw] = g.input;
+                        let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
+                        let (a, b) = (c_a.max(pl) - pl, c_b.min(pl + iw).saturating_sub(pl));
+                        let next = channel(grp * cg + ci + 1);
+                        for y in (y0..y0 + rows_in).filter(|&y| y >= pt && y - pt < ih) {
+                            let row = (y - pt) * iw;
+                            crate::arch::prefetch_read(next, row + a, row + b);
+                        }
+                    }
+                    let mut rows = crate::tensor::take_scratch(rows_in * self.pw);
+                    self.pad_rows(g, channel(grp * cg + ci), y0, rows_in, c_a, c_b, &mut rows);
+                    transform(&rows, t0 - tr_a * self.tiles_w);
+                    crate::tensor::give_scratch(rows);
+                }
+            }
         };
         if parallel {
             crate::par::for_each_index(cg, input);
@@ -701,7 +792,7 @@ impl WinogradPlan {
 /// What every block of a band shares.
 #[derive(Clone, Copy)]
 struct Band<'a> {
-    xp: &'a [f32],
+    img: WinoImage<'a>,
     r0: usize,
     r1: usize,
     /// The band's first tile row.
