@@ -81,7 +81,8 @@ def main():
     import onnxruntime as ort
 
     lib = load_lib(args.lib)
-    check(lib, lib.convkit_tuner_set_mode({"heuristic": 0, "measure": 1, "exhaustive": 2}[args.tune], 0),
+    # 60 ms a candidate, as `convkit bench --tune measure` gives.
+    check(lib, lib.convkit_tuner_set_mode({"heuristic": 0, "measure": 1, "exhaustive": 2}[args.tune], 60),
           "tuner mode")
     wisdom = os.environ.get("CONVKIT_WISDOM")
     if wisdom and os.path.exists(wisdom):
