@@ -629,6 +629,14 @@ impl WinogradPlan {
         } else {
             (0, self.pw)
         };
+        // Read in place (`WinoImage::Nchw`): the block's first padded row, and the input
+        // rows and columns its padded rows hold (the same for every channel).
+        let y0 = (job.tr0 + tr_a) * mh;
+        let in_plane = g.input[0] * g.input[1];
+        let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
+        let [ih, iw] = g.input;
+        let src_rows = y0.clamp(pt, pt + ih) - pt..(y0 + rows_in).clamp(pt, pt + ih) - pt;
+        let src_cols = (c_a.max(pl) - pl, c_b.min(pl + iw).saturating_sub(pl));
         let input = |ci: usize| {
             let layout = if held {
                 VLayout::panels(ci, kblocks, cols, nr, xi_stride)
@@ -673,17 +681,11 @@ impl WinogradPlan {
                     // it goes through memory (vgg16.conv1_2: a 13 MB copy, 7% of the layer
                     // on one thread, perf). The next channel's rows are fetched meanwhile,
                     // as above.
-                    let y0 = (job.tr0 + tr_a) * mh;
-                    let in_plane = g.input[0] * g.input[1];
                     let channel = |c: usize| &x[c * in_plane..(c + 1) * in_plane];
                     if ci + 1 < cg {
-                        let [ih, iw] = g.input;
-                        let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
-                        let (a, b) = (c_a.max(pl) - pl, c_b.min(pl + iw).saturating_sub(pl));
                         let next = channel(grp * cg + ci + 1);
-                        for y in (y0..y0 + rows_in).filter(|&y| y >= pt && y - pt < ih) {
-                            let row = (y - pt) * iw;
-                            crate::arch::prefetch_read(next, row + a, row + b);
+                        for row in src_rows.clone().map(|r| r * g.input[1]) {
+                            crate::arch::prefetch_read(next, row + src_cols.0, row + src_cols.1);
                         }
                     }
                     let mut rows = crate::tensor::take_scratch(rows_in * self.pw);
