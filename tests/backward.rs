@@ -616,3 +616,158 @@ fn conv_transpose_and_training_reject_bad_input() {
     };
     assert!(TrainPlan::new(&spec, &w, Some(&[0.0, 0.0]), &nhwc).is_err());
 }
+
+/// The Winograd weight gradient against the f64 reference on every tier and variant, over
+/// padding kinds, groups, batches whose tiles span several blocks (a block can end inside
+/// an image and hold the tiles of several), edge tiles past the output, and 1, 2 and 3
+/// threads (bitwise identical).
+#[test]
+fn winograd_weight_gradient_matches_the_f64_reference() {
+    use convkit::algo::WinogradVariant as V;
+    use convkit::backward::{backward_weights_winograd_into, winograd_weights_check};
+    // (batch, C, Cout, groups, H, W, padding)
+    let shapes: [(usize, usize, usize, usize, usize, usize, Padding); 7] = [
+        (1, 3, 5, 1, 9, 11, Padding::Symmetric(vec![1, 1])),
+        (2, 4, 6, 2, 7, 7, Padding::Valid),
+        (3, 2, 3, 1, 22, 19, Padding::Same),
+        (1, 1, 1, 1, 3, 3, Padding::Valid),
+        (2, 8, 8, 1, 12, 30, Padding::Explicit(vec![(0, 2), (2, 1)])),
+        (1, 6, 9, 3, 5, 17, Padding::Symmetric(vec![2, 0])),
+        (4, 5, 7, 1, 16, 16, Padding::Symmetric(vec![1, 1])),
+    ];
+    let mut rng = Rng::new(11);
+    for (n, c, co, groups, h, w, pad) in shapes {
+        let spec = ConvSpec::new(&[n, c, h, w], co, &[3, 3])
+            .with_padding(pad)
+            .with_groups(groups)
+            .with_bias(false);
+        let g = Geometry::new(&spec).unwrap();
+        assert!(winograd_weights_check(&g).is_ok());
+        let x: Vec<f32> = (0..g.input_len())
+            .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+            .collect();
+        let wt: Vec<f32> = (0..g.weight_len())
+            .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+            .collect();
+        let dy: Vec<f32> = (0..g.output_len())
+            .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+            .collect();
+        let ops = Operands {
+            input: &x,
+            weight: &wt,
+            bias: None,
+            residual: None,
+        };
+        let want = reference::backward_f64(&g, &ops, &dy).unwrap();
+        for isa in convkit::arch::available_isas() {
+            let kernels = isa.kernels().unwrap();
+            for v in [V::F2, V::F4, V::F6] {
+                let mut first: Option<Vec<f32>> = None;
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut dw = vec![f32::NAN; g.weight_len()];
+                    pool.install(|| {
+                        backward_weights_winograd_into(&g, kernels, v, &x, &dy, &mut dw)
+                    })
+                    .unwrap();
+                    let (e, i) = worst(&dw, &want.weight, want.weight_magnitude);
+                    let ctx = format!(
+                        "{v:?} on {}, {threads} threads, {}",
+                        isa.name(),
+                        spec.to_json()
+                    );
+                    if threads == 1 {
+                        eprintln!("{v:?} {}: worst dw error {e:.2e} x S", isa.name());
+                    }
+                    // SPEC's Winograd tolerance.
+                    assert!(
+                        e <= 1e-3,
+                        "dw[{i}] error {e:.3e} x S: {} vs {} ({ctx})",
+                        dw[i],
+                        want.weight[i]
+                    );
+                    match &first {
+                        None => first = Some(dw),
+                        Some(f) => assert!(
+                            f.iter().zip(&dw).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "thread counts disagree ({ctx})"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The automatic choice takes F(4,3) on layers of many tiles, the GEMM elsewhere, and its
+/// result matches the reference either way.
+#[test]
+fn weight_gradient_choice_follows_the_tile_count() {
+    use convkit::algo::WinogradVariant as V;
+    use convkit::backward::{backward_weights_into, weights_by_winograd};
+    let geom = |n: usize, c: usize, hw: usize, k: usize| {
+        Geometry::new(
+            &ConvSpec::new(&[n, c, hw, hw], c, &[k, k])
+                .with_padding(Padding::Same)
+                .with_bias(false),
+        )
+        .unwrap()
+    };
+    assert_eq!(weights_by_winograd(&geom(1, 64, 224, 3)), Some(V::F4));
+    assert_eq!(weights_by_winograd(&geom(8, 128, 28, 3)), Some(V::F4));
+    assert_eq!(weights_by_winograd(&geom(1, 64, 56, 3)), None);
+    assert_eq!(weights_by_winograd(&geom(1, 512, 224, 3)), None);
+    assert_eq!(weights_by_winograd(&geom(1, 16, 224, 5)), None);
+    let g = geom(2, 8, 56, 3);
+    assert_eq!(weights_by_winograd(&g), Some(V::F4));
+    let mut rng = Rng::new(5);
+    let x: Vec<f32> = (0..g.input_len())
+        .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+        .collect();
+    let w: Vec<f32> = (0..g.weight_len())
+        .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+        .collect();
+    let dy: Vec<f32> = (0..g.output_len())
+        .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
+        .collect();
+    let ops = Operands {
+        input: &x,
+        weight: &w,
+        bias: None,
+        residual: None,
+    };
+    let want = reference::backward_f64(&g, &ops, &dy).unwrap();
+    let mut dw = vec![f32::NAN; g.weight_len()];
+    let kernels = convkit::arch::resolve_isa(None).unwrap().kernels().unwrap();
+    backward_weights_into(&g, kernels, &x, &dy, &mut dw).unwrap();
+    let (e, i) = worst(&dw, &want.weight, want.weight_magnitude);
+    assert!(e <= 1e-3, "dw[{i}] error {e:.3e} x S");
+}
+
+/// Layers the Winograd weight gradient does not take are errors, as are wrong lengths.
+#[test]
+fn winograd_weight_gradient_refuses_other_layers() {
+    use convkit::algo::WinogradVariant as V;
+    use convkit::backward::backward_weights_winograd_into;
+    let kernels = convkit::Isa::Portable.kernels().unwrap();
+    for spec in [
+        ConvSpec::new(&[1, 2, 8, 8], 2, &[3, 3]).with_stride(&[2, 2]),
+        ConvSpec::new(&[1, 2, 8, 8], 2, &[5, 5]),
+        ConvSpec::new(&[1, 2, 8, 8], 2, &[3, 3]).with_dilation(&[2, 2]),
+        ConvSpec::new(&[1, 2, 8], 2, &[3]),
+    ] {
+        let g = Geometry::new(&spec).unwrap();
+        let (x, dz) = (vec![0f32; g.input_len()], vec![0f32; g.conv_output_len()]);
+        let mut dw = vec![0f32; g.weight_len()];
+        assert!(backward_weights_winograd_into(&g, kernels, V::F4, &x, &dz, &mut dw).is_err());
+    }
+    let g = Geometry::new(&ConvSpec::new(&[1, 2, 8, 8], 2, &[3, 3])).unwrap();
+    let (x, dz) = (vec![0f32; g.input_len()], vec![0f32; g.conv_output_len()]);
+    let mut dw = vec![0f32; g.weight_len()];
+    assert!(backward_weights_winograd_into(&g, kernels, V::F4, &x[1..], &dz, &mut dw).is_err());
+    assert!(backward_weights_winograd_into(&g, kernels, V::F4, &x, &dz[1..], &mut dw).is_err());
+    assert!(backward_weights_winograd_into(&g, kernels, V::F4, &x, &dz, &mut dw[1..]).is_err());
+}

@@ -441,6 +441,34 @@ pub struct WinoOutput<'a> {
     )>,
 }
 
+/// The transform of an output gradient for the Winograd weight gradient, for `n` tiles of
+/// one channel's `dY` plane (`oh x ow`; tiles `t0 ..` of the image, `m x m` each, zero past
+/// the plane's edges): `out[xi * ld + col0 + j] = (A dY_t A^T)[xi]` for tile `t0 + j`, with
+/// `A = (A^T)^T` (`alpha x m`). It is the adjoint of the output transform: with
+/// `Y = A^T [U * V] A`, the gradient of `U` is `(A dY A^T) * V`.
+pub struct WinoGrad<'a> {
+    /// The variant.
+    pub variant: Variant,
+    /// One channel's output-gradient plane, `oh x ow`.
+    pub dy: &'a [f32],
+    /// Plane rows.
+    pub oh: usize,
+    /// Plane columns.
+    pub ow: usize,
+    /// Tiles per tile row.
+    pub tiles_w: usize,
+    /// First tile (of the image).
+    pub t0: usize,
+    /// Tiles.
+    pub n: usize,
+    /// `[xi][ld]`; exactly the `n` columns from `col0` of each row are written.
+    pub out: &'a mut [f32],
+    /// Column of tile `t0`.
+    pub col0: usize,
+    /// Row stride of `out`.
+    pub ld: usize,
+}
+
 /// A tier's Winograd transform kernels.
 /// Only convkit builds these (`#[non_exhaustive]`).
 #[derive(Copy, Clone, Debug)]
@@ -454,6 +482,8 @@ pub struct WinoUkernel {
     pub input: fn(&mut WinoInput),
     /// The output transform with the epilogue.
     pub output: fn(&mut WinoOutput),
+    /// The output-gradient transform of the weight gradient.
+    pub grad: fn(&mut WinoGrad),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -979,6 +1009,78 @@ pub fn output_generic<G: TileGather>(
     }
 }
 
+/// `(A dY A^T)` for lanes of tiles, `A^T` taken from the variant's f64 matrix. Term by
+/// term (alpha m^2 + alpha^2 m multiply-adds a tile, 240 for F(4,3)): a tenth of the weight
+/// gradient's GEMM work a tile at 64 input channels, so it is not factored by hand.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn grad_tiles<const A: usize, const M: usize>(
+    j: &mut WinoGrad,
+    fma: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
+    let at = j.variant.at();
+    let at: [[f32; A]; M] = std::array::from_fn(|i| std::array::from_fn(|p| at[i * A + p] as f32));
+    if j.n == 0 {
+        return;
+    }
+    assert!(
+        j.col0 + j.n <= j.ld && j.out.len() >= (A * A - 1) * j.ld + j.col0 + j.n,
+        "gradient slab too short"
+    );
+    let mut t = 0;
+    while t < j.n {
+        let lanes = LANES.min(j.n - t);
+        // dY tiles into lanes (zeros past the plane and in unused lanes).
+        let mut d = [[[0f32; LANES]; M]; M];
+        for l in 0..lanes {
+            let tile = j.t0 + t + l;
+            let (y0, x0) = ((tile / j.tiles_w) * M, (tile % j.tiles_w) * M);
+            for i in 0..M.min(j.oh.saturating_sub(y0)) {
+                let row = &j.dy[(y0 + i) * j.ow..(y0 + i + 1) * j.ow];
+                for k in 0..M.min(j.ow.saturating_sub(x0)) {
+                    d[i][k][l] = row[x0 + k];
+                }
+            }
+        }
+        // t1 = A dY (alpha x m), then A dY A^T.
+        let mut t1 = [[[0f32; LANES]; M]; A];
+        for p in 0..A {
+            for i in 0..M {
+                let c = at[i][p];
+                for k in 0..M {
+                    for l in 0..LANES {
+                        t1[p][k][l] = fma(c, d[i][k][l], t1[p][k][l]);
+                    }
+                }
+            }
+        }
+        for p in 0..A {
+            for q in 0..A {
+                let mut v = [0f32; LANES];
+                for k in 0..M {
+                    let c = at[k][q];
+                    for l in 0..LANES {
+                        v[l] = fma(c, t1[p][k][l], v[l]);
+                    }
+                }
+                let at_col = (p * A + q) * j.ld + j.col0 + t;
+                j.out[at_col..at_col + lanes].copy_from_slice(&v[..lanes]);
+            }
+        }
+        t += LANES;
+    }
+}
+
+/// The output-gradient transform for any variant (the body each tier compiles).
+#[inline(always)]
+pub fn grad_generic(j: &mut WinoGrad, fma: impl Fn(f32, f32, f32) -> f32 + Copy) {
+    match j.variant {
+        Variant::F2 => grad_tiles::<4, 2>(j, fma),
+        Variant::F4 => grad_tiles::<6, 4>(j, fma),
+        Variant::F6 => grad_tiles::<8, 6>(j, fma),
+    }
+}
+
 /// Declares a tier's Winograd transforms: the generic bodies compiled under the tier's
 /// target features, behind safe entries that check the tier is available.
 macro_rules! wino_kernel {
@@ -990,6 +1092,7 @@ macro_rules! wino_kernel {
                 isa: Isa::$isa,
                 input: wino_input,
                 output: wino_output,
+                grad: wino_grad,
             };
 
         fn wino_input(j: &mut crate::arch::winograd::WinoInput) {
@@ -1013,6 +1116,17 @@ macro_rules! wino_kernel {
         fn wino_output_tf(j: &mut crate::arch::winograd::WinoOutput) {
             crate::arch::winograd::output_generic::<$gather>(j, f32::mul_add)
         }
+
+        fn wino_grad(j: &mut crate::arch::winograd::WinoGrad) {
+            assert!(Isa::$isa.is_available(), "{} on a CPU without it", $name);
+            // SAFETY: the tier's features were just checked; the body is safe Rust over slices.
+            unsafe { wino_grad_tf(j) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn wino_grad_tf(j: &mut crate::arch::winograd::WinoGrad) {
+            crate::arch::winograd::grad_generic(j, f32::mul_add)
+        }
     };
 }
 pub(crate) use wino_kernel;
@@ -1023,6 +1137,7 @@ pub const F32_WINOGRAD_PORTABLE: WinoUkernel = WinoUkernel {
     isa: crate::arch::Isa::Portable,
     input: input_portable,
     output: output_portable,
+    grad: grad_portable,
 };
 
 /// The input transform at the build's baseline (no FMA: there `mul_add` is a libm call).
@@ -1033,6 +1148,11 @@ fn input_portable(j: &mut WinoInput) {
 /// The output transform at the build's baseline.
 fn output_portable(j: &mut WinoOutput) {
     output_generic::<ScalarGather>(j, |a, b, c| a * b + c)
+}
+
+/// The output-gradient transform at the build's baseline.
+fn grad_portable(j: &mut WinoGrad) {
+    grad_generic(j, |a, b, c| a * b + c)
 }
 
 #[cfg(test)]

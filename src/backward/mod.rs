@@ -17,12 +17,17 @@
 //! straight from the image into B panels ([`Im2colT`]) without an im2col matrix in memory.
 //! The data GEMM runs over bands of output rows so `cols` stays within a few megabytes.
 //! Layers with very thin groups (depthwise and its neighbours, `C/g * Cout/g < 16`) run
-//! plain loops instead: a GEMM with one row per group does nothing useful.
+//! plain loops instead: a GEMM with one row per group does nothing useful. The weight
+//! gradient of 3x3 stride-1 layers with many tiles runs on Winograd F(4,3) instead
+//! ([`backward_weights_winograd_into`], [`weights_by_winograd`]).
 //!
 //! Determinism: the GEMMs sum each element in the same order on any thread count, col2im
 //! runs one task per input channel (a fixed order within it), the weight GEMM accumulates
 //! the images in batch order, and the bias sums in f64 in a fixed order: gradients are
 //! bitwise identical whatever the thread count.
+
+mod winograd;
+pub use winograd::{backward_weights_winograd_into, winograd_weights_check};
 
 use crate::arch::{resolve_isa, SharedMut};
 use crate::epilogue::Pool;
@@ -388,8 +393,45 @@ impl PackB for Im2colT<'_> {
 }
 
 /// dL/dw (weight shape, overwritten) from the input `x` and `dz` (conv-output shape), summed
-/// over the batch in batch order. Runs on the current rayon pool. Wrong lengths are errors.
+/// over the batch in batch order, by the faster of the two methods for the layer
+/// ([`weights_by_winograd`]): Winograd ([`backward_weights_winograd_into`]) or the im2col
+/// GEMM ([`backward_weights_gemm_into`]). Runs on the current rayon pool. Wrong lengths are
+/// errors.
 pub fn backward_weights_into(
+    g: &Geometry,
+    kernels: &crate::kernels::KernelTable,
+    x: &[f32],
+    dz: &[f32],
+    dw: &mut [f32],
+) -> Result<()> {
+    match weights_by_winograd(g) {
+        Some(v) => backward_weights_winograd_into(g, kernels, v, x, dz, dw),
+        None => backward_weights_gemm_into(g, kernels, x, dz, dw),
+    }
+}
+
+/// The Winograd variant the weight gradient of `g` runs on, or `None` for the GEMM.
+///
+/// F(4,3) for 3x3 stride-1 layers of at least 384 F(4,3) tiles over the batch and at most
+/// 128 x 128 channels a group. Measured on one thread (AMD EPYC Zen 3, AVX2, `convkit bench
+/// --pass backward_weights`, min ms, GEMM against F(4,3)): vgg16.conv1_2 (3136 tiles, 64
+/// channels) 110 -> 44.5, conv2_2 (784, 128) 61.7 -> 36.2, res3.3x3.b8 (392, 128) 32.2 ->
+/// 19.9; with fewer tiles the GEMMs' K is too short for their C traffic and the transforms:
+/// conv3_3 (196, 256) 63.0 -> 52.7-69.0, res2.3x3 (196, 64) 4.5-5.5 -> 6.1-6.6, and the
+/// 49-tile layers 1.6-6x slower. F(2,3) and F(6,3) lost to F(4,3) on every layer.
+pub fn weights_by_winograd(g: &Geometry) -> Option<crate::arch::winograd::Variant> {
+    use crate::arch::winograd::Variant;
+    winograd_weights_check(g).ok()?;
+    let [oh, ow] = g.conv_out;
+    let tiles = g.batch.checked_mul(oh.div_ceil(4) * ow.div_ceil(4))?;
+    let channels_ok = g.cin_per_group * g.cout_per_group <= 128 * 128 && !thin(g);
+    (tiles >= 384 && channels_ok).then_some(Variant::F4)
+}
+
+/// dL/dw (weight shape, overwritten) from the input `x` and `dz` (conv-output shape), summed
+/// over the batch in batch order, as one GEMM per group (`dz` times `im2col(x)^T`). Runs on
+/// the current rayon pool. Wrong lengths are errors.
+pub fn backward_weights_gemm_into(
     g: &Geometry,
     kernels: &crate::kernels::KernelTable,
     x: &[f32],

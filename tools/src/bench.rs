@@ -183,9 +183,14 @@ pub fn time_backward(
     isa: convkit::Isa,
     threads: Option<usize>,
     pass: &str,
+    algo: &str,
     min_reps: usize,
 ) -> Result<(f64, f64, f64), String> {
-    use convkit::backward::{backward_data_into, backward_weights_into, DataWeights};
+    use convkit::algo::WinogradVariant as V;
+    use convkit::backward::{
+        backward_data_into, backward_weights_gemm_into, backward_weights_into,
+        backward_weights_winograd_into, DataWeights,
+    };
     let (x, w, _, _) = operands(g, 0x5eed);
     let mut rng = Rng::new(7);
     let mut dz = vec![0f32; g.conv_output_len()];
@@ -203,7 +208,19 @@ pub fn time_backward(
     let mut run = || {
         pool.install(|| match pass {
             "backward_data" => backward_data_into(&data, &dz, &mut dx),
-            _ => backward_weights_into(g, kernels, &x, &dz, &mut dw),
+            _ => match algo {
+                "im2col" => backward_weights_gemm_into(g, kernels, &x, &dz, &mut dw),
+                "winograd_f2x3" => {
+                    backward_weights_winograd_into(g, kernels, V::F2, &x, &dz, &mut dw)
+                }
+                "winograd_f4x3" => {
+                    backward_weights_winograd_into(g, kernels, V::F4, &x, &dz, &mut dw)
+                }
+                "winograd_f6x3" => {
+                    backward_weights_winograd_into(g, kernels, V::F6, &x, &dz, &mut dw)
+                }
+                _ => backward_weights_into(g, kernels, &x, &dz, &mut dw),
+            },
         })
         .map_err(|e| e.to_string())
     };
@@ -432,7 +449,7 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
         let name = spec.name.clone().unwrap_or_else(|| format!("layer{i}"));
         if pass != "forward" {
             eprint!("[{}/{}] {name} {pass} ...", i + 1, specs.len());
-            let (pack_ms, med, min) = time_backward(&g, isa, threads, pass, min_reps)?;
+            let (pack_ms, med, min) = time_backward(&g, isa, threads, pass, &algo_sel, min_reps)?;
             let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
             eprintln!(" {med:.3} ms, {gflops:.1} GFLOP/s");
             rows.push(Row {

@@ -1,0 +1,227 @@
+//! The weight gradient of a 3x3, stride-1, undilated 2-D convolution by Winograd's minimal
+//! filtering, the adjoint of the forward algorithm ([`crate::algo::winograd`]).
+//!
+//! Forward, per tile and channel pair, `Y = A^T [U * V] A` with `U = G g G^T` and
+//! `V = B^T d B`; summed over the input channels, `M[xi] = U[xi] V[xi]`. Its gradient:
+//!
+//! ```text
+//!   dU[xi][co][ci] = sum over tiles t of  (A dY_t,co A^T)[xi] V[xi][ci][t]      alpha^2 GEMMs
+//!   dW[co][ci]     = G^T dU[co][ci] G                                           3 x 3 each
+//! ```
+//!
+//! with the tiles of every image of the batch forming the GEMMs' K dimension. Per output
+//! value, `alpha^2 / m^2` multiply-adds a channel pair against 9 for the im2col GEMM: F(4,3)
+//! 2.25 (4x fewer), F(2,3) 4. The transforms of `x` are the forward's input transform; those
+//! of `dY` are [`crate::arch::winograd::WinoGrad`].
+//!
+//! Blocks of tiles bound the memory: V (C/g channels) and the transformed `dY` (Cout/g) of
+//! one block, about 4 MiB together, and `dU` accumulated across blocks in batch order.
+//! Determinism: each element of `dU` is one GEMM's sum over the tiles in order, whatever the
+//! thread count (the GEMMs run one per task), so the gradient is bitwise identical on any
+//! number of threads.
+
+use crate::arch::winograd::{VLayout, Variant, WinoGrad, WinoInput, LANES};
+use crate::arch::SharedMut;
+use crate::error::{Error, Result};
+use crate::gemm::pack::StridedB;
+use crate::gemm::{gemm_packed, Blocking, GemmEpilogue, PackedA};
+use crate::geometry::Geometry;
+use crate::reference::check_len;
+
+/// Bytes of V and the transformed `dY` of one block of tiles (together).
+const BLOCK_BYTES: usize = 4 << 20;
+
+/// Why `g` cannot take the Winograd weight gradient (2-D, kernel 3x3, stride 1, dilation
+/// 1), or `Ok`.
+pub fn winograd_weights_check(g: &Geometry) -> std::result::Result<(), String> {
+    if g.spatial_rank != 2 {
+        return Err("needs a 2-D layer".into());
+    }
+    if g.kernel != [3, 3] {
+        return Err(format!(
+            "needs a 3x3 kernel, the layer has {}x{}",
+            g.kernel[0], g.kernel[1]
+        ));
+    }
+    if g.stride != [1, 1] || g.dilation != [1, 1] {
+        return Err("needs stride 1 and dilation 1".into());
+    }
+    Ok(())
+}
+
+/// dL/dw (weight shape, overwritten) from `x` and `dz` (conv-output shape) by Winograd
+/// `variant`, summed over the batch. Runs on the current rayon pool. A layer the algorithm
+/// does not take ([`winograd_weights_check`]) and wrong lengths are errors.
+pub fn backward_weights_winograd_into(
+    g: &Geometry,
+    kernels: &crate::kernels::KernelTable,
+    variant: Variant,
+    x: &[f32],
+    dz: &[f32],
+    dw: &mut [f32],
+) -> Result<()> {
+    winograd_weights_check(g).map_err(|why| Error::AlgorithmRejects {
+        algo: format!("winograd_f{}x3 weight gradient", variant.m()),
+        why,
+    })?;
+    check_len("x", x.len(), g.input_len())?;
+    check_len("dz", dz.len(), g.conv_output_len())?;
+    check_len("dw", dw.len(), g.weight_len())?;
+    let (m, alpha) = (variant.m(), variant.alpha());
+    let xi_n = alpha * alpha;
+    let [ih, iw] = g.input;
+    let [oh, ow] = g.conv_out;
+    let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
+    let (cg, og) = (g.cin_per_group, g.cout_per_group);
+    let (tiles_h, tiles_w) = (oh.div_ceil(m), ow.div_ceil(m));
+    let too_large =
+        || Error::InvalidArgument("the layer's tiles overflow the address space".into());
+    let t_img = tiles_h.checked_mul(tiles_w).ok_or_else(too_large)?;
+    let total = g.batch.checked_mul(t_img).ok_or_else(too_large)?;
+    // The padded plane's row: whole tiles plus the kernel's 2, at least the padded input.
+    let pw = tiles_w * m + 2;
+    let per_tile = (cg + og) * xi_n * 4;
+    let tb = (BLOCK_BYTES / per_tile)
+        .next_multiple_of(LANES)
+        .clamp(64, 4096)
+        .min(total.max(1));
+    // Whole lane groups past a block's last tile land in its slack (see `fill_v`).
+    let ld = (tb + LANES).next_multiple_of(LANES);
+    let slab = xi_n * ld;
+    let uk = kernels.gemm_default();
+    let blocking = Blocking::derive(uk, crate::sysinfo::caches());
+    let gm = variant.g();
+    let (in_area, out_area) = (ih * iw, oh * ow);
+    // Recycled buffers: fresh ones were faulted in and zeroed on every call (a sixth of
+    // resnet50.res2.3x3's F(4,3) weight gradient). Every column a GEMM reads is written
+    // first, so their contents need not be cleared; dU is zeroed per group.
+    let mut v = crate::tensor::take_scratch(cg * slab);
+    let mut dy = crate::tensor::take_scratch(og * slab);
+    let mut du = crate::tensor::take_scratch(xi_n * cg * og);
+    for grp in 0..g.groups {
+        du.fill(0.0);
+        for b0 in (0..total).step_by(tb) {
+            let nb = tb.min(total - b0);
+            // The block's tiles, image by image: (image, first tile, tiles, column).
+            let segments: Vec<(usize, usize, usize, usize)> = {
+                let mut s = Vec::new();
+                let mut t = b0;
+                while t < b0 + nb {
+                    let (img, local) = (t / t_img, t % t_img);
+                    let n = (t_img - local).min(b0 + nb - t);
+                    s.push((img, local, n, t - b0));
+                    t += n;
+                }
+                s
+            };
+            // V: the forward's input transform, a channel a task, its band of padded rows.
+            crate::par::for_each_chunk_mut(&mut v, slab, |ci, out| {
+                let mut band = Vec::new();
+                let shared = SharedMut::new(out);
+                for &(img, local, n, col) in &segments {
+                    let (tr0, tr1) = (local / tiles_w, (local + n - 1) / tiles_w + 1);
+                    let rows = (tr1 - tr0) * m + 2;
+                    band.clear();
+                    band.resize(rows * pw, 0.0);
+                    let plane = &x[(img * g.in_channels + grp * cg + ci) * in_area..][..in_area];
+                    for (r, row) in band.chunks_exact_mut(pw).enumerate() {
+                        // Padded row tr0 m + r holds input row tr0 m + r - pt.
+                        let Some(iy) = (tr0 * m + r).checked_sub(pt).filter(|&y| y < ih) else {
+                            continue;
+                        };
+                        let n_cols = iw.min(pw.saturating_sub(pl));
+                        row[pl..pl + n_cols].copy_from_slice(&plane[iy * iw..iy * iw + n_cols]);
+                    }
+                    (kernels.winograd.input)(&mut WinoInput {
+                        variant,
+                        two_d: true,
+                        plane: &band,
+                        pw,
+                        tiles_w,
+                        t0: local - tr0 * tiles_w,
+                        n,
+                        phase_tiles: usize::MAX,
+                        phase_stride: 0,
+                        out: &shared,
+                        layout: VLayout::rows(col, ld),
+                    });
+                }
+            });
+            // A dY A^T, an output channel a task.
+            crate::par::for_each_chunk_mut(&mut dy, slab, |co, out| {
+                for &(img, local, n, col) in &segments {
+                    let plane =
+                        &dz[(img * g.out_channels + grp * og + co) * out_area..][..out_area];
+                    (kernels.winograd.grad)(&mut WinoGrad {
+                        variant,
+                        dy: plane,
+                        oh,
+                        ow,
+                        tiles_w,
+                        t0: local,
+                        n,
+                        out: &mut out[..],
+                        col0: col,
+                        ld,
+                    });
+                }
+            });
+            // dU[xi] (C/g x Cout/g) += V[xi] (C/g x tiles) dY'[xi]^T (tiles x Cout/g): one
+            // GEMM a task, K = the block's tiles in order.
+            let shared = SharedMut::new(&mut du);
+            let (v, dy) = (&v[..], &dy[..]);
+            crate::par::for_each_index(xi_n, |xi| {
+                let a = PackedA::pack(cg, nb, uk.mr, &blocking, |i, p| v[i * slab + xi * ld + p]);
+                let b = StridedB {
+                    data: &dy[xi * ld..],
+                    rs: 1,
+                    cs: slab,
+                };
+                gemm_packed(
+                    uk,
+                    &blocking,
+                    &a,
+                    &b,
+                    og,
+                    &shared,
+                    xi * cg * og,
+                    og,
+                    GemmEpilogue {
+                        accumulate: true,
+                        ..GemmEpilogue::default()
+                    },
+                    false,
+                );
+            });
+        }
+        // dW = G^T dU G per channel pair, in f64.
+        let du = &du[..];
+        crate::par::for_each_chunk_mut(
+            &mut dw[grp * og * cg * 9..(grp + 1) * og * cg * 9],
+            cg * 9,
+            |co, wk| {
+                for (ci, w9) in wk.chunks_exact_mut(9).enumerate() {
+                    let at =
+                        |p: usize, q: usize| du[(p * alpha + q) * cg * og + ci * og + co] as f64;
+                    // t[p][kx] = sum_q dU[p][q] G[q][kx]
+                    let mut t = [[0f64; 3]; 8];
+                    for (p, tp) in t.iter_mut().enumerate().take(alpha) {
+                        for (kx, v) in tp.iter_mut().enumerate() {
+                            *v = (0..alpha).map(|q| at(p, q) * gm[q * 3 + kx]).sum();
+                        }
+                    }
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            w9[ky * 3 + kx] =
+                                (0..alpha).map(|p| gm[p * 3 + ky] * t[p][kx]).sum::<f64>() as f32;
+                        }
+                    }
+                }
+            },
+        );
+    }
+    crate::tensor::give_scratch(v);
+    crate::tensor::give_scratch(dy);
+    crate::tensor::give_scratch(du);
+    Ok(())
+}
