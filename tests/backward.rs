@@ -718,10 +718,12 @@ fn weight_gradient_choice_follows_the_tile_count() {
     };
     assert_eq!(weights_by_winograd(&geom(1, 64, 224, 3)), Some(V::F4));
     assert_eq!(weights_by_winograd(&geom(8, 128, 28, 3)), Some(V::F4));
-    assert_eq!(weights_by_winograd(&geom(1, 64, 56, 3)), None);
-    assert_eq!(weights_by_winograd(&geom(1, 512, 224, 3)), None);
+    assert_eq!(weights_by_winograd(&geom(1, 128, 28, 3)), Some(V::F4));
+    assert_eq!(weights_by_winograd(&geom(1, 512, 28, 3)), None);
+    assert_eq!(weights_by_winograd(&geom(1, 256, 14, 3)), None);
+    assert_eq!(weights_by_winograd(&geom(1, 8, 16, 3)), None);
     assert_eq!(weights_by_winograd(&geom(1, 16, 224, 5)), None);
-    let g = geom(2, 8, 56, 3);
+    let g = geom(2, 8, 24, 3);
     assert_eq!(weights_by_winograd(&g), Some(V::F4));
     let mut rng = Rng::new(5);
     let x: Vec<f32> = (0..g.input_len())

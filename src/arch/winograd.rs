@@ -441,16 +441,22 @@ pub struct WinoOutput<'a> {
     )>,
 }
 
-/// The transform of an output gradient for the Winograd weight gradient, for `n` tiles of
-/// one channel's `dY` plane (`oh x ow`; tiles `t0 ..` of the image, `m x m` each, zero past
-/// the plane's edges): `out[xi * ld + col0 + j] = (A dY_t A^T)[xi]` for tile `t0 + j`, with
-/// `A = (A^T)^T` (`alpha x m`). It is the adjoint of the output transform: with
-/// `Y = A^T [U * V] A`, the gradient of `U` is `(A dY A^T) * V`.
+/// The transform of output gradients for the Winograd weight gradient: for `channels` (at
+/// most [`LANES`]) output channels at once, one per lane, and tiles `t0 .. t0 + n` of an image
+/// (`m x m` each, zero past the planes' edges), `(A dY_t A^T)[xi]` with `A = (A^T)^T`
+/// (`alpha x m`), written channel-contiguous: channel `l` of tile `t0 + j` at
+/// `base + xi * xi_stride + j * tile_stride + l`, the layout the weight gradient's GEMMs
+/// read as B rows. It is the adjoint of the output transform: with `Y = A^T [U * V] A`, the
+/// gradient of `U` is `(A dY A^T) * V`.
 pub struct WinoGrad<'a> {
     /// The variant.
     pub variant: Variant,
-    /// One channel's output-gradient plane, `oh x ow`.
+    /// The channels' output-gradient planes, `oh x ow` each, `plane_stride` apart.
     pub dy: &'a [f32],
+    /// Channels (lanes used), 1 ..= [`LANES`].
+    pub channels: usize,
+    /// Floats from one channel's plane to the next.
+    pub plane_stride: usize,
     /// Plane rows.
     pub oh: usize,
     /// Plane columns.
@@ -461,12 +467,14 @@ pub struct WinoGrad<'a> {
     pub t0: usize,
     /// Tiles.
     pub n: usize,
-    /// `[xi][ld]`; exactly the `n` columns from `col0` of each row are written.
-    pub out: &'a mut [f32],
-    /// Column of tile `t0`.
-    pub col0: usize,
-    /// Row stride of `out`.
-    pub ld: usize,
+    /// The transformed gradients (channels of other tasks interleave: each writes its own).
+    pub out: &'a crate::arch::SharedMut<'a>,
+    /// Offset of (xi = 0, tile t0, channel 0).
+    pub base: usize,
+    /// Floats from one transformed position to the next.
+    pub xi_stride: usize,
+    /// Floats from one tile to the next.
+    pub tile_stride: usize,
 }
 
 /// A tier's Winograd transform kernels.
@@ -1009,7 +1017,7 @@ pub fn output_generic<G: TileGather>(
     }
 }
 
-/// `(A dY A^T)` for lanes of tiles, `A^T` taken from the variant's f64 matrix. Term by
+/// `(A dY A^T)` for lanes of channels, `A^T` taken from the variant's f64 matrix. Term by
 /// term (alpha m^2 + alpha^2 m multiply-adds a tile, 240 for F(4,3)): a tenth of the weight
 /// gradient's GEMM work a tile at 64 input channels, so it is not factored by hand.
 #[allow(clippy::needless_range_loop)]
@@ -1020,25 +1028,26 @@ fn grad_tiles<const A: usize, const M: usize>(
 ) {
     let at = j.variant.at();
     let at: [[f32; A]; M] = std::array::from_fn(|i| std::array::from_fn(|p| at[i * A + p] as f32));
-    if j.n == 0 {
-        return;
-    }
     assert!(
-        j.col0 + j.n <= j.ld && j.out.len() >= (A * A - 1) * j.ld + j.col0 + j.n,
-        "gradient slab too short"
+        (1..=LANES).contains(&j.channels),
+        "1 to {LANES} channels a call"
     );
-    let mut t = 0;
-    while t < j.n {
-        let lanes = LANES.min(j.n - t);
-        // dY tiles into lanes (zeros past the plane and in unused lanes).
+    let lanes = j.channels;
+    for t in 0..j.n {
+        let tile = j.t0 + t;
+        let (y0, x0) = ((tile / j.tiles_w) * M, (tile % j.tiles_w) * M);
+        let (rows, cols) = (
+            M.min(j.oh.saturating_sub(y0)),
+            M.min(j.ow.saturating_sub(x0)),
+        );
+        // The tile of each channel into lanes (zeros past the plane and in unused lanes).
         let mut d = [[[0f32; LANES]; M]; M];
         for l in 0..lanes {
-            let tile = j.t0 + t + l;
-            let (y0, x0) = ((tile / j.tiles_w) * M, (tile % j.tiles_w) * M);
-            for i in 0..M.min(j.oh.saturating_sub(y0)) {
-                let row = &j.dy[(y0 + i) * j.ow..(y0 + i + 1) * j.ow];
-                for k in 0..M.min(j.ow.saturating_sub(x0)) {
-                    d[i][k][l] = row[x0 + k];
+            let plane = &j.dy[l * j.plane_stride..];
+            for i in 0..rows {
+                let row = &plane[(y0 + i) * j.ow + x0..(y0 + i) * j.ow + x0 + cols];
+                for (k, &v) in row.iter().enumerate() {
+                    d[i][k][l] = v;
                 }
             }
         }
@@ -1054,6 +1063,7 @@ fn grad_tiles<const A: usize, const M: usize>(
                 }
             }
         }
+        let at_tile = j.base + t * j.tile_stride;
         for p in 0..A {
             for q in 0..A {
                 let mut v = [0f32; LANES];
@@ -1063,11 +1073,15 @@ fn grad_tiles<const A: usize, const M: usize>(
                         v[l] = fma(c, t1[p][k][l], v[l]);
                     }
                 }
-                let at_col = (p * A + q) * j.ld + j.col0 + t;
-                j.out[at_col..at_col + lanes].copy_from_slice(&v[..lanes]);
+                // Bounds-checked: a layout past the buffer panics, never writes.
+                let off = at_tile + (p * A + q) * j.xi_stride;
+                if lanes == LANES {
+                    j.out.write_array(off, &v);
+                } else {
+                    j.out.write_from(off, &v[..lanes]);
+                }
             }
         }
-        t += LANES;
     }
 }
 

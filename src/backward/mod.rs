@@ -412,20 +412,24 @@ pub fn backward_weights_into(
 
 /// The Winograd variant the weight gradient of `g` runs on, or `None` for the GEMM.
 ///
-/// F(4,3) for 3x3 stride-1 layers of at least 384 F(4,3) tiles over the batch and at most
-/// 128 x 128 channels a group. Measured on one thread (AMD EPYC Zen 3, AVX2, `convkit bench
-/// --pass backward_weights`, min ms, GEMM against F(4,3)): vgg16.conv1_2 (3136 tiles, 64
-/// channels) 110 -> 44.5, conv2_2 (784, 128) 61.7 -> 36.2, res3.3x3.b8 (392, 128) 32.2 ->
-/// 19.9; with fewer tiles the GEMMs' K is too short for their C traffic and the transforms:
-/// conv3_3 (196, 256) 63.0 -> 52.7-69.0, res2.3x3 (196, 64) 4.5-5.5 -> 6.1-6.6, and the
-/// 49-tile layers 1.6-6x slower. F(2,3) and F(6,3) lost to F(4,3) on every layer.
+/// F(4,3) for 3x3 stride-1 layers with at least 32 F(4,3) tiles over the batch and at least
+/// a quarter as many tiles as channels a group (in or out, the larger). The tiles are the
+/// GEMMs' depth and `dU` (`alpha^2` x C/g x Cout/g) their output, read and written per block
+/// and transformed back at the end, so layers of few tiles and many channels pay more than
+/// they save. Measured on one thread (AMD EPYC Zen 3, AVX2, `convkit bench --pass
+/// backward_weights`, min ms of two runs, GEMM -> F(4,3)): vgg16.conv1_2 (3136 tiles, 64
+/// channels) 120 -> 42-83, conv2_2 (784, 128) 65-85 -> 40-49, conv3_3 (196, 256) 70 -> 47-49,
+/// res3.3x3.b8 (392, 128) 48-50 -> 18-28, res2.3x3 (196, 64) 5.0-7.7 -> 2.9-4.4, res3.3x3 (49,
+/// 128) 4.1-5.4 -> 3.0-3.8; and against it vgg16.conv4_3 (49, 512) 52-61 -> 62-64,
+/// res4.3x3 (16, 256) 3.6-4.7 -> 13, conv5_3 (16, 512) 13-16 -> 49-57, res5.3x3 (4, 512)
+/// 4.3-5.5 -> 49-58. F(2,3) and F(6,3) were never clearly faster than F(4,3).
 pub fn weights_by_winograd(g: &Geometry) -> Option<crate::arch::winograd::Variant> {
     use crate::arch::winograd::Variant;
     winograd_weights_check(g).ok()?;
     let [oh, ow] = g.conv_out;
     let tiles = g.batch.checked_mul(oh.div_ceil(4) * ow.div_ceil(4))?;
-    let channels_ok = g.cin_per_group * g.cout_per_group <= 128 * 128 && !thin(g);
-    (tiles >= 384 && channels_ok).then_some(Variant::F4)
+    let widest = g.cin_per_group.max(g.cout_per_group);
+    (tiles >= 32 && tiles.saturating_mul(4) >= widest && !thin(g)).then_some(Variant::F4)
 }
 
 /// dL/dw (weight shape, overwritten) from the input `x` and `dz` (conv-output shape), summed

@@ -163,7 +163,9 @@ impl PackedA {
         }
     }
 
-    /// Packs a row-major M x K matrix with row stride `rsa`.
+    /// Packs a row-major M x K matrix with row stride `rsa`, each row read front to back
+    /// once a K block (the per-element form read a column of MR rows a depth step; the
+    /// Winograd weight gradient packs 36 such matrices a block of tiles).
     pub fn from_row_major(
         a: &[f32],
         m: usize,
@@ -172,7 +174,25 @@ impl PackedA {
         mr: usize,
         blocking: &Blocking,
     ) -> Self {
-        Self::pack(m, k, mr, blocking, |i, p| a[i * rsa + p])
+        let mp = m.div_ceil(mr) * mr;
+        let blocks = blocking.k_blocks(k);
+        let mut buf = aligned_zeros(mp * k.max(1));
+        for &(p0, kc) in blocks.iter().filter(|&&(_, kc)| kc > 0) {
+            for i in 0..m {
+                let base = p0 * mp + (i / mr) * kc * mr + i % mr;
+                let row = &a[i * rsa + p0..i * rsa + p0 + kc];
+                for (dst, &v) in buf[base..].iter_mut().step_by(mr).zip(row) {
+                    *dst = flush_denormal(v);
+                }
+            }
+        }
+        PackedA {
+            buf,
+            m,
+            k,
+            mr,
+            blocks,
+        }
     }
 
     /// Bytes held.
