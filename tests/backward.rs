@@ -617,6 +617,29 @@ fn conv_transpose_and_training_reject_bad_input() {
     assert!(TrainPlan::new(&spec, &w, Some(&[0.0, 0.0]), &nhwc).is_err());
 }
 
+/// Uniform input and output gradient for `g` (no activation, bias or pool: `dz = dy`) and
+/// the f64 reference's gradients.
+fn weight_gradient_case(
+    g: &Geometry,
+    rng: &mut Rng,
+) -> (Vec<f32>, Vec<f32>, reference::Gradients64) {
+    let mut uniform =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect() };
+    let (x, w, dy) = (
+        uniform(g.input_len()),
+        uniform(g.weight_len()),
+        uniform(g.output_len()),
+    );
+    let ops = Operands {
+        input: &x,
+        weight: &w,
+        bias: None,
+        residual: None,
+    };
+    let want = reference::backward_f64(g, &ops, &dy).unwrap();
+    (x, dy, want)
+}
+
 /// The Winograd weight gradient against the f64 reference on every tier and variant, over
 /// padding kinds, groups, batches whose tiles span several blocks (a block can end inside
 /// an image and hold the tiles of several), edge tiles past the output, and 1, 2 and 3
@@ -643,22 +666,7 @@ fn winograd_weight_gradient_matches_the_f64_reference() {
             .with_bias(false);
         let g = Geometry::new(&spec).unwrap();
         assert!(winograd_weights_check(&g).is_ok());
-        let x: Vec<f32> = (0..g.input_len())
-            .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-            .collect();
-        let wt: Vec<f32> = (0..g.weight_len())
-            .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-            .collect();
-        let dy: Vec<f32> = (0..g.output_len())
-            .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-            .collect();
-        let ops = Operands {
-            input: &x,
-            weight: &wt,
-            bias: None,
-            residual: None,
-        };
-        let want = reference::backward_f64(&g, &ops, &dy).unwrap();
+        let (x, dy, want) = weight_gradient_case(&g, &mut rng);
         for isa in convkit::arch::available_isas() {
             let kernels = isa.kernels().unwrap();
             for v in [V::F2, V::F4, V::F6] {
@@ -725,23 +733,7 @@ fn weight_gradient_choice_follows_the_tile_count() {
     assert_eq!(weights_by_winograd(&geom(1, 16, 224, 5)), None);
     let g = geom(2, 8, 24, 3);
     assert_eq!(weights_by_winograd(&g), Some(V::F4));
-    let mut rng = Rng::new(5);
-    let x: Vec<f32> = (0..g.input_len())
-        .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-        .collect();
-    let w: Vec<f32> = (0..g.weight_len())
-        .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-        .collect();
-    let dy: Vec<f32> = (0..g.output_len())
-        .map(|_| rng.uniform_in(-1.0, 1.0) as f32)
-        .collect();
-    let ops = Operands {
-        input: &x,
-        weight: &w,
-        bias: None,
-        residual: None,
-    };
-    let want = reference::backward_f64(&g, &ops, &dy).unwrap();
+    let (x, dy, want) = weight_gradient_case(&g, &mut Rng::new(5));
     let mut dw = vec![f32::NAN; g.weight_len()];
     let kernels = convkit::arch::resolve_isa(None).unwrap().kernels().unwrap();
     backward_weights_into(&g, kernels, &x, &dy, &mut dw).unwrap();
