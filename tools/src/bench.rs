@@ -176,6 +176,60 @@ pub fn time_plans(
         .collect())
 }
 
+/// A gradient run of `convkit bench`: the method for [`time_backward`] (`None` when a named
+/// method does not take the layer), the row's name and the choice.
+type BackwardRun = (Option<&'static str>, String, &'static str);
+
+/// The gradient runs `--algo` asks for on layer `g`: (method for [`time_backward`], or `None`
+/// when a named method does not take the layer; the row's name; the choice). The data
+/// gradient has one method a layer; the weight gradient the GEMM (`im2col`) or Winograd
+/// (`winograd_f2x3|f4x3|f6x3`, 3x3 stride 1), `auto` choosing between them, `all` each.
+fn backward_methods(g: &Geometry, pass: &str, algo: &str) -> Result<Vec<BackwardRun>, String> {
+    const WINOGRAD: [&str; 3] = ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"];
+    if pass == "backward_data" {
+        return Ok(vec![(Some("auto"), pass.to_string(), "heuristic")]);
+    }
+    let takes_winograd = convkit::backward::winograd_weights_check(g).is_ok();
+    let named = |m: &'static str| {
+        let ok = m == "im2col" || takes_winograd;
+        (ok.then_some(m), format!("{pass}:{m}"), "forced")
+    };
+    Ok(match algo {
+        "auto" => {
+            let chosen = match convkit::backward::weights_by_winograd(g) {
+                Some(v) => format!("winograd_f{}x3", v.m()),
+                None => "im2col".to_string(),
+            };
+            vec![(Some("auto"), format!("{pass}:{chosen}"), "heuristic")]
+        }
+        "all" => std::iter::once("im2col")
+            .chain(WINOGRAD.into_iter().filter(|_| takes_winograd))
+            .map(named)
+            .collect(),
+        "im2col" => vec![named("im2col")],
+        other => match WINOGRAD.into_iter().find(|&w| w == other) {
+            Some(w) => vec![named(w)],
+            None => return Err(weight_gradient_algo_error(other)),
+        },
+    })
+}
+
+/// The `--algo` values of `--pass backward_weights`.
+const WEIGHT_GRADIENT_ALGOS: [&str; 6] = [
+    "auto",
+    "all",
+    "im2col",
+    "winograd_f2x3",
+    "winograd_f4x3",
+    "winograd_f6x3",
+];
+
+fn weight_gradient_algo_error(algo: &str) -> String {
+    format!(
+        "--algo {algo}: the weight gradient runs on auto, all, im2col or winograd_f2x3|f4x3|f6x3"
+    )
+}
+
 /// Times the data or the weight gradient of a layer's convolution (`dz` of the conv-output
 /// shape in, `dx` or `dw` out; the weights for `dx` packed before the timing).
 pub fn time_backward(
@@ -424,6 +478,9 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
     if algo_sel != "all" && algo_sel != "auto" {
         Algo::parse(&algo_sel).map_err(|e| e.to_string())?;
     }
+    if pass == "backward_weights" && !WEIGHT_GRADIENT_ALGOS.contains(&algo_sel.as_str()) {
+        return Err(weight_gradient_algo_error(&algo_sel));
+    }
     let isa = convkit::arch::resolve_isa(a.get("isa")).map_err(|e| e.to_string())?;
     let nthreads = threads.unwrap_or_else(convkit::sysinfo::cores);
     let tune = parse_tune(a.get("tune"))?;
@@ -448,24 +505,34 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
             .map_err(|e| format!("layer {}: {e}", spec.name.as_deref().unwrap_or("?")))?;
         let name = spec.name.clone().unwrap_or_else(|| format!("layer{i}"));
         if pass != "forward" {
-            eprint!("[{}/{}] {name} {pass} ...", i + 1, specs.len());
-            let (pack_ms, med, min) = time_backward(&g, isa, threads, pass, &algo_sel, min_reps)?;
-            let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
-            eprintln!(" {med:.3} ms, {gflops:.1} GFLOP/s");
-            rows.push(Row {
-                layer: name.clone(),
-                algo: pass.to_string(),
-                auto: false,
-                choice: "forced",
-                runner_up: None,
-                threads: nthreads,
-                median_ms: med,
-                min_ms: min,
-                gflops,
-                pack_ms,
-                error: None,
-                phases: Vec::new(),
-            });
+            for (method, label, choice) in backward_methods(&g, pass, &algo_sel)? {
+                let Some(method) = method else {
+                    eprintln!(
+                        "[{}/{}] {name}: {label} does not accept this layer, skipped",
+                        i + 1,
+                        specs.len()
+                    );
+                    continue;
+                };
+                eprint!("[{}/{}] {name} {label} ...", i + 1, specs.len());
+                let (pack_ms, med, min) = time_backward(&g, isa, threads, pass, method, min_reps)?;
+                let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
+                eprintln!(" {med:.3} ms, {gflops:.1} GFLOP/s");
+                rows.push(Row {
+                    layer: name.clone(),
+                    algo: label,
+                    auto: method == "auto",
+                    choice,
+                    runner_up: None,
+                    threads: nthreads,
+                    median_ms: med,
+                    min_ms: min,
+                    gflops,
+                    pack_ms,
+                    error: None,
+                    phases: Vec::new(),
+                });
+            }
             continue;
         }
         let algos: Vec<Option<Algo>> = match algo_sel.as_str() {

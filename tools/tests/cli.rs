@@ -625,6 +625,79 @@ fn info_and_bench_json_follow_the_spec() {
     assert!(convkit::tune::load_wisdom(Path::new(&both)).unwrap() >= 2);
 }
 
+/// `--pass backward_weights` names its method in each row: `all` gives the GEMM and the three
+/// Winograd variants on a 3x3 stride-1 layer and the GEMM alone elsewhere; `auto` one row,
+/// the method chosen; a forward-only algorithm is an error.
+#[test]
+fn bench_weight_gradient_rows_name_their_method() {
+    let d = Dir::new("bench_wgrad");
+    let suite = d.file(
+        "suite.json",
+        br#"{"layers": [{"name": "s1", "input": [2, 8, 12, 12], "out_channels": 8, "kernel": [3, 3], "padding": [1, 1]},
+                        {"name": "s2", "input": [1, 4, 12, 12], "out_channels": 6, "kernel": [3, 3], "stride": [2, 2]}]}"#,
+    );
+    let rows = |algo: &str| -> Vec<String> {
+        let out = bin()
+            .args([
+                "bench",
+                "--suite",
+                &suite,
+                "--pass",
+                "backward_weights",
+                "--algo",
+                algo,
+                "--threads",
+                "1",
+                "--reps",
+                "1",
+                "--format",
+                "csv",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').take(2).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(
+        rows("all"),
+        [
+            "s1,backward_weights:im2col",
+            "s1,backward_weights:winograd_f2x3",
+            "s1,backward_weights:winograd_f4x3",
+            "s1,backward_weights:winograd_f6x3",
+            "s2,backward_weights:im2col",
+        ]
+    );
+    // 2 x 9 F(4,3) tiles: too few for Winograd.
+    assert_eq!(
+        rows("auto"),
+        ["s1,backward_weights:im2col", "s2,backward_weights:im2col"]
+    );
+    assert_eq!(rows("winograd_f4x3"), ["s1,backward_weights:winograd_f4x3"]);
+    let out = bin()
+        .args([
+            "bench",
+            "--suite",
+            &suite,
+            "--pass",
+            "backward_weights",
+            "--algo",
+            "direct",
+        ])
+        .output()
+        .unwrap();
+    assert_error(&out, "weight gradient");
+}
+
 /// `convkit train` learns the digits with He initialization and stays near chance with
 /// zeros (a short run: 6 epochs), and rejects bad flags with one error line.
 #[test]
