@@ -19,6 +19,10 @@
 //! Determinism: each element of `dU` is one GEMM's sum over the tiles in order, whatever the
 //! thread count (the GEMMs run one per task), so the gradient is bitwise identical on any
 //! number of threads.
+//!
+//! Non-finite values: as in the forward algorithm, the transforms mix a whole tile, so a NaN
+//! or infinity in `x` or `dY` makes NaN every weight gradient of the channel pairs whose
+//! tiles hold it, not only the taps that read it.
 
 use crate::arch::winograd::{VLayout, Variant, WinoGrad, WinoInput, LANES};
 use crate::arch::SharedMut;
