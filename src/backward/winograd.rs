@@ -24,6 +24,7 @@
 //! or infinity in `x` or `dY` makes NaN every weight gradient of the channel pairs whose
 //! tiles hold it, not only the taps that read it.
 
+use crate::algo::winograd::pad_plane_rows;
 use crate::arch::winograd::{VLayout, Variant, WinoGrad, WinoInput, LANES};
 use crate::arch::SharedMut;
 use crate::error::{Error, Result};
@@ -41,14 +42,9 @@ pub fn winograd_weights_check(g: &Geometry) -> std::result::Result<(), String> {
     if g.spatial_rank != 2 {
         return Err("needs a 2-D layer".into());
     }
-    if g.kernel != [3, 3] {
-        return Err(format!(
-            "needs a 3x3 kernel, the layer has {}x{}",
-            g.kernel[0], g.kernel[1]
-        ));
-    }
-    if g.stride != [1, 1] || g.dilation != [1, 1] {
-        return Err("needs stride 1 and dilation 1".into());
+    crate::algo::winograd::check_shape(g)?;
+    if g.dilation != [1, 1] {
+        return Err("needs dilation 1".into());
     }
     Ok(())
 }
@@ -75,7 +71,6 @@ pub fn backward_weights_winograd_into(
     let xi_n = alpha * alpha;
     let [ih, iw] = g.input;
     let [oh, ow] = g.conv_out;
-    let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
     let (cg, og) = (g.cin_per_group, g.cout_per_group);
     let (tiles_h, tiles_w) = (oh.div_ceil(m), ow.div_ceil(m));
     let too_large =
@@ -126,17 +121,9 @@ pub fn backward_weights_winograd_into(
                 for &(img, local, n, col) in &segments {
                     let (tr0, tr1) = (local / tiles_w, (local + n - 1) / tiles_w + 1);
                     let rows = (tr1 - tr0) * m + 2;
-                    band.clear();
                     band.resize(rows * pw, 0.0);
                     let plane = &x[(img * g.in_channels + grp * cg + ci) * in_area..][..in_area];
-                    for (r, row) in band.chunks_exact_mut(pw).enumerate() {
-                        // Padded row tr0 m + r holds input row tr0 m + r - pt.
-                        let Some(iy) = (tr0 * m + r).checked_sub(pt).filter(|&y| y < ih) else {
-                            continue;
-                        };
-                        let n_cols = iw.min(pw.saturating_sub(pl));
-                        row[pl..pl + n_cols].copy_from_slice(&plane[iy * iw..iy * iw + n_cols]);
-                    }
+                    pad_plane_rows(g, pw, plane, tr0 * m, rows, 0, pw, &mut band);
                     (kernels.winograd.input)(&mut WinoInput {
                         variant,
                         two_d: true,

@@ -176,58 +176,32 @@ pub fn time_plans(
         .collect())
 }
 
-/// A gradient run of `convkit bench`: the method for [`time_backward`] (`None` when a named
-/// method does not take the layer), the row's name and the choice.
-type BackwardRun = (Option<&'static str>, String, &'static str);
-
-/// The gradient runs `--algo` asks for on layer `g`: (method for [`time_backward`], or `None`
-/// when a named method does not take the layer; the row's name; the choice). The data
-/// gradient has one method a layer; the weight gradient the GEMM (`im2col`) or Winograd
-/// (`winograd_f2x3|f4x3|f6x3`, 3x3 stride 1), `auto` choosing between them, `all` each.
-fn backward_methods(g: &Geometry, pass: &str, algo: &str) -> Result<Vec<BackwardRun>, String> {
-    const WINOGRAD: [&str; 3] = ["winograd_f2x3", "winograd_f4x3", "winograd_f6x3"];
-    if pass == "backward_data" {
-        return Ok(vec![(Some("auto"), pass.to_string(), "heuristic")]);
-    }
-    let takes_winograd = convkit::backward::winograd_weights_check(g).is_ok();
-    let named = |m: &'static str| {
-        let ok = m == "im2col" || takes_winograd;
-        (ok.then_some(m), format!("{pass}:{m}"), "forced")
-    };
-    Ok(match algo {
-        "auto" => {
-            let chosen = match convkit::backward::weights_by_winograd(g) {
-                Some(v) => format!("winograd_f{}x3", v.m()),
-                None => "im2col".to_string(),
-            };
-            vec![(Some("auto"), format!("{pass}:{chosen}"), "heuristic")]
-        }
-        "all" => std::iter::once("im2col")
-            .chain(WINOGRAD.into_iter().filter(|_| takes_winograd))
-            .map(named)
-            .collect(),
-        "im2col" => vec![named("im2col")],
-        other => match WINOGRAD.into_iter().find(|&w| w == other) {
-            Some(w) => vec![named(w)],
-            None => return Err(weight_gradient_algo_error(other)),
+/// The weight-gradient methods `--algo` names (`--pass backward_weights`): `None` is the
+/// library's choice (`auto`), `Some(Algo::Im2col)` the GEMM, `Some(Algo::Winograd(v))` a
+/// Winograd variant (3x3 stride-1 layers); `all` is each of these. Other names are errors.
+fn weight_methods(algo: &str) -> Result<Vec<Option<Algo>>, String> {
+    use convkit::algo::WinogradVariant as V;
+    let winograd = [V::F2, V::F4, V::F6].map(Algo::Winograd);
+    match algo {
+        "auto" => Ok(vec![None]),
+        "all" => Ok(std::iter::once(Algo::Im2col)
+            .chain(winograd)
+            .map(Some)
+            .collect()),
+        name => match Algo::parse(name) {
+            Ok(a @ (Algo::Im2col | Algo::Winograd(_))) => Ok(vec![Some(a)]),
+            _ => Err(format!(
+                "--algo {name}: the weight gradient runs on auto, all, im2col or \
+                 winograd_f2x3|f4x3|f6x3"
+            )),
         },
-    })
+    }
 }
 
-/// The `--algo` values of `--pass backward_weights`.
-const WEIGHT_GRADIENT_ALGOS: [&str; 6] = [
-    "auto",
-    "all",
-    "im2col",
-    "winograd_f2x3",
-    "winograd_f4x3",
-    "winograd_f6x3",
-];
-
-fn weight_gradient_algo_error(algo: &str) -> String {
-    format!(
-        "--algo {algo}: the weight gradient runs on auto, all, im2col or winograd_f2x3|f4x3|f6x3"
-    )
+/// Whether weight-gradient method `method` takes layer `g`.
+fn weight_method_accepts(method: Option<Algo>, g: &Geometry) -> bool {
+    !matches!(method, Some(Algo::Winograd(_)))
+        || convkit::backward::winograd_weights_check(g).is_ok()
 }
 
 /// Times the data or the weight gradient of a layer's convolution (`dz` of the conv-output
@@ -237,10 +211,9 @@ pub fn time_backward(
     isa: convkit::Isa,
     threads: Option<usize>,
     pass: &str,
-    algo: &str,
+    weight_method: Option<Algo>,
     min_reps: usize,
 ) -> Result<(f64, f64, f64), String> {
-    use convkit::algo::WinogradVariant as V;
     use convkit::backward::{
         backward_data_into, backward_weights_gemm_into, backward_weights_into,
         backward_weights_winograd_into, DataWeights,
@@ -254,27 +227,24 @@ pub fn time_backward(
         .num_threads(threads.unwrap_or(0))
         .build()
         .map_err(|e| format!("cannot start threads: {e}"))?;
+    // Only the data gradient has weights to pack (the weight gradient's pack time is 0).
     let t = Instant::now();
-    let data = DataWeights::new(g, kernels, &w).map_err(|e| e.to_string())?;
+    let data = if pass == "backward_data" {
+        Some(DataWeights::new(g, kernels, &w).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     let pack_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut dx = vec![0f32; g.input_len()];
     let mut dw = vec![0f32; g.weight_len()];
     let mut run = || {
-        pool.install(|| match pass {
-            "backward_data" => backward_data_into(&data, &dz, &mut dx),
-            _ => match algo {
-                "im2col" => backward_weights_gemm_into(g, kernels, &x, &dz, &mut dw),
-                "winograd_f2x3" => {
-                    backward_weights_winograd_into(g, kernels, V::F2, &x, &dz, &mut dw)
-                }
-                "winograd_f4x3" => {
-                    backward_weights_winograd_into(g, kernels, V::F4, &x, &dz, &mut dw)
-                }
-                "winograd_f6x3" => {
-                    backward_weights_winograd_into(g, kernels, V::F6, &x, &dz, &mut dw)
-                }
-                _ => backward_weights_into(g, kernels, &x, &dz, &mut dw),
-            },
+        pool.install(|| match (&data, weight_method) {
+            (Some(data), _) => backward_data_into(data, &dz, &mut dx),
+            (None, None) => backward_weights_into(g, kernels, &x, &dz, &mut dw),
+            (None, Some(Algo::Winograd(v))) => {
+                backward_weights_winograd_into(g, kernels, v, &x, &dz, &mut dw)
+            }
+            (None, Some(_)) => backward_weights_gemm_into(g, kernels, &x, &dz, &mut dw),
         })
         .map_err(|e| e.to_string())
     };
@@ -478,9 +448,11 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
     if algo_sel != "all" && algo_sel != "auto" {
         Algo::parse(&algo_sel).map_err(|e| e.to_string())?;
     }
-    if pass == "backward_weights" && !WEIGHT_GRADIENT_ALGOS.contains(&algo_sel.as_str()) {
-        return Err(weight_gradient_algo_error(&algo_sel));
-    }
+    // The data gradient has one method a layer; the weight gradient those `--algo` names.
+    let backward_methods = match pass {
+        "backward_weights" => weight_methods(&algo_sel)?,
+        _ => vec![None],
+    };
     let isa = convkit::arch::resolve_isa(a.get("isa")).map_err(|e| e.to_string())?;
     let nthreads = threads.unwrap_or_else(convkit::sysinfo::cores);
     let tune = parse_tune(a.get("tune"))?;
@@ -505,15 +477,28 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
             .map_err(|e| format!("layer {}: {e}", spec.name.as_deref().unwrap_or("?")))?;
         let name = spec.name.clone().unwrap_or_else(|| format!("layer{i}"));
         if pass != "forward" {
-            for (method, label, choice) in backward_methods(&g, pass, &algo_sel)? {
-                let Some(method) = method else {
-                    eprintln!(
-                        "[{}/{}] {name}: {label} does not accept this layer, skipped",
-                        i + 1,
-                        specs.len()
-                    );
-                    continue;
+            for &method in &backward_methods {
+                // A weight-gradient row names its method (`auto`: the one chosen).
+                let label = if pass == "backward_data" {
+                    pass.to_string()
+                } else {
+                    let chosen = method.unwrap_or_else(|| {
+                        convkit::backward::weights_by_winograd(&g)
+                            .map_or(Algo::Im2col, Algo::Winograd)
+                    });
+                    format!("{pass}:{}", chosen.name())
                 };
+                if !weight_method_accepts(method, &g) {
+                    // `all` lists only the methods that take the layer.
+                    if algo_sel != "all" {
+                        eprintln!(
+                            "[{}/{}] {name}: {label} does not accept this layer, skipped",
+                            i + 1,
+                            specs.len()
+                        );
+                    }
+                    continue;
+                }
                 eprint!("[{}/{}] {name} {label} ...", i + 1, specs.len());
                 let (pack_ms, med, min) = time_backward(&g, isa, threads, pass, method, min_reps)?;
                 let gflops = g.flops() as f64 / (med * 1e-3) / 1e9;
@@ -521,8 +506,12 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                 rows.push(Row {
                     layer: name.clone(),
                     algo: label,
-                    auto: method == "auto",
-                    choice,
+                    auto: method.is_none(),
+                    choice: if method.is_none() {
+                        "heuristic"
+                    } else {
+                        "forced"
+                    },
                     runner_up: None,
                     threads: nthreads,
                     median_ms: med,

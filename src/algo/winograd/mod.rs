@@ -73,7 +73,7 @@ pub fn check_dilated(g: &Geometry) -> Result<(), String> {
 }
 
 /// Kernel 3 and stride 1: what the tiles need (any dilation, through phase planes).
-fn check_shape(g: &Geometry) -> Result<(), String> {
+pub(crate) fn check_shape(g: &Geometry) -> Result<(), String> {
     let kernel_ok = if g.spatial_rank == 2 {
         g.kernel == [3, 3]
     } else {
@@ -116,6 +116,41 @@ fn tile_geometry(g: &Geometry, m: usize, alpha: usize) -> Option<[usize; 7]> {
     let ph = tiles_h.checked_mul(mh)?.checked_add(ah - mh)?;
     let pw = tiles_w.checked_mul(m)?.checked_add(alpha - m)?;
     Some([mh, ah, tiles_h, tiles_w, ph, pw, dh.checked_mul(dw)?])
+}
+
+/// Rows `y0..y0 + rows` of the zero-padded plane of one undilated channel (`src`, its
+/// `IH x IW` input plane; padded row `y` holds input row `y - PT`, padded column `x` input
+/// column `x - PL`), columns `c0..c1` of each, into `dst` (`rows` rows of `pw` floats; the
+/// other columns are not written). The forward's blocks and the weight gradient pad their
+/// rows with it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pad_plane_rows(
+    g: &Geometry,
+    pw: usize,
+    src: &[f32],
+    y0: usize,
+    rows: usize,
+    c0: usize,
+    c1: usize,
+    dst: &mut [f32],
+) {
+    let [ih, iw] = g.input;
+    let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
+    // Padded columns a..b hold input columns a - pl..b - pl.
+    let a = pl.clamp(c0, c1);
+    let b = (pl + iw).clamp(a, c1);
+    for (r, row) in dst.chunks_mut(pw).take(rows).enumerate() {
+        let y = y0 + r;
+        let row = &mut row[c0..c1];
+        if y < pt || y - pt >= ih {
+            crate::gemm::pack::zero_floats(row);
+            continue;
+        }
+        crate::gemm::pack::zero_floats(&mut row[..a - c0]);
+        crate::gemm::pack::zero_floats(&mut row[b - c0..]);
+        let at = (y - pt) * iw + a - pl;
+        crate::gemm::pack::copy_floats(&mut row[a - c0..b - c0], &src[at..at + b - a]);
+    }
 }
 
 /// Floats of the padded (and, dilated, phase-split) image of `g` under `variant`, or `None`
@@ -346,23 +381,7 @@ impl WinogradPlan {
         c1: usize,
         dst: &mut [f32],
     ) {
-        let [ih, iw] = g.input;
-        let (pt, pl, pw) = (g.pad_before[0], g.pad_before[1], self.pw);
-        // Padded columns a..b hold input columns a - pl..b - pl.
-        let a = pl.clamp(c0, c1);
-        let b = (pl + iw).clamp(a, c1);
-        for (r, row) in dst.chunks_mut(pw).take(rows).enumerate() {
-            let y = y0 + r;
-            let row = &mut row[c0..c1];
-            if y < pt || y - pt >= ih {
-                crate::gemm::pack::zero_floats(row);
-                continue;
-            }
-            crate::gemm::pack::zero_floats(&mut row[..a - c0]);
-            crate::gemm::pack::zero_floats(&mut row[b - c0..]);
-            let at = (y - pt) * iw + a - pl;
-            crate::gemm::pack::copy_floats(&mut row[a - c0..b - c0], &src[at..at + b - a]);
-        }
+        pad_plane_rows(g, self.pw, src, y0, rows, c0, c1, dst)
     }
 
     /// Whether [`WinogradPlan::fill_nhwc`] takes this plan's images: undilated layers.
