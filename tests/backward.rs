@@ -642,12 +642,13 @@ fn weight_gradient_case(
 
 /// The Winograd weight gradient against the f64 reference on every tier and variant, over
 /// padding kinds, groups, batches whose tiles span several blocks (a block can end inside
-/// an image and hold the tiles of several), edge tiles past the output, and 1, 2 and 3
-/// threads (bitwise identical).
+/// an image and hold the tiles of several), edge tiles past the output, 1-D layers, dilated
+/// layers (phase planes of unequal sizes, 2-D and 1-D), and 1, 2 and 3 threads (bitwise
+/// identical).
 #[test]
 fn winograd_weight_gradient_matches_the_f64_reference() {
     use convkit::algo::WinogradVariant as V;
-    use convkit::backward::{backward_weights_winograd_into, winograd_weights_check};
+    use convkit::backward::{backward_weights_winograd_blocks, winograd_weights_check};
     // (batch, C, Cout, groups, H, W, padding)
     let shapes: [(usize, usize, usize, usize, usize, usize, Padding); 7] = [
         (1, 3, 5, 1, 9, 11, Padding::Symmetric(vec![1, 1])),
@@ -658,37 +659,65 @@ fn winograd_weight_gradient_matches_the_f64_reference() {
         (1, 6, 9, 3, 5, 17, Padding::Symmetric(vec![2, 0])),
         (4, 5, 7, 1, 16, 16, Padding::Symmetric(vec![1, 1])),
     ];
+    let mut specs: Vec<ConvSpec> = shapes
+        .into_iter()
+        .map(|(n, c, co, groups, h, w, pad)| {
+            ConvSpec::new(&[n, c, h, w], co, &[3, 3])
+                .with_padding(pad)
+                .with_groups(groups)
+        })
+        .collect();
+    specs.extend([
+        // Dilated: 2x2 phases (the last row and column phases one shorter), 3x1, 1x2.
+        ConvSpec::new(&[2, 3, 13, 11], 4, &[3, 3])
+            .with_dilation(&[2, 2])
+            .with_padding(Padding::Same),
+        ConvSpec::new(&[1, 4, 20, 9], 6, &[3, 3])
+            .with_dilation(&[3, 1])
+            .with_padding(Padding::Symmetric(vec![1, 0]))
+            .with_groups(2),
+        ConvSpec::new(&[1, 2, 8, 15], 3, &[3, 3]).with_dilation(&[1, 2]),
+        // 1-D: padded, grouped, a batch past one block, dilated.
+        ConvSpec::new(&[2, 5, 37], 7, &[3]).with_padding(Padding::Same),
+        ConvSpec::new(&[1, 6, 10], 4, &[3]).with_groups(2),
+        ConvSpec::new(&[40, 3, 30], 5, &[3]).with_padding(Padding::Symmetric(vec![1])),
+        ConvSpec::new(&[2, 4, 29], 3, &[3])
+            .with_dilation(&[3])
+            .with_padding(Padding::Same),
+    ]);
     let mut rng = Rng::new(11);
-    for (n, c, co, groups, h, w, pad) in shapes {
-        let spec = ConvSpec::new(&[n, c, h, w], co, &[3, 3])
-            .with_padding(pad)
-            .with_groups(groups)
-            .with_bias(false);
+    for spec in specs {
+        let spec = spec.with_bias(false);
         let g = Geometry::new(&spec).unwrap();
         assert!(winograd_weights_check(&g).is_ok());
         let (x, dy, want) = weight_gradient_case(&g, &mut rng);
         for isa in convkit::arch::available_isas() {
             let kernels = isa.kernels().unwrap();
             for v in [V::F2, V::F4, V::F6] {
-                let mut first: Option<Vec<f32>> = None;
-                for threads in [1, 2, 3] {
+                // Per block size (automatic: the whole batch in one block on these small
+                // layers; 8 tiles: blocks ending inside images and phase planes), the
+                // result of the first thread count, which the others must match bitwise.
+                let mut first: [Option<Vec<f32>>; 2] = [None, None];
+                for (threads, block) in
+                    [(1, None), (2, None), (3, None), (1, Some(8)), (3, Some(8))]
+                {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
                         .unwrap();
                     let mut dw = vec![f32::NAN; g.weight_len()];
                     pool.install(|| {
-                        backward_weights_winograd_into(&g, kernels, v, &x, &dy, &mut dw)
+                        backward_weights_winograd_blocks(&g, kernels, v, &x, &dy, &mut dw, block)
                     })
                     .unwrap();
                     let (e, i) = worst(&dw, &want.weight, want.weight_magnitude);
                     let ctx = format!(
-                        "{v:?} on {}, {threads} threads, {}",
+                        "{v:?} on {}, {threads} threads, blocks {block:?}, {}",
                         isa.name(),
                         spec.to_json()
                     );
                     if threads == 1 {
-                        eprintln!("{v:?} {}: worst dw error {e:.2e} x S", isa.name());
+                        eprintln!("{ctx}: worst dw error {e:.2e} x S");
                     }
                     // SPEC's Winograd tolerance.
                     assert!(
@@ -697,8 +726,8 @@ fn winograd_weight_gradient_matches_the_f64_reference() {
                         dw[i],
                         want.weight[i]
                     );
-                    match &first {
-                        None => first = Some(dw),
+                    match &first[usize::from(block.is_some())] {
+                        None => first[usize::from(block.is_some())] = Some(dw),
                         Some(f) => assert!(
                             f.iter().zip(&dw).all(|(a, b)| a.to_bits() == b.to_bits()),
                             "thread counts disagree ({ctx})"
@@ -731,6 +760,22 @@ fn weight_gradient_choice_follows_the_tile_count() {
     assert_eq!(weights_by_winograd(&geom(1, 256, 14, 3)), None);
     assert_eq!(weights_by_winograd(&geom(1, 8, 16, 3)), None);
     assert_eq!(weights_by_winograd(&geom(1, 16, 224, 5)), None);
+    // Dilated: as many tiles over the phases as channels (deeplab.dilated3x3: 4 x 25 F(4,3)
+    // tiles for 256 channels, then a batch of 4 of it).
+    let dilated = |n: usize| {
+        Geometry::new(
+            &ConvSpec::new(&[n, 256, 33, 33], 256, &[3, 3])
+                .with_dilation(&[2, 2])
+                .with_padding(Padding::Same)
+                .with_bias(false),
+        )
+        .unwrap()
+    };
+    assert_eq!(weights_by_winograd(&dilated(1)), None);
+    assert_eq!(weights_by_winograd(&dilated(4)), Some(V::F4));
+    // 1-D layers stay on the GEMM, however many tiles.
+    let seq = ConvSpec::new(&[8, 128, 4000], 128, &[3]).with_padding(Padding::Same);
+    assert_eq!(weights_by_winograd(&Geometry::new(&seq).unwrap()), None);
     let g = geom(2, 8, 24, 3);
     assert_eq!(weights_by_winograd(&g), Some(V::F4));
     let (x, dy, want) = weight_gradient_case(&g, &mut Rng::new(5));
@@ -750,8 +795,9 @@ fn winograd_weight_gradient_refuses_other_layers() {
     for spec in [
         ConvSpec::new(&[1, 2, 8, 8], 2, &[3, 3]).with_stride(&[2, 2]),
         ConvSpec::new(&[1, 2, 8, 8], 2, &[5, 5]),
-        ConvSpec::new(&[1, 2, 8, 8], 2, &[3, 3]).with_dilation(&[2, 2]),
-        ConvSpec::new(&[1, 2, 8], 2, &[3]),
+        ConvSpec::new(&[1, 2, 8, 8], 2, &[3, 3]).with_stride(&[1, 2]),
+        ConvSpec::new(&[1, 2, 8], 2, &[5]),
+        ConvSpec::new(&[1, 2, 8], 2, &[3]).with_stride(&[2]),
     ] {
         let g = Geometry::new(&spec).unwrap();
         let (x, dz) = (vec![0f32; g.input_len()], vec![0f32; g.conv_output_len()]);

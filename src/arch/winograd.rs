@@ -442,28 +442,41 @@ pub struct WinoOutput<'a> {
 }
 
 /// The transform of output gradients for the Winograd weight gradient: for `channels` (at
-/// most [`LANES`]) output channels at once, one per lane, and tiles `t0 .. t0 + n` of an image
-/// (`m x m` each, zero past the planes' edges), `(A dY_t A^T)[xi]` with `A = (A^T)^T`
-/// (`alpha x m`), written channel-contiguous: channel `l` of tile `t0 + j` at
+/// most [`LANES`]) output channels at once, one per lane, and tiles `t0 .. t0 + n` of one
+/// plane (`m x m` each in 2-D, `1 x m` in 1-D, zero past the plane's edges),
+/// `(A dY_t A^T)[xi]` with `A = (A^T)^T` (`alpha x m`; in 1-D `A dY_t`, alpha positions),
+/// written channel-contiguous: channel `l` of tile `t0 + j` at
 /// `base + xi * xi_stride + j * tile_stride + l`, the layout the weight gradient's GEMMs
 /// read as B rows. It is the adjoint of the output transform: with `Y = A^T [U * V] A`, the
 /// gradient of `U` is `(A dY A^T) * V`.
+///
+/// The plane is a phase plane of a dilated layer's output gradient (row `a`, column `b` at
+/// `origin + a * row_stride + b * col_stride` of each channel), or, undilated, the whole
+/// plane (`origin` 0, `row_stride` OW, `col_stride` 1).
 pub struct WinoGrad<'a> {
     /// The variant.
     pub variant: Variant,
-    /// The channels' output-gradient planes, `oh x ow` each, `plane_stride` apart.
+    /// 2-D tiles (m x m) or 1-D (1 x m).
+    pub two_d: bool,
+    /// The channels' output-gradient planes, `plane_stride` apart.
     pub dy: &'a [f32],
     /// Channels (lanes used), 1 ..= [`LANES`].
     pub channels: usize,
     /// Floats from one channel's plane to the next.
     pub plane_stride: usize,
-    /// Plane rows.
-    pub oh: usize,
-    /// Plane columns.
-    pub ow: usize,
+    /// Offset of the phase plane's first value in each channel's plane.
+    pub origin: usize,
+    /// Floats from one phase-plane row to the next.
+    pub row_stride: usize,
+    /// Floats from one phase-plane column to the next.
+    pub col_stride: usize,
+    /// Rows of the phase plane.
+    pub rows: usize,
+    /// Columns of the phase plane.
+    pub cols: usize,
     /// Tiles per tile row.
     pub tiles_w: usize,
-    /// First tile (of the image).
+    /// First tile (of the phase plane).
     pub t0: usize,
     /// Tiles.
     pub n: usize,
@@ -1033,23 +1046,51 @@ fn grad_tiles<const A: usize, const M: usize>(
         "1 to {LANES} channels a call"
     );
     let lanes = j.channels;
+    let mh = if j.two_d { M } else { 1 };
     for t in 0..j.n {
         let tile = j.t0 + t;
-        let (y0, x0) = ((tile / j.tiles_w) * M, (tile % j.tiles_w) * M);
+        let (y0, x0) = ((tile / j.tiles_w) * mh, (tile % j.tiles_w) * M);
         let (rows, cols) = (
-            M.min(j.oh.saturating_sub(y0)),
-            M.min(j.ow.saturating_sub(x0)),
+            mh.min(j.rows.saturating_sub(y0)),
+            M.min(j.cols.saturating_sub(x0)),
         );
         // The tile of each channel into lanes (zeros past the plane and in unused lanes).
+        // Bounds-checked reads: a plane description past `dy` panics, never reads outside.
         let mut d = [[[0f32; LANES]; M]; M];
         for l in 0..lanes {
-            let plane = &j.dy[l * j.plane_stride..];
+            let plane = &j.dy[l * j.plane_stride + j.origin..];
             for i in 0..rows {
-                let row = &plane[(y0 + i) * j.ow + x0..(y0 + i) * j.ow + x0 + cols];
-                for (k, &v) in row.iter().enumerate() {
-                    d[i][k][l] = v;
+                let row = (y0 + i) * j.row_stride + x0 * j.col_stride;
+                if j.col_stride == 1 {
+                    for (k, &v) in plane[row..row + cols].iter().enumerate() {
+                        d[i][k][l] = v;
+                    }
+                } else {
+                    for k in 0..cols {
+                        d[i][k][l] = plane[row + k * j.col_stride];
+                    }
                 }
             }
+        }
+        let at_tile = j.base + t * j.tile_stride;
+        if !j.two_d {
+            // 1-D: A dY, alpha positions.
+            for p in 0..A {
+                let mut v = [0f32; LANES];
+                for k in 0..M {
+                    let c = at[k][p];
+                    for l in 0..LANES {
+                        v[l] = fma(c, d[0][k][l], v[l]);
+                    }
+                }
+                let off = at_tile + p * j.xi_stride;
+                if lanes == LANES {
+                    j.out.write_array(off, &v);
+                } else {
+                    j.out.write_from(off, &v[..lanes]);
+                }
+            }
+            continue;
         }
         // t1 = A dY (alpha x m), then A dY A^T.
         let mut t1 = [[[0f32; LANES]; M]; A];
@@ -1063,7 +1104,6 @@ fn grad_tiles<const A: usize, const M: usize>(
                 }
             }
         }
-        let at_tile = j.base + t * j.tile_stride;
         for p in 0..A {
             for q in 0..A {
                 let mut v = [0f32; LANES];

@@ -27,7 +27,9 @@
 //! bitwise identical whatever the thread count.
 
 mod winograd;
-pub use winograd::{backward_weights_winograd_into, winograd_weights_check};
+pub use winograd::{
+    backward_weights_winograd_blocks, backward_weights_winograd_into, winograd_weights_check,
+};
 
 use crate::arch::{resolve_isa, SharedMut};
 use crate::epilogue::Pool;
@@ -423,13 +425,37 @@ pub fn backward_weights_into(
 /// 128) 4.1-5.4 -> 3.0-3.8; and against it vgg16.conv4_3 (49, 512) 52-61 -> 62-64,
 /// res4.3x3 (16, 256) 3.6-4.7 -> 13, conv5_3 (16, 512) 13-16 -> 49-57, res5.3x3 (4, 512)
 /// 4.3-5.5 -> 49-58. F(2,3) and F(6,3) were never clearly faster than F(4,3).
+///
+/// A dilated 2-D layer needs as many tiles (over its phase planes, each of which pads its
+/// own tile grid) as channels. Dilation 2, one thread, three alternating runs, min and
+/// medians, F(4,3) against the GEMM: deeplab.dilated3x3 (100 tiles, 256 channels) 27-32 ms
+/// against 21-26, its batch of 2 (200) 39-58 against 49-53, of 4 (400) 75-98 against
+/// 92-113; 128 channels of 28x28 (64 tiles) 4.1-6.8 against 4.6-6.2, a batch of 4 of them
+/// 12.8-21.8 against 23.7-26.5; 64 channels of 56x56 (196) 4.4-6.0 against 5.1-8.1.
+/// 1-D layers stay on the GEMM: their im2col GEMM has the depth 3 C and runs near its best,
+/// and F(4,3)'s 2x fewer multiplies came out between 1.1x faster and 1.1x slower
+/// (textcnn.k3 1.0 -> 1.0-1.5 ms, batch 8 8.2-9.1 -> 9.2-9.7; 512 channels of 3199:
+/// 77-91 -> 66-87).
 pub fn weights_by_winograd(g: &Geometry) -> Option<crate::arch::winograd::Variant> {
     use crate::arch::winograd::Variant;
     winograd_weights_check(g).ok()?;
-    let [oh, ow] = g.conv_out;
-    let tiles = g.batch.checked_mul(oh.div_ceil(4) * ow.div_ceil(4))?;
+    if g.spatial_rank != 2 || thin(g) {
+        return None;
+    }
+    let [_, _, tiles_h, tiles_w, _, _, phases] =
+        crate::algo::winograd::tile_geometry(g, Variant::F4.m(), Variant::F4.alpha())?;
+    let tiles = g
+        .batch
+        .checked_mul(tiles_h)?
+        .checked_mul(tiles_w)?
+        .checked_mul(phases)?;
     let widest = g.cin_per_group.max(g.cout_per_group);
-    (tiles >= 32 && tiles.saturating_mul(4) >= widest && !thin(g)).then_some(Variant::F4)
+    let enough = if phases == 1 {
+        tiles.saturating_mul(4) >= widest
+    } else {
+        tiles >= widest
+    };
+    (tiles >= 32 && enough).then_some(Variant::F4)
 }
 
 /// dL/dw (weight shape, overwritten) from the input `x` and `dz` (conv-output shape), summed

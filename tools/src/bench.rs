@@ -178,30 +178,42 @@ pub fn time_plans(
 
 /// The weight-gradient methods `--algo` names (`--pass backward_weights`): `None` is the
 /// library's choice (`auto`), `Some(Algo::Im2col)` the GEMM, `Some(Algo::Winograd(v))` a
-/// Winograd variant (3x3 stride-1 layers); `all` is each of these. Other names are errors.
+/// Winograd variant (kernel 3, stride 1) and `Some(Algo::DilatedWinograd(v))` the same on a
+/// dilated layer (named apart as in the forward pass); `all` is each of these. Other names
+/// are errors.
 fn weight_methods(algo: &str) -> Result<Vec<Option<Algo>>, String> {
     use convkit::algo::WinogradVariant as V;
-    let winograd = [V::F2, V::F4, V::F6].map(Algo::Winograd);
+    let variants = [V::F2, V::F4, V::F6];
     match algo {
         "auto" => Ok(vec![None]),
         "all" => Ok(std::iter::once(Algo::Im2col)
-            .chain(winograd)
+            .chain(variants.map(Algo::Winograd))
+            .chain(variants.map(Algo::DilatedWinograd))
             .map(Some)
             .collect()),
         name => match Algo::parse(name) {
-            Ok(a @ (Algo::Im2col | Algo::Winograd(_))) => Ok(vec![Some(a)]),
+            Ok(a @ (Algo::Im2col | Algo::Winograd(_) | Algo::DilatedWinograd(_))) => {
+                Ok(vec![Some(a)])
+            }
             _ => Err(format!(
-                "--algo {name}: the weight gradient runs on auto, all, im2col or \
-                 winograd_f2x3|f4x3|f6x3"
+                "--algo {name}: the weight gradient runs on auto, all, im2col, \
+                 winograd_f2x3|f4x3|f6x3 or dilated_f2x3|f4x3|f6x3"
             )),
         },
     }
 }
 
-/// Whether weight-gradient method `method` takes layer `g`.
+/// Whether weight-gradient method `method` takes layer `g`: the Winograd names need a layer
+/// the Winograd weight gradient takes, `winograd_*` an undilated one, `dilated_*` a dilated
+/// one.
 fn weight_method_accepts(method: Option<Algo>, g: &Geometry) -> bool {
-    !matches!(method, Some(Algo::Winograd(_)))
-        || convkit::backward::winograd_weights_check(g).is_ok()
+    let winograd_ok = || convkit::backward::winograd_weights_check(g).is_ok();
+    let dilated = g.dilation != [1, 1];
+    match method {
+        Some(Algo::Winograd(_)) => !dilated && winograd_ok(),
+        Some(Algo::DilatedWinograd(_)) => dilated && winograd_ok(),
+        _ => true,
+    }
 }
 
 /// Times the data or the weight gradient of a layer's convolution (`dz` of the conv-output
@@ -241,7 +253,7 @@ pub fn time_backward(
         pool.install(|| match (&data, weight_method) {
             (Some(data), _) => backward_data_into(data, &dz, &mut dx),
             (None, None) => backward_weights_into(g, kernels, &x, &dz, &mut dw),
-            (None, Some(Algo::Winograd(v))) => {
+            (None, Some(Algo::Winograd(v) | Algo::DilatedWinograd(v))) => {
                 backward_weights_winograd_into(g, kernels, v, &x, &dz, &mut dw)
             }
             (None, Some(_)) => backward_weights_gemm_into(g, kernels, &x, &dz, &mut dw),
@@ -483,8 +495,13 @@ pub fn cmd_bench(a: &Args) -> Result<(), String> {
                     pass.to_string()
                 } else {
                     let chosen = method.unwrap_or_else(|| {
-                        convkit::backward::weights_by_winograd(&g)
-                            .map_or(Algo::Im2col, Algo::Winograd)
+                        convkit::backward::weights_by_winograd(&g).map_or(Algo::Im2col, |v| {
+                            if g.dilation == [1, 1] {
+                                Algo::Winograd(v)
+                            } else {
+                                Algo::DilatedWinograd(v)
+                            }
+                        })
                     });
                     format!("{pass}:{}", chosen.name())
                 };

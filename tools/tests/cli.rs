@@ -626,15 +626,18 @@ fn info_and_bench_json_follow_the_spec() {
 }
 
 /// `--pass backward_weights` names its method in each row: `all` gives the GEMM and the three
-/// Winograd variants on a 3x3 stride-1 layer and the GEMM alone elsewhere; `auto` one row,
-/// the method chosen; a forward-only algorithm is an error.
+/// Winograd variants on a 3x3 stride-1 layer (and on a 1-D kernel of 3; `dilated_*` on a
+/// dilated layer) and the GEMM alone elsewhere; `auto` one row, the method chosen; a
+/// forward-only algorithm is an error.
 #[test]
 fn bench_weight_gradient_rows_name_their_method() {
     let d = Dir::new("bench_wgrad");
     let suite = d.file(
         "suite.json",
         br#"{"layers": [{"name": "s1", "input": [2, 8, 12, 12], "out_channels": 8, "kernel": [3, 3], "padding": [1, 1]},
-                        {"name": "s2", "input": [1, 4, 12, 12], "out_channels": 6, "kernel": [3, 3], "stride": [2, 2]}]}"#,
+                        {"name": "s2", "input": [1, 4, 12, 12], "out_channels": 6, "kernel": [3, 3], "stride": [2, 2]},
+                        {"name": "d2", "input": [4, 4, 20, 20], "out_channels": 4, "kernel": [3, 3], "dilation": [2, 2], "padding": [2, 2]},
+                        {"name": "l1", "input": [1, 4, 40], "out_channels": 4, "kernel": [3]}]}"#,
     );
     let rows = |algo: &str| -> Vec<String> {
         let out = bin()
@@ -675,14 +678,35 @@ fn bench_weight_gradient_rows_name_their_method() {
             "s1,backward_weights:winograd_f4x3",
             "s1,backward_weights:winograd_f6x3",
             "s2,backward_weights:im2col",
+            "d2,backward_weights:im2col",
+            "d2,backward_weights:dilated_f2x3",
+            "d2,backward_weights:dilated_f4x3",
+            "d2,backward_weights:dilated_f6x3",
+            "l1,backward_weights:im2col",
+            "l1,backward_weights:winograd_f2x3",
+            "l1,backward_weights:winograd_f4x3",
+            "l1,backward_weights:winograd_f6x3",
         ]
     );
-    // 2 x 9 F(4,3) tiles: too few for Winograd.
+    // s1: 2 x 9 F(4,3) tiles, too few for Winograd; d2: 4 images x 4 phases x 9 tiles;
+    // 1-D layers stay on the GEMM.
     assert_eq!(
         rows("auto"),
-        ["s1,backward_weights:im2col", "s2,backward_weights:im2col"]
+        [
+            "s1,backward_weights:im2col",
+            "s2,backward_weights:im2col",
+            "d2,backward_weights:dilated_f4x3",
+            "l1,backward_weights:im2col",
+        ]
     );
-    assert_eq!(rows("winograd_f4x3"), ["s1,backward_weights:winograd_f4x3"]);
+    assert_eq!(
+        rows("winograd_f4x3"),
+        [
+            "s1,backward_weights:winograd_f4x3",
+            "l1,backward_weights:winograd_f4x3"
+        ]
+    );
+    assert_eq!(rows("dilated_f2x3"), ["d2,backward_weights:dilated_f2x3"]);
     let out = bin()
         .args([
             "bench",

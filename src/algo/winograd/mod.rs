@@ -107,7 +107,7 @@ pub(crate) fn check_shape(g: &Geometry) -> Result<(), String> {
 /// plane, computed here with the same tiles. Every phase gets the largest phase's tile grid
 /// (ceil(OH / dh) x ceil(OW / dw) outputs); a smaller phase's extra row or column is computed
 /// from zeros and not stored.
-fn tile_geometry(g: &Geometry, m: usize, alpha: usize) -> Option<[usize; 7]> {
+pub(crate) fn tile_geometry(g: &Geometry, m: usize, alpha: usize) -> Option<[usize; 7]> {
     let two_d = g.spatial_rank == 2;
     let (mh, ah) = if two_d { (m, alpha) } else { (1, 1) };
     let [dh, dw] = g.dilation;
@@ -150,6 +150,50 @@ pub(crate) fn pad_plane_rows(
         crate::gemm::pack::zero_floats(&mut row[b - c0..]);
         let at = (y - pt) * iw + a - pl;
         crate::gemm::pack::copy_floats(&mut row[a - c0..b - c0], &src[at..at + b - a]);
+    }
+}
+
+/// Rows `r0..r0 + rows` of phase plane `(py, px)` of one channel of a dilated layer (`src`,
+/// its `IH x IW` input plane), whole rows of `pw` floats, into `dst`: phase row `r`, column
+/// `v` holds padded row `dh r + py`, column `dw v + px` (zero outside the input). Undilated
+/// (`dh = dw = 1`, phase (0, 0)) this is [`pad_plane_rows`] over whole rows. `gather` is the
+/// tier's strided gather, for `dw > 1`. [`WinogradPlan::fill`] and the weight gradient
+/// split their planes with it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pad_phase_rows(
+    g: &Geometry,
+    pw: usize,
+    src: &[f32],
+    [py, px]: [usize; 2],
+    r0: usize,
+    rows: usize,
+    dst: &mut [f32],
+    gather: crate::arch::GatherFn,
+) {
+    let [dh, dw] = g.dilation;
+    if dh == 1 && dw == 1 {
+        return pad_plane_rows(g, pw, src, r0, rows, 0, pw, dst);
+    }
+    let [ih, iw] = g.input;
+    let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
+    // Phase columns v whose padded column dw v + px holds input: c0..c1, the first at input
+    // column dw c0 + px - pl.
+    let c0 = pl.saturating_sub(px).div_ceil(dw).min(pw);
+    let c1 = (pl + iw).saturating_sub(px).div_ceil(dw).clamp(c0, pw);
+    for (r, row) in dst.chunks_mut(pw).take(rows).enumerate() {
+        let y = dh * (r0 + r) + py;
+        if y < pt || y - pt >= ih || c1 == c0 {
+            crate::gemm::pack::zero_floats(row);
+            continue;
+        }
+        crate::gemm::pack::zero_floats(&mut row[..c0]);
+        crate::gemm::pack::zero_floats(&mut row[c1..]);
+        let at = (y - pt) * iw + dw * c0 + px - pl;
+        if dw == 1 {
+            crate::gemm::pack::copy_floats(&mut row[c0..c1], &src[at..at + c1 - c0]);
+        } else {
+            gather(&mut row[c0..c1], &src[at..], dw);
+        }
     }
 }
 
@@ -313,7 +357,6 @@ impl WinogradPlan {
     /// dilated layer's channels as dh x dw phase planes, `[c][py * dw + px][ph][pw]`.
     pub fn fill(&self, g: &Geometry, x: &[f32], xp: &mut [f32]) {
         let [ih, iw] = g.input;
-        let (pt, pl) = (g.pad_before[0], g.pad_before[1]);
         let (ph, pw) = (self.ph, self.pw);
         let [dh, dw] = self.dilation;
         let gather = self.gather;
@@ -324,29 +367,7 @@ impl WinogradPlan {
             ih * iw,
             |_, planes, src| {
                 for (phase, plane) in planes.chunks_mut(ph * pw).enumerate() {
-                    let (py, px) = (phase / dw, phase % dw);
-                    // Phase columns v whose padded column dw v + px holds input: c0..c1,
-                    // the first at input column dw c0 + px - pl.
-                    let c0 = pl.saturating_sub(px).div_ceil(dw).min(pw);
-                    let c1 = (pl + iw).saturating_sub(px).div_ceil(dw).clamp(c0, pw);
-                    for (r, row) in plane.chunks_mut(pw).enumerate() {
-                        let y = dh * r + py;
-                        if y < pt || y - pt >= ih || c1 == c0 {
-                            row.fill(0.0);
-                            continue;
-                        }
-                        row[..c0].fill(0.0);
-                        row[c1..].fill(0.0);
-                        let at = (y - pt) * iw + dw * c0 + px - pl;
-                        if dw == 1 {
-                            crate::gemm::pack::copy_floats(
-                                &mut row[c0..c1],
-                                &src[at..at + c1 - c0],
-                            );
-                        } else {
-                            gather(&mut row[c0..c1], &src[at..], dw);
-                        }
-                    }
+                    pad_phase_rows(g, pw, src, [phase / dw, phase % dw], 0, ph, plane, gather);
                 }
             },
         );
