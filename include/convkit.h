@@ -61,6 +61,12 @@ typedef enum {
   ConvkitPool_GlobalAvg = 4,
 } ConvkitPool;
 
+// An opaque gradient plan: one convolution's geometry and its weights packed for the data
+// gradient, for frameworks that run their own activations and pools and need the
+// convolution's backward pass (`convkit_grad_data`, `convkit_grad_weight`,
+// `convkit_grad_bias`). NCHW (NCL) tensors.
+typedef struct ConvkitGrad ConvkitGrad;
+
 // An opaque plan.
 typedef struct ConvkitPlan ConvkitPlan;
 
@@ -215,6 +221,87 @@ ConvkitStatus convkit_plan_run(const ConvkitPlan *plan,
 // # Safety
 // `plan` is NULL or a plan from `convkit_plan_create_json` not yet destroyed.
 void convkit_plan_destroy(ConvkitPlan *plan);
+
+// Creates a gradient plan from a layer spec in JSON (SPEC.md section 1) and its OIHW
+// weights. The spec describes the convolution alone: an activation, pool or residual is an
+// error (`"bias"` is allowed and changes nothing: the bias gradient is
+// `convkit_grad_bias`). `threads` 0 uses all cores. On success `*out` holds the plan, to be
+// freed with `convkit_grad_destroy`.
+//
+// # Safety
+// `spec_json` is a NUL-terminated string; `weight` points to `weight_len` floats; `out` is
+// a valid pointer.
+ConvkitStatus convkit_grad_create_json(const char *spec_json,
+                                       const float *weight,
+                                       size_t weight_len,
+                                       size_t threads,
+                                       ConvkitGrad **out);
+
+// Creates a gradient plan from a [`ConvkitLayer`] (its activation `None`, pool `None`,
+// residual 0); otherwise as `convkit_grad_create_json`.
+//
+// # Safety
+// `layer` points to a `ConvkitLayer`; the rest as for `convkit_grad_create_json`.
+ConvkitStatus convkit_grad_create(const ConvkitLayer *layer,
+                                  const float *weight,
+                                  size_t weight_len,
+                                  size_t threads,
+                                  ConvkitGrad **out);
+
+// Replaces a gradient plan's weights (after an optimizer step) and packs them again. On
+// error the plan keeps its previous weights.
+//
+// # Safety
+// `grad` is a live gradient plan that no other thread uses during the call; `weight`
+// points to `weight_len` floats.
+ConvkitStatus convkit_grad_set_weight(ConvkitGrad *grad, const float *weight, size_t weight_len);
+
+// The gradient w.r.t. the input: `dx` (input shape, overwritten) from `dz`, the gradient
+// w.r.t. the convolution's output (conv-output shape), for the whole batch. Lengths are
+// checked; on error `dx` is left untouched. Bitwise identical whatever the thread count.
+//
+// # Safety
+// `grad` is a live gradient plan; the pointers point to the given numbers of floats; `dx`
+// does not overlap `dz`. A plan may serve several threads at once (but not during
+// `convkit_grad_set_weight`).
+ConvkitStatus convkit_grad_data(const ConvkitGrad *grad,
+                                const float *dz,
+                                size_t dz_len,
+                                float *dx,
+                                size_t dx_len);
+
+// The gradient w.r.t. the weights: `dw` (OIHW, overwritten) from the input `x` and `dz`
+// (conv-output shape), summed over the batch in batch order. Lengths are checked; on error
+// `dw` is left untouched. Bitwise identical whatever the thread count.
+//
+// # Safety
+// As for `convkit_grad_data`; `dw` overlaps neither `x` nor `dz`.
+ConvkitStatus convkit_grad_weight(const ConvkitGrad *grad,
+                                  const float *x,
+                                  size_t x_len,
+                                  const float *dz,
+                                  size_t dz_len,
+                                  float *dw,
+                                  size_t dw_len);
+
+// The gradient w.r.t. the bias: `db` (Cout floats, overwritten) from `dz` (conv-output
+// shape), summed over the batch and the pixels in f64. Lengths are checked; on error `db`
+// is left untouched.
+//
+// # Safety
+// As for `convkit_grad_data`; `db` does not overlap `dz`.
+ConvkitStatus convkit_grad_bias(const ConvkitGrad *grad,
+                                const float *dz,
+                                size_t dz_len,
+                                float *db,
+                                size_t db_len);
+
+// Frees a gradient plan; NULL is ignored.
+//
+// # Safety
+// `grad` is NULL or a plan from `convkit_grad_create_json` or `convkit_grad_create` not
+// yet destroyed.
+void convkit_grad_destroy(ConvkitGrad *grad);
 
 // Loads a wisdom file into the tuner's cache; writes the number of entries to `*entries`
 // (may be NULL). A bad file is an error and changes nothing.

@@ -624,6 +624,279 @@ pub unsafe extern "C" fn convkit_plan_destroy(plan: *mut ConvkitPlan) {
     }
 }
 
+/// An opaque gradient plan: one convolution's geometry and its weights packed for the data
+/// gradient, for frameworks that run their own activations and pools and need the
+/// convolution's backward pass (`convkit_grad_data`, `convkit_grad_weight`,
+/// `convkit_grad_bias`). NCHW (NCL) tensors.
+pub struct ConvkitGrad {
+    geom: crate::geometry::Geometry,
+    kernels: &'static crate::kernels::KernelTable,
+    data: crate::backward::DataWeights,
+    runner: crate::par::Runner,
+}
+
+/// The part of gradient-plan creation both entry points share.
+///
+/// # Safety
+/// `weight` points to `weight_len` floats; `out` is checked non-null by the caller.
+unsafe fn create_grad(
+    spec: &ConvSpec,
+    weight: *const f32,
+    weight_len: usize,
+    threads: usize,
+    out: *mut *mut ConvkitGrad,
+) -> Result<(), (ConvkitStatus, String)> {
+    if spec.activation != crate::Activation::None || spec.pool.is_some() || spec.residual {
+        return Err((
+            ConvkitStatus::InvalidSpec,
+            "a gradient plan takes the convolution alone (no activation, pool or residual): \
+             apply their gradients first and pass the gradient w.r.t. the convolution's output"
+                .into(),
+        ));
+    }
+    let geom = crate::geometry::Geometry::new(spec).map_err(lib_err)?;
+    // SAFETY: the contract of this function.
+    let w = unsafe { floats(weight, weight_len, "weight") }?
+        .ok_or_else(|| arg_err("weight is NULL"))?;
+    let kernels = crate::arch::resolve_isa(None)
+        .and_then(|isa| isa.kernels())
+        .map_err(lib_err)?;
+    let data = crate::backward::DataWeights::new(&geom, kernels, w).map_err(lib_err)?;
+    let runner = crate::par::Runner::new((threads > 0).then_some(threads)).map_err(lib_err)?;
+    let grad = ConvkitGrad {
+        geom,
+        kernels,
+        data,
+        runner,
+    };
+    // SAFETY: checked non-null by the caller.
+    unsafe { *out = Box::into_raw(Box::new(grad)) };
+    Ok(())
+}
+
+/// Creates a gradient plan from a layer spec in JSON (SPEC.md section 1) and its OIHW
+/// weights. The spec describes the convolution alone: an activation, pool or residual is an
+/// error (`"bias"` is allowed and changes nothing: the bias gradient is
+/// `convkit_grad_bias`). `threads` 0 uses all cores. On success `*out` holds the plan, to be
+/// freed with `convkit_grad_destroy`.
+///
+/// # Safety
+/// `spec_json` is a NUL-terminated string; `weight` points to `weight_len` floats; `out` is
+/// a valid pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_grad_create_json(
+    spec_json: *const c_char,
+    weight: *const f32,
+    weight_len: usize,
+    threads: usize,
+    out: *mut *mut ConvkitGrad,
+) -> ConvkitStatus {
+    guard(|| {
+        if out.is_null() {
+            return Err(arg_err("out is NULL"));
+        }
+        // SAFETY: checked non-null; the caller provides a writable pointer.
+        unsafe { *out = std::ptr::null_mut() };
+        if spec_json.is_null() {
+            return Err(arg_err("spec_json is NULL"));
+        }
+        // SAFETY: non-null and NUL-terminated by the contract.
+        let text = unsafe { CStr::from_ptr(spec_json) }
+            .to_str()
+            .map_err(|_| arg_err("spec_json is not UTF-8"))?;
+        let spec = ConvSpec::from_json(text).map_err(lib_err)?;
+        // SAFETY: the contract of this function.
+        unsafe { create_grad(&spec, weight, weight_len, threads, out) }
+    })
+}
+
+/// Creates a gradient plan from a [`ConvkitLayer`] (its activation `None`, pool `None`,
+/// residual 0); otherwise as `convkit_grad_create_json`.
+///
+/// # Safety
+/// `layer` points to a `ConvkitLayer`; the rest as for `convkit_grad_create_json`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_grad_create(
+    layer: *const ConvkitLayer,
+    weight: *const f32,
+    weight_len: usize,
+    threads: usize,
+    out: *mut *mut ConvkitGrad,
+) -> ConvkitStatus {
+    guard(|| {
+        if out.is_null() {
+            return Err(arg_err("out is NULL"));
+        }
+        // SAFETY: checked non-null; the caller provides a writable pointer.
+        unsafe { *out = std::ptr::null_mut() };
+        if layer.is_null() {
+            return Err(arg_err("layer is NULL"));
+        }
+        // SAFETY: non-null; points to a ConvkitLayer by the contract (plain data, any bits
+        // valid: the enum fields are integers).
+        let spec = layer_spec(unsafe { &*layer })?;
+        // SAFETY: the contract of this function.
+        unsafe { create_grad(&spec, weight, weight_len, threads, out) }
+    })
+}
+
+/// Replaces a gradient plan's weights (after an optimizer step) and packs them again. On
+/// error the plan keeps its previous weights.
+///
+/// # Safety
+/// `grad` is a live gradient plan that no other thread uses during the call; `weight`
+/// points to `weight_len` floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_grad_set_weight(
+    grad: *mut ConvkitGrad,
+    weight: *const f32,
+    weight_len: usize,
+) -> ConvkitStatus {
+    guard(|| {
+        if grad.is_null() {
+            return Err(arg_err("grad is NULL"));
+        }
+        // SAFETY: a live gradient plan used by this thread alone, by the contract.
+        let g = unsafe { &mut *grad };
+        // SAFETY: the contract of this function.
+        let w = unsafe { floats(weight, weight_len, "weight") }?
+            .ok_or_else(|| arg_err("weight is NULL"))?;
+        g.data = crate::backward::DataWeights::new(&g.geom, g.kernels, w).map_err(lib_err)?;
+        Ok(())
+    })
+}
+
+/// A writable output of `len` floats at `ptr`, or why not.
+///
+/// # Safety
+/// A non-null `ptr` points to `len` writable floats that nothing else accesses during the
+/// call.
+unsafe fn floats_mut<'a>(
+    ptr: *mut f32,
+    len: usize,
+    name: &str,
+) -> Result<&'a mut [f32], (ConvkitStatus, String)> {
+    if ptr.is_null() {
+        return Err(arg_err(&format!("{name} is NULL")));
+    }
+    if ptr.align_offset(std::mem::align_of::<f32>()) != 0 {
+        return Err(arg_err(&format!("{name} is not aligned to 4 bytes")));
+    }
+    // SAFETY: non-null, aligned, and the caller vouches for `len` writable floats used by
+    // this call alone.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// The gradient w.r.t. the input: `dx` (input shape, overwritten) from `dz`, the gradient
+/// w.r.t. the convolution's output (conv-output shape), for the whole batch. Lengths are
+/// checked; on error `dx` is left untouched. Bitwise identical whatever the thread count.
+///
+/// # Safety
+/// `grad` is a live gradient plan; the pointers point to the given numbers of floats; `dx`
+/// does not overlap `dz`. A plan may serve several threads at once (but not during
+/// `convkit_grad_set_weight`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_grad_data(
+    grad: *const ConvkitGrad,
+    dz: *const f32,
+    dz_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+) -> ConvkitStatus {
+    guard(|| {
+        if grad.is_null() {
+            return Err(arg_err("grad is NULL"));
+        }
+        // SAFETY: a live gradient plan by the contract.
+        let g = unsafe { &*grad };
+        // SAFETY: the contract of this function.
+        let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
+        // SAFETY: as above.
+        let dx = unsafe { floats_mut(dx, dx_len, "dx") }?;
+        g.runner
+            .run(|| crate::backward::backward_data_into(&g.data, dz, dx))
+            .map_err(lib_err)
+    })
+}
+
+/// The gradient w.r.t. the weights: `dw` (OIHW, overwritten) from the input `x` and `dz`
+/// (conv-output shape), summed over the batch in batch order. Lengths are checked; on error
+/// `dw` is left untouched. Bitwise identical whatever the thread count.
+///
+/// # Safety
+/// As for `convkit_grad_data`; `dw` overlaps neither `x` nor `dz`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_grad_weight(
+    grad: *const ConvkitGrad,
+    x: *const f32,
+    x_len: usize,
+    dz: *const f32,
+    dz_len: usize,
+    dw: *mut f32,
+    dw_len: usize,
+) -> ConvkitStatus {
+    guard(|| {
+        if grad.is_null() {
+            return Err(arg_err("grad is NULL"));
+        }
+        // SAFETY: a live gradient plan by the contract.
+        let g = unsafe { &*grad };
+        // SAFETY: the contract of this function.
+        let x = unsafe { floats(x, x_len, "x") }?.ok_or_else(|| arg_err("x is NULL"))?;
+        // SAFETY: as above.
+        let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
+        // SAFETY: as above.
+        let dw = unsafe { floats_mut(dw, dw_len, "dw") }?;
+        g.runner
+            .run(|| crate::backward::backward_weights_into(&g.geom, g.kernels, x, dz, dw))
+            .map_err(lib_err)
+    })
+}
+
+/// The gradient w.r.t. the bias: `db` (Cout floats, overwritten) from `dz` (conv-output
+/// shape), summed over the batch and the pixels in f64. Lengths are checked; on error `db`
+/// is left untouched.
+///
+/// # Safety
+/// As for `convkit_grad_data`; `db` does not overlap `dz`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_grad_bias(
+    grad: *const ConvkitGrad,
+    dz: *const f32,
+    dz_len: usize,
+    db: *mut f32,
+    db_len: usize,
+) -> ConvkitStatus {
+    guard(|| {
+        if grad.is_null() {
+            return Err(arg_err("grad is NULL"));
+        }
+        // SAFETY: a live gradient plan by the contract.
+        let g = unsafe { &*grad };
+        // SAFETY: the contract of this function.
+        let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
+        // SAFETY: as above.
+        let db = unsafe { floats_mut(db, db_len, "db") }?;
+        crate::reference::check_len("dz", dz.len(), g.geom.conv_output_len()).map_err(lib_err)?;
+        crate::reference::check_len("db", db.len(), g.geom.out_channels).map_err(lib_err)?;
+        db.copy_from_slice(&crate::backward::backward_bias(&g.geom, dz));
+        Ok(())
+    })
+}
+
+/// Frees a gradient plan; NULL is ignored.
+///
+/// # Safety
+/// `grad` is NULL or a plan from `convkit_grad_create_json` or `convkit_grad_create` not
+/// yet destroyed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn convkit_grad_destroy(grad: *mut ConvkitGrad) {
+    if !grad.is_null() {
+        // SAFETY: created by Box::into_raw in create_grad, destroyed once.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(grad) })));
+    }
+}
+
 /// Loads a wisdom file into the tuner's cache; writes the number of entries to `*entries`
 /// (may be NULL). A bad file is an error and changes nothing.
 ///

@@ -811,3 +811,92 @@ fn winograd_weight_gradient_refuses_other_layers() {
     assert!(backward_weights_winograd_into(&g, kernels, V::F4, &x, &dz[1..], &mut dw).is_err());
     assert!(backward_weights_winograd_into(&g, kernels, V::F4, &x, &dz, &mut dw[1..]).is_err());
 }
+
+/// The C ABI's gradient plan gives the library's gradients bit for bit (on 1 and 2 threads),
+/// refuses a layer with an epilogue and wrong lengths, and leaves outputs untouched on error.
+#[test]
+fn c_abi_gradient_plan_matches_the_library() {
+    use convkit::backward::{
+        backward_bias, backward_data_into, backward_weights_into, DataWeights,
+    };
+    use convkit::capi::*;
+    use std::ffi::CString;
+    let spec = ConvSpec::new(&[2, 6, 11, 10], 4, &[3, 3])
+        .with_padding(Padding::Same)
+        .with_groups(2)
+        .with_bias(false);
+    let g = Geometry::new(&spec).unwrap();
+    let mut rng = Rng::new(3);
+    let mut uniform =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect() };
+    let (x, w, dz) = (
+        uniform(g.input_len()),
+        uniform(g.weight_len()),
+        uniform(g.conv_output_len()),
+    );
+    let kernels = convkit::arch::resolve_isa(None).unwrap().kernels().unwrap();
+    let mut want_dx = vec![0f32; g.input_len()];
+    backward_data_into(
+        &DataWeights::new(&g, kernels, &w).unwrap(),
+        &dz,
+        &mut want_dx,
+    )
+    .unwrap();
+    let mut want_dw = vec![0f32; g.weight_len()];
+    backward_weights_into(&g, kernels, &x, &dz, &mut want_dw).unwrap();
+    let want_db = backward_bias(&g, &dz);
+    let json = CString::new(spec.to_json().to_string()).unwrap();
+    for threads in [1, 2] {
+        let mut grad = std::ptr::null_mut();
+        let (mut dx, mut dw, mut db) = (
+            vec![f32::NAN; want_dx.len()],
+            vec![f32::NAN; want_dw.len()],
+            vec![f32::NAN; want_db.len()],
+        );
+        // SAFETY: valid strings, buffers of the lengths passed, and a plan destroyed once.
+        unsafe {
+            let ok = ConvkitStatus::Ok;
+            assert_eq!(
+                convkit_grad_create_json(json.as_ptr(), w.as_ptr(), w.len(), threads, &mut grad),
+                ok
+            );
+            let bad = ConvkitStatus::InvalidArgument;
+            let short =
+                convkit_grad_data(grad, dz.as_ptr(), dz.len() - 1, dx.as_mut_ptr(), dx.len());
+            assert_eq!(short, bad);
+            assert!(dx.iter().all(|v| v.is_nan()), "dx written on error");
+            assert_eq!(
+                convkit_grad_data(grad, dz.as_ptr(), dz.len(), dx.as_mut_ptr(), dx.len()),
+                ok
+            );
+            assert_eq!(
+                convkit_grad_weight(
+                    grad,
+                    x.as_ptr(),
+                    x.len(),
+                    dz.as_ptr(),
+                    dz.len(),
+                    dw.as_mut_ptr(),
+                    dw.len()
+                ),
+                ok
+            );
+            assert_eq!(
+                convkit_grad_bias(grad, dz.as_ptr(), dz.len(), db.as_mut_ptr(), db.len()),
+                ok
+            );
+            convkit_grad_destroy(grad);
+        }
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same(&dx, &want_dx), "dx differs on {threads} threads");
+        assert!(same(&dw, &want_dw), "dw differs on {threads} threads");
+        assert!(same(&db, &want_db), "db differs on {threads} threads");
+    }
+    let relu = CString::new(spec.with_activation(Activation::Relu).to_json().to_string()).unwrap();
+    let mut grad = std::ptr::null_mut();
+    // SAFETY: as above; the call fails and creates nothing.
+    let status =
+        unsafe { convkit_grad_create_json(relu.as_ptr(), w.as_ptr(), w.len(), 1, &mut grad) };
+    assert_eq!(status, ConvkitStatus::InvalidSpec);
+    assert!(grad.is_null());
+}

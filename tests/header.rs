@@ -28,6 +28,8 @@ fn header_is_generated_from_the_source() {
         "convkit_plan_create_json",
         "convkit_plan_run",
         "convkit_wisdom_export",
+        "convkit_grad_create_json",
+        "convkit_grad_weight",
         "ConvkitStatus_Ok",
         "ConvkitLayer",
     ] {

@@ -18,6 +18,86 @@ static void check(int ok, const char *what) {
   }
 }
 
+/* Worst |got - want| over the largest |want| (SPEC's error in units of S). */
+static double scaled_error(const float *got, const double *want, size_t n) {
+  double worst = 0, s = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (fabs(want[i]) > s) s = fabs(want[i]);
+    if (fabs(got[i] - want[i]) > worst) worst = fabs(got[i] - want[i]);
+  }
+  return s > 0 ? worst / s : worst;
+}
+
+/* The convolution's gradients through a gradient plan against sums computed here: a square
+ * 2-D layer of N images of C x H x H, Cout filters of K x K, the given stride, symmetric
+ * padding and groups, on `threads` threads. */
+static void gradient_case(int n, int c, int h, int cout, int k, int stride, int pad, int groups, int threads) {
+  int oh = (h + 2 * pad - k) / stride + 1, cg = c / groups, og = cout / groups;
+  size_t xl = (size_t)n * c * h * h, wl = (size_t)cout * cg * k * k, zl = (size_t)n * cout * oh * oh;
+  float *x = malloc(xl * 4), *w = malloc(wl * 4), *dz = malloc(zl * 4);
+  float *dx = malloc(xl * 4), *dw = malloc(wl * 4), *db = malloc(cout * 4);
+  double *wx = calloc(xl, 8), *ww = calloc(wl, 8), *wb = calloc(cout, 8);
+  if (!x || !w || !dz || !dx || !dw || !db || !wx || !ww || !wb) {
+    check(0, "gradient test allocation");
+    return;
+  }
+  for (size_t i = 0; i < xl; i++) x[i] = (float)((i * 37) % 23) / 11.0f - 1.0f;
+  for (size_t i = 0; i < wl; i++) w[i] = (float)((i * 13) % 17) / 8.0f - 1.0f;
+  for (size_t i = 0; i < zl; i++) dz[i] = (float)((i * 29) % 19) / 9.0f - 1.0f;
+  for (int b = 0; b < n; b++)
+    for (int co = 0; co < cout; co++)
+      for (int oy = 0; oy < oh; oy++)
+        for (int ox = 0; ox < oh; ox++) {
+          double g = dz[(((size_t)b * cout + co) * oh + oy) * oh + ox];
+          wb[co] += g;
+          for (int ci = 0; ci < cg; ci++)
+            for (int ky = 0; ky < k; ky++)
+              for (int kx = 0; kx < k; kx++) {
+                int iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
+                if (iy < 0 || iy >= h || ix < 0 || ix >= h) continue;
+                size_t xi = (((size_t)b * c + (co / og) * cg + ci) * h + iy) * h + ix;
+                size_t wi = (((size_t)co * cg + ci) * k + ky) * k + kx;
+                wx[xi] += g * w[wi];
+                ww[wi] += g * x[xi];
+              }
+        }
+  char spec[256];
+  snprintf(spec, sizeof spec,
+           "{\"input\": [%d, %d, %d, %d], \"out_channels\": %d, \"kernel\": [%d, %d], \"stride\": [%d, %d],"
+           " \"padding\": [%d, %d], \"groups\": %d}",
+           n, c, h, h, cout, k, k, stride, stride, pad, pad, groups);
+  ConvkitGrad *grad = NULL;
+  check(convkit_grad_create_json(spec, w, wl, threads, &grad) == ConvkitStatus_Ok && grad != NULL, "gradient plan");
+  check(convkit_grad_data(grad, dz, zl, dx, xl) == ConvkitStatus_Ok, "data gradient");
+  check(convkit_grad_weight(grad, x, xl, dz, zl, dw, wl) == ConvkitStatus_Ok, "weight gradient");
+  check(convkit_grad_bias(grad, dz, zl, db, cout) == ConvkitStatus_Ok, "bias gradient");
+  /* 1e-3 x S: SPEC's Winograd tolerance (the weight gradient of a 3x3 layer may take it). */
+  double ex = scaled_error(dx, wx, xl), ew = scaled_error(dw, ww, wl), eb = scaled_error(db, wb, cout);
+  printf("gradients of %s on %d thread(s): worst error dx %.1e, dw %.1e, db %.1e x S\n", spec, threads, ex, ew, eb);
+  check(ex <= 1e-4, "dx matches the sums computed in C");
+  check(ew <= 1e-3, "dw matches the sums computed in C");
+  check(eb <= 1e-6, "db matches the sums computed in C");
+  /* Error paths: wrong lengths leave the outputs untouched; NULLs are refused. */
+  dx[0] = 42.0f;
+  check(convkit_grad_data(grad, dz, zl - 1, dx, xl) == ConvkitStatus_InvalidArgument && dx[0] == 42.0f,
+        "short dz refused, dx untouched");
+  dw[0] = 42.0f;
+  check(convkit_grad_weight(grad, x, xl, dz, zl, dw, wl + 1) == ConvkitStatus_InvalidArgument && dw[0] == 42.0f,
+        "long dw refused, dw untouched");
+  check(convkit_grad_bias(grad, dz, zl, db, cout - 1) == ConvkitStatus_InvalidArgument, "short db refused");
+  check(convkit_grad_weight(grad, NULL, xl, dz, zl, dw, wl) == ConvkitStatus_InvalidArgument, "NULL x refused");
+  check(convkit_grad_data(NULL, dz, zl, dx, xl) == ConvkitStatus_InvalidArgument, "NULL plan refused");
+  /* New weights: doubled, so the data gradient doubles. */
+  for (size_t i = 0; i < wl; i++) w[i] *= 2.0f;
+  check(convkit_grad_set_weight(grad, w, wl - 1) == ConvkitStatus_InvalidArgument, "short new weights refused");
+  check(convkit_grad_set_weight(grad, w, wl) == ConvkitStatus_Ok, "weights replaced");
+  check(convkit_grad_data(grad, dz, zl, dx, xl) == ConvkitStatus_Ok, "data gradient after the update");
+  for (size_t i = 0; i < xl; i++) wx[i] *= 2.0;
+  check(scaled_error(dx, wx, xl) <= 1e-4, "the data gradient follows the new weights");
+  convkit_grad_destroy(grad);
+  free(x); free(w); free(dz); free(dx); free(dw); free(db); free(wx); free(ww); free(wb);
+}
+
 int main(void) {
   /* 2 input channels of 4x4, 3 filters of 3x3 with padding 1, bias, relu, 2x2 max pool. */
   const char *spec =
@@ -142,6 +222,23 @@ int main(void) {
   check(convkit_plan_create_json(NULL, w, 54, b, 3, NULL, 0, 1, &bad) == ConvkitStatus_InvalidArgument,
         "NULL spec refused");
   convkit_plan_destroy(NULL);
+
+  /* The backward pass: strided and grouped (the GEMM paths), then a 3x3 stride-1 layer of
+   * 2 x 16 F(4,3) tiles (the Winograd weight gradient), on one and two threads. */
+  gradient_case(2, 4, 9, 6, 3, 2, 1, 2, 1);
+  gradient_case(2, 8, 16, 8, 3, 1, 1, 1, 2);
+  gradient_case(1, 3, 12, 5, 5, 1, 2, 1, 1);
+  ConvkitGrad *bad_grad = NULL;
+  check(convkit_grad_create_json(spec, w, 54, 1, &bad_grad) == ConvkitStatus_InvalidSpec && bad_grad == NULL,
+        "gradient plan of a layer with an activation and a pool refused");
+  check(strstr(convkit_last_error_message(), "convolution alone") != NULL, "message says why");
+  layer.activation = ConvkitActivation_None;
+  layer.pool = ConvkitPool_None;
+  check(convkit_grad_create(&layer, w, 54, 1, &bad_grad) == ConvkitStatus_Ok && bad_grad != NULL,
+        "gradient plan from the struct");
+  convkit_grad_destroy(bad_grad);
+  check(convkit_grad_create(&layer, w, 53, 1, &bad_grad) == ConvkitStatus_InvalidArgument, "short weights refused");
+  convkit_grad_destroy(NULL);
   printf("%d passed, %d failed\n", passed, failed);
   return failed != 0;
 }
