@@ -7,7 +7,7 @@
 //! (googlenet.inc3a.5x5, resnet50.res2.1x1a, mobilenetv2.pw56). onnxruntime with one
 //! intra-op thread runs on the caller too.
 //!
-//! A plan of n > 1 threads runs as a [`Team`]: the calling thread and the helpers of a
+//! A plan of n > 1 threads runs as a `Team`: the calling thread and the helpers of a
 //! private rayon pool of n. In a team loop the caller takes items itself beside n - 1
 //! helpers, so a helper that wakes late costs no more than the items it would have taken,
 //! and nobody sleeps between the caller's hand-off and its return (with the whole run
@@ -21,7 +21,7 @@
 //! mobilenetv2.pw56 1.26x, dw56s2 1.79x, dw7 2.41x, res3.3x3s2 1.11x; Winograd 0.98-1.06x.
 //! Without the spinning, the team lost to the pool on the small layers (0.49-0.73x).
 //!
-//! So the library's parallel loops go through the functions here: inside [`Runner::run`] of a
+//! So the library's parallel loops go through the functions here: inside `Runner::run` of a
 //! serial runner they are plain loops on the calling thread (a thread-local flag, restored on
 //! exit, also on unwinding); in a team's run they are shared by the caller and the helpers
 //! (and loops nested in them run serially); otherwise they are rayon loops on the current

@@ -140,7 +140,7 @@ pub fn take_scratch(len: usize) -> Scratch {
 const SCRATCH_KEPT: usize = 8;
 
 /// Returns a buffer from [`take_scratch`] for reuse by this thread (at most
-/// [`SCRATCH_KEPT`] are kept).
+/// `SCRATCH_KEPT` are kept).
 pub fn give_scratch(v: Scratch) {
     if v.buf.is_empty() {
         return;

@@ -1,5 +1,5 @@
 //! The depthwise plane kernel, written once in safe Rust and compiled per tier: each tier's
-//! file wraps [`dw_plane_generic`] in a `#[target_feature]` function, so the chunk loop below
+//! file wraps `dw_plane_generic` in a `#[target_feature]` function, so the chunk loop below
 //! is vectorized for that tier's registers.
 //!
 //! The input channel arrives padded and, for stride > 1, split into phase planes (the layout

@@ -961,7 +961,7 @@ pub fn input_generic<G: TileGather>(j: &mut WinoInput, fma: impl Fn(f32, f32, f3
 /// for rows `i < rows`. Implementations check every read against `plane` once per call.
 /// (Each row is transformed while it is in registers; the whole gathered tile went through
 /// the stack twice before, most of the input transform's loads and stores. A callback in
-/// place of [`bt_1d`] was not inlined and lost the tier's FMA.)
+/// place of `bt_1d` was not inlined and lost the tier's FMA.)
 pub trait TileGather {
     /// Gathers the tiles starting at `base` (one per lane), transforming row by row.
     /// `R` tile rows of `A` columns, into `out` (every element written).

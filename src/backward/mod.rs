@@ -14,7 +14,7 @@
 //!
 //! Both GEMMs run on the forward pass's packed microkernels: `W^T` is packed once per weight
 //! update, `dz` is packed per image as the A of the weight GEMM, and `cols^T` is packed
-//! straight from the image into B panels ([`Im2colT`]) without an im2col matrix in memory.
+//! straight from the image into B panels (`Im2colT`) without an im2col matrix in memory.
 //! The data GEMM runs over bands of output rows so `cols` stays within a few megabytes.
 //! Layers with very thin groups (depthwise and its neighbours, `C/g * Cout/g < 16`) run
 //! plain loops instead: a GEMM with one row per group does nothing useful. The weight

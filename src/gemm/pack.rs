@@ -101,7 +101,7 @@ impl PackB for PrepackedB<'_> {
     }
 }
 
-/// A strided matrix B[p][j] = data[p * rs + j * cs].
+/// A strided matrix `B[p][j] = data[p * rs + j * cs]`.
 pub struct StridedB<'a> {
     /// The elements.
     pub data: &'a [f32],

@@ -236,11 +236,11 @@ pub fn remember(key: String, choice: Choice) {
 /// whose times spread wide win on one lucky run: resnet50.res3.3x3's F(6,3) timed 0.61-0.79
 /// ms at best in tuning, below F(4,3)'s 0.69-0.85, where its steady median is 0.93 against
 /// F(4,3)'s 0.88 (the tuner chose it in about half the runs). In `Measure` mode a candidate
-/// whose warm-up took over [`WARM_DROP_FACTOR`] times the fastest warm-up is not timed in
+/// whose warm-up took over `WARM_DROP_FACTOR` times the fastest warm-up is not timed in
 /// rounds (the warm-up stands as its time), and one whose best of two timed runs is over
-/// [`DROP_FACTOR`] times the fastest median is dropped after the second round. The first
+/// `DROP_FACTOR` times the fastest median is dropped after the second round. The first
 /// candidate keeps the layer unless another is more than 5% faster, and such a challenger is
-/// timed against it for [`RECHECK_ROUNDS`] more alternating rounds before it wins.
+/// timed against it for `RECHECK_ROUNDS` more alternating rounds before it wins.
 ///
 /// Rounds, not one candidate after the other: this host's interference comes in bursts of
 /// seconds, and measured one after the other a candidate could spend its whole budget inside

@@ -1,6 +1,6 @@
 //! Winograd convolution F(2,3), F(4,3), F(6,3), 2-D (F(m x m, 3 x 3)) and 1-D (F(m, 3)):
 //! kernel 3, stride 1, any padding and groups; dilation 1 (`winograd_*`) or above, through
-//! phase planes (`dilated_*`, see [`tile_geometry`]).
+//! phase planes (`dilated_*`, see `tile_geometry`).
 //!
 //! The pipeline, per block of tiles and per group (the algebra and the matrices are in
 //! [`crate::arch::winograd`]):

@@ -983,7 +983,7 @@ unsafe fn gather2_avx2(dst: &mut [f32], src: &[f32], blocks: usize) {
 /// `direct_oc` tile kernel: 6 pixels x 16 output channels in 12 ymm accumulators; each tap
 /// loads the 16 channels' weights (two vectors) and broadcasts each pixel's input value
 /// from the image, 12 FMAs to 8 loads (the 6x16 GEMM tile's ratio, with A read in place).
-/// Up to four such panels a call, one after the other ([`conv_oc_panels`]).
+/// Up to four such panels a call, one after the other (`conv_oc_panels`).
 pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
     name: "f32_conv_oc_6x16__avx2",
     isa: Isa::Avx2,

@@ -1356,8 +1356,8 @@ unsafe fn grouped_planes_v<const V: usize>(p: &mut crate::arch::dwconv::DwPlane)
 }
 crate::arch::pool_kernel!(Avx512, "avx512f,avx2,fma");
 
-/// Activation kernel: gelu (its erf from [`ERF_PIECES`]) and the sigmoid family (through
-/// [`recip16`]) by hand, 16 lanes a step, every other activation the generic body vectorized
+/// Activation kernel: gelu (its erf from `ERF_PIECES`) and the sigmoid family (through
+/// `recip16`) by hand, 16 lanes a step, every other activation the generic body vectorized
 /// under AVX-512.
 pub const F32_ACT: crate::arch::activation::ActUkernel = crate::arch::activation::ActUkernel {
     name: "f32_act__avx512",
