@@ -61,10 +61,10 @@ typedef enum {
   ConvkitPool_GlobalAvg = 4,
 } ConvkitPool;
 
-// An opaque gradient plan: one convolution's geometry and its weights packed for the data
-// gradient, for frameworks that run their own activations and pools and need the
-// convolution's backward pass (`convkit_grad_data`, `convkit_grad_weight`,
-// `convkit_grad_bias`). NCHW (NCL) tensors.
+// An opaque gradient plan ([`crate::backward::ConvGrad`]): one convolution's geometry and
+// its weights packed for the data gradient, for frameworks that run their own activations
+// and pools and need the convolution's backward pass (`convkit_grad_data`,
+// `convkit_grad_weight`, `convkit_grad_bias`).
 typedef struct ConvkitGrad ConvkitGrad;
 
 // An opaque plan.
@@ -225,8 +225,9 @@ void convkit_plan_destroy(ConvkitPlan *plan);
 // Creates a gradient plan from a layer spec in JSON (SPEC.md section 1) and its OIHW
 // weights. The spec describes the convolution alone: an activation, pool or residual is an
 // error (`"bias"` is allowed and changes nothing: the bias gradient is
-// `convkit_grad_bias`). `threads` 0 uses all cores. On success `*out` holds the plan, to be
-// freed with `convkit_grad_destroy`.
+// `convkit_grad_bias`). `layout` is 0 for NCHW, 1 for NHWC (the activations and their
+// gradients; weights are OIHW); `threads` 0 uses all cores. On success `*out` holds the
+// plan, to be freed with `convkit_grad_destroy`.
 //
 // # Safety
 // `spec_json` is a NUL-terminated string; `weight` points to `weight_len` floats; `out` is
@@ -234,6 +235,7 @@ void convkit_plan_destroy(ConvkitPlan *plan);
 ConvkitStatus convkit_grad_create_json(const char *spec_json,
                                        const float *weight,
                                        size_t weight_len,
+                                       uint32_t layout,
                                        size_t threads,
                                        ConvkitGrad **out);
 
@@ -245,6 +247,7 @@ ConvkitStatus convkit_grad_create_json(const char *spec_json,
 ConvkitStatus convkit_grad_create(const ConvkitLayer *layer,
                                   const float *weight,
                                   size_t weight_len,
+                                  uint32_t layout,
                                   size_t threads,
                                   ConvkitGrad **out);
 
@@ -257,8 +260,9 @@ ConvkitStatus convkit_grad_create(const ConvkitLayer *layer,
 ConvkitStatus convkit_grad_set_weight(ConvkitGrad *grad, const float *weight, size_t weight_len);
 
 // The gradient w.r.t. the input: `dx` (input shape, overwritten) from `dz`, the gradient
-// w.r.t. the convolution's output (conv-output shape), for the whole batch. Lengths are
-// checked; on error `dx` is left untouched. Bitwise identical whatever the thread count.
+// w.r.t. the convolution's output (conv-output shape), for the whole batch, in the plan's
+// layout. Lengths are checked; on error `dx` is left untouched. Bitwise identical whatever
+// the thread count.
 //
 // # Safety
 // `grad` is a live gradient plan; the pointers point to the given numbers of floats; `dx`

@@ -190,18 +190,9 @@ unsafe fn create(
                 .to_string(),
         )
     };
-    let layout = match layout {
-        0 => Layout::Nchw,
-        1 => Layout::Nhwc,
-        other => {
-            return Err(arg_err(&format!(
-                "layout {other} is neither 0 (NCHW) nor 1 (NHWC)"
-            )))
-        }
-    };
     let opts = PlanOptions {
         algo,
-        layout,
+        layout: layout_of(layout)?,
         threads: (threads > 0).then_some(threads),
         tune: TUNE_MODE.lock().map(|m| m.clone()).unwrap_or_default(),
         ..Default::default()
@@ -210,6 +201,17 @@ unsafe fn create(
     // SAFETY: checked non-null by the caller.
     unsafe { *out = Box::into_raw(Box::new(ConvkitPlan { plan })) };
     Ok(())
+}
+
+/// The layout a C caller names: 0 NCHW (NCL), 1 NHWC (NLC).
+fn layout_of(layout: u32) -> Result<Layout, (ConvkitStatus, String)> {
+    match layout {
+        0 => Ok(Layout::Nchw),
+        1 => Ok(Layout::Nhwc),
+        other => Err(arg_err(&format!(
+            "layout {other} is neither 0 (NCHW) nor 1 (NHWC)"
+        ))),
+    }
 }
 
 /// Activations of [`ConvkitLayer`] (its `activation` field).
@@ -624,15 +626,12 @@ pub unsafe extern "C" fn convkit_plan_destroy(plan: *mut ConvkitPlan) {
     }
 }
 
-/// An opaque gradient plan: one convolution's geometry and its weights packed for the data
-/// gradient, for frameworks that run their own activations and pools and need the
-/// convolution's backward pass (`convkit_grad_data`, `convkit_grad_weight`,
-/// `convkit_grad_bias`). NCHW (NCL) tensors.
+/// An opaque gradient plan ([`crate::backward::ConvGrad`]): one convolution's geometry and
+/// its weights packed for the data gradient, for frameworks that run their own activations
+/// and pools and need the convolution's backward pass (`convkit_grad_data`,
+/// `convkit_grad_weight`, `convkit_grad_bias`).
 pub struct ConvkitGrad {
-    geom: crate::geometry::Geometry,
-    kernels: &'static crate::kernels::KernelTable,
-    data: crate::backward::DataWeights,
-    runner: crate::par::Runner,
+    grad: crate::backward::ConvGrad,
 }
 
 /// The part of gradient-plan creation both entry points share.
@@ -643,42 +642,30 @@ unsafe fn create_grad(
     spec: &ConvSpec,
     weight: *const f32,
     weight_len: usize,
+    layout: u32,
     threads: usize,
     out: *mut *mut ConvkitGrad,
 ) -> Result<(), (ConvkitStatus, String)> {
-    if spec.activation != crate::Activation::None || spec.pool.is_some() || spec.residual {
-        return Err((
-            ConvkitStatus::InvalidSpec,
-            "a gradient plan takes the convolution alone (no activation, pool or residual): \
-             apply their gradients first and pass the gradient w.r.t. the convolution's output"
-                .into(),
-        ));
-    }
-    let geom = crate::geometry::Geometry::new(spec).map_err(lib_err)?;
     // SAFETY: the contract of this function.
     let w = unsafe { floats(weight, weight_len, "weight") }?
         .ok_or_else(|| arg_err("weight is NULL"))?;
-    let kernels = crate::arch::resolve_isa(None)
-        .and_then(|isa| isa.kernels())
-        .map_err(lib_err)?;
-    let data = crate::backward::DataWeights::new(&geom, kernels, w).map_err(lib_err)?;
-    let runner = crate::par::Runner::new((threads > 0).then_some(threads)).map_err(lib_err)?;
-    let grad = ConvkitGrad {
-        geom,
-        kernels,
-        data,
-        runner,
+    let opts = PlanOptions {
+        layout: layout_of(layout)?,
+        threads: (threads > 0).then_some(threads),
+        ..Default::default()
     };
+    let grad = crate::backward::ConvGrad::new(spec, w, &opts).map_err(lib_err)?;
     // SAFETY: checked non-null by the caller.
-    unsafe { *out = Box::into_raw(Box::new(grad)) };
+    unsafe { *out = Box::into_raw(Box::new(ConvkitGrad { grad })) };
     Ok(())
 }
 
 /// Creates a gradient plan from a layer spec in JSON (SPEC.md section 1) and its OIHW
 /// weights. The spec describes the convolution alone: an activation, pool or residual is an
 /// error (`"bias"` is allowed and changes nothing: the bias gradient is
-/// `convkit_grad_bias`). `threads` 0 uses all cores. On success `*out` holds the plan, to be
-/// freed with `convkit_grad_destroy`.
+/// `convkit_grad_bias`). `layout` is 0 for NCHW, 1 for NHWC (the activations and their
+/// gradients; weights are OIHW); `threads` 0 uses all cores. On success `*out` holds the
+/// plan, to be freed with `convkit_grad_destroy`.
 ///
 /// # Safety
 /// `spec_json` is a NUL-terminated string; `weight` points to `weight_len` floats; `out` is
@@ -688,6 +675,7 @@ pub unsafe extern "C" fn convkit_grad_create_json(
     spec_json: *const c_char,
     weight: *const f32,
     weight_len: usize,
+    layout: u32,
     threads: usize,
     out: *mut *mut ConvkitGrad,
 ) -> ConvkitStatus {
@@ -706,7 +694,7 @@ pub unsafe extern "C" fn convkit_grad_create_json(
             .map_err(|_| arg_err("spec_json is not UTF-8"))?;
         let spec = ConvSpec::from_json(text).map_err(lib_err)?;
         // SAFETY: the contract of this function.
-        unsafe { create_grad(&spec, weight, weight_len, threads, out) }
+        unsafe { create_grad(&spec, weight, weight_len, layout, threads, out) }
     })
 }
 
@@ -720,6 +708,7 @@ pub unsafe extern "C" fn convkit_grad_create(
     layer: *const ConvkitLayer,
     weight: *const f32,
     weight_len: usize,
+    layout: u32,
     threads: usize,
     out: *mut *mut ConvkitGrad,
 ) -> ConvkitStatus {
@@ -736,7 +725,7 @@ pub unsafe extern "C" fn convkit_grad_create(
         // valid: the enum fields are integers).
         let spec = layer_spec(unsafe { &*layer })?;
         // SAFETY: the contract of this function.
-        unsafe { create_grad(&spec, weight, weight_len, threads, out) }
+        unsafe { create_grad(&spec, weight, weight_len, layout, threads, out) }
     })
 }
 
@@ -757,12 +746,11 @@ pub unsafe extern "C" fn convkit_grad_set_weight(
             return Err(arg_err("grad is NULL"));
         }
         // SAFETY: a live gradient plan used by this thread alone, by the contract.
-        let g = unsafe { &mut *grad };
+        let g = unsafe { &mut (*grad).grad };
         // SAFETY: the contract of this function.
         let w = unsafe { floats(weight, weight_len, "weight") }?
             .ok_or_else(|| arg_err("weight is NULL"))?;
-        g.data = crate::backward::DataWeights::new(&g.geom, g.kernels, w).map_err(lib_err)?;
-        Ok(())
+        g.set_weight(w).map_err(lib_err)
     })
 }
 
@@ -788,8 +776,9 @@ unsafe fn floats_mut<'a>(
 }
 
 /// The gradient w.r.t. the input: `dx` (input shape, overwritten) from `dz`, the gradient
-/// w.r.t. the convolution's output (conv-output shape), for the whole batch. Lengths are
-/// checked; on error `dx` is left untouched. Bitwise identical whatever the thread count.
+/// w.r.t. the convolution's output (conv-output shape), for the whole batch, in the plan's
+/// layout. Lengths are checked; on error `dx` is left untouched. Bitwise identical whatever
+/// the thread count.
 ///
 /// # Safety
 /// `grad` is a live gradient plan; the pointers point to the given numbers of floats; `dx`
@@ -813,9 +802,7 @@ pub unsafe extern "C" fn convkit_grad_data(
         let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
         // SAFETY: as above.
         let dx = unsafe { floats_mut(dx, dx_len, "dx") }?;
-        g.runner
-            .run(|| crate::backward::backward_data_into(&g.data, dz, dx))
-            .map_err(lib_err)
+        g.grad.data(dz, dx).map_err(lib_err)
     })
 }
 
@@ -847,9 +834,7 @@ pub unsafe extern "C" fn convkit_grad_weight(
         let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
         // SAFETY: as above.
         let dw = unsafe { floats_mut(dw, dw_len, "dw") }?;
-        g.runner
-            .run(|| crate::backward::backward_weights_into(&g.geom, g.kernels, x, dz, dw))
-            .map_err(lib_err)
+        g.grad.weight(x, dz, dw).map_err(lib_err)
     })
 }
 
@@ -877,10 +862,7 @@ pub unsafe extern "C" fn convkit_grad_bias(
         let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
         // SAFETY: as above.
         let db = unsafe { floats_mut(db, db_len, "db") }?;
-        crate::reference::check_len("dz", dz.len(), g.geom.conv_output_len()).map_err(lib_err)?;
-        crate::reference::check_len("db", db.len(), g.geom.out_channels).map_err(lib_err)?;
-        db.copy_from_slice(&crate::backward::backward_bias(&g.geom, dz));
-        Ok(())
+        g.grad.bias(dz, db).map_err(lib_err)
     })
 }
 

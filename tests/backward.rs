@@ -857,7 +857,7 @@ fn c_abi_gradient_plan_matches_the_library() {
         unsafe {
             let ok = ConvkitStatus::Ok;
             assert_eq!(
-                convkit_grad_create_json(json.as_ptr(), w.as_ptr(), w.len(), threads, &mut grad),
+                convkit_grad_create_json(json.as_ptr(), w.as_ptr(), w.len(), 0, threads, &mut grad),
                 ok
             );
             let bad = ConvkitStatus::InvalidArgument;
@@ -896,7 +896,93 @@ fn c_abi_gradient_plan_matches_the_library() {
     let mut grad = std::ptr::null_mut();
     // SAFETY: as above; the call fails and creates nothing.
     let status =
-        unsafe { convkit_grad_create_json(relu.as_ptr(), w.as_ptr(), w.len(), 1, &mut grad) };
+        unsafe { convkit_grad_create_json(relu.as_ptr(), w.as_ptr(), w.len(), 0, 1, &mut grad) };
     assert_eq!(status, ConvkitStatus::InvalidSpec);
     assert!(grad.is_null());
+}
+
+/// `ConvGrad` on NHWC tensors gives the NCHW gradients transposed, bit for bit (the same
+/// computation between transposes), 1-D and 2-D, on 1 and 2 threads; wrong lengths leave the
+/// outputs untouched; a spec with an epilogue is refused.
+#[test]
+fn gradient_plan_takes_nhwc_tensors() {
+    use convkit::backward::ConvGrad;
+    use convkit::tensor::{nchw_to_nhwc, nhwc_to_nchw};
+    let specs = [
+        ConvSpec::new(&[2, 6, 9, 7], 4, &[3, 3])
+            .with_padding(Padding::Same)
+            .with_stride(&[2, 1]),
+        ConvSpec::new(&[3, 5, 20], 6, &[3]).with_padding(Padding::Same),
+        // Many tiles: the Winograd weight gradient.
+        ConvSpec::new(&[2, 8, 16, 16], 8, &[3, 3]).with_padding(Padding::Same),
+    ];
+    let mut rng = Rng::new(21);
+    for spec in specs {
+        let spec = spec.with_bias(false);
+        let g = Geometry::new(&spec).unwrap();
+        let (area_in, area_out) = (g.input_area(), g.conv_out_area());
+        let mut uniform =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect() };
+        let (x, w, dz) = (
+            uniform(g.input_len()),
+            uniform(g.weight_len()),
+            uniform(g.conv_output_len()),
+        );
+        let nchw = ConvGrad::new(&spec, &w, &PlanOptions::default()).unwrap();
+        let (mut dx, mut dw, mut db) = (
+            vec![0f32; x.len()],
+            vec![0f32; w.len()],
+            vec![0f32; g.out_channels],
+        );
+        nchw.data(&dz, &mut dx).unwrap();
+        nchw.weight(&x, &dz, &mut dw).unwrap();
+        nchw.bias(&dz, &mut db).unwrap();
+        let want = reference::backward_f64(
+            &g,
+            &Operands {
+                input: &x,
+                weight: &w,
+                bias: None,
+                residual: None,
+            },
+            &dz,
+        )
+        .unwrap();
+        let (e, i) = worst(&dw, &want.weight, want.weight_magnitude);
+        assert!(e <= 1e-3, "NCHW dw[{i}] error {e:.3e} x S");
+        let (e, i) = worst(&dx, &want.input, want.input_magnitude);
+        assert!(e <= 1e-4, "NCHW dx[{i}] error {e:.3e} x S");
+        let (mut x_t, mut dz_t) = (vec![0f32; x.len()], vec![0f32; dz.len()]);
+        nchw_to_nhwc(&x, &mut x_t, g.batch, g.in_channels, area_in);
+        nchw_to_nhwc(&dz, &mut dz_t, g.batch, g.out_channels, area_out);
+        for threads in [1, 2] {
+            let opts = PlanOptions {
+                layout: convkit::Layout::Nhwc,
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            let nhwc = ConvGrad::new(&spec, &w, &opts).unwrap();
+            let (mut dx_t, mut dw_t, mut db_t) = (
+                vec![f32::NAN; x.len()],
+                vec![f32::NAN; w.len()],
+                vec![f32::NAN; g.out_channels],
+            );
+            assert!(nhwc.data(&dz_t[1..], &mut dx_t).is_err());
+            assert!(dx_t.iter().all(|v| v.is_nan()), "dx written on error");
+            nhwc.data(&dz_t, &mut dx_t).unwrap();
+            nhwc.weight(&x_t, &dz_t, &mut dw_t).unwrap();
+            nhwc.bias(&dz_t, &mut db_t).unwrap();
+            let mut dx_back = vec![0f32; x.len()];
+            nhwc_to_nchw(&dx_t, &mut dx_back, g.batch, g.in_channels, area_in);
+            let same =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+            let ctx = format!("{threads} threads, {}", spec.to_json());
+            assert!(same(&dx_back, &dx), "NHWC dx differs ({ctx})");
+            assert!(same(&dw_t, &dw), "NHWC dw differs ({ctx})");
+            assert!(same(&db_t, &db), "NHWC db differs ({ctx})");
+        }
+    }
+    let pooled = ConvSpec::new(&[1, 2, 8, 8], 2, &[3, 3]).with_pool(Some(Pool::GlobalMax));
+    let err = ConvGrad::new(&pooled, &[0.0; 36], &PlanOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("pool"), "{err}");
 }

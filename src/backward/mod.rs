@@ -560,6 +560,160 @@ pub fn backward_bias(g: &Geometry, dz: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// A convolution's backward pass, planned once: the layer's geometry and its weights packed
+/// for the data gradient, with the tier, threads and layout to run on. For frameworks that
+/// run their own activations and pools: every gradient starts from `dz`, the gradient w.r.t.
+/// the convolution's output. NCHW (NCL) or NHWC (NLC) tensors: NHWC ones are transposed to
+/// NCHW and back around the same computation, so both layouts give the same values bit for
+/// bit. `Send + Sync`: the gradients may be computed from several threads at once.
+pub struct ConvGrad {
+    geom: Geometry,
+    kernels: &'static crate::kernels::KernelTable,
+    data: DataWeights,
+    runner: crate::par::Runner,
+    layout: Layout,
+}
+
+impl std::fmt::Debug for ConvGrad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvGrad")
+            .field("tier", &self.kernels.isa)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+impl ConvGrad {
+    /// Plans the backward pass of `spec` (the convolution alone: an activation, pool or
+    /// residual is an error) with `weight` (OIHW). `opts` gives the tier, the threads and
+    /// the layout; its algorithm is not used (each gradient has its own method).
+    pub fn new(spec: &ConvSpec, weight: &[f32], opts: &PlanOptions) -> Result<Self> {
+        let epilogue = [
+            ("activation", spec.activation != crate::Activation::None),
+            ("pool", spec.pool.is_some()),
+            ("residual", spec.residual),
+        ];
+        if let Some((field, _)) = epilogue.iter().find(|(_, set)| *set) {
+            return Err(Error::Spec {
+                field: field.to_string(),
+                msg: "a gradient plan takes the convolution alone (no activation, pool or \
+                      residual): apply their gradients first and pass the gradient w.r.t. \
+                      the convolution's output"
+                    .into(),
+            });
+        }
+        let geom = Geometry::new(spec)?;
+        let kernels = resolve_isa(opts.isa.as_deref())?.kernels()?;
+        Ok(ConvGrad {
+            data: DataWeights::new(&geom, kernels, weight)?,
+            runner: crate::par::Runner::new(opts.threads)?,
+            geom,
+            kernels,
+            layout: opts.layout,
+        })
+    }
+
+    /// The layer's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geom
+    }
+
+    /// Replaces the weights (after an optimizer step) and packs them again; on error the
+    /// plan keeps the previous ones.
+    pub fn set_weight(&mut self, weight: &[f32]) -> Result<()> {
+        self.data = DataWeights::new(&self.geom, self.kernels, weight)?;
+        Ok(())
+    }
+
+    /// `src` (a whole batch of `c` channels of `area` pixels) as NCHW: itself for an NCHW
+    /// plan, else transposed into a scratch buffer.
+    fn as_nchw<'a>(
+        &self,
+        src: &'a [f32],
+        c: usize,
+        area: usize,
+        scratch: &'a mut crate::tensor::Scratch,
+    ) -> &'a [f32] {
+        if self.layout == Layout::Nchw {
+            return src;
+        }
+        for (s, d) in src
+            .chunks_exact(c * area)
+            .zip(scratch.chunks_exact_mut(c * area))
+        {
+            crate::tensor::transpose_image(self.kernels.transpose, s, area, c, d);
+        }
+        scratch
+    }
+
+    /// A scratch buffer for an NHWC plan's transposed copy of `len` floats (empty for NCHW).
+    fn scratch(&self, len: usize) -> crate::tensor::Scratch {
+        crate::tensor::take_scratch(if self.layout == Layout::Nchw { 0 } else { len })
+    }
+
+    /// dL/dx (input shape, overwritten) from `dz` (conv-output shape). Wrong lengths are
+    /// errors that leave `dx` untouched.
+    pub fn data(&self, dz: &[f32], dx: &mut [f32]) -> Result<()> {
+        let g = &self.geom;
+        check_len("dz", dz.len(), g.conv_output_len())?;
+        check_len("dx", dx.len(), g.input_len())?;
+        self.runner.run(|| {
+            let mut dz_t = self.scratch(dz.len());
+            let dz_nchw = self.as_nchw(dz, g.out_channels, g.conv_out_area(), &mut dz_t);
+            let r = if self.layout == Layout::Nchw {
+                backward_data_into(&self.data, dz_nchw, dx)
+            } else {
+                let mut dx_nchw = crate::tensor::take_scratch(dx.len());
+                let r = backward_data_into(&self.data, dz_nchw, &mut dx_nchw);
+                let (c, area) = (g.in_channels, g.input_area());
+                for (s, d) in dx_nchw
+                    .chunks_exact(c * area)
+                    .zip(dx.chunks_exact_mut(c * area))
+                {
+                    crate::tensor::transpose_image(self.kernels.transpose, s, c, area, d);
+                }
+                crate::tensor::give_scratch(dx_nchw);
+                r
+            };
+            crate::tensor::give_scratch(dz_t);
+            r
+        })
+    }
+
+    /// dL/dw (OIHW, overwritten) from the input `x` and `dz` (conv-output shape), summed
+    /// over the batch in batch order. Wrong lengths are errors that leave `dw` untouched.
+    pub fn weight(&self, x: &[f32], dz: &[f32], dw: &mut [f32]) -> Result<()> {
+        let g = &self.geom;
+        check_len("x", x.len(), g.input_len())?;
+        check_len("dz", dz.len(), g.conv_output_len())?;
+        check_len("dw", dw.len(), g.weight_len())?;
+        self.runner.run(|| {
+            let (mut x_t, mut dz_t) = (self.scratch(x.len()), self.scratch(dz.len()));
+            let x_nchw = self.as_nchw(x, g.in_channels, g.input_area(), &mut x_t);
+            let dz_nchw = self.as_nchw(dz, g.out_channels, g.conv_out_area(), &mut dz_t);
+            let r = backward_weights_into(g, self.kernels, x_nchw, dz_nchw, dw);
+            crate::tensor::give_scratch(x_t);
+            crate::tensor::give_scratch(dz_t);
+            r
+        })
+    }
+
+    /// dL/db (Cout floats, overwritten) from `dz` (conv-output shape), summed in f64. Wrong
+    /// lengths are errors that leave `db` untouched.
+    pub fn bias(&self, dz: &[f32], db: &mut [f32]) -> Result<()> {
+        let g = &self.geom;
+        check_len("dz", dz.len(), g.conv_output_len())?;
+        check_len("db", db.len(), g.out_channels)?;
+        self.runner.run(|| {
+            let mut dz_t = self.scratch(dz.len());
+            let dz_nchw = self.as_nchw(dz, g.out_channels, g.conv_out_area(), &mut dz_t);
+            db.copy_from_slice(&backward_bias(g, dz_nchw));
+            crate::tensor::give_scratch(dz_t);
+        });
+        Ok(())
+    }
+}
+
 /// What a training-mode forward pass keeps for the backward pass.
 #[derive(Clone, Debug)]
 pub struct Saved {

@@ -67,7 +67,7 @@ static void gradient_case(int n, int c, int h, int cout, int k, int stride, int 
            " \"padding\": [%d, %d], \"groups\": %d}",
            n, c, h, h, cout, k, k, stride, stride, pad, pad, groups);
   ConvkitGrad *grad = NULL;
-  check(convkit_grad_create_json(spec, w, wl, threads, &grad) == ConvkitStatus_Ok && grad != NULL, "gradient plan");
+  check(convkit_grad_create_json(spec, w, wl, 0, threads, &grad) == ConvkitStatus_Ok && grad != NULL, "gradient plan");
   check(convkit_grad_data(grad, dz, zl, dx, xl) == ConvkitStatus_Ok, "data gradient");
   check(convkit_grad_weight(grad, x, xl, dz, zl, dw, wl) == ConvkitStatus_Ok, "weight gradient");
   check(convkit_grad_bias(grad, dz, zl, db, cout) == ConvkitStatus_Ok, "bias gradient");
@@ -229,15 +229,16 @@ int main(void) {
   gradient_case(2, 8, 16, 8, 3, 1, 1, 1, 2);
   gradient_case(1, 3, 12, 5, 5, 1, 2, 1, 1);
   ConvkitGrad *bad_grad = NULL;
-  check(convkit_grad_create_json(spec, w, 54, 1, &bad_grad) == ConvkitStatus_InvalidSpec && bad_grad == NULL,
+  check(convkit_grad_create_json(spec, w, 54, 0, 1, &bad_grad) == ConvkitStatus_InvalidSpec && bad_grad == NULL,
         "gradient plan of a layer with an activation and a pool refused");
   check(strstr(convkit_last_error_message(), "convolution alone") != NULL, "message says why");
   layer.activation = ConvkitActivation_None;
   layer.pool = ConvkitPool_None;
-  check(convkit_grad_create(&layer, w, 54, 1, &bad_grad) == ConvkitStatus_Ok && bad_grad != NULL,
-        "gradient plan from the struct");
+  check(convkit_grad_create(&layer, w, 54, 1, 1, &bad_grad) == ConvkitStatus_Ok && bad_grad != NULL,
+        "gradient plan from the struct (NHWC)");
   convkit_grad_destroy(bad_grad);
-  check(convkit_grad_create(&layer, w, 53, 1, &bad_grad) == ConvkitStatus_InvalidArgument, "short weights refused");
+  check(convkit_grad_create(&layer, w, 53, 0, 1, &bad_grad) == ConvkitStatus_InvalidArgument, "short weights refused");
+  check(convkit_grad_create(&layer, w, 54, 2, 1, &bad_grad) == ConvkitStatus_InvalidArgument, "bad layout refused");
   convkit_grad_destroy(NULL);
   printf("%d passed, %d failed\n", passed, failed);
   return failed != 0;
