@@ -773,9 +773,16 @@ fn weight_gradient_choice_follows_the_tile_count() {
     };
     assert_eq!(weights_by_winograd(&dilated(1)), None);
     assert_eq!(weights_by_winograd(&dilated(4)), Some(V::F4));
-    // 1-D layers stay on the GEMM, however many tiles.
-    let seq = ConvSpec::new(&[8, 128, 4000], 128, &[3]).with_padding(Padding::Same);
-    assert_eq!(weights_by_winograd(&Geometry::new(&seq).unwrap()), None);
+    // 1-D: as many tiles as channels, and no more output channels than input ones.
+    let seq = |n: usize, c: usize, l: usize, co: usize| {
+        let spec = ConvSpec::new(&[n, c, l], co, &[3]).with_padding(Padding::Same);
+        weights_by_winograd(&Geometry::new(&spec).unwrap())
+    };
+    assert_eq!(seq(8, 128, 4000, 128), Some(V::F4));
+    assert_eq!(seq(2, 300, 1024, 100), Some(V::F4));
+    assert_eq!(seq(1, 100, 2048, 300), None);
+    assert_eq!(seq(1, 512, 800, 512), None);
+    assert_eq!(seq(1, 300, 256, 100), None);
     let g = geom(2, 8, 24, 3);
     assert_eq!(weights_by_winograd(&g), Some(V::F4));
     let (x, dy, want) = weight_gradient_case(&g, &mut Rng::new(5));

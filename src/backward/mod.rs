@@ -432,14 +432,21 @@ pub fn backward_weights_into(
 /// against 21-26, its batch of 2 (200) 39-58 against 49-53, of 4 (400) 75-98 against
 /// 92-113; 128 channels of 28x28 (64 tiles) 4.1-6.8 against 4.6-6.2, a batch of 4 of them
 /// 12.8-21.8 against 23.7-26.5; 64 channels of 56x56 (196) 4.4-6.0 against 5.1-8.1.
-/// 1-D layers stay on the GEMM: their im2col GEMM has the depth 3 C and runs near its best,
-/// and F(4,3)'s 2x fewer multiplies came out between 1.1x faster and 1.1x slower
-/// (textcnn.k3 1.0 -> 1.0-1.5 ms, batch 8 8.2-9.1 -> 9.2-9.7; 512 channels of 3199:
-/// 77-91 -> 66-87).
+///
+/// A 1-D layer needs as many tiles as channels and no more output than input channels
+/// (the output-gradient transform, one tile and eight channels at a time, costs more per
+/// channel than the input transform). F(4,3) against the GEMM, one thread, three
+/// alternating runs, medians, after the row-group packing of V (session 22; the figures
+/// above are from before it) (batch x channels x length, in -> out): 4x256x1000 26-28 ms
+/// against 36-38, 1x256x4000 27 against 32-34, 8x64x1000 5.8-6.7 against 8.6-9.4,
+/// 2x300x1024 -> 100 6.6-8.3 against 10.4-11.4, 16x128x256 7.1-10.6 against 12.3-12.6,
+/// 32x300x256 -> 100 32-37 against 43-45; and against it 1x100x2048 -> 300 9.1-11.1 against
+/// 6.2-7.8, 1x512x800 (200 tiles) 23-25 against 21-23, textcnn.k3 (64 tiles) 1.56 against
+/// 1.18-1.21.
 pub fn weights_by_winograd(g: &Geometry) -> Option<crate::arch::winograd::Variant> {
     use crate::arch::winograd::Variant;
     winograd_weights_check(g).ok()?;
-    if g.spatial_rank != 2 || thin(g) {
+    if thin(g) || (g.spatial_rank == 1 && g.cout_per_group > g.cin_per_group) {
         return None;
     }
     let [_, _, tiles_h, tiles_w, _, _, phases] =
@@ -450,7 +457,7 @@ pub fn weights_by_winograd(g: &Geometry) -> Option<crate::arch::winograd::Varian
         .checked_mul(tiles_w)?
         .checked_mul(phases)?;
     let widest = g.cin_per_group.max(g.cout_per_group);
-    let enough = if phases == 1 {
+    let enough = if phases == 1 && g.spatial_rank == 2 {
         tiles.saturating_mul(4) >= widest
     } else {
         tiles >= widest

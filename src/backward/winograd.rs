@@ -140,6 +140,10 @@ pub fn backward_weights_winograd_blocks(
     let mut v = crate::tensor::take_scratch(cg * slab);
     let mut dy = crate::tensor::take_scratch(og * slab);
     let mut du = crate::tensor::take_scratch(xi_n * cg * og);
+    // V[xi] packed as the GEMMs' A, one matrix a transformed position, reused by every block.
+    let mut packs: Vec<PackedA> = (0..xi_n)
+        .map(|_| PackedA::from_row_major(&[], 0, 0, 0, uk.mr, &blocking))
+        .collect();
     for grp in 0..g.groups {
         du.fill(0.0);
         for b0 in (0..total).step_by(tb) {
@@ -232,8 +236,8 @@ pub fn backward_weights_winograd_blocks(
             // GEMM a task, K = the block's tiles in order.
             let shared = SharedMut::new(&mut du);
             let (v, dy) = (&v[..], &dy[..]);
-            crate::par::for_each_index(xi_n, |xi| {
-                let a = PackedA::from_row_major(&v[xi * ld..], cg, nb, slab, uk.mr, &blocking);
+            crate::par::for_each_item(packs.iter_mut().collect(), |xi, a: &mut PackedA| {
+                a.repack_row_major(&v[xi * ld..], cg, nb, slab, uk.mr, &blocking);
                 let b = StridedB {
                     data: &dy[xi * ld * og..],
                     rs: og,
@@ -242,7 +246,7 @@ pub fn backward_weights_winograd_blocks(
                 gemm_packed(
                     uk,
                     &blocking,
-                    &a,
+                    a,
                     &b,
                     og,
                     &shared,

@@ -688,8 +688,8 @@ fn bench_weight_gradient_rows_name_their_method() {
             "l1,backward_weights:winograd_f6x3",
         ]
     );
-    // s1: 2 x 9 F(4,3) tiles, too few for Winograd; d2: 4 images x 4 phases x 9 tiles;
-    // 1-D layers stay on the GEMM.
+    // s1: 2 x 9 F(4,3) tiles, too few for Winograd; d2: 4 images x 4 phases x 9 tiles; l1:
+    // 10 tiles.
     assert_eq!(
         rows("auto"),
         [
