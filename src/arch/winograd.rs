@@ -1092,25 +1092,25 @@ fn grad_tiles<const A: usize, const M: usize>(
             }
             continue;
         }
-        // t1 = A dY (alpha x m), then A dY A^T.
-        let mut t1 = [[[0f32; LANES]; M]; A];
+        // Row p of t1 = A dY (m vectors), then row p of A dY A^T from it: one row of t1 at
+        // a time stays in registers (all of t1, alpha x m vectors, was spilled and every
+        // product accumulated through the stack).
         for p in 0..A {
+            let mut t1 = [[0f32; LANES]; M];
             for i in 0..M {
                 let c = at[i][p];
                 for k in 0..M {
                     for l in 0..LANES {
-                        t1[p][k][l] = fma(c, d[i][k][l], t1[p][k][l]);
+                        t1[k][l] = fma(c, d[i][k][l], t1[k][l]);
                     }
                 }
             }
-        }
-        for p in 0..A {
             for q in 0..A {
                 let mut v = [0f32; LANES];
                 for k in 0..M {
                     let c = at[k][q];
                     for l in 0..LANES {
-                        v[l] = fma(c, t1[p][k][l], v[l]);
+                        v[l] = fma(c, t1[k][l], v[l]);
                     }
                 }
                 // Bounds-checked: a layout past the buffer panics, never writes.
