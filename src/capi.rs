@@ -647,8 +647,7 @@ unsafe fn create_grad(
     out: *mut *mut ConvkitGrad,
 ) -> Result<(), (ConvkitStatus, String)> {
     // SAFETY: the contract of this function.
-    let w = unsafe { floats(weight, weight_len, "weight") }?
-        .ok_or_else(|| arg_err("weight is NULL"))?;
+    let w = unsafe { required_floats(weight, weight_len, "weight") }?;
     let opts = PlanOptions {
         layout: layout_of(layout)?,
         threads: (threads > 0).then_some(threads),
@@ -748,8 +747,7 @@ pub unsafe extern "C" fn convkit_grad_set_weight(
         // SAFETY: a live gradient plan used by this thread alone, by the contract.
         let g = unsafe { &mut (*grad).grad };
         // SAFETY: the contract of this function.
-        let w = unsafe { floats(weight, weight_len, "weight") }?
-            .ok_or_else(|| arg_err("weight is NULL"))?;
+        let w = unsafe { required_floats(weight, weight_len, "weight") }?;
         g.set_weight(w).map_err(lib_err)
     })
 }
@@ -775,6 +773,33 @@ unsafe fn floats_mut<'a>(
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
+/// The gradient plan behind `grad`, or an error for NULL.
+///
+/// # Safety
+/// `grad` is NULL or a live gradient plan that outlives `'a`.
+unsafe fn live_grad<'a>(
+    grad: *const ConvkitGrad,
+) -> Result<&'a crate::backward::ConvGrad, (ConvkitStatus, String)> {
+    if grad.is_null() {
+        return Err(arg_err("grad is NULL"));
+    }
+    // SAFETY: non-null, so a live gradient plan by the contract.
+    Ok(unsafe { &(*grad).grad })
+}
+
+/// `len` floats at `ptr`, which must not be NULL.
+///
+/// # Safety
+/// As for [`floats`].
+unsafe fn required_floats<'a>(
+    ptr: *const f32,
+    len: usize,
+    name: &str,
+) -> Result<&'a [f32], (ConvkitStatus, String)> {
+    // SAFETY: the contract of this function.
+    unsafe { floats(ptr, len, name) }?.ok_or_else(|| arg_err(&format!("{name} is NULL")))
+}
+
 /// The gradient w.r.t. the input: `dx` (input shape, overwritten) from `dz`, the gradient
 /// w.r.t. the convolution's output (conv-output shape), for the whole batch, in the plan's
 /// layout. Lengths are checked; on error `dx` is left untouched. Bitwise identical whatever
@@ -793,16 +818,13 @@ pub unsafe extern "C" fn convkit_grad_data(
     dx_len: usize,
 ) -> ConvkitStatus {
     guard(|| {
-        if grad.is_null() {
-            return Err(arg_err("grad is NULL"));
-        }
-        // SAFETY: a live gradient plan by the contract.
-        let g = unsafe { &*grad };
         // SAFETY: the contract of this function.
-        let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
-        // SAFETY: as above.
+        let g = unsafe { live_grad(grad) }?;
+        // SAFETY: the contract of this function.
+        let dz = unsafe { required_floats(dz, dz_len, "dz") }?;
+        // SAFETY: the contract of this function.
         let dx = unsafe { floats_mut(dx, dx_len, "dx") }?;
-        g.grad.data(dz, dx).map_err(lib_err)
+        g.data(dz, dx).map_err(lib_err)
     })
 }
 
@@ -823,18 +845,15 @@ pub unsafe extern "C" fn convkit_grad_weight(
     dw_len: usize,
 ) -> ConvkitStatus {
     guard(|| {
-        if grad.is_null() {
-            return Err(arg_err("grad is NULL"));
-        }
-        // SAFETY: a live gradient plan by the contract.
-        let g = unsafe { &*grad };
         // SAFETY: the contract of this function.
-        let x = unsafe { floats(x, x_len, "x") }?.ok_or_else(|| arg_err("x is NULL"))?;
-        // SAFETY: as above.
-        let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
-        // SAFETY: as above.
+        let g = unsafe { live_grad(grad) }?;
+        // SAFETY: the contract of this function.
+        let x = unsafe { required_floats(x, x_len, "x") }?;
+        // SAFETY: the contract of this function.
+        let dz = unsafe { required_floats(dz, dz_len, "dz") }?;
+        // SAFETY: the contract of this function.
         let dw = unsafe { floats_mut(dw, dw_len, "dw") }?;
-        g.grad.weight(x, dz, dw).map_err(lib_err)
+        g.weight(x, dz, dw).map_err(lib_err)
     })
 }
 
@@ -853,16 +872,13 @@ pub unsafe extern "C" fn convkit_grad_bias(
     db_len: usize,
 ) -> ConvkitStatus {
     guard(|| {
-        if grad.is_null() {
-            return Err(arg_err("grad is NULL"));
-        }
-        // SAFETY: a live gradient plan by the contract.
-        let g = unsafe { &*grad };
         // SAFETY: the contract of this function.
-        let dz = unsafe { floats(dz, dz_len, "dz") }?.ok_or_else(|| arg_err("dz is NULL"))?;
-        // SAFETY: as above.
+        let g = unsafe { live_grad(grad) }?;
+        // SAFETY: the contract of this function.
+        let dz = unsafe { required_floats(dz, dz_len, "dz") }?;
+        // SAFETY: the contract of this function.
         let db = unsafe { floats_mut(db, db_len, "db") }?;
-        g.grad.bias(dz, db).map_err(lib_err)
+        g.bias(dz, db).map_err(lib_err)
     })
 }
 
