@@ -677,6 +677,8 @@ fn winograd_weight_gradient_matches_the_f64_reference() {
             .with_padding(Padding::Symmetric(vec![1, 0]))
             .with_groups(2),
         ConvSpec::new(&[1, 2, 8, 15], 3, &[3, 3]).with_dilation(&[1, 2]),
+        // One output row for two row phases: the second phase plane has no rows.
+        ConvSpec::new(&[1, 8, 5, 9], 8, &[3, 3]).with_dilation(&[2, 2]),
         // 1-D: padded, grouped, a batch past one block, dilated.
         ConvSpec::new(&[2, 5, 37], 7, &[3]).with_padding(Padding::Same),
         ConvSpec::new(&[1, 6, 10], 4, &[3]).with_groups(2),
@@ -684,6 +686,7 @@ fn winograd_weight_gradient_matches_the_f64_reference() {
         ConvSpec::new(&[2, 4, 29], 3, &[3])
             .with_dilation(&[3])
             .with_padding(Padding::Same),
+        ConvSpec::new(&[2, 8, 5], 8, &[3]).with_dilation(&[2]),
     ]);
     let mut rng = Rng::new(11);
     for spec in specs {
@@ -915,6 +918,8 @@ fn c_abi_gradient_plan_matches_the_library() {
 fn gradient_plan_takes_nhwc_tensors() {
     use convkit::backward::ConvGrad;
     use convkit::tensor::{nchw_to_nhwc, nhwc_to_nchw};
+    fn shareable<T: Send + Sync>() {}
+    shareable::<ConvGrad>();
     let specs = [
         ConvSpec::new(&[2, 6, 9, 7], 4, &[3, 3])
             .with_padding(Padding::Same)
