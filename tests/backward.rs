@@ -245,6 +245,67 @@ proptest! {
     }
 }
 
+/// Layers the Winograd weight gradient takes, generated: 1-D or 2-D, kernel 3, dilation 1-3
+/// per dimension, any padding, groups, batches of 1-3, sizes down to a single output.
+fn winograd_weight_spec() -> impl Strategy<Value = ConvSpec> {
+    (
+        (1usize..4, 1usize..6, 1usize..6, 1usize..3, any::<bool>()),
+        (1usize..14, 1usize..14, 1usize..4, 1usize..4, 0usize..4),
+    )
+        .prop_map(|((n, cpg, opg, groups, one_d), (h, w, dh, dw, pad_kind))| {
+            let (c, co) = (cpg * groups, opg * groups);
+            let (input, kernel, dilation, rank) = if one_d {
+                (vec![n, c, w + 2 * dw], vec![3], vec![dw], 1)
+            } else {
+                (
+                    vec![n, c, h + 2 * dh, w + 2 * dw],
+                    vec![3, 3],
+                    vec![dh, dw],
+                    2,
+                )
+            };
+            let padding = match pad_kind {
+                0 => Padding::Valid,
+                1 => Padding::Same,
+                2 => Padding::Symmetric(vec![1; rank]),
+                _ => Padding::Explicit(vec![(0, 3); rank]),
+            };
+            ConvSpec::new(&input, co, &kernel)
+                .with_dilation(&dilation)
+                .with_padding(padding)
+                .with_groups(groups)
+                .with_bias(false)
+        })
+        .prop_filter("valid geometry", |s| Geometry::new(s).is_ok())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    /// The Winograd weight gradient of every variant, with automatic and small blocks (8 or
+    /// 16 tiles: blocks ending inside images and phases), against the f64 reference on
+    /// every tier.
+    #[test]
+    fn winograd_weight_gradient_over_generated_layers(
+        spec in winograd_weight_spec(),
+        seed in 0u64..1000,
+        variant in 0usize..3,
+        block in prop::sample::select(vec![None, Some(8usize), Some(16)]),
+    ) {
+        use convkit::algo::WinogradVariant as V;
+        let g = Geometry::new(&spec).unwrap();
+        let v = [V::F2, V::F4, V::F6][variant];
+        let (x, dy, want) = weight_gradient_case(&g, &mut Rng::new(seed));
+        for isa in convkit::arch::available_isas() {
+            let kernels = isa.kernels().unwrap();
+            let mut dw = vec![f32::NAN; g.weight_len()];
+            convkit::backward::backward_weights_winograd_blocks(&g, kernels, v, &x, &dy, &mut dw, block)
+                .unwrap();
+            let (e, i) = worst(&dw, &want.weight, want.weight_magnitude);
+            prop_assert!(e <= 1e-3, "dw[{}] error {:.3e} x S, {:?} on {} ({})", i, e, v, isa.name(), spec.to_json());
+        }
+    }
+}
+
 /// Every forward algorithm under the training plan (Winograd included), with a smooth
 /// activation: the forward's rounding moves the gradients by at most its tolerance.
 #[test]
