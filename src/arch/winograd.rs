@@ -1057,19 +1057,21 @@ fn grad_tiles<const A: usize, const M: usize>(
         // The tile of each channel into lanes (zeros past the plane and in unused lanes).
         // Bounds-checked reads: a plane description past `dy` panics, never reads outside.
         let mut d = [[[0f32; LANES]; M]; M];
-        // (A tile with nothing to read reads nothing: a phase plane of no rows has an origin
-        // past its channel's plane, at the batch's end past `dy`.)
-        for l in (0..lanes).filter(|_| rows > 0 && cols > 0) {
-            let plane = &j.dy[l * j.plane_stride + j.origin..];
-            for i in 0..rows {
-                let row = (y0 + i) * j.row_stride + x0 * j.col_stride;
-                if j.col_stride == 1 {
-                    for (k, &v) in plane[row..row + cols].iter().enumerate() {
-                        d[i][k][l] = v;
-                    }
-                } else {
-                    for k in 0..cols {
-                        d[i][k][l] = plane[row + k * j.col_stride];
+        // A tile with nothing to read reads nothing: a phase plane of no rows has an origin
+        // past its channel's plane, at the batch's end past `dy`.
+        if rows > 0 && cols > 0 {
+            for l in 0..lanes {
+                let plane = &j.dy[l * j.plane_stride + j.origin..];
+                for i in 0..rows {
+                    let row = (y0 + i) * j.row_stride + x0 * j.col_stride;
+                    if j.col_stride == 1 {
+                        for (k, &v) in plane[row..row + cols].iter().enumerate() {
+                            d[i][k][l] = v;
+                        }
+                    } else {
+                        for k in 0..cols {
+                            d[i][k][l] = plane[row + k * j.col_stride];
+                        }
                     }
                 }
             }

@@ -141,9 +141,7 @@ pub fn backward_weights_winograd_blocks(
     let mut dy = crate::tensor::take_scratch(og * slab);
     let mut du = crate::tensor::take_scratch(xi_n * cg * og);
     // V[xi] packed as the GEMMs' A, one matrix a transformed position, reused by every block.
-    let mut packs: Vec<PackedA> = (0..xi_n)
-        .map(|_| PackedA::from_row_major(&[], 0, 0, 0, uk.mr, &blocking))
-        .collect();
+    let mut packs: Vec<PackedA> = (0..xi_n).map(|_| PackedA::empty(uk.mr)).collect();
     for grp in 0..g.groups {
         du.fill(0.0);
         for b0 in (0..total).step_by(tb) {

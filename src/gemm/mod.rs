@@ -174,15 +174,21 @@ impl PackedA {
         mr: usize,
         blocking: &Blocking,
     ) -> Self {
-        let mut packed = PackedA {
+        let mut packed = PackedA::empty(mr);
+        packed.repack_row_major(a, m, k, rsa, mr, blocking);
+        packed
+    }
+
+    /// A 0 x 0 matrix of panel height `mr`, holding no memory: a buffer for
+    /// [`PackedA::repack_row_major`] to fill.
+    pub fn empty(mr: usize) -> Self {
+        PackedA {
             buf: aligned_zeros(0),
             m: 0,
             k: 0,
             mr,
             blocks: Vec::new(),
-        };
-        packed.repack_row_major(a, m, k, rsa, mr, blocking);
-        packed
+        }
     }
 
     /// [`PackedA::from_row_major`] into this matrix's buffer, which grows when it must and

@@ -388,23 +388,6 @@ impl WinogradPlan {
         ((tile_rows - 1) * self.mh + ah) * self.pw
     }
 
-    /// Rows `y0..y0 + rows` of the padded plane of one channel (`src`, its `IH x IW` input
-    /// plane), as [`WinogradPlan::fill`] pads them, columns `c0..c1` of each, into `dst`
-    /// (`rows` rows of `self.pw` floats; the other columns are not written).
-    #[allow(clippy::too_many_arguments)]
-    fn pad_rows(
-        &self,
-        g: &Geometry,
-        src: &[f32],
-        y0: usize,
-        rows: usize,
-        c0: usize,
-        c1: usize,
-        dst: &mut [f32],
-    ) {
-        pad_plane_rows(g, self.pw, src, y0, rows, c0, c1, dst)
-    }
-
     /// Whether [`WinogradPlan::fill_nhwc`] takes this plan's images: undilated layers.
     pub fn fills_nhwc(&self) -> bool {
         self.dilation == [1, 1]
@@ -729,7 +712,16 @@ impl WinogradPlan {
                         }
                     }
                     let mut rows = crate::tensor::take_scratch(rows_in * self.pw);
-                    self.pad_rows(g, channel(grp * cg + ci), y0, rows_in, c_a, c_b, &mut rows);
+                    pad_plane_rows(
+                        g,
+                        self.pw,
+                        channel(grp * cg + ci),
+                        y0,
+                        rows_in,
+                        c_a,
+                        c_b,
+                        &mut rows,
+                    );
                     transform(&rows, t0 - tr_a * self.tiles_w);
                     crate::tensor::give_scratch(rows);
                 }
