@@ -266,8 +266,8 @@ impl KernelTable {
     }
     /// The GEMM microkernel for `m` rows of A (output channels a group), among the kernels
     /// of the default's NR (so the same columns, edges and B layout):
-    /// - the tile of at least 12 rows that pads `m` least (the default on a tie), if it
-    ///   pads by at most 5%. Those run as fast as the default when full; on AVX-512 the
+    /// - where the default has at least 12 rows, the tile of at least 12 rows that pads `m`
+    ///   least (the default on a tie), if it pads by at most 5%. Those run as fast as the default when full; on AVX-512 the
     ///   13x32 pads M = 64, 128 and 256 to 65, 130 and 260 where the 14x32 pads to 70, 140
     ///   and 266. Paired, one thread: resnet50.res2.1x1a 1.13x, res4.1x1 1.07x (with the
     ///   lane-major edge: res5.1x1 1.17x), Winograd res2.3x3 and res3.3x3 1.09x, vgg16.conv2_2
@@ -283,9 +283,13 @@ impl KernelTable {
         let m = m.max(1);
         let padded = |k: &GemmUkernel| m.div_ceil(k.mr) * k.mr;
         let same_nr = || self.gemm.iter().filter(|k| k.nr == default.nr);
-        if let Some(tall) = same_nr().filter(|k| k.mr >= 12).min_by_key(|k| padded(k)) {
-            if padded(tall) * 20 <= m * 21 {
-                return tall;
+        // Only a tall default trades for another tall tile (AVX-512's 14x32): where the
+        // default is short (the 8x32 of `TABLE_SPLIT256`) the tall tiles ran slower.
+        if default.mr >= 12 {
+            if let Some(tall) = same_nr().filter(|k| k.mr >= 12).min_by_key(|k| padded(k)) {
+                if padded(tall) * 20 <= m * 21 {
+                    return tall;
+                }
             }
         }
         if padded(default) * 10 <= m * 11 {
@@ -332,8 +336,8 @@ impl KernelTable {
     }
     /// The GEMM microkernel for A read in place ([`crate::gemm::gemm_a_in_place`], an NHWC
     /// 1x1 layer: `m` pixels a run of rows, `n` output channels a group). The tier's default
-    /// tile where it has at most 8 rows (AVX2, NEON, portable); else (AVX-512, whose default
-    /// has 14) the tile of at most 8 rows whose padded M x N is least, ties to the larger
+    /// tile where it has at most 8 rows (AVX2, NEON, portable, and AVX-512's 8x32 where it
+    /// pads `m` by at most an eighth); else (AVX-512) the tile of at most 8 rows whose padded M x N is least, ties to the larger
     /// tile (fewer loads a FMA): the 6x64 for 64, 128 or 256 channels, the 8x32 for 24, the
     /// 7x48 for 49 pixels by 2048 channels. Rows: the kernel steps through each row of A by
     /// its own offset, which stay in registers up to about 8. Measured, one thread, NHWC:
@@ -345,10 +349,16 @@ impl KernelTable {
             return forced;
         }
         let default = &self.gemm[0];
-        if default.mr <= 8 {
+        let (m, n) = (m.max(1), n.max(1));
+        // AVX-512's short default (the 8x32 of `TABLE_SPLIT256`) gives way only where it
+        // pads the pixels by over an eighth. Zen 4, NHWC, one thread, 8x32 against 7x48,
+        // 6x64, 8x48: res5.1x1 (49 pixels) 97.4 GFLOP/s against 110.6, 99.1, 95.3; res2.1x1a
+        // 107.7 against 64.8, 96.3, 64.1; res4.1x1 110.1 against 98.8, 109.5, 97.8; pw56
+        // (144 channels) 81.5 against 54.2, 39.3, 54.8.
+        let rows_fit = m.div_ceil(default.mr) * default.mr * 8 <= m * 9;
+        if default.mr <= 8 && (self.isa != crate::arch::Isa::Avx512 || rows_fit) {
             return default;
         }
-        let (m, n) = (m.max(1), n.max(1));
         let padded = |k: &GemmUkernel| m.div_ceil(k.mr) * k.mr * n.div_ceil(k.nr) * k.nr;
         self.gemm
             .iter()
@@ -425,6 +435,31 @@ mod tests {
         let avx2 = &crate::arch::x86_64::avx2::TABLE;
         for (m, k) in [(64, 64), (24, 144), (512, 10)] {
             assert_eq!(avx2.gemm_for_shape(m, k).name, avx2.gemm_default().name);
+        }
+    }
+
+    /// The split-datapath AVX-512 table (Zen 4) keeps its 8x32 for every layer's GEMM
+    /// whatever the depth, where the 8x32 pads M by at most a tenth (never trading it for a
+    /// tall tile), and for NHWC 1x1 layers where it pads the pixels by at most an eighth;
+    /// past that the least padding: 12 rows take the 13x32 (13 rows: 8.3%, 16: 33%), 49
+    /// pixels by 2048 channels the 7x48.
+    #[test]
+    fn gemm_kernel_choices_on_the_split_datapath() {
+        let split = &crate::arch::x86_64::avx512::TABLE_SPLIT256;
+        let name = |k: &super::GemmUkernel| k.name;
+        for m in [8, 24, 64, 100, 128, 144, 256, 512, 2048] {
+            for k in [10, 64, 256, 257, 1024] {
+                assert_eq!(name(split.gemm_for_shape(m, k)), "f32_gemm_8x32__avx512");
+            }
+        }
+        assert_eq!(name(split.gemm_for_rows(12)), "f32_gemm_13x32__avx512");
+        for (m, n, tile) in [
+            (3136, 64, "f32_gemm_8x32__avx512"),
+            (3136, 144, "f32_gemm_8x32__avx512"),
+            (196, 256, "f32_gemm_8x32__avx512"),
+            (49, 2048, "f32_gemm_7x48__avx512"),
+        ] {
+            assert_eq!(name(split.gemm_in_place(m, n)), tile, "m = {m}, n = {n}");
         }
     }
 }

@@ -494,7 +494,10 @@ impl Isa {
         }
         Ok(match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => &x86_64::avx512::TABLE,
+            Isa::Avx512 => match avx512_datapath() {
+                Avx512Datapath::Full512 => &x86_64::avx512::TABLE,
+                Avx512Datapath::Split256 => &x86_64::avx512::TABLE_SPLIT256,
+            },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => &x86_64::avx2::TABLE,
             #[cfg(target_arch = "aarch64")]
@@ -502,6 +505,43 @@ impl Isa {
             _ => &portable::TABLE,
         })
     }
+}
+
+/// How the CPU executes a 512-bit FMA, which decides the AVX-512 tier's GEMM tile and
+/// blocking ([`Isa::kernels`], [`crate::gemm::Blocking::derive`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Avx512Datapath {
+    /// Whole: Intel's server cores, two 512-bit FMAs a cycle, twice the AVX2 tier's peak.
+    Full512,
+    /// As two 256-bit halves: AMD Zen 4, one zmm FMA a cycle, the same FLOP peak as AVX2
+    /// (`convkit info` there: 112-117 GFLOP/s on either tier).
+    Split256,
+}
+
+/// This CPU's [`Avx512Datapath`], detected once: `Split256` on AMD family 19h (Zen 3 and
+/// Zen 4, of which only Zen 4 has AVX-512), else `Full512` (Zen 5, family 1Ah, has whole
+/// 512-bit units on its desktop and server parts). `CONVKIT_AVX512_DATAPATH=512|256`
+/// overrides the detection, for side-by-side runs of the two tables on one machine.
+pub fn avx512_datapath() -> Avx512Datapath {
+    static DATAPATH: OnceLock<Avx512Datapath> = OnceLock::new();
+    *DATAPATH.get_or_init(
+        || match std::env::var("CONVKIT_AVX512_DATAPATH").as_deref() {
+            Ok("512") => Avx512Datapath::Full512,
+            Ok("256") => Avx512Datapath::Split256,
+            _ => detect_avx512_datapath(),
+        },
+    )
+}
+
+fn detect_avx512_datapath() -> Avx512Datapath {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (vendor, family) = x86_64::vendor_and_family();
+        if &vendor == b"AuthenticAMD" && family == 0x19 {
+            return Avx512Datapath::Split256;
+        }
+    }
+    Avx512Datapath::Full512
 }
 
 /// The tiers this CPU can run, best first.

@@ -13,7 +13,9 @@
 //! Every element of C sums its K blocks in the same order whatever the number of threads,
 //! so results are bitwise identical across thread counts.
 
-use crate::arch::{activate_tile, run_gemm_column, BPanel, GemmBias, OffsetTable, SharedMut};
+use crate::arch::{
+    activate_tile, run_gemm_column, Avx512Datapath, BPanel, GemmBias, Isa, OffsetTable, SharedMut,
+};
 use crate::kernels::GemmUkernel;
 use crate::sysinfo::Caches;
 use crate::tensor::{aligned_zeros, AlignedBuf};
@@ -69,9 +71,39 @@ impl Blocking {
     /// loads and stores all of C through L2, and a 1.4 MB A block lost its lines to it and
     /// was read back from L3 by the broadcasts (no PMU counters here to confirm it). The
     /// AVX2 tile on the same machine: squares 1.03-1.06x, the conv shapes 0.96-1.04x.
+    ///
+    /// AVX-512 on a CPU that splits 512-bit FMAs in two ([`Avx512Datapath::Split256`], Zen
+    /// 4) sizes KC and MC from L2 instead, see [`Blocking::derive_for`].
     pub fn derive(uk: &GemmUkernel, caches: Caches) -> Self {
-        let kc = (caches.l1d * 2 / 3 / (4 * uk.nr)).clamp(128, 512) / 16 * 16;
-        let mc = ((caches.l1d * 3 / 2 / (4 * kc)) / uk.mr).max(1) * uk.mr;
+        let datapath = match uk.isa {
+            Isa::Avx512 => crate::arch::avx512_datapath(),
+            _ => Avx512Datapath::Full512,
+        };
+        Self::derive_for(uk, caches, datapath)
+    }
+
+    /// [`Blocking::derive`] for a given AVX-512 datapath. `Split256` (which only AVX-512
+    /// tiles take): the B micro-panel streams from L2, an eighth of it, KC = L2 / 8 /
+    /// (4 NR) clamped to 256..=1024, and the A block is a quarter of L2, MC = L2 / 4 /
+    /// (4 KC) (1 MiB L2, NR = 32: KC 1024, MC 64 for the 8x32). A zmm FMA issues once a
+    /// cycle there, so the tile's 2 B vectors a step are due half as often as on Intel and
+    /// L2 keeps up; a deeper KC then saves C round trips. Paired, one thread, Zen 4 (peak
+    /// 112 GFLOP/s), 14x32 tile, KC 160 (the L1 rule at 32 KiB) -> 512 -> 1024: 1024^3
+    /// 81.9 -> 92.0 -> 93.5, 2048^3 84.6 -> 96.0 -> 98.0, res4.1x1 (256 x 196 x 1024) 95.0
+    /// -> 99.5 -> 100.4, wav2vec2.conv1's im2col 93.7 -> 99.3 -> 100.9, vgg16.conv3_3's
+    /// 91.4 -> 92.0 -> 93.6, shallower GEMMs level; 8x32 tile, KC 512, 768, 1024 and 1536
+    /// within 3% of one another, MC 40 to 256 within 4% (no trend). The AVX2 6x16 there
+    /// gained nothing from KC 512 to 1024 (0.97-1.05x, no trend) and keeps the L1 rule.
+    pub fn derive_for(uk: &GemmUkernel, caches: Caches, datapath: Avx512Datapath) -> Self {
+        let (kc, mc) = if datapath == Avx512Datapath::Split256 && uk.isa == Isa::Avx512 {
+            let kc = (caches.l2 / 8 / (4 * uk.nr)).clamp(256, 1024) / 16 * 16;
+            let mc = ((caches.l2 / 4 / (4 * kc)) / uk.mr).max(1) * uk.mr;
+            (kc, mc)
+        } else {
+            let kc = (caches.l1d * 2 / 3 / (4 * uk.nr)).clamp(128, 512) / 16 * 16;
+            let mc = ((caches.l1d * 3 / 2 / (4 * kc)) / uk.mr).max(1) * uk.mr;
+            (kc, mc)
+        };
         let nc = ((caches.l3.max(caches.l2) / 4 / (4 * kc)).min(1024) / uk.nr).max(1) * uk.nr;
         Blocking { mc, kc, nc }.with_env_overrides(uk)
     }
@@ -701,6 +733,37 @@ pub fn sgemm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocking rules on the two machines they were measured on: the L1 rule for the
+    /// full datapath (and every tier but AVX-512), the L2 rule for AVX-512 on a split one.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn blocking_rules_for_the_two_avx512_datapaths() {
+        use crate::arch::x86_64::{avx2, avx512};
+        let kib = 1024;
+        let xeon = Caches {
+            l1d: 48 * kib,
+            l2: 2048 * kib,
+            l3: 32768 * kib,
+        };
+        let zen4 = Caches {
+            l1d: 32 * kib,
+            l2: 1024 * kib,
+            l3: 32768 * kib,
+        };
+        let rule = |uk, caches, datapath| {
+            let b = Blocking::derive_for(uk, caches, datapath);
+            (b.kc, b.mc, b.nc)
+        };
+        let full = Avx512Datapath::Full512;
+        let split = Avx512Datapath::Split256;
+        assert_eq!(rule(&avx512::F32_GEMM_14X32, xeon, full), (256, 70, 1024));
+        assert_eq!(rule(&avx512::F32_GEMM_14X32, zen4, full), (160, 70, 1024));
+        assert_eq!(rule(&avx512::F32_GEMM_8X32, zen4, split), (1024, 64, 1024));
+        assert_eq!(rule(&avx512::F32_GEMM_14X32, zen4, split), (1024, 56, 1024));
+        // AVX2 keeps the L1 rule whatever the datapath.
+        assert_eq!(rule(&avx2::F32_GEMM_6X16, zen4, split), (336, 36, 1024));
+    }
 
     /// The column split of the suite's shapes on 2 threads (NR = 16, NC = 1024): tasks
     /// cover the columns in order, whole panels each, shares within one panel of each other.

@@ -114,7 +114,9 @@ pub fn candidates(g: &Geometry) -> Vec<Algo> {
 
 /// FNV-1a over the names of every algorithm convkit knows and of the tier's GEMM tiles: a new
 /// algorithm or tile (a tile a layer may take, as the 7x48 that NHWC 1x1 layers of 49 pixels
-/// took when it came) invalidates the entries tuned without it.
+/// took when it came) invalidates the entries tuned without it. The tiles go in table order,
+/// so AVX-512's two tables (by [`crate::arch::Avx512Datapath`], with the same tiles in another
+/// order) key apart.
 fn checksum(algos: &[Algo], isa: crate::arch::Isa) -> u64 {
     let tiles = isa.kernels().map(|t| t.gemm).unwrap_or(&[]);
     let names = algos

@@ -226,7 +226,19 @@ fn cmd_info(_: &Args) -> Result<(), String> {
     );
     println!("cores: {}", sysinfo::cores());
     let kernels = isa.kernels().map_err(|e| e.to_string())?;
-    println!("gemm kernel: {}", kernels.gemm_default().name);
+    let uk = kernels.gemm_default();
+    let blocking = convkit::gemm::Blocking::derive(uk, c);
+    println!(
+        "gemm kernel: {} (KC {}, MC {}, NC {})",
+        uk.name, blocking.kc, blocking.mc, blocking.nc
+    );
+    if isa == convkit::arch::Isa::Avx512 {
+        let datapath = match convkit::arch::avx512_datapath() {
+            convkit::arch::Avx512Datapath::Full512 => "512-bit",
+            convkit::arch::Avx512Datapath::Split256 => "two 256-bit halves",
+        };
+        println!("avx512 fma datapath: {datapath}");
+    }
     let p1 = sysinfo::measure_peak_gflops(isa, 1).unwrap_or(0.0);
     let pn = sysinfo::measure_peak_gflops(isa, sysinfo::cores()).unwrap_or(0.0);
     println!(

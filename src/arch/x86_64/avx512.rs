@@ -39,6 +39,33 @@ pub static TABLE: KernelTable = KernelTable {
     deinterleave2: crate::arch::x86_64::avx2::deinterleave2,
 };
 
+/// The AVX-512 kernel table for CPUs that split each 512-bit FMA into two 256-bit halves
+/// ([`crate::arch::Avx512Datapath::Split256`], AMD Zen 4): the same kernels, with the 8x32
+/// GEMM tile first and no shallow or deep tile. There a zmm FMA issues once a cycle, not
+/// twice, so a tile needs half the registers' worth of accumulators to hide latency, and
+/// with KC from L2 ([`crate::gemm::Blocking::derive`]) the 8x32 ran fastest or level on
+/// every shape. Paired, one thread, Zen 4 (AVX-512 FMA peak 112 GFLOP/s), GFLOP/s, 14x32
+/// at this machine's old KC 160 -> 14x32 at KC 768 -> 8x32 at KC 768 (the 13x32, 8x48 and
+/// 6x64 at KC 768 within 3% of the 8x32 or behind it): 1024^3 91.7 -> 100.3 -> 103.3;
+/// 2048^3 91.3 -> 105.7 -> 105.4; vgg16.conv3_3's im2col (256 x 3136 x 2304) 88.7 -> 89.0
+/// -> 95.9; resnet50.res2.3x3's (64 x 3136 x 576) 71.3 -> 69.3 -> 80.6; res4.1x1 (256 x
+/// 196 x 1024) 95.1 -> 100.9 -> 101.0; wav2vec2.conv1's im2col (512 x 1599 x 1536) 95.3
+/// -> 99.0 -> 102.7; mobilenetv2.pw56 (144 x 3136 x 24) 74.5 -> 75.1 -> 94.5; res2.1x1a
+/// (64 x 3136 x 256) 79.4 -> 82.6 -> 93.4.
+pub static TABLE_SPLIT256: KernelTable = KernelTable {
+    gemm: &[
+        F32_GEMM_8X32,
+        F32_GEMM_14X32,
+        F32_GEMM_13X32,
+        F32_GEMM_8X48,
+        F32_GEMM_6X64,
+        F32_GEMM_7X48,
+    ],
+    gemm_shallow: None,
+    gemm_deep: None,
+    ..TABLE
+};
+
 macro_rules! gemm_kernel {
     ($const:ident, $fn:ident, $name:literal, $mr:literal, $nv:literal) => {
         /// GEMM microkernel descriptor.
