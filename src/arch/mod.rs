@@ -533,6 +533,30 @@ pub fn avx512_datapath() -> Avx512Datapath {
     )
 }
 
+/// Whether the AVX-512 tier's GEMM sizes its K blocks from L2 rather than L1
+/// ([`crate::gemm::KcRule`]): on AMD's AVX-512 cores (family 19h, Zen 4, and 1Ah, Zen 5),
+/// whose private 1 MiB L2 feeds the B micro-panels fast enough that a deep KC pays, and on
+/// any CPU taken as [`Avx512Datapath::Split256`]; not on Intel's (measured on a Xeon: KC
+/// past L1 lost 2-5%). `CONVKIT_AVX512_KC=l1|l2` overrides it, for side-by-side runs.
+pub fn avx512_kc_from_l2() -> bool {
+    static FROM_L2: OnceLock<bool> = OnceLock::new();
+    *FROM_L2.get_or_init(|| match std::env::var("CONVKIT_AVX512_KC").as_deref() {
+        Ok("l1") => false,
+        Ok("l2") => true,
+        _ => avx512_datapath() == Avx512Datapath::Split256 || is_amd_avx512_core(),
+    })
+}
+
+fn is_amd_avx512_core() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (vendor, family) = x86_64::vendor_and_family();
+        &vendor == b"AuthenticAMD" && family >= 0x19
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 fn detect_avx512_datapath() -> Avx512Datapath {
     #[cfg(target_arch = "x86_64")]
     {

@@ -13,9 +13,7 @@
 //! Every element of C sums its K blocks in the same order whatever the number of threads,
 //! so results are bitwise identical across thread counts.
 
-use crate::arch::{
-    activate_tile, run_gemm_column, Avx512Datapath, BPanel, GemmBias, Isa, OffsetTable, SharedMut,
-};
+use crate::arch::{activate_tile, run_gemm_column, BPanel, GemmBias, Isa, OffsetTable, SharedMut};
 use crate::kernels::GemmUkernel;
 use crate::sysinfo::Caches;
 use crate::tensor::{aligned_zeros, AlignedBuf};
@@ -35,6 +33,39 @@ pub struct Blocking {
     pub kc: usize,
     /// Columns of B per block (a multiple of NR); also the unit of parallel work.
     pub nc: usize,
+}
+
+/// Which cache the K blocks are sized from ([`Blocking::derive_for`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum KcRule {
+    /// The B micro-panel (KC x NR) stays in L1: the rule of [`Blocking::derive`]'s docs, for
+    /// every tier but AVX-512 on AMD.
+    L1,
+    /// The B micro-panel streams from L2, an eighth of it: KC = L2 / 8 / (4 NR) clamped to
+    /// 256..=1024, and the A block is a quarter of L2, MC = L2 / 4 / (4 KC) (1 MiB L2, NR =
+    /// 32: KC 1024, MC 56 for the 14x32, 64 for the 8x32). AMD's AVX-512 cores feed the
+    /// tile's two B vectors a step from their private L2 without stalling, and a deep KC
+    /// saves C round trips (each K block loads and stores all of C).
+    ///
+    /// Zen 4 (FMA peak 112 GFLOP/s, zmm FMAs split in two,
+    /// [`crate::arch::Avx512Datapath::Split256`]),
+    /// paired, one thread, 14x32 tile, KC 160 (the L1 rule at 32 KiB) -> 512 -> 1024: 1024^3
+    /// 81.9 -> 92.0 -> 93.5, 2048^3 84.6 -> 96.0 -> 98.0, res4.1x1 (256 x 196 x 1024) 95.0
+    /// -> 99.5 -> 100.4, wav2vec2.conv1's im2col 93.7 -> 99.3 -> 100.9, vgg16.conv3_3's
+    /// 91.4 -> 92.0 -> 93.6, shallower GEMMs level; 8x32 tile, KC 512, 768, 1024 and 1536
+    /// within 3% of one another, MC 40 to 256 within 4% (no trend).
+    ///
+    /// Zen 5 (family 1Ah, whole 512-bit FMAs, peak 241 GFLOP/s, 48 KiB L1d), interleaved,
+    /// one thread, median of 7, 14x32 tile, KC 256 MC 70 (the L1 rule) -> KC 512 -> 768 ->
+    /// 1024 (MC 56): 1024^3 153 -> 170 -> 176 -> 187, 2048^3 145 -> 170 -> 178 -> 187,
+    /// vgg16.conv3_3's im2col (256 x 3136 x 2304) 130 -> 139 -> 147 -> 144, wav2vec2.conv1's
+    /// (512 x 1599 x 1536) 143 -> 158 -> 164 -> 164, res4.1x1 176 -> 180 -> 184 -> 184;
+    /// res2.3x3's (K = 576, one block either way) level. MC 112 instead of 56 at KC 1024:
+    /// within noise, no trend.
+    ///
+    /// The AVX2 6x16 gained nothing from KC 512 to 1024 on either part (0.97-1.05x, no
+    /// trend) and keeps the L1 rule.
+    L2,
 }
 
 impl Blocking {
@@ -72,37 +103,30 @@ impl Blocking {
     /// was read back from L3 by the broadcasts (no PMU counters here to confirm it). The
     /// AVX2 tile on the same machine: squares 1.03-1.06x, the conv shapes 0.96-1.04x.
     ///
-    /// AVX-512 on a CPU that splits 512-bit FMAs in two ([`Avx512Datapath::Split256`], Zen
-    /// 4) sizes KC and MC from L2 instead, see [`Blocking::derive_for`].
+    /// AVX-512 on AMD's cores (Zen 4, Zen 5) sizes KC and MC from L2 instead: see
+    /// [`KcRule::L2`] and [`crate::arch::avx512_kc_from_l2`].
     pub fn derive(uk: &GemmUkernel, caches: Caches) -> Self {
-        let datapath = match uk.isa {
-            Isa::Avx512 => crate::arch::avx512_datapath(),
-            _ => Avx512Datapath::Full512,
+        let rule = if uk.isa == Isa::Avx512 && crate::arch::avx512_kc_from_l2() {
+            KcRule::L2
+        } else {
+            KcRule::L1
         };
-        Self::derive_for(uk, caches, datapath)
+        Self::derive_for(uk, caches, rule)
     }
 
-    /// [`Blocking::derive`] for a given AVX-512 datapath. `Split256` (which only AVX-512
-    /// tiles take): the B micro-panel streams from L2, an eighth of it, KC = L2 / 8 /
-    /// (4 NR) clamped to 256..=1024, and the A block is a quarter of L2, MC = L2 / 4 /
-    /// (4 KC) (1 MiB L2, NR = 32: KC 1024, MC 64 for the 8x32). A zmm FMA issues once a
-    /// cycle there, so the tile's 2 B vectors a step are due half as often as on Intel and
-    /// L2 keeps up; a deeper KC then saves C round trips. Paired, one thread, Zen 4 (peak
-    /// 112 GFLOP/s), 14x32 tile, KC 160 (the L1 rule at 32 KiB) -> 512 -> 1024: 1024^3
-    /// 81.9 -> 92.0 -> 93.5, 2048^3 84.6 -> 96.0 -> 98.0, res4.1x1 (256 x 196 x 1024) 95.0
-    /// -> 99.5 -> 100.4, wav2vec2.conv1's im2col 93.7 -> 99.3 -> 100.9, vgg16.conv3_3's
-    /// 91.4 -> 92.0 -> 93.6, shallower GEMMs level; 8x32 tile, KC 512, 768, 1024 and 1536
-    /// within 3% of one another, MC 40 to 256 within 4% (no trend). The AVX2 6x16 there
-    /// gained nothing from KC 512 to 1024 (0.97-1.05x, no trend) and keeps the L1 rule.
-    pub fn derive_for(uk: &GemmUkernel, caches: Caches, datapath: Avx512Datapath) -> Self {
-        let (kc, mc) = if datapath == Avx512Datapath::Split256 && uk.isa == Isa::Avx512 {
-            let kc = (caches.l2 / 8 / (4 * uk.nr)).clamp(256, 1024) / 16 * 16;
-            let mc = ((caches.l2 / 4 / (4 * kc)) / uk.mr).max(1) * uk.mr;
-            (kc, mc)
-        } else {
-            let kc = (caches.l1d * 2 / 3 / (4 * uk.nr)).clamp(128, 512) / 16 * 16;
-            let mc = ((caches.l1d * 3 / 2 / (4 * kc)) / uk.mr).max(1) * uk.mr;
-            (kc, mc)
+    /// [`Blocking::derive`] under a given [`KcRule`].
+    pub fn derive_for(uk: &GemmUkernel, caches: Caches, rule: KcRule) -> Self {
+        let (kc, mc) = match rule {
+            KcRule::L2 => {
+                let kc = (caches.l2 / 8 / (4 * uk.nr)).clamp(256, 1024) / 16 * 16;
+                let mc = ((caches.l2 / 4 / (4 * kc)) / uk.mr).max(1) * uk.mr;
+                (kc, mc)
+            }
+            KcRule::L1 => {
+                let kc = (caches.l1d * 2 / 3 / (4 * uk.nr)).clamp(128, 512) / 16 * 16;
+                let mc = ((caches.l1d * 3 / 2 / (4 * kc)) / uk.mr).max(1) * uk.mr;
+                (kc, mc)
+            }
         };
         let nc = ((caches.l3.max(caches.l2) / 4 / (4 * kc)).min(1024) / uk.nr).max(1) * uk.nr;
         Blocking { mc, kc, nc }.with_env_overrides(uk)
@@ -734,11 +758,11 @@ pub fn sgemm(
 mod tests {
     use super::*;
 
-    /// The blocking rules on the two machines they were measured on: the L1 rule for the
-    /// full datapath (and every tier but AVX-512), the L2 rule for AVX-512 on a split one.
+    /// The blocking rules on the machines they were measured on: the L1 rule on Intel (and
+    /// every tier but AVX-512), the L2 rule for AVX-512 on AMD's Zen 4 and Zen 5.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn blocking_rules_for_the_two_avx512_datapaths() {
+    fn blocking_rules_of_the_measured_machines() {
         use crate::arch::x86_64::{avx2, avx512};
         let kib = 1024;
         let xeon = Caches {
@@ -751,18 +775,29 @@ mod tests {
             l2: 1024 * kib,
             l3: 32768 * kib,
         };
-        let rule = |uk, caches, datapath| {
-            let b = Blocking::derive_for(uk, caches, datapath);
+        let zen5 = Caches {
+            l1d: 48 * kib,
+            ..zen4
+        };
+        let rule = |uk, caches, rule| {
+            let b = Blocking::derive_for(uk, caches, rule);
             (b.kc, b.mc, b.nc)
         };
-        let full = Avx512Datapath::Full512;
-        let split = Avx512Datapath::Split256;
-        assert_eq!(rule(&avx512::F32_GEMM_14X32, xeon, full), (256, 70, 1024));
-        assert_eq!(rule(&avx512::F32_GEMM_14X32, zen4, full), (160, 70, 1024));
-        assert_eq!(rule(&avx512::F32_GEMM_8X32, zen4, split), (1024, 64, 1024));
-        assert_eq!(rule(&avx512::F32_GEMM_14X32, zen4, split), (1024, 56, 1024));
-        // AVX2 keeps the L1 rule whatever the datapath.
-        assert_eq!(rule(&avx2::F32_GEMM_6X16, zen4, split), (336, 36, 1024));
+        let (l1, l2) = (KcRule::L1, KcRule::L2);
+        assert_eq!(rule(&avx512::F32_GEMM_14X32, xeon, l1), (256, 70, 1024));
+        assert_eq!(rule(&avx512::F32_GEMM_14X32, zen4, l1), (160, 70, 1024));
+        assert_eq!(rule(&avx512::F32_GEMM_8X32, zen4, l2), (1024, 64, 1024));
+        assert_eq!(rule(&avx512::F32_GEMM_14X32, zen4, l2), (1024, 56, 1024));
+        assert_eq!(rule(&avx512::F32_GEMM_14X32, zen5, l2), (1024, 56, 1024));
+        assert_eq!(rule(&avx512::F32_GEMM_8X48, zen5, l2), (672, 96, 1008));
+        assert_eq!(rule(&avx2::F32_GEMM_6X16, zen4, l1), (336, 36, 1024));
+        assert_eq!(rule(&avx2::F32_GEMM_6X16, zen5, l1), (512, 36, 1024));
+        // Derived on this machine: AVX2 keeps the L1 rule whatever the vendor.
+        let here = crate::sysinfo::caches();
+        assert_eq!(
+            Blocking::derive(&avx2::F32_GEMM_6X16, here),
+            Blocking::derive_for(&avx2::F32_GEMM_6X16, here, l1)
+        );
     }
 
     /// The column split of the suite's shapes on 2 threads (NR = 16, NC = 1024): tasks

@@ -136,8 +136,9 @@ fn checksum(algos: &[Algo], isa: crate::arch::Isa) -> u64 {
 /// each other without adding a candidate (a new way to share a layer among threads, a faster
 /// kernel of one algorithm), so that wisdom tuned before it is measured again. 2: Winograd in
 /// parts of tile rows per thread and batches in parts of whole images; 3: the AVX-512 3x3
-/// depthwise planes kernel (both session 18).
-pub const SCHEDULE_REVISION: u32 = 3;
+/// depthwise planes kernel (both session 18); 4: AVX-512's K blocks from L2 on AMD Zen 5
+/// ([`crate::gemm::KcRule`], session 25).
+pub const SCHEDULE_REVISION: u32 = 4;
 
 /// The cache key of a decision (see the module docs for what it holds).
 pub fn cache_key(spec: &ConvSpec, layout: Layout, isa: crate::arch::Isa, threads: usize) -> String {
