@@ -432,6 +432,7 @@ pub fn gemm_packed(
                 .collect();
             (data, rs, offsets)
         });
+    let panelwise = pack_panelwise(a, uk, blocking.nc.min(n));
     let task = |ct: usize| {
         let (j0, ncur) = col_blocks[ct];
         let panels_n = ncur.div_ceil(uk.nr);
@@ -453,7 +454,7 @@ pub fn gemm_packed(
                 if held.is_none() && bp.len() < need {
                     *bp = aligned_zeros(need);
                 }
-                if kc > 0 && held.is_none() {
+                if kc > 0 && held.is_none() && !(direct.is_none() && panelwise) {
                     match &direct {
                         // Only the panels the kernel cannot read in place are packed.
                         Some(d) => {
@@ -475,6 +476,32 @@ pub fn gemm_packed(
                     first: bi == 0,
                     last: bi + 1 == blocks.len(),
                 };
+                if kc > 0 && held.is_none() && direct.is_none() && panelwise {
+                    // Each panel packed just before its tiles, into the first panel's
+                    // room: the packed panel stays in L2 (see `pack_panelwise`).
+                    let room = uk.nr * kc;
+                    for jp in 0..panels_n {
+                        let jj = j0 + jp * uk.nr;
+                        let w = uk.nr.min(j0 + ncur - jj);
+                        b.pack(p0, kc, jj, w, uk.nr, &mut bp[..room]);
+                        block_tiles(
+                            uk,
+                            blocking,
+                            a,
+                            &bp[..room],
+                            None,
+                            step,
+                            jj,
+                            w,
+                            0..panels_m,
+                            c,
+                            c_offset,
+                            rsc,
+                            &epi,
+                        );
+                    }
+                    continue;
+                }
                 block_tiles(
                     uk,
                     blocking,
@@ -631,6 +658,36 @@ fn read_b_in_place(blocks: &[(usize, usize)], panels_m: usize, nr: usize) -> boo
         _ => None,
     });
     forced.unwrap_or(nr <= 16 && blocks.len() == 1 && panels_m <= 8)
+}
+
+/// Whether a column task packs B one NR panel at a time, just before that panel's tiles,
+/// instead of all of a K block's panels first ([`panelwise_rule`] on this machine's L2;
+/// `CONVKIT_B_PANELWISE=0|1` decides for experiments).
+fn pack_panelwise(a: &PackedA, uk: &GemmUkernel, nc: usize) -> bool {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| match std::env::var("CONVKIT_B_PANELWISE").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    });
+    let kc = a.blocks.iter().map(|b| b.1).max().unwrap_or(0);
+    let a_block = a.m.div_ceil(uk.mr) * uk.mr * kc * 4;
+    let b_block = kc * nc.div_ceil(uk.nr) * uk.nr * 4;
+    forced.unwrap_or_else(|| panelwise_rule(a_block, b_block, crate::sysinfo::caches().l2))
+}
+
+/// The rule of [`pack_panelwise`], in bytes: panel by panel where A's K block fits in a
+/// quarter of L2 (few rows: walking all of it once a panel costs little) and the packed B
+/// block would not fit in half of L2. Packed whole, such a block (2.3 MB for the im2col of
+/// resnet50.res2.3x3, 64 x 3136 x 576, with the AVX-512 blocking of AMD, KC up to 1024, NC
+/// 1024) is written out to L3 and read back; a panel (KC x NR floats) stays in L2. With few
+/// rows the packing is a large share of the work (34% of that shape's time, perf).
+/// Interleaved, one thread, Zen 5, medians of 7, packed whole -> panel by panel: that shape
+/// 134 -> 154 and 145 -> 157 GFLOP/s on the 14x32 (two runs), 161 -> 174 and 158 -> 170
+/// on the 8x32; 64 x 3136 x 256 1.02-1.03x (within this host's noise of about 7%). Where the
+/// B block fits L2 (mobilenetv2.pw56, K = 24) panel by panel lost 5-6%: the rule leaves it.
+pub fn panelwise_rule(a_block_bytes: usize, b_block_bytes: usize, l2: usize) -> bool {
+    a_block_bytes <= l2 / 4 && b_block_bytes > l2 / 2
 }
 
 /// B rows read in place for one K block: row `p` of the block at `data[row0 + offsets[p] + j]`.
