@@ -362,38 +362,41 @@ fn gemm_is_bitwise_identical_across_thread_counts() {
     for isa in available_isas() {
         let uk = isa.kernels().unwrap().gemm_default();
         let bl = Blocking::derive(uk, convkit::sysinfo::caches());
-        let mut outs = Vec::new();
-        for threads in [1, 2, 3] {
+        let outs = sgemm_on_1_2_3_threads(uk, &bl, (m, n, k), &a, &b, GemmEpilogue::default());
+        assert!(bitwise_equal(&outs), "{}", uk.name);
+    }
+}
+
+/// `sgemm` (parallel) of `a` by `b` on private pools of 1, 2 and 3 threads: the three C.
+fn sgemm_on_1_2_3_threads(
+    uk: &convkit::kernels::GemmUkernel,
+    bl: &Blocking,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    epi: GemmEpilogue,
+) -> Vec<Vec<f32>> {
+    [1, 2, 3]
+        .iter()
+        .map(|&threads| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
             let mut c = vec![0f32; m * n];
-            pool.install(|| {
-                sgemm(
-                    uk,
-                    &bl,
-                    m,
-                    n,
-                    k,
-                    &a,
-                    &b,
-                    &mut c,
-                    GemmEpilogue::default(),
-                    true,
-                )
-            });
-            outs.push(c);
-        }
-        assert!(
-            outs.windows(2).all(|w| w[0]
-                .iter()
-                .zip(&w[1])
-                .all(|(x, y)| x.to_bits() == y.to_bits())),
-            "{}",
-            uk.name
-        );
-    }
+            pool.install(|| sgemm(uk, bl, m, n, k, a, b, &mut c, epi, true));
+            c
+        })
+        .collect()
+}
+
+/// Whether all of `outs` hold the same bits.
+fn bitwise_equal(outs: &[Vec<f32>]) -> bool {
+    outs.windows(2).all(|w| {
+        w[0].iter()
+            .zip(&w[1])
+            .all(|(x, y)| x.to_bits() == y.to_bits())
+    })
 }
 
 /// Every `direct_oc` tile kernel of every tier (the default and the wide one), in both
@@ -1131,22 +1134,13 @@ fn gemm_packed_panel_by_panel() {
             // An L2 over 2.8 MB packs this B block whole; the reference check still holds.
             eprintln!("{}: L2 {l2} packs this shape whole", uk.name);
         }
-        let mut outs = Vec::new();
-        for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut c = vec![0f32; m * n];
-            let epi = GemmEpilogue {
-                bias: GemmBias::Row(&bias),
-                clamp: (-2.0, 2.0),
-                accumulate: false,
-                activation: None,
-            };
-            pool.install(|| sgemm(uk, &bl, m, n, k, &a, &b, &mut c, epi, true));
-            outs.push(c);
-        }
+        let epi = GemmEpilogue {
+            bias: GemmBias::Row(&bias),
+            clamp: (-2.0, 2.0),
+            accumulate: false,
+            activation: None,
+        };
+        let outs = sgemm_on_1_2_3_threads(uk, &bl, (m, n, k), &a, &b, epi);
         let want = gemm_ref(m, n, k, &a, &b);
         let mut worst = (0.0f64, 0, 0);
         for i in 0..m {
@@ -1167,10 +1161,7 @@ fn gemm_packed_panel_by_panel() {
             worst.2
         );
         assert!(
-            outs.windows(2).all(|w| w[0]
-                .iter()
-                .zip(&w[1])
-                .all(|(x, y)| x.to_bits() == y.to_bits())),
+            bitwise_equal(&outs),
             "{}: results differ across thread counts",
             uk.name
         );

@@ -676,9 +676,9 @@ fn pack_panelwise(a: &PackedA, uk: &GemmUkernel, nc: usize) -> bool {
     forced.unwrap_or_else(|| panelwise_rule(a_block, b_block, crate::sysinfo::caches().l2))
 }
 
-/// The rule of [`pack_panelwise`], in bytes: panel by panel where A's K block fits in a
-/// quarter of L2 (few rows: walking all of it once a panel costs little) and the packed B
-/// block would not fit in half of L2. Packed whole, such a block (2.3 MB for the im2col of
+/// Whether a column task packs B one NR panel at a time, just before that panel's tiles
+/// (sizes in bytes): where A's K block fits in a quarter of L2 (few rows: walking all of it
+/// once a panel costs little) and the packed B block would not fit in half of L2. Packed whole, such a block (2.3 MB for the im2col of
 /// resnet50.res2.3x3, 64 x 3136 x 576, with the AVX-512 blocking of AMD, KC up to 1024, NC
 /// 1024) is written out to L3 and read back; a panel (KC x NR floats) stays in L2. With few
 /// rows the packing is a large share of the work (34% of that shape's time, perf).
