@@ -678,14 +678,17 @@ fn pack_panelwise(a: &PackedA, uk: &GemmUkernel, nc: usize) -> bool {
 
 /// Whether a column task packs B one NR panel at a time, just before that panel's tiles
 /// (sizes in bytes): where A's K block fits in a quarter of L2 (few rows: walking all of it
-/// once a panel costs little) and the packed B block would not fit in half of L2. Packed whole, such a block (2.3 MB for the im2col of
-/// resnet50.res2.3x3, 64 x 3136 x 576, with the AVX-512 blocking of AMD, KC up to 1024, NC
-/// 1024) is written out to L3 and read back; a panel (KC x NR floats) stays in L2. With few
-/// rows the packing is a large share of the work (34% of that shape's time, perf).
+/// once a panel costs little) and the packed B block would not fit in half of L2. Packed
+/// whole, such a block (2.3 MB for the im2col of resnet50.res2.3x3, 64 x 3136 x 576, with the
+/// AVX-512 blocking of AMD, KC up to 1024, NC 1024) is written out to L3 and read back; a
+/// panel (KC x NR floats) stays in L2. With few rows the packing is a large share of the
+/// work (34% of that shape's time, perf).
 /// Interleaved, one thread, Zen 5, medians of 7, packed whole -> panel by panel: that shape
 /// 134 -> 154 and 145 -> 157 GFLOP/s on the 14x32 (two runs), 161 -> 174 and 158 -> 170
 /// on the 8x32; 64 x 3136 x 256 1.02-1.03x (within this host's noise of about 7%). Where the
 /// B block fits L2 (mobilenetv2.pw56, K = 24) panel by panel lost 5-6%: the rule leaves it.
+/// The AVX2 6x16 on the res2.3x3 shape (the L1 rule, K blocks of 288) is level either way
+/// (medians of 5 alternating processes, 62.2 and 63.0 GFLOP/s).
 pub fn panelwise_rule(a_block_bytes: usize, b_block_bytes: usize, l2: usize) -> bool {
     a_block_bytes <= l2 / 4 && b_block_bytes > l2 / 2
 }
