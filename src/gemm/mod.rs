@@ -439,7 +439,6 @@ pub fn gemm_packed(
         PACK_B.with(|cell| {
             let mut bp = cell.borrow_mut();
             for (bi, &(p0, kc)) in blocks.iter().enumerate() {
-                let need = panels_n * uk.nr * kc.max(1);
                 let direct = in_place.as_ref().map(|(data, rs, offsets)| InPlaceB {
                     data,
                     row0: p0 * rs,
@@ -451,10 +450,13 @@ pub fn gemm_packed(
                 } else {
                     None
                 };
+                // Panel by panel (`pack_panelwise`), the buffer holds one panel at a time.
+                let panel_by_panel = kc > 0 && held.is_none() && direct.is_none() && panelwise;
+                let need = uk.nr * kc.max(1) * if panel_by_panel { 1 } else { panels_n };
                 if held.is_none() && bp.len() < need {
                     *bp = aligned_zeros(need);
                 }
-                if kc > 0 && held.is_none() && !(direct.is_none() && panelwise) {
+                if kc > 0 && held.is_none() && !panel_by_panel {
                     match &direct {
                         // Only the panels the kernel cannot read in place are packed.
                         Some(d) => {
@@ -476,19 +478,18 @@ pub fn gemm_packed(
                     first: bi == 0,
                     last: bi + 1 == blocks.len(),
                 };
-                if kc > 0 && held.is_none() && direct.is_none() && panelwise {
-                    // Each panel packed just before its tiles, into the first panel's
-                    // room: the packed panel stays in L2 (see `pack_panelwise`).
-                    let room = uk.nr * kc;
+                if panel_by_panel {
+                    // Each panel packed just before its tiles, into one panel's room: the
+                    // packed panel stays in L2.
                     for jp in 0..panels_n {
                         let jj = j0 + jp * uk.nr;
                         let w = uk.nr.min(j0 + ncur - jj);
-                        b.pack(p0, kc, jj, w, uk.nr, &mut bp[..room]);
+                        b.pack(p0, kc, jj, w, uk.nr, &mut bp[..need]);
                         block_tiles(
                             uk,
                             blocking,
                             a,
-                            &bp[..room],
+                            &bp[..need],
                             None,
                             step,
                             jj,
