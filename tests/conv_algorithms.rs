@@ -494,6 +494,38 @@ fn depthwise_3x3_planes_of_every_block_and_step() {
     }
 }
 
+/// Small depthwise 3x3 planes at stride 1 with the output the input's size (AVX-512 pads
+/// them in registers where the padding is 1 left and right and rows are 4 to 7 wide, and
+/// takes the others with masked loads): widths 1..=9, heights 1..=17, padding before of 0,
+/// 1 and 2 on top and on the left, a bias or not, a residual or not, relu6 or no
+/// activation, 37 planes (several tasks), against the reference on every tier.
+#[test]
+fn depthwise_small_planes_of_every_size_and_padding() {
+    let mut seed = 9000;
+    for w in 1..=9usize {
+        for h in [1usize, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17] {
+            for (top, left) in [(1usize, 1usize), (0, 1), (2, 1), (1, 0), (1, 2)] {
+                seed += 1;
+                let pads = vec![(top, 2 - top), (left, 2 - left)];
+                let spec = ConvSpec::new(&[1, 37, h, w], 37, &[3, 3])
+                    .with_groups(37)
+                    .with_padding(Padding::Explicit(pads))
+                    .with_bias(seed % 2 == 0)
+                    .with_residual(seed % 3 == 0)
+                    .with_activation(if seed % 5 < 3 {
+                        Activation::Relu6
+                    } else {
+                        Activation::None
+                    });
+                let case = make_case(spec, seed);
+                for isa in convkit::arch::available_isas() {
+                    check(&case, Algo::Depthwise, isa, None, Layout::Nchw).unwrap();
+                }
+            }
+        }
+    }
+}
+
 /// NHWC depthwise runs channels-last as it is (channel blocks copied from the NHWC rows, or
 /// the tier's channels-last kernel reading them in place; pixels stored with their channels
 /// together): partial blocks (5 and 19 channels), one block, strides 1 and 2, "same" and
