@@ -247,6 +247,9 @@ pub struct KernelTable {
     /// A wider `direct_oc` tile for channels-last bands (fewer pixels, more channels a
     /// call), where the tier has one.
     pub conv_oc_wide: Option<OcUkernel>,
+    /// A `direct_oc` tile of 7 pixels, for layers whose pixel count 7 divides better than
+    /// the default tile's (`plan::direct_oc_kernel`), where the tier has one.
+    pub conv_oc_seven: Option<OcUkernel>,
     /// The GEMM tile for shallow GEMMs ([`KernelTable::gemm_for_shape`]), where the tier
     /// has one that beats its row-fit choice there (AVX-512's 6x64; AVX2's 4x24 ran 0.65x
     /// the 6x16 on the same shapes).

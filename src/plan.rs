@@ -1574,14 +1574,33 @@ fn channels_last_band(g: &Geometry) -> bool {
 /// floats, then stay within 288 KiB), else its default tile. Paired, min and median time,
 /// wide over default: planar resnet50.res3.3x3s2 (K = 1152) 0.95-0.99x on one thread,
 /// 0.91-0.93x on two, textcnn.k3 0.95-0.96x and 0.96-1.00x; resnet50.res5.3x3 (K = 4608)
-/// 1.10-1.12x; channels-last in [`F32_CONV_OC_WIDE`](crate::arch::x86_64::avx512).
+/// 1.10-1.12x; channels-last in [`F32_CONV_OC_WIDE`](crate::arch::x86_64::avx512). Among
+/// the others, the tier's 7-pixel tile for an unpooled image whose pixels the default tile
+/// divides with over 5% of its slots empty, and 7 with fewer: resnet50.res5.3x3's 49 pixels
+/// (7 tiles of 8, the last holding one pixel), alternating processes, median ms: one thread
+/// 1.31-1.43 -> 1.18-1.34; two threads 0.74-0.78 -> 0.59 together with the channel shares of
+/// [`crate::algo::direct_oc::DirectOcPlan::run_rows`] (the shares alone: 0.79-0.85 ->
+/// 0.70-0.80).
 fn direct_oc_kernel(
     g: &Geometry,
     table: &crate::kernels::KernelTable,
 ) -> crate::kernels::OcUkernel {
     let k = g.cin_per_group * g.kernel_area();
-    match table.conv_oc_wide {
-        Some(wide) if g.cout_per_group >= 48 && k <= 1152 => wide,
+    // Pixel slots a tile of `mr` leaves empty in the image (unpooled layers run the whole
+    // image as one band; pooled ones run bands of rows).
+    let pixels = g.conv_out[0] * g.conv_out[1];
+    let empty = |mr: usize| pixels.div_ceil(mr) * mr - pixels;
+    match (table.conv_oc_wide, table.conv_oc_seven) {
+        (Some(wide), _) if g.cout_per_group >= 48 && k <= 1152 => wide,
+        // Seven pixels where the default tile wastes over 5% of its slots and seven waste
+        // fewer.
+        (_, Some(seven))
+            if g.epilogue.pool.is_none()
+                && 20 * empty(table.conv_oc.mr) > pixels
+                && empty(seven.mr) < empty(table.conv_oc.mr) =>
+        {
+            seven
+        }
         _ => table.conv_oc,
     }
 }

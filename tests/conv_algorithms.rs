@@ -372,6 +372,16 @@ fn suite_like_cases() -> Vec<ConvSpec> {
         ConvSpec::new(&[1, 6, 12, 11], 64, &[3, 3])
             .with_padding(Padding::Same)
             .with_activation(Activation::Relu6),
+        // 49 pixels (7 x 7) and fewer than 48 channels: AVX-512's 7-pixel `direct_oc` tile
+        // (7 tiles, none short), with a residual and a partial panel (40 = 32 + 8), and whole
+        // tiles of 32 channels through its transposing store.
+        ConvSpec::new(&[1, 8, 7, 7], 40, &[3, 3])
+            .with_padding(Padding::Same)
+            .with_residual(true)
+            .with_activation(Activation::Relu),
+        ConvSpec::new(&[1, 9, 7, 7], 32, &[3, 3])
+            .with_padding(Padding::Same)
+            .with_activation(Activation::Relu6),
         // 110 output channels: more A panels than `direct` feeds from B in place, so its
         // tiles' B rows are packed first (stride 2 and a residual on the way).
         ConvSpec::new(&[1, 5, 11, 13], 110, &[3, 3])

@@ -399,7 +399,7 @@ fn bitwise_equal(outs: &[Vec<f32>]) -> bool {
     })
 }
 
-/// Every `direct_oc` tile kernel of every tier (the default and the wide one), in both
+/// Every `direct_oc` tile kernel of every tier (the default, the wide and the 7-pixel one), in both
 /// output layouts (planar, channel by channel; pixel-major, a channels-last band), against
 /// an f64 reference: every pixel count 1..=mr (slots past m repeat a pixel), channel counts
 /// filling 1..=panels panels fully and partly, k of 1, 5 and 37 taps, with and without bias
@@ -410,7 +410,10 @@ fn oc_tiles_of_every_kernel_in_both_layouts() {
     let mut rng = Rng::new(11);
     for isa in available_isas() {
         let table = isa.kernels().unwrap();
-        for uk in std::iter::once(table.conv_oc).chain(table.conv_oc_wide) {
+        for uk in std::iter::once(table.conv_oc)
+            .chain(table.conv_oc_wide)
+            .chain(table.conv_oc_seven)
+        {
             for k in [1usize, 5, 37] {
                 let img = rand_vec(&mut rng, 400);
                 // Tap offsets anywhere in the first 300 floats; pixel bases in 0..100.

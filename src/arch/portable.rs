@@ -20,6 +20,7 @@ pub static TABLE: KernelTable = KernelTable {
     transpose: crate::arch::transpose_scalar,
     conv_oc: F32_CONV_OC,
     conv_oc_wide: None,
+    conv_oc_seven: None,
     gemm_shallow: None,
     gemm_deep: None,
     deinterleave2: crate::arch::deinterleave2_scalar,

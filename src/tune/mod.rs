@@ -137,8 +137,9 @@ fn checksum(algos: &[Algo], isa: crate::arch::Isa) -> u64 {
 /// kernel of one algorithm), so that wisdom tuned before it is measured again. 2: Winograd in
 /// parts of tile rows per thread and batches in parts of whole images; 3: the AVX-512 3x3
 /// depthwise planes kernel (both session 18); 4: AVX-512's K blocks from L2 on AMD Zen 5
-/// ([`crate::gemm::KcRule`], session 25).
-pub const SCHEDULE_REVISION: u32 = 4;
+/// ([`crate::gemm::KcRule`], session 25); 5: `direct_oc`'s 7-pixel tile and channel shares
+/// for images of few tiles (session 26).
+pub const SCHEDULE_REVISION: u32 = 5;
 
 /// The cache key of a decision (see the module docs for what it holds).
 pub fn cache_key(spec: &ConvSpec, layout: Layout, isa: crate::arch::Isa, threads: usize) -> String {

@@ -21,6 +21,7 @@ pub static TABLE: KernelTable = KernelTable {
     transpose,
     conv_oc: F32_CONV_OC,
     conv_oc_wide: None,
+    conv_oc_seven: None,
     gemm_shallow: None,
     gemm_deep: None,
     deinterleave2,

@@ -32,6 +32,7 @@ pub static TABLE: KernelTable = KernelTable {
     transpose: crate::arch::x86_64::avx2::transpose,
     conv_oc: F32_CONV_OC,
     conv_oc_wide: Some(F32_CONV_OC_WIDE),
+    conv_oc_seven: Some(F32_CONV_OC_SEVEN),
     // Shallow GEMMs (K <= 256) take the 6x64: see KernelTable::gemm_for_shape.
     gemm_shallow: Some(&F32_GEMM_6X64),
     // Deeper GEMMs of layers take the 8x48: see KernelTable::gemm_for_shape.
@@ -1801,6 +1802,17 @@ pub const F32_CONV_OC: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
     run: conv_oc,
 };
 
+/// The `direct_oc` tile of 7 pixels x 32 channels, for layers whose pixel count 8 divides
+/// badly and 7 well (`plan::direct_oc_kernel`): resnet50.res5.3x3's 49 pixels are 7 tiles
+/// of 7 instead of 7 of 8 with the last holding one pixel (12.5% of the work thrown away).
+pub const F32_CONV_OC_SEVEN: crate::kernels::OcUkernel = crate::kernels::OcUkernel {
+    name: "f32_conv_oc_7x32__avx512",
+    isa: Isa::Avx512,
+    mr: 7,
+    panels: 2,
+    run: conv_oc_seven,
+};
+
 /// The wide `direct_oc` tile: 6 pixels x 64 output channels (four
 /// weight panels), 24 zmm accumulators; each tap loads four weight vectors and broadcasts 6
 /// image values for 24 FMAs (0.42 loads an FMA against the 8x32 tile's 0.63), and a layer of
@@ -1907,39 +1919,61 @@ unsafe fn oc_spill<const PX: usize, const P: usize, const W: usize>(
 /// Pixels of the AVX-512 `direct_oc` tile.
 const OC_PIXELS: usize = 8;
 
-/// The tile's accumulators, pixel by pixel: channels 0..16 then 16..32.
-type OcSpill = [[f32; 32]; OC_PIXELS];
-
 /// # Safety
 /// The contract of [`crate::kernels::OcUkernel::run`] on a CPU with AVX-512F, `mr = 8`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn conv_oc(t: &crate::kernels::OcTile) {
+    // SAFETY: forwarded contract.
+    unsafe { conv_oc_px::<OC_PIXELS>(t) }
+}
+
+/// The 7-pixel tile ([`F32_CONV_OC_SEVEN`]).
+///
+/// # Safety
+/// The contract of [`crate::kernels::OcUkernel::run`] on a CPU with AVX-512F, `mr = 7`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn conv_oc_seven(t: &crate::kernels::OcTile) {
+    // SAFETY: forwarded contract.
+    unsafe { conv_oc_px::<7>(t) }
+}
+
+/// The `PX`-pixel (7 or 8) tiles of 32 channels.
+///
+/// # Safety
+/// The contract of [`crate::kernels::OcUkernel::run`] on a CPU with AVX-512F, `mr = PX`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn conv_oc_px<const PX: usize>(t: &crate::kernels::OcTile) {
     use crate::kernels::{OC_MR, OC_NR};
+    const { assert!(PX == 7 || PX == 8) };
     if t.pixel_major {
         // SAFETY: forwarded contract.
         unsafe {
             if t.panels == 2 {
-                oc_panels_pixel_major::<OC_PIXELS, 2>(t);
+                oc_panels_pixel_major::<PX, 2>(t);
             } else {
-                oc_panels_pixel_major::<OC_PIXELS, 1>(t);
+                oc_panels_pixel_major::<PX, 1>(t);
             }
         }
         return;
     }
-    let mut spill: OcSpill = [[0f32; 32]; OC_PIXELS];
+    let mut spill = [[0f32; 32]; PX];
     // SAFETY: forwarded contract.
     unsafe {
         if t.panels == 2 {
-            oc_spill::<OC_PIXELS, 2, 32>(t, &mut spill);
+            oc_spill::<PX, 2, 32>(t, &mut spill);
         } else {
-            oc_spill::<OC_PIXELS, 1, 32>(t, &mut spill);
+            oc_spill::<PX, 1, 32>(t, &mut spill);
         }
     }
-    if t.m == OC_PIXELS && t.n == 2 * OC_NR && !t.load_c {
-        // A whole tile: each group of 8 channels is an 8x8 transpose of the 8 pixels' rows,
-        // giving each channel's 8 pixels as one vector: bias and clamp on it, one store.
-        // (The 6-pixel store below took the 2 pixels left over one float at a time.)
+    if t.m == PX && t.n == 2 * OC_NR && !t.load_c {
+        // A whole tile: each group of 8 channels is an 8x8 transpose of the pixels' rows
+        // (a zero row past the seventh), giving each channel's pixels as one vector: bias
+        // and clamp on it, one store (of 7 lanes for 7 pixels). (The 6-pixel store below
+        // took the 2 pixels left over one float at a time.)
         let (lo, hi) = (_mm256_set1_ps(t.lo), _mm256_set1_ps(t.hi));
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let store_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(PX as i32), lanes);
         for group in 0..2 * OC_NR / 8 {
             let mut rows = [_mm256_setzero_ps(); 8];
             for (r, row) in rows.iter_mut().zip(&spill) {
@@ -1960,21 +1994,27 @@ unsafe fn conv_oc(t: &crate::kernels::OcTile) {
                     hi,
                     _mm256_max_ps(lo, _mm256_add_ps(v, _mm256_set1_ps(bias))),
                 );
-                // SAFETY: channel ch < n and pixels 0..8 = m: inside the output the caller
-                // vouches for.
-                unsafe { _mm256_storeu_ps(t.c.add(ch * t.cs), x) };
+                // SAFETY: channel ch < n and pixels 0..PX = m: inside the output the caller
+                // vouches for (the mask stores PX lanes).
+                unsafe {
+                    if PX == 8 {
+                        _mm256_storeu_ps(t.c.add(ch * t.cs), x)
+                    } else {
+                        _mm256_maskstore_ps(t.c.add(ch * t.cs), store_mask, x)
+                    }
+                };
             }
         }
         return;
     }
-    for half in 0..OC_PIXELS.div_ceil(OC_MR) {
+    for half in 0..PX.div_ceil(OC_MR) {
         let m = t.m.saturating_sub(half * OC_MR).min(OC_MR);
         if m == 0 {
             break;
         }
         for panel in 0..t.panels {
             let mut h = [[_mm256_setzero_ps(); 2]; OC_MR];
-            for (i, slot) in h.iter_mut().enumerate().take(OC_PIXELS - half * OC_MR) {
+            for (i, slot) in h.iter_mut().enumerate().take(PX - half * OC_MR) {
                 let row = &spill[half * OC_MR + i][panel * OC_NR..];
                 // SAFETY: 16 floats from the panel's start in a row of 32.
                 unsafe {
