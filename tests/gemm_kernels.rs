@@ -340,10 +340,7 @@ fn gemm_with_a_in_place_over_awkward_shapes_on_every_tier() {
                     }
                 }
                 assert!(
-                    outs.windows(2).all(|w| w[0]
-                        .iter()
-                        .zip(&w[1])
-                        .all(|(x, y)| x.to_bits() == y.to_bits())),
+                    bitwise_equal(&outs),
                     "{}: A in place differs across thread counts ({m} x {n} x {k})",
                     uk.name
                 );
